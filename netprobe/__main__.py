@@ -1,0 +1,3 @@
+from netprobe.cli import main
+
+raise SystemExit(main())

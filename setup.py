@@ -1,0 +1,21 @@
+"""Extension list only: every pyx/<mechanism>.pyx builds netprobe._<mechanism>."""
+from pathlib import Path
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+EXTENSIONS = ["pacer"]
+
+setup(
+    ext_modules=cythonize(
+        [
+            Extension(f"netprobe._{name}", [f"pyx/{name}.pyx"],
+                      extra_compile_args=["-O2"])
+            for name in EXTENSIONS
+        ],
+        compiler_directives={"language_level": "3", "boundscheck": False,
+                             "wraparound": False, "cdivision": True},
+        include_path=[str(Path(__file__).parent / "pyx" / "includes")],
+        build_dir="build/cython",
+    ),
+)
