@@ -1,0 +1,1 @@
+"""Configuration: typed settings (schema), daemon defaults, TOML loading."""

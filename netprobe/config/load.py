@@ -1,0 +1,163 @@
+"""Read a TOML file into a validated Config.
+
+The same function serves start-up, `netprobe check-config` and SIGHUP, so a
+file that passes check-config is exactly what the daemon will run. Errors
+are ConfigError one-liners: file, TOML path, value, what is valid.
+"""
+import copy
+import dataclasses
+import ipaddress
+import tomllib
+from dataclasses import dataclass, field
+
+from netprobe import outputs, probes
+from netprobe.config import schema
+from netprobe.config.defaults import DEFAULT_OUTPUTS, DaemonConfig
+from netprobe.errors import ConfigError
+
+TOP_LEVEL = ("daemon", "probe", "output", "peer")
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """A [peer.NAME] table: a netprobe peer (`netprobe serve`) probes can name."""
+    address: str = schema.setting(schema.STR, "", "HOST or HOST:PORT of the peer", required=True)
+    key: str = schema.setting(schema.STR, "", "shared key for the handshake, if the peer asks for one")
+
+    def check(self, where):
+        host = self.address.rsplit(":", 1)[0] if self.address.count(":") == 1 else self.address
+        host = host.strip("[]")
+        if not host or any(c.isspace() for c in host):
+            raise where.error("address", f'"{self.address}" is not HOST or HOST:PORT')
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One [[probe]] entry: its kind, validated settings, and the table as written."""
+    kind: str
+    config: object
+    table: dict
+    index: int
+
+    @property
+    def name(self):
+        return self.config.name
+
+
+@dataclass(frozen=True)
+class Config:
+    file: str
+    daemon: DaemonConfig
+    probes: tuple
+    outputs: dict                  # output name -> sink config dataclass
+    output_tables: dict            # output name -> table as written (sinks are built from it)
+    peers: dict                    # peer name -> PeerConfig
+    supplied: dict = field(repr=False, default_factory=dict)
+
+    def effective(self):
+        """Every setting with defaults filled in, JSON-serialisable (for run headers)."""
+        return {
+            "daemon": _plain(dataclasses.asdict(self.daemon)),
+            "probe": [{"kind": p.kind, **_plain(dataclasses.asdict(p.config))} for p in self.probes],
+            "output": {n: _plain(dataclasses.asdict(c)) for n, c in self.outputs.items()},
+            "peer": {n: {"address": c.address, "key": "***" if c.key else ""} for n, c in self.peers.items()},
+        }
+
+
+def _plain(d):
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, tuple):
+            v = [str(x) if isinstance(x, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else x for x in v]
+        out[k] = v
+    return out
+
+
+def load_file(path):
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=path) from None
+    return load_text(text, path)
+
+
+def load_text(text, file="<config>"):
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", file=file) from None
+    return load_dict(doc, file)
+
+
+def load_dict(doc, file="<config>"):
+    root = schema.Where(file, "")
+    for key in doc:
+        if key not in TOP_LEVEL:
+            raise schema.unknown_key_error(key, TOP_LEVEL, root)
+    daemon = schema.build(DaemonConfig, doc.get("daemon", {}), schema.Where(file, "daemon"))
+    peers = _load_peers(doc.get("peer", {}), file)
+    probe_specs = _load_probes(doc.get("probe", []), file, daemon, peers)
+    out_tables = doc.get("output", DEFAULT_OUTPUTS)
+    if not isinstance(out_tables, dict):
+        raise ConfigError("must be tables: [output.NAME]", file=file, path="output")
+    out_cfgs = outputs.validate_outputs(out_tables, file)
+    return Config(file, daemon, tuple(probe_specs), out_cfgs, copy.deepcopy(out_tables), peers,
+                  copy.deepcopy(doc))
+
+
+def _load_peers(tables, file):
+    if not isinstance(tables, dict):
+        raise ConfigError("must be tables: [peer.NAME]", file=file, path="peer")
+    peers = {}
+    for name, table in tables.items():
+        peers[name] = schema.build(PeerConfig, table, schema.Where(file, f"peer.{name}"))
+    return peers
+
+
+def _load_probes(entries, file, daemon, peers):
+    if not isinstance(entries, list):
+        raise ConfigError("must be an array of tables: [[probe]]", file=file, path="probe")
+    if len(entries) > daemon.max_probes:
+        raise ConfigError(f"{len(entries)} probes exceed daemon.max_probes = {daemon.max_probes}",
+                          file=file, path="probe")
+    specs, seen = [], {}
+    for i, table in enumerate(entries):
+        where = schema.Where(file, f"probe[{i}]")
+        if not isinstance(table, dict):
+            raise where.error(None, "must be a table")
+        if "kind" not in table:
+            raise where.error("kind", f"missing (one of: {', '.join(probes.KINDS)})")
+        kind = table["kind"]
+        if not isinstance(kind, str) or kind not in probes.KINDS:
+            raise where.error("kind", f"{schema._show(kind)} is not a probe kind "
+                                      f"(valid: {', '.join(probes.KINDS)})")
+        cfg = build_probe_config(kind, table, where)
+        if cfg.name in seen:
+            raise where.error("name", f'"{cfg.name}" is already used by probe[{seen[cfg.name]}]; '
+                                      "names must be unique")
+        seen[cfg.name] = i
+        peer = getattr(cfg, "peer", None)
+        if peer is not None and peer not in peers and not _looks_like_address(peer):
+            known = ", ".join(sorted(peers)) or "none defined"
+            raise where.error("peer", f'"{peer}" is neither a [peer.NAME] table ({known}) nor HOST[:PORT]')
+        specs.append(ProbeSpec(kind, cfg, dict(table), i))
+    return specs
+
+
+def build_probe_config(kind, table, where):
+    module = probes.load(kind)
+    return schema.build(module.Config, table, where, ignore=("kind",))
+
+
+def _looks_like_address(text):
+    host = text.rsplit(":", 1)[0] if text.count(":") == 1 else text.strip("[]")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return "." in host

@@ -1,0 +1,113 @@
+"""Config loading: the shipped files load, and each bad file gives one line and exit 2."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from netprobe import cli
+from netprobe.config.load import load_file, load_text
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "netprobe" / "config"
+
+GOOD_HOST = '[[probe]]\nkind = "host"\nname = "self"\n'
+
+# (id, file text, substring the one-line error must contain)
+BAD = [
+    ("toml-syntax", "[daemon\nlog_level = 1\n", "invalid TOML"),
+    ("unknown-top", "[deamon]\n" + GOOD_HOST, "deamon: unknown key; did you mean 'daemon'?"),
+    ("unknown-daemon-key", "[daemon]\nlog_levl = 'info'\n", "daemon.log_levl: unknown key; did you mean 'log_level'?"),
+    ("bad-choice", "[daemon]\nlog_level = 'loud'\n", 'daemon.log_level: "loud" is not one of "debug", "info"'),
+    ("bad-duration-unit", "[daemon]\nrestart_backoff = '5 parsecs'\n",
+     'daemon.restart_backoff: "5 parsecs" is not a duration (examples: 100ms, 15s'),
+    ("duration-out-of-range", "[daemon]\nrestart_backoff = '2h'\n",
+     'daemon.restart_backoff: "2h" is out of range (valid: 10ms to 3600s)'),
+    ("cross-field", "[daemon]\nrestart_backoff = '30s'\nrestart_backoff_max = '10s'\n",
+     "daemon.restart_backoff: must not exceed restart_backoff_max"),
+    ("missing-kind", "[[probe]]\nname = 'x'\n", "probe[0].kind: missing (one of: host"),
+    ("unknown-kind", "[[probe]]\nkind = 'tcpxfer'\nname = 'x'\n", 'probe[0].kind: "tcpxfer" is not a probe kind'),
+    ("missing-name", "[[probe]]\nkind = 'host'\n", "probe[0].name: missing"),
+    ("duplicate-name", GOOD_HOST + GOOD_HOST, 'probe[1].name: "self" is already used by probe[0]'),
+    ("wrong-type-bool", GOOD_HOST + "interval = true\n", "probe[0].interval: true is not a duration"),
+    ("wrong-type-int", GOOD_HOST + "breach_after = 1.5\n", "probe[0].breach_after: 1.5 is not an integer"),
+    ("int-out-of-range", GOOD_HOST + "breach_after = 0\n", "probe[0].breach_after: 0 is out of range (valid: 1 to 1000)"),
+    ("zero-interval", GOOD_HOST + "interval = '0ms'\n", 'probe[0].interval: "0ms" is out of range (valid: 100ms to'),
+    ("unknown-probe-key", GOOD_HOST + "intervl = '1s'\n", "probe[0].intervl: unknown key; did you mean 'interval'?"),
+    ("bad-float", GOOD_HOST + "max_steal = 'lots'\n", 'probe[0].max_steal: "lots" is not a number'),
+    ("rate-as-duration", GOOD_HOST + "timer_interval = '10 Gbps'\n",
+     'probe[0].timer_interval: "10 Gbps" is not a duration'),
+    ("bool-as-string", GOOD_HOST + "require_clock_sync = 'yes'\n",
+     'probe[0].require_clock_sync: "yes" is not true or false'),
+    ("probe-not-array", "[probe]\nkind = 'host'\n", "probe: must be an array of tables: [[probe]]"),
+    ("missing-peer-address", "[peer.dc2]\nkey = 'k'\n", "peer.dc2.address: missing"),
+    ("bad-peer-address", "[peer.dc2]\naddress = 'a b'\n", 'peer.dc2.address: "a b" is not HOST or HOST:PORT'),
+    ("unknown-output-type", "[output.pager]\n", "output.pager"),
+    ("bad-output-key", "[output.stdout]\nformt = 'json'\n", "output.stdout.formt: unknown key; did you mean 'format'?"),
+    ("bad-output-format", "[output.stdout]\nformat = 'xml'\n", 'output.stdout.format: "xml" is not one of'),
+    ("bad-size-unit", "[output.a]\ntype = 'jsonfile'\npath = '/tmp/x'\nrotate_size = '64 mb'\n",
+     'output.a.rotate_size: "64 mb" is not a size in bytes (examples: 1400, 64K'),
+]
+
+
+@pytest.mark.parametrize("text,expected", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_config_gives_one_line_and_exit_2(tmp_path, capsys, text, expected):
+    path = tmp_path / "netprobe.toml"
+    path.write_text(text)
+    assert cli.main(["check-config", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"netprobe: error: {path}: "), lines[0]
+    assert expected in lines[0], lines[0]
+
+
+def test_bad_config_through_the_real_command_has_no_traceback(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(GOOD_HOST + "interval = 'soon'\n")
+    proc = subprocess.run([sys.executable, "-m", "netprobe", "run", "-c", str(path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert 'probe[0].interval: "soon" is not a duration' in proc.stderr
+
+
+def test_missing_file(tmp_path, capsys):
+    assert cli.main(["check-config", str(tmp_path / "nope.toml")]) == 2
+    assert "cannot read: No such file or directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["default.toml", "example.toml"])
+def test_shipped_files_load(name):
+    cfg = load_file(CONFIG_DIR / name)
+    assert cfg.probes, "the shipped file runs at least one probe"
+    assert all(p.kind == "host" for p in cfg.probes)
+
+
+def test_example_documents_every_host_and_daemon_key():
+    """example.toml is the annotated reference: it must show every setting there is."""
+    from netprobe.config.defaults import DaemonConfig
+    from netprobe.config.schema import fields
+    from netprobe.probes.host import Config as HostConfig
+    cfg = load_file(CONFIG_DIR / "example.toml")
+    host_table = next(p.table for p in cfg.probes if p.kind == "host")
+    assert {f.name for f in fields(HostConfig)} <= set(host_table)
+    assert {f.name for f in fields(DaemonConfig)} <= set(cfg.supplied["daemon"])
+
+
+def test_units_and_defaults_are_applied():
+    cfg = load_text(GOOD_HOST + "interval = '2m'\ntimer_interval = '250us'\n"
+                    "[output.a]\ntype = 'jsonfile'\npath = '/tmp/x'\nrotate_size = '64K'\n")
+    host = cfg.probes[0].config
+    assert host.interval == 120.0
+    assert host.timer_interval == pytest.approx(250e-6)
+    assert host.breach_after == 3
+    assert cfg.outputs["a"].rotate_size == 65536
+    assert cfg.daemon.restart_backoff == 1.0
+    eff = cfg.effective()
+    assert eff["probe"][0]["interval"] == 120.0 and eff["probe"][0]["kind"] == "host"
+
+
+def test_no_outputs_means_stdout():
+    assert list(load_text(GOOD_HOST).outputs) == ["stdout"]
