@@ -1,0 +1,1 @@
+"""Network lab for integration tests: netlab (namespaces, impairments), nfqdelay (NFQUEUE delay helper)."""
