@@ -1,0 +1,58 @@
+"""What every probe kind shares: common settings and the runner base class."""
+import threading
+from dataclasses import dataclass
+
+from netprobe.config.schema import DURATION, INT, STR, setting
+from netprobe.results import BREACH, RESULT, Hysteresis, Record, event
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """Settings common to every probe kind (the [[probe]] table, besides `kind`)."""
+    name: str = setting(STR, "", "instance name, unique in the file; printed as name= on every line",
+                        required=True)
+    interval: float = setting(DURATION, 10.0, "time between interval results (s)", min=0.1, max=86400)
+    breach_after: int = setting(INT, 3, "bad intervals in a row before a BREACH line", min=1, max=1000)
+    clear_after: int = setting(INT, 3, "good intervals in a row before a CLEAR line", min=1, max=1000)
+
+    def check(self, where):
+        """Cross-field validation; subclasses extend. Raise where.error(key, msg)."""
+
+
+class ProbeRunner:
+    """Base of every probe's runner.py Runner.
+
+    The worker process builds Runner(cfg, emit) and calls run(stop) on it;
+    run() returns when `stop` (a threading.Event) is set, after emitting the
+    final partial interval. Records go out through `emit(Record)`.
+    Raise ProbeError for a condition the user must fix (one line, no traceback).
+    """
+
+    kind = "probe"
+
+    def __init__(self, cfg, emit):
+        self.cfg = cfg
+        self.emit = emit
+        self.hysteresis = Hysteresis(cfg.breach_after, cfg.clear_after)
+
+    def run(self, stop: threading.Event):
+        raise NotImplementedError
+
+    def result(self, fields, ts=None):
+        rec = Record(RESULT, self.kind, self.cfg.name, fields) if ts is None else \
+            Record(RESULT, self.kind, self.cfg.name, fields, ts)
+        self.emit(rec)
+
+    def judge(self, key, bad, *, metric, value, op, threshold, window=None, **extra):
+        """Feed one interval's SLA verdict for `key`; emits BREACH/CLEAR on a transition."""
+        kind = self.hysteresis.update(key, bad)
+        if kind is not None:
+            self.emit(event(kind, self.kind, self.cfg.name, metric=metric, value=value, op=op,
+                            threshold=threshold, window=window, **extra))
+        return kind
+
+    def in_breach(self, key):
+        return self.hysteresis.active(key)
+
+
+__all__ = ["BREACH", "ProbeConfig", "ProbeRunner"]

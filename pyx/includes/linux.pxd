@@ -1,0 +1,75 @@
+# Linux C declarations shared by the extensions, plus header-only helpers.
+#
+# Declared here (not cimported from Cython's posix.*) so that every extension
+# sees one consistent set of names; the C types are the system headers' own.
+
+from libc.stdint cimport int64_t, uint64_t
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    enum:
+        EINTR
+        EAGAIN
+        EWOULDBLOCK
+
+cdef extern from "<string.h>" nogil:
+    char *strerror(int errnum)
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    ctypedef int clockid_t
+
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+
+    struct itimerspec:
+        timespec it_interval
+        timespec it_value
+
+    enum:
+        CLOCK_REALTIME
+        CLOCK_MONOTONIC
+        CLOCK_MONOTONIC_RAW
+        CLOCK_BOOTTIME
+
+    int clock_gettime(clockid_t clk, timespec *tp)
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t read(int fd, void *buf, size_t count)
+    int close(int fd)
+
+cdef extern from "<sys/timerfd.h>" nogil:
+    enum:
+        TFD_CLOEXEC
+        TFD_NONBLOCK
+        TFD_TIMER_ABSTIME
+
+    int timerfd_create(clockid_t clockid, int flags)
+    int timerfd_settime(int fd, int flags, const itimerspec *new_value,
+                        itimerspec *old_value)
+    int timerfd_gettime(int fd, itimerspec *curr_value)
+
+
+cdef inline int64_t timespec_to_ns(const timespec *ts) noexcept nogil:
+    """Nanoseconds in a timespec."""
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline void ns_to_timespec(int64_t ns, timespec *ts) noexcept nogil:
+    """Fill a timespec from non-negative nanoseconds."""
+    ts.tv_sec = <time_t>(ns // 1000000000)
+    ts.tv_nsec = <long>(ns % 1000000000)
+
+
+cdef inline int64_t clock_ns(clockid_t clk) noexcept nogil:
+    """Current time of `clk` in nanoseconds (-1 if the clock is unavailable)."""
+    cdef timespec ts
+    if clock_gettime(clk, &ts) != 0:
+        return -1
+    return timespec_to_ns(&ts)
+
+
+cdef inline int64_t mono_ns() noexcept nogil:
+    """CLOCK_MONOTONIC in nanoseconds: the one clock the hot loops read."""
+    return clock_ns(CLOCK_MONOTONIC)

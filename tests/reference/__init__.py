@@ -1,0 +1,1 @@
+"""Slow pure-Python oracles for the compiled extensions (never used at run time)."""
