@@ -1,0 +1,349 @@
+"""The supervisor: starts a worker per probe, restarts failures with backoff,
+fans records out to the sinks, and handles signals.
+
+Signals: SIGTERM/SIGINT stop the probes (each writes its final interval),
+flush every sink and exit 0; a second one exits 3 at once. SIGHUP re-reads
+the file: an invalid file keeps the running config (and says why); probes
+whose table is unchanged keep running. With $NOTIFY_SOCKET set it speaks
+sd_notify: READY, RELOADING, WATCHDOG, STOPPING, STATUS.
+"""
+import errno
+import json
+import logging
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+
+from netprobe import __version__, outputs
+from netprobe.config.load import load_file
+from netprobe.errors import EXIT_OK, EXIT_RUNTIME, EXIT_SIGNAL, ConfigError
+from netprobe.log import OnceFilter
+from netprobe.results import DROPS, ERROR, Record
+from netprobe.supervisor.sdnotify import Notifier
+
+log = logging.getLogger("netprobe.supervisor")
+
+
+class Worker:
+    """Book-keeping for one probe instance's process."""
+
+    def __init__(self, spec, file):
+        self.spec = spec
+        self.file = file
+        self.proc = None
+        self.buf = b""
+        self.failures = 0
+        self.next_start = 0.0
+        self.started_at = 0.0
+        self.stopping = False
+        self.retired = False          # removed by a reload: do not restart
+
+    @property
+    def name(self):
+        return self.spec.name
+
+    @property
+    def job(self):
+        return {"kind": self.spec.kind, "table": self.spec.table, "file": self.file,
+                "index": self.spec.index}
+
+
+class Supervisor:
+    def __init__(self, config, *, duration=None, restart=True, stdout_json=False, notifier=None,
+                 run_info_extra=None):
+        self.config = config
+        self.duration = duration
+        self.restart = restart
+        self.stdout_json = stdout_json
+        self.notifier = notifier or Notifier()
+        self.run_info_extra = run_info_extra or {}
+        self.sel = selectors.DefaultSelector()
+        self.workers = {}             # name -> Worker
+        self.sinks = []
+        self.signals = 0
+        self.reload_pending = False
+        self.once = OnceFilter()
+        self.probe_errors = 0         # ERROR records seen (exit code of one-shot runs)
+        self._drops_seen = {}
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # ---- sinks -------------------------------------------------------------------------
+    def _output_tables(self, config):
+        tables = json.loads(json.dumps(config.output_tables))
+        if self.stdout_json:
+            for name, t in tables.items():
+                if t.get("type", name) == "stdout":
+                    t["format"] = "json"
+        return tables
+
+    def _run_info(self, config):
+        try:
+            from netprobe import sysinfo
+            host = sysinfo.facts()
+        except Exception as exc:        # host facts are best effort; never block a start
+            host = {"error": str(exc)}
+        info = {"version": __version__, "config_file": config.file, "config_supplied": config.supplied,
+                "config_effective": config.effective(), "host": host}
+        info.update(self.run_info_extra)
+        return info
+
+    def _start_sinks(self, config):
+        sinks = outputs.build_sinks(self._output_tables(config), config.file)
+        info = self._run_info(config)
+        for s in sinks:
+            s.start(info)
+        return sinks
+
+    def _close_sinks(self, sinks):
+        for s in sinks:
+            s.close()
+
+    def publish(self, record):
+        for s in self.sinks:
+            s.submit(record)
+
+    def _report_drops(self):
+        for s in self.sinks:
+            total = s.dropped
+            if total > self._drops_seen.get(s, 0):
+                new = total - self._drops_seen.get(s, 0)
+                self._drops_seen[s] = total
+                log.warning("sink %s is too slow: dropped %d records (%d in all)", s.name, new, total)
+                rec = Record(DROPS, "daemon", s.name, {"sink": s.name, "dropped": new, "dropped_total": total})
+                for other in self.sinks:
+                    if other is not s:
+                        other.submit(rec)
+
+    # ---- workers -----------------------------------------------------------------------
+    def _spawn(self, w):
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)           # only the supervisor talks to systemd
+        env["NETPROBE_LOG_LEVEL"] = self.config.daemon.log_level
+        w.proc = subprocess.Popen([sys.executable, "-m", "netprobe.supervisor.worker"],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
+                                  close_fds=True)
+        w.proc.stdin.write((json.dumps(w.job) + "\n").encode())
+        w.proc.stdin.close()
+        os.set_blocking(w.proc.stdout.fileno(), False)
+        self.sel.register(w.proc.stdout, selectors.EVENT_READ, w)
+        w.buf = b""
+        w.stopping = False
+        w.started_at = time.monotonic()
+        log.info("started probe %s (%s) pid=%d", w.name, w.spec.kind, w.proc.pid)
+
+    def _read(self, w):
+        try:
+            chunk = os.read(w.proc.stdout.fileno(), 1 << 16)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                chunk = b""
+            else:
+                return
+        if chunk:
+            w.buf += chunk
+            *lines, w.buf = w.buf.split(b"\n")
+            for line in lines:
+                self._handle_line(w, line)
+            return
+        self._reap(w)
+
+    def _handle_line(self, w, line):
+        try:
+            rec = Record.from_wire(line.decode())
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            if self.once.first(("badline", w.name)):
+                log.error("probe %s wrote a malformed record; dropped (further ones silently)", w.name)
+            return
+        if rec.type == ERROR:
+            self.probe_errors += 1
+            msg = str(rec.fields.get("error", ""))
+            if not self.once.first(("error", w.name, msg)):
+                return                            # the same error again: logged and published once
+            log.error("probe %s: %s", w.name, msg)
+        self.publish(rec)
+
+    def _reap(self, w):
+        self.sel.unregister(w.proc.stdout)
+        w.proc.stdout.close()
+        code = w.proc.wait()
+        if w.buf:
+            self._handle_line(w, w.buf)
+            w.buf = b""
+        w.proc = None
+        if w.stopping or w.retired:
+            return
+        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        if not self.restart:
+            log.info("probe %s %s", w.name, how)
+            if code != 0:
+                self.probe_errors += 1
+            return
+        ran = time.monotonic() - w.started_at
+        if ran > self.config.daemon.restart_backoff_max:
+            w.failures = 0                        # it had been healthy: start the backoff afresh
+        w.failures += 1
+        delay = min(self.config.daemon.restart_backoff * 2 ** (w.failures - 1),
+                    self.config.daemon.restart_backoff_max)
+        w.next_start = time.monotonic() + delay
+        if self.once.first(("exit", w.name, how)):
+            log.error("probe %s %s; restarting in %.3gs (logged once; later restarts back off up to %.3gs)",
+                      w.name, how, delay, self.config.daemon.restart_backoff_max)
+        else:
+            log.debug("probe %s %s again; restarting in %.3gs", w.name, how, delay)
+
+    def _stop_worker(self, w):
+        if w.proc is not None and w.proc.poll() is None:
+            w.stopping = True
+            w.proc.send_signal(signal.SIGTERM)
+
+    def _running(self):
+        return [w for w in self.workers.values() if w.proc is not None]
+
+    # ---- signals -----------------------------------------------------------------------
+    def _on_stop_signal(self, signum, _frame):
+        self.signals += 1
+        if self.signals >= 2:
+            for w in self._running():
+                try:
+                    w.proc.kill()
+                except OSError:
+                    pass
+            try:
+                sys.stdout.flush()
+            except (OSError, ValueError):
+                pass
+            os._exit(EXIT_SIGNAL)
+
+    def _on_hup(self, _signum, _frame):
+        self.reload_pending = True
+
+    def _install_signals(self):
+        signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, self._on_stop_signal)
+        signal.signal(signal.SIGINT, self._on_stop_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        self.sel.register(self._wake_r, selectors.EVENT_READ, None)
+
+    # ---- reload ------------------------------------------------------------------------
+    def reload(self):
+        self.notifier.notify("RELOADING=1", f"MONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            new = load_file(self.config.file)
+        except ConfigError as exc:
+            log.error("reload failed, keeping the running config: %s", exc)
+            self.notifier.notify("READY=1", "STATUS=reload failed; running the previous config")
+            return False
+        old_specs = {w.name: w.spec for w in self.workers.values()}
+        new_specs = {p.name: p for p in new.probes}
+        for name, w in list(self.workers.items()):
+            spec = new_specs.get(name)
+            if spec is None or spec.kind != w.spec.kind or spec.table != w.spec.table:
+                w.retired = True
+                self._stop_worker(w)
+        if new.output_tables != self.config.output_tables:
+            old_sinks, self.sinks = self.sinks, self._start_sinks(new)
+            self._close_sinks(old_sinks)
+        self.config = new
+        for name, spec in new_specs.items():
+            w = self.workers.get(name)
+            if w is not None and not w.retired:
+                w.spec, w.file = spec, new.file       # same table; index may have moved
+                continue
+            self.workers[name] = nw = Worker(spec, new.file)
+            nw.next_start = 0.0
+        kept = sum(1 for n in new_specs if n in old_specs and old_specs[n].table == new_specs[n].table)
+        log.info("reloaded %s: %d probes kept, %d started, %d stopped", new.file, kept,
+                 len(new_specs) - kept, len(old_specs) - kept)
+        self.notifier.notify("READY=1", f"STATUS=running {len(new_specs)} probes")
+        return True
+
+    # ---- main loop ---------------------------------------------------------------------
+    def run(self):
+        self._install_signals()
+        self.sinks = self._start_sinks(self.config)
+        for spec in self.config.probes:
+            self.workers[spec.name] = Worker(spec, self.config.file)
+        if not self.workers:
+            log.warning("%s has no [[probe]] tables; nothing to run", self.config.file)
+        t0 = time.monotonic()
+        deadline = t0 + self.duration if self.duration else None
+        wd = self.notifier.watchdog_interval()
+        next_wd = t0
+        next_drops = t0 + self.config.daemon.drops_interval
+        ready = False
+        while self.signals == 0:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if self.reload_pending:
+                self.reload_pending = False
+                self.reload()
+            for w in list(self.workers.values()):
+                if w.retired and w.proc is None:
+                    del self.workers[w.name]
+                elif w.proc is None and not w.retired and (self.restart or w.failures == 0 and not w.started_at) \
+                        and now >= w.next_start:
+                    self._spawn(w)
+            if not self.restart and self.workers and not self._running():
+                break                               # one-shot run: every probe has finished
+            if not ready:
+                ready = True
+                self.notifier.notify("READY=1", f"MAINPID={os.getpid()}",
+                                     f"STATUS=running {len(self.workers)} probes")
+            if wd and now >= next_wd:
+                self.notifier.notify("WATCHDOG=1")
+                next_wd = now + wd
+            if now >= next_drops:
+                self._report_drops()
+                next_drops = now + self.config.daemon.drops_interval
+            timeout = self._next_timeout(now, deadline, next_wd if wd else None, next_drops)
+            for key, _ in self.sel.select(timeout):
+                if key.data is None:
+                    self._drain_wakeup()
+                else:
+                    self._read(key.data)
+        return self.shutdown()
+
+    def _next_timeout(self, now, *times):
+        pending = [w.next_start for w in self.workers.values() if w.proc is None and not w.retired]
+        cands = [t for t in (*times, *pending) if t is not None]
+        return max(0.0, min(cands) - now) if cands else 1.0
+
+    def _drain_wakeup(self):
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def shutdown(self):
+        self.notifier.notify("STOPPING=1", "STATUS=stopping: writing final results")
+        for w in self.workers.values():
+            self._stop_worker(w)
+        end = time.monotonic() + self.config.daemon.stop_timeout
+        while self._running() and time.monotonic() < end:
+            for key, _ in self.sel.select(max(0.0, end - time.monotonic())):
+                if key.data is None:
+                    self._drain_wakeup()
+                else:
+                    self._read(key.data)
+        for w in self._running():
+            log.error("probe %s did not stop within %.3gs; killed (its last interval is lost)",
+                      w.name, self.config.daemon.stop_timeout)
+            w.proc.kill()
+            self._read_until_eof(w)
+        self._report_drops()
+        self._close_sinks(self.sinks)
+        if not self.restart and self.probe_errors:
+            return EXIT_RUNTIME
+        return EXIT_OK
+
+    def _read_until_eof(self, w):
+        os.set_blocking(w.proc.stdout.fileno(), True)
+        while w.proc is not None:
+            self._read(w)
