@@ -3,7 +3,8 @@
 A Record is one line of output: an interval RESULT, a BREACH or CLEAR event,
 a probe ERROR, or a sink DROPS report. Text form (one line, grep-able):
 
-  2026-11-23T03:25:04.123Z BREACH probe=throughput name=dc1-dc2 dir=a->b metric=rate value=812.4Mbit/s sla=>=950Mbit/s window=15s
+  2026-11-23T03:25:04.123Z BREACH probe=throughput name=dc1-dc2 dir=a->b metric=rate \
+      value=812.4Mbit/s sla=>=950Mbit/s window=15s
 
 JSON form (one object per line): the same keys, Quantity values as plain
 numbers in base units (bit/s, s, B) with their unit under "units".
@@ -34,7 +35,7 @@ class Quantity:
             return units.format_duration(self.value)
         if self.unit == "B":
             return units.format_size(self.value)
-        return f"{units._short(self.value)}{self.unit}"
+        return f"{units.short(self.value)}{self.unit}"
 
 
 def rate(bps):
@@ -67,7 +68,7 @@ class Record:
             if k == "sla_op":
                 continue
             if k == "threshold" and "sla_op" in self.fields:
-                k, v = "sla", f"{self.fields['sla_op']}{v}"
+                k, v = "sla", self.fields["sla_op"] + _text_value(v)
             parts.append(f"{k}={_text_value(v)}")
         return " ".join(parts)
 
@@ -106,7 +107,8 @@ def event(kind, probe, name, *, metric, value, op, threshold, window=None, ts=No
     """A BREACH or CLEAR record: metric, measured value, and the SLA it is judged by.
 
     `value` and `threshold` are Quantity; `op` is '>=' or '<=' (what the SLA
-    requires of the value). Extra keyword fields (dir=..., count=...) come first.
+    requires of the value). A yes/no SLA passes bools and op '' (value=no sla=yes).
+    Extra keyword fields (dir=..., count=...) come first.
     """
     fields = dict(extra)
     fields["metric"] = metric
@@ -131,10 +133,12 @@ def _json_number(x):
 
 
 def _text_value(v):
-    if isinstance(v, bool):
+    if v is None:
+        text = "-"
+    elif isinstance(v, bool):
         text = "yes" if v else "no"
     elif isinstance(v, float):
-        text = units._short(v)
+        text = units.short(v)
     else:
         text = str(v)
     if text == "" or any(c in text for c in ' "\n\t'):

@@ -24,6 +24,15 @@ DURATION_EXAMPLES = "examples: 100ms, 15s, 2m, 250us"
 SIZE_EXAMPLES = "examples: 1400, 64K, 1M"
 
 
+def show(value):
+    """A value as the user wrote it in TOML: strings in double quotes."""
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
 def _finite_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -36,7 +45,7 @@ def parse_rate(value):
         m = _RATE_RE.match(value)
         if m:
             return float(m.group(1)) * _SI[m.group(2)]
-    raise ValueError(f"{value!r} is not a rate ({RATE_EXAMPLES})")
+    raise ValueError(f"{show(value)} is not a rate ({RATE_EXAMPLES})")
 
 
 def parse_duration(value):
@@ -47,7 +56,7 @@ def parse_duration(value):
         m = _DUR_RE.match(value)
         if m:
             return float(m.group(1)) * _DUR[m.group(2)]
-    raise ValueError(f"{value!r} is not a duration ({DURATION_EXAMPLES})")
+    raise ValueError(f"{show(value)} is not a duration ({DURATION_EXAMPLES})")
 
 
 def parse_size(value):
@@ -58,17 +67,17 @@ def parse_size(value):
         m = _SIZE_RE.match(value)
         if m:
             return int(m.group(1)) * _BIN[m.group(2)]
-    raise ValueError(f"{value!r} is not a size in bytes ({SIZE_EXAMPLES})")
+    raise ValueError(f"{show(value)} is not a size in bytes ({SIZE_EXAMPLES})")
 
 
 def _scaled(value, steps, unit):
     for factor, prefix in steps:
         if abs(value) >= factor:
-            return f"{_short(value / factor)}{prefix}{unit}"
-    return f"{_short(value)}{unit}"
+            return f"{short(value / factor)}{prefix}{unit}"
+    return f"{short(value)}{unit}"
 
 
-def _short(x):
+def short(x):
     """Four significant digits, no trailing zeros: 812.4, 9.5, 0.0123."""
     if x == 0 or not math.isfinite(x):
         return str(x) if not math.isfinite(x) else "0"
@@ -85,12 +94,12 @@ def format_duration(seconds):
         return "0s"
     a = abs(seconds)
     if a >= 1:
-        return f"{_short(seconds)}s"
+        return f"{short(seconds)}s"
     if a >= 1e-3:
-        return f"{_short(seconds * 1e3)}ms"
+        return f"{short(seconds * 1e3)}ms"
     if a >= 1e-6:
-        return f"{_short(seconds * 1e6)}us"
-    return f"{_short(seconds * 1e9)}ns"
+        return f"{short(seconds * 1e6)}us"
+    return f"{short(seconds * 1e9)}ns"
 
 
 def format_size(nbytes):

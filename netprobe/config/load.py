@@ -14,6 +14,7 @@ from netprobe import outputs, probes
 from netprobe.config import schema
 from netprobe.config.defaults import DEFAULT_OUTPUTS, DaemonConfig
 from netprobe.errors import ConfigError
+from netprobe.units import show
 
 TOP_LEVEL = ("daemon", "probe", "output", "peer")
 
@@ -134,7 +135,7 @@ def _load_probes(entries, file, daemon, peers):
             raise where.error("kind", f"missing (one of: {', '.join(probes.KINDS)})")
         kind = table["kind"]
         if not isinstance(kind, str) or kind not in probes.KINDS:
-            raise where.error("kind", f"{schema._show(kind)} is not a probe kind "
+            raise where.error("kind", f"{show(kind)} is not a probe kind "
                                       f"(valid: {', '.join(probes.KINDS)})")
         cfg = build_probe_config(kind, table, where)
         if cfg.name in seen:

@@ -14,6 +14,7 @@ import math
 
 from netprobe import units
 from netprobe.errors import ConfigError
+from netprobe.units import show
 
 RATE, DURATION, SIZE, INT, FLOAT, STR, BOOL, CHOICE, STR_LIST, PREFIX_LIST = (
     "rate", "duration", "size", "int", "float", "str", "bool", "choice", "str_list", "prefix_list")
@@ -48,14 +49,6 @@ class Where:
         return ConfigError(message, file=self.file, path=self.key(key) if key else self.path)
 
 
-def _show(value):
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
-
-
 def convert(f, value, where):
     """Check and convert one value for field `f` (a dataclasses.Field)."""
     m = f.metadata
@@ -69,43 +62,44 @@ def convert(f, value, where):
             out = units.parse_size(value)
         elif kind == INT:
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{_show(value)} is not an integer")
+                raise ValueError(f"{show(value)} is not an integer")
             out = value
         elif kind == FLOAT:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{_show(value)} is not a number")
+                raise ValueError(f"{show(value)} is not a number")
             out = float(value)
         elif kind == BOOL:
             if not isinstance(value, bool):
-                raise ValueError(f"{_show(value)} is not true or false")
+                raise ValueError(f"{show(value)} is not true or false")
             out = value
         elif kind == STR:
             if not isinstance(value, str) or not value:
-                raise ValueError(f"{_show(value)} is not a non-empty string")
+                raise ValueError(f"{show(value)} is not a non-empty string")
             out = value
         elif kind == CHOICE:
             if value not in m["choices"]:
-                valid = ", ".join(_show(c) for c in m["choices"])
-                raise ValueError(f"{_show(value)} is not one of {valid}")
+                valid = ", ".join(show(c) for c in m["choices"])
+                raise ValueError(f"{show(value)} is not one of {valid}")
             out = value
         elif kind == STR_LIST:
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-                raise ValueError(f"{_show(value)} is not a list of strings")
+                raise ValueError(f"{show(value)} is not a list of strings")
             out = tuple(value)
         elif kind == PREFIX_LIST:
             if not isinstance(value, list):
-                raise ValueError(f"{_show(value)} is not a list of prefixes (example: [\"127.0.0.0/8\", \"::1/128\"])")
+                raise ValueError(f"{show(value)} is not a list of prefixes (example: [\"127.0.0.0/8\", \"::1/128\"])")
             try:
                 out = tuple(ipaddress.ip_network(v, strict=False) for v in value)
             except (ValueError, TypeError):
-                raise ValueError(f"{_show(value)} is not a list of prefixes (example: [\"10.0.0.0/8\", \"::1/128\"])")
+                raise ValueError(f"{show(value)} is not a list of prefixes "
+                                 '(example: ["10.0.0.0/8", "::1/128"])') from None
         else:
             raise AssertionError(kind)
     except ValueError as exc:
         raise where.error(f.name, str(exc)) from None
     lo, hi = m["min"], m["max"]
     if kind in (RATE, DURATION, SIZE, INT, FLOAT) and ((lo is not None and out < lo) or (hi is not None and out > hi)):
-        raise where.error(f.name, f"{_show(value)} is out of range ({_range_text(kind, lo, hi)})")
+        raise where.error(f.name, f"{show(value)} is out of range ({_range_text(kind, lo, hi)})")
     return out
 
 
@@ -136,7 +130,7 @@ def unknown_key_error(key, valid, where):
 def build(cls, table, where, *, ignore=()):
     """Validate a TOML table (dict) against dataclass `cls`; return an instance."""
     if not isinstance(table, dict):
-        raise where.error(None, f"{_show(table)} is not a table")
+        raise where.error(None, f"{show(table)} is not a table")
     known = {f.name: f for f in fields(cls)}
     for key in table:
         if key not in known and key not in ignore:

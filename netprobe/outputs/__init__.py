@@ -9,10 +9,11 @@ import difflib
 import os
 from dataclasses import dataclass
 
-from netprobe.config.schema import INT, STR_LIST, Where, _show, build, setting
+from netprobe.config.schema import INT, STR_LIST, Where, build, setting
 from netprobe.errors import ConfigError
 from netprobe.outputs.base import Sink, SinkRunner
 from netprobe.results import EVENT_TYPES
+from netprobe.units import show
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class SinkConfig:
             raise where.error("types", f"[] is empty (list at least one of: {valid})")
         for t in self.types:
             if t not in EVENT_TYPES:
-                raise where.error("types", f"{_show(t)} is not a record type (valid: {valid})")
+                raise where.error("types", f"{show(t)} is not a record type (valid: {valid})")
 
 
 class TypedSinkRunner(SinkRunner):
@@ -67,25 +68,25 @@ def _sink_type(name, table, where):
     if "type" not in table:
         if name in SINK_TYPES:
             return name
-        raise where.error(None, f'{_show(name)} is not a sink type (valid: {valid}); '
+        raise where.error(None, f'{show(name)} is not a sink type (valid: {valid}); '
                                 f'name the table after one or set type = "..." in it')
     kind = table["type"]
     if isinstance(kind, str) and kind in SINK_TYPES:
         return kind
     close = difflib.get_close_matches(kind, list(SINK_TYPES), n=1) if isinstance(kind, str) else []
     hint = f'; did you mean "{close[0]}"?' if close else ""
-    raise where.error("type", f"{_show(kind)} is not a sink type (valid: {valid}){hint}")
+    raise where.error("type", f"{show(kind)} is not a sink type (valid: {valid}){hint}")
 
 
 def validate_outputs(tables, file):
     """Validate every [output.<name>] table; return {name: config} (no sinks built)."""
     if not isinstance(tables, dict):
-        raise ConfigError(f"{_show(tables)} is not a table of [output.<name>] tables", file=file, path="output")
+        raise ConfigError(f"{show(tables)} is not a table of [output.<name>] tables", file=file, path="output")
     configs = {}
     for name, table in tables.items():
         where = Where(file, f"output.{name}")
         if not isinstance(table, dict):
-            raise where.error(None, f"{_show(table)} is not a table")
+            raise where.error(None, f"{show(table)} is not a table")
         cfg_cls, _ = SINK_TYPES[_sink_type(name, table, where)]
         configs[name] = build(cfg_cls, table, where, ignore=("type",))
     _check_shared_files(configs, file)
@@ -100,7 +101,7 @@ def _check_shared_files(configs, file):
         if isinstance(cfg, jsonfile_config):
             path = os.path.abspath(cfg.path)
             if path in seen:
-                raise ConfigError(f"{_show(cfg.path)} is already the path of output.{seen[path]}",
+                raise ConfigError(f"{show(cfg.path)} is already the path of output.{seen[path]}",
                                   file=file, path=f"output.{name}.path")
             seen[path] = name
 

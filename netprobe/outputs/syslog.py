@@ -22,10 +22,11 @@ import time
 from dataclasses import dataclass
 
 from netprobe import units
-from netprobe.config.schema import CHOICE, STR, _show, setting
+from netprobe.config.schema import CHOICE, STR, setting
 from netprobe.outputs import SinkConfig
 from netprobe.outputs.base import Sink
 from netprobe.results import BREACH, CLEAR, DROPS, ERROR, RESULT, iso_time
+from netprobe.units import show
 
 log = logging.getLogger("netprobe.outputs")
 
@@ -70,9 +71,9 @@ def parse_address(text):
         if ":" in host:
             raise ValueError("an IPv6 address goes in brackets, e.g. [::1]:514")
         if not _HOST_RE.match(host):
-            raise ValueError(f"{_show(host)} is not a host name or IP address")
+            raise ValueError(f"{show(host)} is not a host name or IP address")
     if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
-        raise ValueError(f"port {_show(port)} is not a number from 1 to 65535")
+        raise ValueError(f"port {show(port)} is not a number from 1 to 65535")
     return scheme, host, int(port)
 
 
@@ -89,7 +90,7 @@ class SyslogConfig(SinkConfig):
         try:
             parse_address(self.address)
         except ValueError as exc:
-            raise where.error("address", f"{_show(self.address)} is not a syslog address: {exc} "
+            raise where.error("address", f"{show(self.address)} is not a syslog address: {exc} "
                                          f"({ADDRESS_EXAMPLES})") from None
 
 
@@ -98,7 +99,7 @@ def _sd_value(v):
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        return units._short(v)
+        return units.short(v)
     return str(v)
 
 

@@ -1,0 +1,54 @@
+# netprobe developer entry points. `make run` and `make test` set up everything:
+# Debian packages (installed when root, else the command is printed), a
+# virtualenv in .venv, and the compiled extensions.
+PYTHON   ?= python3
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+PIP      := $(PY) -m pip
+DURATION ?=
+CONFIG   ?= netprobe/config/default.toml
+PYTEST_ARGS ?=
+BENCH_ARGS  ?=
+
+# Debian packages: to build (BUILD_DEBS) and for the tests' oracles and lab (TEST_DEBS).
+BUILD_DEBS := gcc python3-dev python3-venv
+TEST_DEBS  := adjtimex cython3 python3-setuptools iproute2 iptables ethtool iputils-ping procps irtt iperf3 rsyslog
+
+.PHONY: all build-deps test-deps venv build run test bench lint clean
+
+all: build
+
+build-deps:
+	@scripts/ensure-debs $(BUILD_DEBS)
+
+test-deps:
+	@scripts/ensure-debs $(BUILD_DEBS) $(TEST_DEBS)
+
+# The venv is rebuilt when the dependency list changes.
+$(VENV)/.deps: pyproject.toml | build-deps
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q "Cython>=3.0" numpy scipy python-daemon pytest hypothesis scapy ruff
+	touch $@
+
+venv: $(VENV)/.deps
+
+# Editable install: compiles pyx/*.pyx into netprobe/_*.so in place.
+build: $(VENV)/.deps
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+
+run: build
+	$(VENV)/bin/netprobe run -c $(CONFIG) $(if $(DURATION),--duration $(DURATION))
+
+test: test-deps build
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: test-deps build
+	$(PY) -m bench $(BENCH_ARGS)
+
+lint: $(VENV)/.deps
+	$(VENV)/bin/ruff check netprobe tests bench
+
+clean:
+	rm -rf build dist *.egg-info netprobe/_*.so netprobe/_*.c .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

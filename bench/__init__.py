@@ -1,0 +1,1 @@
+"""Benchmarks: our figures beside the peer tools' from the same run (not pass/fail)."""
