@@ -85,7 +85,7 @@ action(type="mmpstrucdata")
             return []
         out = []
         for line in self.out.read_text().splitlines():
-            row = dict(zip(FIELDS, line.split(SEP, len(FIELDS) - 1)))
+            row = dict(zip(FIELDS, line.split(SEP, len(FIELDS) - 1), strict=True))
             row["sd"] = json.loads(row["sd"]) if row["sd"].startswith("{") else {}
             out.append(row)
         return out

@@ -27,7 +27,6 @@ import select
 import signal
 import socket
 import struct
-import sys
 import time
 
 NETLINK_NETFILTER = 12

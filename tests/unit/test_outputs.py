@@ -242,7 +242,7 @@ FACILITIES = ('"kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news"
     ({"syslog": {"adress": "/dev/log"}},
      "netprobe.toml: output.syslog.adress: unknown key; did you mean 'address'?"),
     ({"jsonfile": {"path": "/x.json", "rotate_size": "64X"}},
-     "netprobe.toml: output.jsonfile.rotate_size: '64X' is not a size in bytes (examples: 1400, 64K, 1M)"),
+     'netprobe.toml: output.jsonfile.rotate_size: "64X" is not a size in bytes (examples: 1400, 64K, 1M)'),
     ({"jsonfile": {"path": "/x.json", "rotate_size": 100}},
      "netprobe.toml: output.jsonfile.rotate_size: 100 bytes is too small (valid: 0 = off, or at least 4096 bytes)"),
     ({"jsonfile": {"path": "/x.json", "rotate_intervall": "1h"}},

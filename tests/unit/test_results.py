@@ -2,9 +2,20 @@
 import calendar
 import json
 
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from netprobe.results import (BREACH, CLEAR, RESULT, Hysteresis, Record, event, percent, rate, seconds)
+from netprobe.results import (
+    BREACH,
+    CLEAR,
+    RESULT,
+    Hysteresis,
+    Record,
+    event,
+    percent,
+    rate,
+    seconds,
+)
 
 TS = calendar.timegm((2026, 11, 23, 3, 25, 4)) + 0.123   # 2026-11-23T03:25:04.123Z
 
