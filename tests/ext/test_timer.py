@@ -76,23 +76,33 @@ print(json.dumps(counters), flush=True)
 """
 
 
-def test_sigstop_for_100ms_is_counted_as_overruns_not_catch_up():
-    child = subprocess.Popen([sys.executable, "-c", PACER_CHILD], stdout=subprocess.PIPE,
-                             text=True, cwd=ROOT)
+def run_child(code, poke):
+    """Run `code` in a fresh interpreter; once it prints "ready", call poke(child).
+    Returns (returncode, the JSON object it printed last, seconds from poke's end to its exit)."""
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert child.stdout.readline().strip() == "ready"
-        time.sleep(0.5)
-        child.send_signal(signal.SIGSTOP)
-        time.sleep(0.1)
-        child.send_signal(signal.SIGCONT)
+        poke(child)
+        t0 = time.monotonic()
         out, _ = child.communicate(timeout=10)
+        took = time.monotonic() - t0
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
-    c = json.loads(out)
-    print(c)
-    assert child.returncode == 0
+    return child.returncode, json.loads(out), took
+
+
+def _stop_for_100ms(child):
+    time.sleep(0.5)
+    child.send_signal(signal.SIGSTOP)
+    time.sleep(0.1)
+    child.send_signal(signal.SIGCONT)
+
+
+def test_sigstop_for_100ms_is_counted_as_overruns_not_catch_up():
+    returncode, c, _ = run_child(PACER_CHILD, _stop_for_100ms)
+    assert returncode == 0
     assert c["overruns"] >= 80, c
     assert c["missed"] >= 1, c
     expected = c["elapsed_ns"] / INTERVAL_NS
@@ -150,20 +160,12 @@ print(json.dumps(got), flush=True)
 """
 
 
+def _term_after_200ms(child):
+    time.sleep(0.2)
+    child.send_signal(signal.SIGTERM)
+
+
 def test_sigterm_interrupts_the_blocking_read_and_runs_the_handler():
-    child = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD], stdout=subprocess.PIPE,
-                             text=True, cwd=ROOT)
-    try:
-        assert child.stdout.readline().strip() == "ready"
-        time.sleep(0.2)
-        t0 = time.monotonic()
-        child.send_signal(signal.SIGTERM)
-        out, _ = child.communicate(timeout=10)
-        took = time.monotonic() - t0
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-    got = json.loads(out)
+    _, got, took = run_child(SIGTERM_CHILD, _term_after_200ms)
     assert got["interrupted"] and got["stop"] and got["ticks"] == 0, got
     assert took < 0.5, f"returned {took:.3f}s after SIGTERM, before the 1 s tick"

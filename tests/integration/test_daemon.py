@@ -56,6 +56,15 @@ def worker_pids(parent):
     return [int(p) for p in out.split()]
 
 
+def run_daemon(cfg, procs):
+    """Start `netprobe run -c cfg`, wait for its worker; returns (process, worker pids)."""
+    p = start(["run", "-c", str(cfg)])
+    procs.append(p)
+    workers = wait_for(lambda: worker_pids(p.pid))
+    assert workers, "worker started"
+    return p, workers
+
+
 @pytest.fixture
 def procs():
     started = []
@@ -69,9 +78,7 @@ def procs():
 def test_sigterm_flushes_final_interval_to_jsonfile(tmp_path, procs):
     out = tmp_path / "results.jsonl"
     cfg = write_config(tmp_path / "n.toml", interval="30s", jsonfile=out)
-    p = start(["run", "-c", str(cfg)])
-    procs.append(p)
-    assert wait_for(lambda: worker_pids(p.pid)), "worker started"
+    p, _ = run_daemon(cfg, procs)
     time.sleep(1.5)                      # well inside the first 30 s interval
     p.send_signal(signal.SIGTERM)
     stdout, stderr = p.communicate(timeout=20)
@@ -86,10 +93,7 @@ def test_sigterm_flushes_final_interval_to_jsonfile(tmp_path, procs):
 
 def test_sigkill_worker_is_restarted_and_logged_once(tmp_path, procs):
     cfg = write_config(tmp_path / "n.toml")
-    p = start(["run", "-c", str(cfg)])
-    procs.append(p)
-    first = wait_for(lambda: worker_pids(p.pid))
-    assert first
+    p, first = run_daemon(cfg, procs)
     os.kill(first[0], signal.SIGKILL)
     second = wait_for(lambda: [w for w in worker_pids(p.pid) if w != first[0]])
     assert second, "a new worker was started"
@@ -108,9 +112,7 @@ def test_sigkill_worker_is_restarted_and_logged_once(tmp_path, procs):
 
 def test_sighup_with_broken_file_keeps_running_and_good_reload_applies(tmp_path, procs):
     cfg = write_config(tmp_path / "n.toml")
-    p = start(["run", "-c", str(cfg)])
-    procs.append(p)
-    worker = wait_for(lambda: worker_pids(p.pid))
+    p, worker = run_daemon(cfg, procs)
     cfg.write_text(cfg.read_text().replace('interval = "0.5s"', 'interval = "soon"'))
     p.send_signal(signal.SIGHUP)
     time.sleep(1.5)
@@ -130,9 +132,7 @@ def test_sighup_with_broken_file_keeps_running_and_good_reload_applies(tmp_path,
 
 def test_sighup_unchanged_probe_keeps_its_worker(tmp_path, procs):
     cfg = write_config(tmp_path / "n.toml")
-    p = start(["run", "-c", str(cfg)])
-    procs.append(p)
-    worker = wait_for(lambda: worker_pids(p.pid))
+    p, worker = run_daemon(cfg, procs)
     cfg.write_text(cfg.read_text().replace('restart_backoff_max = "2s"', 'restart_backoff_max = "3s"'))
     p.send_signal(signal.SIGHUP)
     time.sleep(1.0)
