@@ -141,7 +141,8 @@ def test_runner_emits_results_and_hysteresis(monkeypatch):
     events = [(r.type, r.fields["metric"]) for r in emit.records if r.type in (BREACH, CLEAR)]
     assert events == [(BREACH, "clock_sync"), (CLEAR, "clock_sync")]
     breach = emit.of(BREACH)[0]
-    assert breach.fields["value"] == Quantity(0.0, "") and breach.fields["window"].unit == "s"
+    assert breach.fields["value"] is False and breach.fields["threshold"] is True
+    assert breach.fields["window"].unit == "s" and "value=no sla=yes" in breach.to_text()
     order = [r.type for r in emit.records]
     assert order.index(BREACH) == 2 and order.index(CLEAR) == 6   # after the 2nd and 5th RESULT
 
