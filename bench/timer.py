@@ -66,7 +66,7 @@ def run(quick=False):
 
 def table(rows):
     def us(v):
-        return "-" if v is None else f"{v / 1e3:9.1f}"
+        return f"{'-':>9}" if v is None else f"{v / 1e3:9.1f}"
     ours, py, irtt = rows
     lines = [f"{'1 ms timer lateness (us)':36} {'p50':>9} {'p99':>9} {'p99.9':>9} {'max':>9} {'mean':>9}"]
     for r in rows:
