@@ -6,7 +6,7 @@ import pathlib
 import platform
 import time
 
-BENCHES = ["timer"]
+BENCHES = ["timer", "throughput"]
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 

@@ -1,19 +1,25 @@
-# netprobe._pacer: the periodic timer loop and the token bucket test hook.
+# netprobe._pacer: the periodic timer loop, the token bucket test hook, and the
+# constant-rate TCP sender and drain that write TCP_INFO sample rows.
 #
 # TimerfdPacer owns one CLOCK_MONOTONIC timerfd and one blocking read() loop
 # with the GIL released. Python sees one call per chunk (<= ~100 ms): it
-# passes a preallocated int64 buffer and gets counters back.
+# passes a preallocated int64 buffer and gets counters back. TcpPacedSender
+# and TcpDrain follow the same shape over a TCP socket the caller owns.
 
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from libc.stdint cimport int64_t, uint64_t
+from libc.stdlib cimport free, malloc
 
 from bucket cimport (bucket_t, bucket_init, bucket_refill, bucket_available,
                      bucket_take, bucket_try, bucket_wait_ns, BUCKET_MAX_DEPTH,
-                     BUCKET_MAX_RATE)
-from linux cimport (errno, EINTR, CLOCK_MONOTONIC, TFD_CLOEXEC,
+                     BUCKET_MAX_RATE, BUCKET_NBIT_PER_BYTE)
+from linux cimport (errno, EINTR, EAGAIN, CLOCK_MONOTONIC, TFD_CLOEXEC,
                     TFD_TIMER_ABSTIME, itimerspec, timerfd_create,
                     timerfd_settime, read, close, strerror, mono_ns,
-                    ns_to_timespec)
+                    ns_to_timespec, send, recv, setsockopt, poll, pollfd, POLLIN,
+                    MSG_DONTWAIT, MSG_NOSIGNAL, SOL_SOCKET, SO_MAX_PACING_RATE,
+                    IPPROTO_TCP, TCP_NOTSENT_LOWAT, TCP_QUICKACK)
+from tcpinfo cimport tcp_info as tcp_info_t, tcp_info_read, tcp_info_fill_row, SAMPLE_NCOLS
 
 
 cdef class TokenBucket:
@@ -180,3 +186,472 @@ cdef class TimerfdPacer:
             raise OSError(err, strerror(err).decode())
         return {"ticks": ticks, "overruns": overruns, "missed": missed,
                 "elapsed_ns": now - t_start, "interrupted": err == EINTR}
+
+
+# ---------------------------------------------------------------------------
+# Constant-rate TCP: TcpPacedSender, TcpDrain and TCP_INFO sample rows.
+
+SAMPLE_COLUMNS = (
+    "t_ns", "epoch", "app_bytes", "bytes_acked", "bytes_received", "delivery_rate",
+    "rtt_us", "rttvar_us", "min_rtt_us", "snd_cwnd", "total_retrans", "bytes_retrans",
+    "dsack_dups", "busy_time_us", "rwnd_limited_us", "sndbuf_limited_us", "pacing_rate",
+    "snd_mss",
+)
+NCOLS = SAMPLE_NCOLS
+assert len(SAMPLE_COLUMNS) == SAMPLE_NCOLS
+
+TCP_MAX_RATE = 10**12                 # bit/s: keeps the auto depth far inside the bucket's bounds
+DEPTH_AUTO_NS = 5_000_000             # auto depth: 5 ms of rate, so any 100 ms window is <= 105 %
+LOWAT_AUTO_NS = 2_500_000             # auto TCP_NOTSENT_LOWAT: 2.5 ms of rate unsent, at most
+WRITE_MIN, WRITE_MAX = 16 * 1024, 4 * 1024 * 1024
+
+
+def _bit_rate(rate_bps):
+    """A rate argument (int, or a float that is rounded) as int bit/s in range."""
+    if isinstance(rate_bps, bool) or not isinstance(rate_bps, (int, float)):
+        raise TypeError(f"rate must be a number of bit/s (got {rate_bps!r})")
+    rate = round(rate_bps)
+    if not 1 <= rate <= TCP_MAX_RATE:
+        raise ValueError(f"rate must be 1 to {TCP_MAX_RATE} bit/s (got {rate_bps})")
+    return rate
+
+
+def _bytes_in(rate_bps, ns):
+    """Bytes that `rate_bps` carries in `ns`, rounded up (Python ints: no overflow, floor division)."""
+    return -(-rate_bps * ns // 8_000_000_000)
+
+
+cdef int _check_run_args(Py_ssize_t ncols, int64_t duration_ns, int64_t sample_every_ns) except -1:
+    if ncols != SAMPLE_NCOLS:
+        raise ValueError(f"samples must have {SAMPLE_NCOLS} columns (got {ncols})")
+    if duration_ns <= 0 or sample_every_ns <= 0:
+        raise ValueError(f"duration and sample interval must be > 0 ns (got {duration_ns}, {sample_every_ns})")
+    return 0
+
+
+cdef inline int64_t _next_due(int64_t due, int64_t every, int64_t now) noexcept nogil:
+    """The first slot of the grid due + k*every (k >= 1) after `now`: late rows skip, never bunch."""
+    due += every
+    if due <= now:
+        due += ((now - due) // every + 1) * every
+    return due
+
+
+def tcp_info(int fd):
+    """Every struct tcp_info field of socket `fd` as {kernel name: value}; OSError on failure."""
+    cdef tcp_info_t ti
+    cdef int err = tcp_info_read(fd, &ti)
+    if err != 0:
+        raise OSError(err, strerror(err).decode())
+    return ti
+
+
+def tcp_info_row(int fd, int64_t t_ns, int64_t epoch, int64_t app_bytes):
+    """One sample row of socket `fd` (a list in SAMPLE_COLUMNS order); OSError on failure."""
+    cdef int64_t row[SAMPLE_NCOLS]
+    cdef int err = tcp_info_fill_row(fd, row, t_ns, epoch, app_bytes)
+    if err != 0:
+        raise OSError(err, strerror(err).decode())
+    return [row[i] for i in range(SAMPLE_NCOLS)]
+
+
+cdef class TcpPacedSender:
+    """Constant-rate writer on a connected TCP socket (the caller owns the socket).
+
+    A CLOCK_MONOTONIC timerfd ticks every tick_ns; each tick refills a token
+    bucket (bucket.pxd) and send()s what it allows, MSG_DONTWAIT, from one
+    preallocated buffer of incompressible non-zero bytes, in writes of up to
+    write_size. Only what send() accepted is taken from the bucket. So over
+    any window W the bytes handed to the kernel are at most rate*W + depth,
+    whatever happened before: a receiver that stopped reading (EAGAIN) or a
+    sender that was descheduled (timer overruns) earns at most `depth` of
+    credit, never catch-up.
+
+    The bucket bounds what the kernel is given; TCP_NOTSENT_LOWAT bounds
+    what it may hold unsent, which it would release at line rate once a
+    stalled path or receiver opens again. So on the wire too, any window W
+    carries at most rate*W + depth + notsent_lowat (+ one skb).
+
+    Defaults (0 = auto): write_size = rate * tick rounded up to 16 KiB..4 MiB;
+    depth = rate * 5 ms, at least one tick of rate and one write;
+    notsent_lowat = rate * 2.5 ms, at least one write (-1: leave the
+    socket's setting). pacing=True also caps the socket with
+    SO_MAX_PACING_RATE at the rate (without sch_fq, TCP's internal pacing
+    applies it).
+
+    run() may be called repeatedly (each call <= ~100 ms so the caller sees
+    its stop flag); the timer schedule, the bucket and the sample schedule
+    carry over between calls. Totals since construction are attributes;
+    run() returns the counts of its own call.
+    """
+    cdef int fd
+    cdef int tfd
+    cdef char *buf
+    cdef int64_t buf_size
+    cdef bucket_t b
+    cdef bint auto_depth, auto_write, auto_lowat, running
+    cdef int64_t first_ns, expirations, next_sample_ns
+    cdef readonly int64_t rate_bps, depth_bytes, tick_ns, write_size, notsent_lowat
+    cdef readonly bint pacing
+    cdef readonly int64_t ticks, timer_overruns, late_ticks, eagain, bytes_sent
+    cdef readonly int error
+
+    def __cinit__(self, *args, **kwargs):
+        self.tfd = -1
+        self.buf = NULL
+
+    def __init__(self, int fd, rate_bps, int64_t depth_bytes=0, int64_t tick_ns=1_000_000,
+                 int64_t write_size=0, int64_t notsent_lowat=0, bint pacing=False):
+        cdef tcp_info_t ti
+        cdef int err
+        if not 10_000 <= tick_ns <= 1_000_000_000:
+            raise ValueError(f"tick must be 10 us to 1 s in ns (got {tick_ns})")
+        if not 0 <= depth_bytes <= BUCKET_MAX_DEPTH:
+            raise ValueError(f"depth must be 0 (auto) to {BUCKET_MAX_DEPTH} bytes (got {depth_bytes})")
+        if not 0 <= write_size <= WRITE_MAX:
+            raise ValueError(f"write size must be 0 (auto) to {WRITE_MAX} bytes (got {write_size})")
+        if not -1 <= notsent_lowat <= 1 << 30:
+            raise ValueError(f"notsent_lowat must be -1 (leave), 0 (auto) or up to 1 GiB (got {notsent_lowat})")
+        err = tcp_info_read(fd, &ti)
+        if err != 0:
+            raise OSError(err, f"fd {fd} is not a TCP socket: {strerror(err).decode()}")
+        self.fd = fd
+        self.tick_ns = tick_ns
+        self.auto_depth = depth_bytes == 0
+        self.auto_write = write_size == 0
+        self.depth_bytes = depth_bytes
+        self.write_size = write_size
+        self.auto_lowat = notsent_lowat == 0
+        self.notsent_lowat = notsent_lowat
+        self.pacing = pacing
+        self.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC)
+        if self.tfd < 0:
+            PyErr_SetFromErrno(OSError)
+        self._configure(_bit_rate(rate_bps))
+
+    def __dealloc__(self):
+        if self.tfd >= 0:
+            close(self.tfd)
+        free(self.buf)
+
+    def close(self):
+        """Release the timer (not the socket, which the caller owns)."""
+        if self.running:
+            raise RuntimeError("close() while run() is running")
+        if self.tfd >= 0:
+            close(self.tfd)
+            self.tfd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    cdef _configure(self, int64_t rate):
+        """Apply `rate`: auto sizes, buffer, socket options; the bucket keeps its level (clamped)."""
+        cdef uint64_t pace
+        cdef int lowat
+        cdef int64_t write = self.write_size, depth = self.depth_bytes, unsent = self.notsent_lowat
+        if self.auto_write:
+            write = min(max(_bytes_in(rate, self.tick_ns), WRITE_MIN), WRITE_MAX)
+        if self.auto_depth:
+            depth = max(_bytes_in(rate, DEPTH_AUTO_NS), _bytes_in(rate, self.tick_ns), write)
+            if depth > BUCKET_MAX_DEPTH:
+                raise ValueError(f"{rate} bit/s with a {self.tick_ns} ns tick needs a bucket over "
+                                 f"{BUCKET_MAX_DEPTH} bytes: use a shorter tick")
+        if self.auto_lowat:
+            unsent = min(max(_bytes_in(rate, LOWAT_AUTO_NS), write), 1 << 30)
+        if write > self.buf_size:
+            self._alloc(write)
+        if unsent > 0:
+            lowat = <int>unsent
+            if setsockopt(self.fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &lowat, sizeof(lowat)) != 0:
+                PyErr_SetFromErrno(OSError)
+        if self.pacing:
+            pace = rate // 8
+            if setsockopt(self.fd, SOL_SOCKET, SO_MAX_PACING_RATE, &pace, sizeof(pace)) != 0:
+                PyErr_SetFromErrno(OSError)
+        if self.first_ns != 0:
+            bucket_refill(&self.b, mono_ns())          # credit earned so far at the old rate
+            self.b.rate_bps = rate
+            self.b.cap = depth * BUCKET_NBIT_PER_BYTE
+            if self.b.credit > self.b.cap:
+                self.b.credit = self.b.cap
+        self.rate_bps = rate
+        self.write_size = write
+        self.depth_bytes = depth
+        self.notsent_lowat = unsent
+
+    cdef _alloc(self, int64_t size):
+        """(Re)allocate the send buffer: splitmix64 bytes, zeros replaced, so nothing compresses it away."""
+        cdef char *buf = <char *>malloc(size)
+        cdef uint64_t x = 0x6e657470726f6265ULL, z = 0
+        cdef int64_t i
+        if buf == NULL:
+            raise MemoryError()
+        for i in range(size):
+            if i % 8 == 0:
+                x += 0x9e3779b97f4a7c15ULL
+                z = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL
+                z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL
+                z ^= z >> 31
+            buf[i] = <char>((z >> (8 * (i % 8))) & 0xff)
+            if buf[i] == 0:
+                buf[i] = <char>0xa5
+        free(self.buf)
+        self.buf = buf
+        self.buf_size = size
+
+    def set_rate(self, rate_bps):
+        """Change the rate (bit/s) between run() calls; the bucket keeps its level, clamped to the new depth."""
+        if self.running:
+            raise RuntimeError("set_rate() while run() is running")
+        self._configure(_bit_rate(rate_bps))
+
+    def run(self, int64_t[:, ::1] samples not None, int64_t duration_ns, int64_t sample_every_ns,
+            int64_t epoch):
+        """Pace for `duration_ns` (ends at the first tick at or after it), GIL released.
+
+        A TCP_INFO row (t_ns, epoch, app_bytes = bytes sent so far, tcp_info
+        fields) goes to samples[rows] each time the sample schedule comes
+        due: at the first call, then every sample_every_ns on that grid
+        (slots that pass during a stall are skipped, not bunched). A row due
+        while `samples` is full stays due and is written first in the next
+        call. A signal ends the call early (its Python handler runs first).
+
+        Returns this call's {rows, ticks, timer_overruns, late_ticks, eagain,
+        bytes_sent, elapsed_ns, error, interrupted} and app_bytes (total
+        sent). error is the errno of a failed send (EPIPE, ECONNRESET, ...):
+        it ends this and every later run, and is reported, never raised.
+        """
+        cdef Py_ssize_t nrows = samples.shape[0], rows = 0
+        cdef int64_t t_start, now, end, due, tick = self.tick_ns
+        cdef int64_t first, exp, avail, n, total = self.bytes_sent
+        cdef int64_t ticks = 0, overruns = 0, late = 0, eagain = 0, sent = 0
+        cdef int64_t every = sample_every_ns, next_sample
+        cdef uint64_t count = 0
+        cdef itimerspec its
+        cdef ssize_t r
+        cdef int err = 0, terr = 0, write = <int>self.write_size
+        cdef int fd = self.fd, tfd = self.tfd
+        cdef char *buf = self.buf
+        _check_run_args(samples.shape[1], duration_ns, sample_every_ns)
+        if tfd < 0:
+            raise ValueError("TcpPacedSender is closed")
+        if self.running:
+            raise RuntimeError("run() is already running")
+        t_start = mono_ns()
+        if self.error == 0 and self.first_ns == 0:
+            self.first_ns = t_start + tick
+            ns_to_timespec(self.first_ns, &its.it_value)
+            ns_to_timespec(tick, &its.it_interval)
+            if timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL) != 0:
+                self.first_ns = 0
+                PyErr_SetFromErrno(OSError)
+            bucket_init(&self.b, self.rate_bps, self.depth_bytes, t_start)
+            bucket_take(&self.b, self.depth_bytes)      # start empty: no initial burst
+            self.next_sample_ns = t_start
+        first = self.first_ns
+        exp = self.expirations
+        next_sample = self.next_sample_ns
+        end = t_start + duration_ns
+        now = t_start
+        self.running = True
+        try:
+            with nogil:
+                while self.error == 0:
+                    if now >= next_sample and rows < nrows:
+                        now = mono_ns()
+                        err = tcp_info_fill_row(fd, &samples[rows, 0], now, epoch, total)
+                        if err != 0:
+                            break
+                        rows += 1
+                        next_sample = _next_due(next_sample, every, now)
+                    if now >= end:
+                        break
+                    r = read(tfd, &count, 8)
+                    if r != 8:
+                        terr = errno if r < 0 else -1
+                        break
+                    now = mono_ns()
+                    due = first + exp * tick                # the oldest slot this wake-up serves
+                    exp += <int64_t>count
+                    ticks += 1
+                    overruns += <int64_t>count - 1
+                    if now - due > tick:
+                        late += 1
+                    bucket_refill(&self.b, now)
+                    avail = bucket_available(&self.b)
+                    while avail > 0:
+                        n = write if avail > write else avail
+                        r = send(fd, buf, n, MSG_DONTWAIT | MSG_NOSIGNAL)
+                        if r < 0:
+                            if errno == EINTR:
+                                continue
+                            if errno == EAGAIN:                      # == EWOULDBLOCK on Linux
+                                eagain += 1
+                            else:
+                                err = errno
+                            break
+                        bucket_take(&self.b, r)
+                        total += r
+                        sent += r
+                        avail -= r
+                        if r < n:                           # socket buffer full: wait for the next tick
+                            break
+                    if err != 0:
+                        break
+                now = mono_ns()
+        finally:
+            self.running = False
+            self.expirations = exp
+            self.next_sample_ns = next_sample
+            self.ticks += ticks
+            self.timer_overruns += overruns
+            self.late_ticks += late
+            self.eagain += eagain
+            self.bytes_sent = total
+            if err != 0:
+                self.error = err
+        if terr == EINTR:
+            PyErr_CheckSignals()
+        elif terr == -1:
+            raise OSError("short read from timerfd")
+        elif terr != 0:
+            raise OSError(terr, strerror(terr).decode())
+        return {"rows": rows, "ticks": ticks, "timer_overruns": overruns, "late_ticks": late,
+                "eagain": eagain, "bytes_sent": sent, "app_bytes": total,
+                "elapsed_ns": now - t_start, "error": self.error, "interrupted": terr == EINTR}
+
+
+cdef class TcpDrain:
+    """The receiving end: reads and discards in a poll() loop, GIL released.
+
+    Same run() signature and sample schedule as TcpPacedSender (app_bytes =
+    bytes read so far). pause(True) stops reading (rows continue) so a test
+    can play a receiver that stalls; pause(False) resumes. The socket is the
+    caller's.
+    """
+    cdef int fd
+    cdef char *buf
+    cdef readonly Py_ssize_t bufsize
+    cdef bint paused, running
+    cdef int64_t next_sample_ns
+    cdef readonly int64_t bytes_received
+    cdef readonly bint eof
+    cdef readonly int error
+
+    def __cinit__(self, *args, **kwargs):
+        self.buf = NULL
+
+    def __init__(self, int fd, Py_ssize_t bufsize=1 << 20):
+        cdef tcp_info_t ti
+        cdef int err
+        if not 1 <= bufsize <= 1 << 30:
+            raise ValueError(f"bufsize must be 1 byte to 1 GiB (got {bufsize})")
+        err = tcp_info_read(fd, &ti)
+        if err != 0:
+            raise OSError(err, f"fd {fd} is not a TCP socket: {strerror(err).decode()}")
+        self.buf = <char *>malloc(bufsize)
+        if self.buf == NULL:
+            raise MemoryError()
+        self.fd = fd
+        self.bufsize = bufsize
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    def pause(self, bint paused=True):
+        """Stop (True) or resume (False) reading; safe to call from another thread during run()."""
+        self.paused = paused
+
+    def run(self, int64_t[:, ::1] samples not None, int64_t duration_ns, int64_t sample_every_ns,
+            int64_t epoch):
+        """Read and discard for `duration_ns`, writing rows as TcpPacedSender.run() does.
+
+        Ends early when the peer closes (eof) or recv() fails (error: errno);
+        both are sticky, reported, never raised. A signal ends the call early.
+        Returns this call's {rows, bytes_received, elapsed_ns, eof, error,
+        interrupted} and app_bytes (total read).
+        """
+        cdef Py_ssize_t nrows = samples.shape[0], rows = 0
+        cdef int64_t t_start, now, end, wait, every = sample_every_ns, next_sample
+        cdef int64_t total = self.bytes_received, got = 0
+        cdef int err = 0, perr = 0, timeout, one = 1
+        cdef bint more = False, eof = self.eof
+        cdef pollfd pfd
+        cdef ssize_t r
+        cdef size_t size = self.bufsize
+        cdef char *buf = self.buf
+        _check_run_args(samples.shape[1], duration_ns, sample_every_ns)
+        if self.running:
+            raise RuntimeError("run() is already running")
+        t_start = mono_ns()
+        if self.next_sample_ns == 0:
+            self.next_sample_ns = t_start
+        next_sample = self.next_sample_ns
+        end = t_start + duration_ns
+        pfd.fd = self.fd
+        pfd.events = POLLIN
+        err = self.error
+        self.running = True
+        try:
+            with nogil:
+                while err == 0 and not eof:
+                    now = mono_ns()
+                    if now >= next_sample and rows < nrows:
+                        err = tcp_info_fill_row(pfd.fd, &samples[rows, 0], now, epoch, total)
+                        if err != 0:
+                            break
+                        rows += 1
+                        next_sample = _next_due(next_sample, every, now)
+                    if now >= end:
+                        break
+                    wait = end - now
+                    if rows < nrows and next_sample - now < wait:    # > 0: a due row was just written
+                        wait = next_sample - now
+                    timeout = <int>((wait + 999_999) // 1_000_000)
+                    if self.paused:
+                        more = False
+                        if timeout > 5:
+                            timeout = 5                     # sees pause(False) within 5 ms
+                        if poll(NULL, 0, timeout) < 0 and errno == EINTR:
+                            perr = EINTR
+                            break
+                        continue
+                    if not more:
+                        r = poll(&pfd, 1, timeout)
+                        if r < 0:
+                            if errno == EINTR:
+                                perr = EINTR
+                                break
+                            err = errno
+                            break
+                        if r == 0 or self.paused:
+                            continue
+                    r = recv(pfd.fd, buf, size, MSG_DONTWAIT)
+                    if r > 0:
+                        total += r
+                        got += r
+                        # ACK at once, not after the delayed-ACK timer: the sender's RTT
+                        # samples then measure the path (quick-ack mode is not sticky)
+                        setsockopt(pfd.fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one))
+                        more = <size_t>r == size            # likely more queued: skip the next poll
+                    elif r == 0:
+                        eof = True
+                    else:
+                        more = False
+                        if errno != EAGAIN and errno != EINTR:
+                            err = errno
+                now = mono_ns()
+        finally:
+            self.running = False
+            self.next_sample_ns = next_sample
+            self.bytes_received = total
+            self.eof = eof
+            self.error = err
+        if perr == EINTR:
+            PyErr_CheckSignals()
+        return {"rows": rows, "bytes_received": got, "app_bytes": total, "elapsed_ns": now - t_start,
+                "eof": eof, "error": err, "interrupted": perr == EINTR}

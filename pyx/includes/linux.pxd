@@ -73,3 +73,43 @@ cdef inline int64_t clock_ns(clockid_t clk) noexcept nogil:
 cdef inline int64_t mono_ns() noexcept nogil:
     """CLOCK_MONOTONIC in nanoseconds: the one clock the hot loops read."""
     return clock_ns(CLOCK_MONOTONIC)
+
+
+# Sockets: the TCP paced sender and drain (pacer.pyx) and TCP_INFO (tcpinfo.pxd).
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+
+    enum:
+        SOL_SOCKET
+        SO_MAX_PACING_RATE
+        MSG_DONTWAIT
+        MSG_NOSIGNAL
+
+    ssize_t send(int sockfd, const void *buf, size_t len, int flags)
+    ssize_t recv(int sockfd, void *buf, size_t len, int flags)
+    int getsockopt(int sockfd, int level, int optname, void *optval, socklen_t *optlen)
+    int setsockopt(int sockfd, int level, int optname, const void *optval, socklen_t optlen)
+
+cdef extern from "<netinet/in.h>" nogil:
+    enum:
+        IPPROTO_TCP
+
+cdef extern from "<netinet/tcp.h>" nogil:
+    enum:
+        TCP_INFO
+        TCP_NOTSENT_LOWAT
+        TCP_QUICKACK
+
+cdef extern from "<poll.h>" nogil:
+    ctypedef unsigned long nfds_t
+
+    struct pollfd:
+        int fd
+        short events
+        short revents
+
+    enum:
+        POLLIN
+
+    int poll(pollfd *fds, nfds_t nfds, int timeout)
