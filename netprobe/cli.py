@@ -93,7 +93,8 @@ def build_parser():
     s.add_argument("--allow", action="append", metavar="PREFIX",
                    help="client prefix allowed (repeatable; default: loopback only)")
     s.add_argument("--key-file", metavar="FILE", help="file holding the shared key clients must prove")
-    s.add_argument("--max-sessions", type=int, default=16, help="concurrent sessions (default 16)")
+    s.add_argument("--max-sessions", metavar="N", help="concurrent sessions (default 16)")
+    s.add_argument("--max-rate", metavar="RATE", help="total rate sessions may ask us to send (default 10G)")
     s.add_argument("--duration", type=_duration_arg, help="stop after this long")
 
     st = sub.add_parser("selftest", help="measure this host as a measuring instrument")
@@ -209,9 +210,22 @@ def cmd_selftest(args):
 
 
 def cmd_serve(args):
+    import signal
+    import threading
+
     from netprobe import log, serve
+    table = {k: v for k, v in (("listen", args.listen), ("allow", args.allow), ("key_file", args.key_file),
+                               ("max_sessions", _from_cli(args.max_sessions, schema.INT)),
+                               ("max_rate", args.max_rate)) if v is not None}
+    cfg = schema.build(serve.ServeConfig, table, _CliWhere("netprobe serve", ""))
     log.setup("info")
-    return serve.main(args)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.duration:
+        threading.Timer(args.duration, stop.set).start()
+    serve.run_server(cfg, stop)
+    return EXIT_OK
 
 
 COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "probe": cmd_probe,

@@ -44,7 +44,11 @@ class ProbeError(NetprobeError):
 
 
 class PeerError(ProbeError):
-    """The remote peer refused, vanished or spoke nonsense."""
+    """The remote peer refused, vanished or spoke nonsense; `unreachable` when nothing answered."""
+
+    def __init__(self, message, unreachable=False):
+        self.unreachable = unreachable
+        super().__init__(message)
 
 
 class ExtensionMissing(NetprobeError):

@@ -5,8 +5,9 @@ lines (at most 4 KiB, 5 s):
 
   server -> {"netprobe": 1, "challenge": "<hex>"}            (challenge only with a key)
   client -> {"netprobe": 1, "kind": "throughput", "auth": "<hex hmac-sha256(key, challenge)>", ...}
-  server -> {"ok": true} and hands the socket to the kind's responder,
-            or {"ok": false, "error": "..."} and closes.
+  server -> {"ok": false, "error": "..."} and closes, or hands the socket to
+            the kind's responder, which answers reply_ok() or refuse() itself
+            once it has checked the fields it needs.
 
 Probe kinds that need a peer register a responder in RESPONDERS. Access is
 limited by client prefix (default: loopback only), by an optional shared
@@ -18,14 +19,14 @@ import hmac
 import ipaddress
 import json
 import logging
-import os
 import secrets
-import signal
 import socket
 import threading
 import time
+from dataclasses import dataclass
 
-from netprobe.errors import EXIT_OK, NetprobeError, UsageError
+from netprobe.config.schema import INT, PREFIX_LIST, RATE, STR, STR_LIST, setting
+from netprobe.errors import NetprobeError, PeerError, UsageError
 
 log = logging.getLogger("netprobe.serve")
 
@@ -35,8 +36,14 @@ HELLO_MAX = 4096
 HELLO_TIMEOUT = 5.0
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 
-# kind -> callable(sock, hello: dict, server: Server); runs on the session's thread
+# kind -> callable(sock, hello: dict, server: Server); runs on the session's thread and must
+# answer with reply_ok(sock) or refuse(sock, why) first
 RESPONDERS = {}
+
+
+def register_builtin_responders():
+    """Import the probe kinds that answer as a peer (they add themselves to RESPONDERS)."""
+    import netprobe.probes.throughput.responder  # noqa: F401
 
 
 def parse_listen(text):
@@ -82,8 +89,77 @@ def send_json(sock, obj):
     sock.sendall(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
 
 
+def reply_ok(sock):
+    send_json(sock, {"ok": True})
+
+
+def refuse(sock, why):
+    """Tell the client why, in one line, and close."""
+    try:
+        sock.settimeout(0.5)
+        send_json(sock, {"ok": False, "error": why})
+    except OSError:
+        pass
+    sock.close()
+
+
+def split_address(text, default_port=DEFAULT_PORT):
+    """'HOST', 'HOST:PORT', '[V6]' or '[V6]:PORT' -> (host, port); ValueError if malformed."""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else (rest or default_port)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host, port = text, default_port      # a bare IPv6 address has several colons
+    port = int(port)
+    if not host or not 0 < port < 65536:
+        raise ValueError(f'"{text}" is not HOST[:PORT]')
+    return host, port
+
+
+def connect(address, kind, *, key=b"", timeout=5.0, **fields):
+    """Open a session of `kind` with the peer at `address`; returns the socket after "ok".
+
+    Raises PeerError with a one-line reason: unreachable, refused, wrong key, not served.
+    """
+    try:
+        host, port = split_address(address)
+    except ValueError as exc:
+        raise PeerError(str(exc)) from None
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise PeerError(f"cannot connect to {address}: {exc.strerror or exc}", unreachable=True) from None
+    try:
+        greeting = json.loads(read_line(sock))
+        if not isinstance(greeting, dict):
+            raise ValueError("not a netprobe greeting")
+        if greeting.get("ok") is False:       # refused before the handshake (prefix, busy)
+            raise PeerError(f"peer {address} refused: {greeting.get('error')}")
+        hello = {"netprobe": PROTOCOL, "kind": kind, **fields}
+        if "challenge" in greeting:
+            if not key:
+                raise PeerError(f"peer {address} asks for a shared key and none is configured")
+            hello["auth"] = client_auth(key, str(greeting["challenge"]))
+        send_json(sock, hello)
+        reply = json.loads(read_line(sock))
+    except PeerError:
+        sock.close()
+        raise
+    except (OSError, ValueError, TypeError, UnicodeDecodeError) as exc:
+        sock.close()
+        raise PeerError(f"peer {address}: handshake failed: {exc}") from None
+    if not isinstance(reply, dict) or reply.get("ok") is not True:
+        sock.close()
+        why = reply.get("error") if isinstance(reply, dict) else reply
+        raise PeerError(f"peer {address} refused: {why}")
+    return sock
+
+
 class Server:
-    def __init__(self, listen=(("::", DEFAULT_PORT),), allow=LOOPBACK, key=None, max_sessions=16):
+    def __init__(self, listen=(("::", DEFAULT_PORT),), allow=LOOPBACK, key=None, max_sessions=16,
+                 max_rate=10e9):
         self.allow = tuple(allow)
         self.key = key
         self.max_sessions = max_sessions
@@ -91,6 +167,10 @@ class Server:
         self.stop = threading.Event()
         self.counters = {"accepted": 0, "refused_prefix": 0, "refused_busy": 0, "bad_handshake": 0,
                          "bad_auth": 0, "unknown_kind": 0}
+        self.max_rate = max_rate      # bit/s all sessions together may ask this peer to send
+        self._rate_used = 0.0
+        self._lock = threading.Lock()
+        self.state = {}               # per-kind shared state of the responders
         self._logged = set()
         self.socks = [self._listen(h, p) for h, p in listen]
 
@@ -109,6 +189,18 @@ class Server:
         s.listen(128)
         s.settimeout(0.2)
         return s
+
+    def reserve_rate(self, bps):
+        """Claim `bps` of the send budget; False if that would exceed max_rate."""
+        with self._lock:
+            if self._rate_used + bps > self.max_rate:
+                return False
+            self._rate_used += bps
+            return True
+
+    def release_rate(self, bps):
+        with self._lock:
+            self._rate_used = max(0.0, self._rate_used - bps)
 
     @property
     def addresses(self):
@@ -143,22 +235,13 @@ class Server:
                 continue
             if not self.allowed(addr[0]):
                 self.counters["refused_prefix"] += 1
-                self._refuse(conn, f"client {addr[0]} is not in the allow list")
+                refuse(conn, f"client {addr[0]} is not in the allow list")
                 continue
             if not self.sessions.acquire(blocking=False):
                 self.counters["refused_busy"] += 1
-                self._refuse(conn, f"busy: {self.max_sessions} sessions already")
+                refuse(conn, f"busy: {self.max_sessions} sessions already")
                 continue
             threading.Thread(target=self._session, args=(conn, addr), daemon=True).start()
-
-    @staticmethod
-    def _refuse(conn, why):
-        try:
-            conn.settimeout(0.5)
-            send_json(conn, {"ok": False, "error": why})
-        except OSError:
-            pass
-        conn.close()
 
     def _session(self, conn, addr):
         try:
@@ -189,7 +272,7 @@ class Server:
                 raise ValueError(f"not a netprobe protocol {PROTOCOL} hello")
         except (ValueError, UnicodeDecodeError) as exc:
             self.counters["bad_handshake"] += 1
-            self._refuse(conn, f"bad handshake: {exc}")
+            refuse(conn, f"bad handshake: {exc}")
             return None
         if self.key:
             want = hmac.new(self.key, challenge.encode(), hashlib.sha256).hexdigest()
@@ -197,15 +280,14 @@ class Server:
             if not isinstance(got, str) or not hmac.compare_digest(want, got):
                 self.counters["bad_auth"] += 1
                 log.warning("refused %s: wrong or missing key", addr[0])
-                self._refuse(conn, "authentication failed")
+                refuse(conn, "authentication failed")
                 return None
         kind = hello.get("kind")
         if kind not in RESPONDERS:
             self.counters["unknown_kind"] += 1
             served = ", ".join(sorted(RESPONDERS)) or "none yet"
-            self._refuse(conn, f"this peer does not serve kind {kind!r} (serves: {served})")
+            refuse(conn, f"this peer does not serve kind {kind!r} (serves: {served})")
             return None
-        send_json(conn, {"ok": True})
         return hello
 
 
@@ -214,29 +296,46 @@ def client_auth(key, challenge):
     return hmac.new(key, challenge.encode(), hashlib.sha256).hexdigest()
 
 
-def main(args):
-    listen = [parse_listen(a) for a in (args.listen or ["[::]:%d" % DEFAULT_PORT])]
-    try:
-        allow = tuple(ipaddress.ip_network(p, strict=False) for p in args.allow) if args.allow else LOOPBACK
-    except ValueError as exc:
-        raise UsageError(f"--allow: {exc} (example: 10.0.0.0/8)") from None
-    key = None
-    if args.key_file:
+@dataclass(frozen=True)
+class ServeConfig:
+    """The [serve] table (and `netprobe serve` options): this host answers peers' probes."""
+    listen: tuple = setting(STR_LIST, ["[::]:7171"], "addresses to listen on, HOST:PORT or [V6]:PORT")
+    allow: tuple = setting(PREFIX_LIST, ["127.0.0.0/8", "::1/128"], "client prefixes allowed to connect")
+    key: str = setting(STR, "", "shared key clients must prove (HMAC challenge); empty: none")
+    key_file: str = setting(STR, "", "file holding the shared key (instead of key)")
+    max_sessions: int = setting(INT, 16, "concurrent sessions", min=1, max=4096)
+    max_rate: float = setting(RATE, 10e9, "total rate all sessions together may ask this host to send (bit/s)",
+                              min=1e3, max=400e9)
+
+    def check(self, where):
+        for addr in self.listen:
+            try:
+                parse_listen(addr)
+            except UsageError:
+                raise where.error("listen", f'"{addr}" is not HOST:PORT (example: "[::]:7171")') from None
+        if self.key and self.key_file:
+            raise where.error("key_file", "give key or key_file, not both")
+
+    def shared_key(self, where=None):
+        """The key as bytes (read from key_file if set), or None."""
+        if not self.key_file:
+            return self.key.encode() or None
         try:
-            with open(args.key_file, "rb") as fh:
+            with open(self.key_file, "rb") as fh:
                 key = fh.read().strip()
         except OSError as exc:
-            raise UsageError(f"--key-file {args.key_file}: {exc.strerror}") from None
+            raise UsageError(f"key_file {self.key_file}: {exc.strerror}") from None
         if not key:
-            raise UsageError(f"--key-file {args.key_file}: the file is empty")
-    if args.max_sessions < 1:
-        raise UsageError("--max-sessions must be at least 1")
-    server = Server(listen, allow, key, args.max_sessions)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: server.stop.set())
-    if args.duration:
-        threading.Timer(args.duration, server.stop.set).start()
-    log.info("serving on %s; allowed: %s; pid %d", ", ".join(f"{h}:{p}" for h, p in server.addresses),
-             ", ".join(str(n) for n in allow), os.getpid())
+            raise UsageError(f"key_file {self.key_file}: the file is empty")
+        return key
+
+
+def run_server(cfg, stop):
+    """Serve until `stop` (a threading.Event) is set."""
+    register_builtin_responders()
+    server = Server([parse_listen(a) for a in cfg.listen], cfg.allow, cfg.shared_key(), cfg.max_sessions,
+                    cfg.max_rate)
+    log.info("serving %s on %s; allowed: %s", ", ".join(sorted(RESPONDERS)),
+             ", ".join(f"{h}:{p}" for h, p in server.addresses), ", ".join(str(n) for n in cfg.allow))
+    threading.Thread(target=lambda: (stop.wait(), server.stop.set()), daemon=True).start()
     server.serve_forever()
-    return EXIT_OK

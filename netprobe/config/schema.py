@@ -73,8 +73,8 @@ def convert(f, value, where):
                 raise ValueError(f"{show(value)} is not true or false")
             out = value
         elif kind == STR:
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"{show(value)} is not a non-empty string")
+            if not isinstance(value, str) or (m["required"] and not value):
+                raise ValueError(f"{show(value)} is not a{' non-empty' if m['required'] else ''} string")
             out = value
         elif kind == CHOICE:
             if value not in m["choices"]:
@@ -82,11 +82,11 @@ def convert(f, value, where):
                 raise ValueError(f"{show(value)} is not one of {valid}")
             out = value
         elif kind == STR_LIST:
-            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
                 raise ValueError(f"{show(value)} is not a list of strings")
             out = tuple(value)
         elif kind == PREFIX_LIST:
-            if not isinstance(value, list):
+            if not isinstance(value, (list, tuple)):
                 raise ValueError(f"{show(value)} is not a list of prefixes (example: [\"127.0.0.0/8\", \"::1/128\"])")
             try:
                 out = tuple(ipaddress.ip_network(v, strict=False) for v in value)
@@ -141,6 +141,10 @@ def build(cls, table, where, *, ignore=()):
             values[name] = convert(f, table[name], where)
         elif f.metadata["required"]:
             raise where.error(name, f"missing (required: {f.metadata['doc']})")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if default is not None:           # defaults take the same form as given values
+                values[name] = convert(f, default, where)
     obj = cls(**values)
     check = getattr(obj, "check", None)
     if check is not None:

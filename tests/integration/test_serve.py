@@ -11,7 +11,8 @@ from netprobe import serve
 
 
 def echo_responder(sock, hello, server):
-    """A test responder: echoes one line back, proving the session was handed over."""
+    """A test responder: accepts, then echoes one line back, proving the session was handed over."""
+    serve.reply_ok(sock)
     sock.sendall(serve.read_line(sock) + b"\n")
 
 

@@ -41,7 +41,7 @@ def test_probe_help_lists_every_setting_once_with_its_default(capsys):
     (["probe", "host", "--max-steal", "101"], "--max-steal: 101.0 is out of range (valid: 0.0 to 100.0)"),
     (["probe", "nosuch"], "invalid choice: 'nosuch'"),
     (["selftest", "timer", "--interval", "fast"], 'is not a duration'),
-    (["serve", "--listen", "host:99999"], "port must be 0-65535"),
+    (["serve", "--listen", "host:99999"], '--listen: "host:99999" is not HOST:PORT'),
 ])
 def test_usage_errors_are_one_line_exit_2(capsys, argv, message):
     assert cli.main(argv) == 2
