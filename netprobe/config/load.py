@@ -16,7 +16,7 @@ from netprobe.config.defaults import DEFAULT_OUTPUTS, DaemonConfig
 from netprobe.errors import ConfigError
 from netprobe.units import show
 
-TOP_LEVEL = ("daemon", "probe", "output", "peer")
+TOP_LEVEL = ("daemon", "serve", "probe", "output", "peer")
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,11 @@ class PeerConfig:
     key: str = schema.setting(schema.STR, "", "shared key for the handshake, if the peer asks for one")
 
     def check(self, where):
-        host = self.address.rsplit(":", 1)[0] if self.address.count(":") == 1 else self.address
-        host = host.strip("[]")
+        from netprobe.serve import split_address
+        try:
+            host, _ = split_address(self.address)
+        except ValueError:
+            host = ""
         if not host or any(c.isspace() for c in host):
             raise where.error("address", f'"{self.address}" is not HOST or HOST:PORT')
 
@@ -39,10 +42,11 @@ class ProbeSpec:
     config: object
     table: dict
     index: int
+    label: str = ""             # the worker's name when the config has none (the [serve] worker)
 
     @property
     def name(self):
-        return self.config.name
+        return self.label or self.config.name
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class Config:
     outputs: dict                  # output name -> sink config dataclass
     output_tables: dict            # output name -> table as written (sinks are built from it)
     peers: dict                    # peer name -> PeerConfig
+    serve: object = None           # serve.ServeConfig when the file has a [serve] table
+    serve_table: dict = None
     supplied: dict = field(repr=False, default_factory=dict)
 
     def effective(self):
@@ -62,6 +68,8 @@ class Config:
             "probe": [{"kind": p.kind, **_plain(dataclasses.asdict(p.config))} for p in self.probes],
             "output": {n: _plain(dataclasses.asdict(c)) for n, c in self.outputs.items()},
             "peer": {n: {"address": c.address, "key": "***" if c.key else ""} for n, c in self.peers.items()},
+            "serve": None if self.serve is None else
+            {**_plain(dataclasses.asdict(self.serve)), "key": "***" if self.serve.key else ""},
         }
 
 
@@ -107,8 +115,12 @@ def load_dict(doc, file="<config>"):
     if not isinstance(out_tables, dict):
         raise ConfigError("must be tables: [output.NAME]", file=file, path="output")
     out_cfgs = outputs.validate_outputs(out_tables, file)
+    serve_cfg = None
+    if "serve" in doc:
+        from netprobe.serve import ServeConfig
+        serve_cfg = schema.build(ServeConfig, doc["serve"], schema.Where(file, "serve"))
     return Config(file, daemon, tuple(probe_specs), out_cfgs, copy.deepcopy(out_tables), peers,
-                  copy.deepcopy(doc))
+                  serve_cfg, copy.deepcopy(doc.get("serve")), copy.deepcopy(doc))
 
 
 def _load_peers(tables, file):
@@ -142,11 +154,17 @@ def _load_probes(entries, file, daemon, peers):
             raise where.error("name", f'"{cfg.name}" is already used by probe[{seen[cfg.name]}]; '
                                       "names must be unique")
         seen[cfg.name] = i
+        table = dict(table)
         peer = getattr(cfg, "peer", None)
-        if peer is not None and peer not in peers and not _looks_like_address(peer):
+        if peer in peers:                     # the worker gets the address and key themselves
+            table["peer"] = peers[peer].address
+            if not table.get("key") and peers[peer].key:
+                table["key"] = peers[peer].key
+            cfg = build_probe_config(kind, table, where)
+        elif peer is not None and not _looks_like_address(peer):
             known = ", ".join(sorted(peers)) or "none defined"
             raise where.error("peer", f'"{peer}" is neither a [peer.NAME] table ({known}) nor HOST[:PORT]')
-        specs.append(ProbeSpec(kind, cfg, dict(table), i))
+        specs.append(ProbeSpec(kind, cfg, table, i))
     return specs
 
 
@@ -156,9 +174,14 @@ def build_probe_config(kind, table, where):
 
 
 def _looks_like_address(text):
-    host = text.rsplit(":", 1)[0] if text.count(":") == 1 else text.strip("[]")
+    """HOST[:PORT] that cannot be a mistyped [peer.NAME]: an IP, a dotted name, localhost, or a port given."""
+    from netprobe.serve import split_address
     try:
-        ipaddress.ip_address(host.strip("[]"))
+        host, _ = split_address(text)
+    except ValueError:
+        return False
+    try:
+        ipaddress.ip_address(host)
         return True
     except ValueError:
-        return "." in host
+        return "." in host or host == "localhost" or text != host

@@ -7,7 +7,7 @@ import importlib
 
 from netprobe.errors import ConfigError
 
-KINDS = ("host",)
+KINDS = ("host", "throughput")
 
 
 def load(kind):

@@ -1,9 +1,12 @@
 """What every probe kind shares: common settings and the runner base class."""
+import re
 import threading
 from dataclasses import dataclass
 
 from netprobe.config.schema import DURATION, INT, STR, setting
 from netprobe.results import BREACH, RESULT, Hysteresis, Record, event
+
+NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,9 @@ class ProbeConfig:
 
     def check(self, where):
         """Cross-field validation; subclasses extend. Raise where.error(key, msg)."""
+        if not NAME_RE.fullmatch(self.name):
+            raise where.error("name", f'"{self.name}" is not a name: use letters, digits, ".", "_" and "-" '
+                                      "(it is printed as name=... on every line)")
 
 
 class ProbeRunner:

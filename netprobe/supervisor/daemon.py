@@ -18,13 +18,25 @@ import sys
 import time
 
 from netprobe import __version__, outputs
-from netprobe.config.load import load_file
+from netprobe.config.load import ProbeSpec, load_file
 from netprobe.errors import EXIT_OK, EXIT_RUNTIME, EXIT_SIGNAL, ConfigError
 from netprobe.log import OnceFilter
 from netprobe.results import DROPS, ERROR, Record
 from netprobe.supervisor.sdnotify import Notifier
 
 log = logging.getLogger("netprobe.supervisor")
+
+
+SERVE_NAME = "(serve)"        # the [serve] worker's name; probe names cannot contain parentheses
+
+
+def specs(config):
+    """Every worker the config asks for: the probes, and the peer side if [serve] is set."""
+    out = {}
+    if config.serve is not None:          # first, so that probes against it find it listening
+        out[SERVE_NAME] = ProbeSpec("serve", config.serve, config.serve_table, 0, SERVE_NAME)
+    out.update((p.name, p) for p in config.probes)
+    return out
 
 
 class Worker:
@@ -239,7 +251,7 @@ class Supervisor:
             self.notifier.notify("READY=1", "STATUS=reload failed; running the previous config")
             return False
         old_specs = {w.name: w.spec for w in self.workers.values()}
-        new_specs = {p.name: p for p in new.probes}
+        new_specs = specs(new)
         for name, w in list(self.workers.items()):
             spec = new_specs.get(name)
             if spec is None or spec.kind != w.spec.kind or spec.table != w.spec.table:
@@ -266,8 +278,8 @@ class Supervisor:
     def run(self):
         self._install_signals()
         self.sinks = self._start_sinks(self.config)
-        for spec in self.config.probes:
-            self.workers[spec.name] = Worker(spec, self.config.file)
+        for name, spec in specs(self.config).items():
+            self.workers[name] = Worker(spec, self.config.file)
         if not self.workers:
             log.warning("%s has no [[probe]] tables; nothing to run", self.config.file)
         t0 = time.monotonic()

@@ -23,6 +23,7 @@ from netprobe.errors import NetprobeError
 from netprobe.results import ERROR, Record
 
 PR_SET_PDEATHSIG = 1
+SERVE = "serve"          # the job kind of the peer side ([serve] table), run like a probe
 
 
 def _die_with_parent():
@@ -59,6 +60,10 @@ def run_job(job, out):
     kind, table = job["kind"], job["table"]
     name = str(table.get("name", "?"))
     try:
+        if kind == SERVE:
+            from netprobe import serve
+            serve.run_server(schema.build(serve.ServeConfig, table, schema.Where(job.get("file"), "serve")), stop)
+            return 0
         cfg = build_probe_config(kind, table, schema.Where(job.get("file"), f"probe[{job.get('index', 0)}]"))
         from netprobe import probes
         runner = probes.load(kind).Runner(cfg, emit)

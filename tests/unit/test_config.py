@@ -28,6 +28,7 @@ BAD = [
     ("missing-kind", "[[probe]]\nname = 'x'\n", "probe[0].kind: missing (one of: host"),
     ("unknown-kind", "[[probe]]\nkind = 'tcpxfer'\nname = 'x'\n", 'probe[0].kind: "tcpxfer" is not a probe kind'),
     ("missing-name", "[[probe]]\nkind = 'host'\n", "probe[0].name: missing"),
+    ("bad-name", "[[probe]]\nkind = 'host'\nname = 'my probe'\n", 'probe[0].name: "my probe" is not a name'),
     ("duplicate-name", GOOD_HOST + GOOD_HOST, 'probe[1].name: "self" is already used by probe[0]'),
     ("wrong-type-bool", GOOD_HOST + "interval = true\n", "probe[0].interval: true is not a duration"),
     ("wrong-type-int", GOOD_HOST + "breach_after = 1.5\n", "probe[0].breach_after: 1.5 is not an integer"),
@@ -41,6 +42,14 @@ BAD = [
     ("bool-as-string", GOOD_HOST + "require_clock_sync = 'yes'\n",
      'probe[0].require_clock_sync: "yes" is not true or false'),
     ("probe-not-array", "[probe]\nkind = 'host'\n", "probe: must be an array of tables: [[probe]]"),
+    ("missing-peer", "[[probe]]\nkind = 'throughput'\nname = 't'\nrate = '1G'\n", "probe[0].peer: missing"),
+    ("unknown-peer", "[peer.dc2]\naddress = '192.0.2.1'\n[[probe]]\nkind = 'throughput'\nname = 't'\n"
+     "peer = 'dc3'\nrate = '1G'\n", 'probe[0].peer: "dc3" is neither a [peer.NAME] table (dc2) nor HOST[:PORT]'),
+    ("bad-rate", "[[probe]]\nkind = 'throughput'\nname = 't'\npeer = 'h.example'\nrate = '10 Gbps'\n",
+     'probe[0].rate: "10 Gbps" is not a rate (examples: 100M, 9.5G, 1.2Gbit/s'),
+    ("rate-out-of-range", "[[probe]]\nkind = 'throughput'\nname = 't'\npeer = 'h.example'\nrate = '40G'\n",
+     'probe[0].rate: "40G" is out of range (valid: 1kbit/s to 10Gbit/s)'),
+    ("serve-bad-listen", "[serve]\nlisten = ['host:99999']\n", 'serve.listen: "host:99999" is not HOST:PORT'),
     ("missing-peer-address", "[peer.dc2]\nkey = 'k'\n", "peer.dc2.address: missing"),
     ("bad-peer-address", "[peer.dc2]\naddress = 'a b'\n", 'peer.dc2.address: "a b" is not HOST or HOST:PORT'),
     ("unknown-output-type", "[output.pager]\n", "output.pager"),
@@ -84,7 +93,7 @@ def test_missing_file(tmp_path, capsys):
 def test_shipped_files_load(name):
     cfg = load_file(CONFIG_DIR / name)
     assert cfg.probes, "the shipped file runs at least one probe"
-    assert all(p.kind == "host" for p in cfg.probes)
+    assert {p.kind for p in cfg.probes} == {"host", "throughput"}
 
 
 def test_example_documents_every_host_and_daemon_key():
@@ -93,8 +102,12 @@ def test_example_documents_every_host_and_daemon_key():
     from netprobe.config.schema import fields
     from netprobe.probes.host import Config as HostConfig
     cfg = load_file(CONFIG_DIR / "example.toml")
-    host_table = next(p.table for p in cfg.probes if p.kind == "host")
-    assert {f.name for f in fields(HostConfig)} <= set(host_table)
+    from netprobe.probes.throughput import Config as ThroughputConfig
+    from netprobe.serve import ServeConfig
+    for kind, cls in (("host", HostConfig), ("throughput", ThroughputConfig)):
+        table = next(p.table for p in cfg.probes if p.kind == kind)
+        assert {f.name for f in fields(cls)} <= set(table), kind
+    assert {f.name for f in fields(ServeConfig)} <= set(cfg.supplied["serve"])
     assert {f.name for f in fields(DaemonConfig)} <= set(cfg.supplied["daemon"])
 
 

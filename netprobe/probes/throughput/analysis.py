@@ -29,7 +29,7 @@ EXTRA_ROWS = 16
 MIN_SAMPLES = 3
 MIN_SPAN_NS = 1_000_000_000
 LIMITED_SHARE = 0.5          # share of busy time that names the limiter
-SENDER_KEEPUP = 0.98         # app writes below this share of the SLA: our own sender fell short
+BUSY_NETWORK = 0.5          # share of the window with data in flight above which a short flow is the network's doing
 NO_MIN_RTT = 0xFFFFFFFF      # tcpi_min_rtt before the first RTT sample (~0U)
 
 _T, _EPOCH = COL["t_ns"], COL["epoch"]
@@ -182,15 +182,18 @@ def analyze(window_rows, now_ns, window_s, sla_rate_bps, *, min_ratio=0.95):
     rwnd_share = _delta(rows, "rwnd_limited_us") / busy if busy > 0 else None
     sndbuf_share = _delta(rows, "sndbuf_limited_us") / busy if busy > 0 else None
     app_rate = _slope(x, rows[:, COL["app_bytes"]].astype(np.float64)) * 8
+    # With TCP_NOTSENT_LOWAT a network-limited sender also writes less (EAGAIN), so
+    # app_rate alone cannot blame our host; the kernel's busy time (data in flight) can.
+    busy_share = min(1.0, busy / 1e6 / span) if span > 0 else None
     short = ratio < min_ratio
     if rwnd_share is not None and rwnd_share > LIMITED_SHARE:
         limited_by = "receive_window"
     elif sndbuf_share is not None and sndbuf_share > LIMITED_SHARE:
         limited_by = "send_buffer"
-    elif short and app_rate < SENDER_KEEPUP * sla_rate_bps:
-        limited_by = "sender"
+    elif short and busy_share is not None and busy_share < BUSY_NETWORK:
+        limited_by = "sender"          # data was rarely in flight: we did not feed the socket
     elif short:
-        limited_by = "network"
+        limited_by = "network"         # data was in flight all along and still arrived short
     else:
         limited_by = "none"
 

@@ -1,0 +1,327 @@
+"""The throughput probe's client: keeps a paced TCP flow running each way and
+judges each direction's sliding window against its SLA.
+
+a->b: we send on the "up" connection; its TCP_INFO is sampled here.
+b->a: the peer sends on the "down" connection; its TCP_INFO arrives in the
+peer's reports on the up connection (see responder.py). A lost connection
+is a BREACH metric=connection at once; we reconnect with backoff, and a new
+connection starts a new epoch, so no sample from before it enters a window.
+"""
+import json
+import logging
+import queue
+import secrets
+import threading
+import time
+
+import numpy as np
+
+from netprobe import serve
+from netprobe.errors import PeerError, ProbeError, load_extension
+from netprobe.probes.base import ProbeRunner
+from netprobe.probes.throughput import analysis
+from netprobe.probes.throughput.samples import COL, NCOLS, SAMPLE_COLUMNS
+from netprobe.results import BREACH, CLEAR, percent, rate, seconds
+
+log = logging.getLogger("netprobe.probes.throughput")
+
+CHUNK_NS = 100_000_000
+DRAIN_AT_STOP = 1.0           # s to wait at stop for the peer to acknowledge what we sent
+REPORT_SILENCE = 3.0          # s without a peer report: the b->a side is considered lost
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
+STARTUP_GRACE = 1.5           # s a peer started beside us (same daemon) may take to listen
+DIRECTIONS = ("a->b", "b->a")
+
+
+class Connection:
+    """One session with the peer: the sockets and the threads that run the hot loops."""
+
+    def __init__(self, cfg, epoch, pacer):
+        self.cfg = cfg
+        self.epoch = epoch
+        self.rows = queue.SimpleQueue()         # (direction, rows array)
+        self.failed = threading.Event()
+        self.reason = ""
+        self.sender_totals = dict.fromkeys(("timer_overruns", "late_ticks", "eagain"), 0)
+        self.peer_totals = {}
+        self._stop = threading.Event()
+        sid = secrets.token_hex(16)
+        key = cfg.key.encode()
+        sample_ns = round(cfg.sample_interval * 1e9)
+        self.up = serve.connect(cfg.peer, "throughput", key=key, timeout=cfg.connect_timeout, role="up",
+                                session=sid, rate_down=cfg.down_rate, sample_ns=sample_ns)
+        self.down = None
+        try:
+            if cfg.down_rate:
+                self.down = serve.connect(cfg.peer, "throughput", key=key, timeout=cfg.connect_timeout,
+                                          role="down", session=sid, pacing=cfg.pacing, congestion=cfg.congestion)
+        except PeerError:
+            self.up.close()
+            raise
+        if cfg.congestion:
+            set_congestion(self.up, cfg.congestion)
+        self.up.setblocking(False)
+        self.threads = [threading.Thread(target=self._send, args=(pacer, sample_ns), daemon=True)]
+        if self.down is not None:
+            self.down.setblocking(False)
+            self.threads += [threading.Thread(target=self._drain, args=(pacer, sample_ns), daemon=True),
+                             threading.Thread(target=self._reports, daemon=True)]
+        for t in self.threads:
+            t.start()
+
+    def _fail(self, reason):
+        if not self.failed.is_set():
+            self.reason = reason
+            self.failed.set()
+
+    def _send(self, pacer, sample_ns):
+        sender = pacer.TcpPacedSender(self.up.fileno(), self.cfg.rate, pacing=self.cfg.pacing)
+        buf = np.empty((64, NCOLS), dtype=np.int64)
+        try:
+            while not self._stop.is_set():
+                got = sender.run(buf, CHUNK_NS, sample_ns, self.epoch)
+                for k in self.sender_totals:
+                    self.sender_totals[k] += got[k]
+                if got["rows"]:
+                    self.rows.put(("a->b", buf[:got["rows"]].copy()))
+                if got["error"]:
+                    self._fail(f"a->b send failed: {_strerror(got['error'])}")
+                    return
+            self._final_sample(pacer, sender.bytes_sent)
+        finally:
+            sender.close()
+
+    def _final_sample(self, pacer, sent):
+        """At stop: wait until the peer has acknowledged what we sent, then take the last row,
+        so the final interval counts every byte and retransmission of this connection."""
+        acked = COL["bytes_acked"]
+        end = time.monotonic() + DRAIN_AT_STOP
+        while True:
+            row = pacer.tcp_info_row(self.up.fileno(), time.monotonic_ns(), self.epoch, sent)
+            if row[acked] >= sent or time.monotonic() > end:
+                break
+            time.sleep(0.01)
+        self.rows.put(("a->b", np.asarray([row], dtype=np.int64)))
+
+    def _drain(self, pacer, sample_ns):
+        drain = pacer.TcpDrain(self.down.fileno())
+        buf = np.empty((64, NCOLS), dtype=np.int64)
+        while not self._stop.is_set():
+            got = drain.run(buf, CHUNK_NS, sample_ns, self.epoch)
+            if got["eof"] or got["error"]:
+                self._fail("b->a connection closed by the peer" if got["eof"]
+                           else f"b->a receive failed: {_strerror(got['error'])}")
+                return
+
+    def _reports(self):
+        """Read the peer's JSON report lines (its b->a sender's TCP_INFO) off the up connection."""
+        import select
+        pending = b""
+        last = time.monotonic()
+        offset = None          # our monotonic clock minus the peer's, fixed at the first report
+        while not self._stop.is_set():
+            ready, _, _ = select.select([self.up], [], [], 0.2)
+            if not ready:
+                if time.monotonic() - last > REPORT_SILENCE:
+                    self._fail(f"peer sent no report for {REPORT_SILENCE:g}s")
+                    return
+                continue
+            try:
+                chunk = self.up.recv(1 << 16)
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                self._fail(f"report channel failed: {exc.strerror}")
+                return
+            if not chunk:
+                self._fail("a->b connection closed by the peer")
+                return
+            last = time.monotonic()
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if len(pending) > 1 << 20:
+                self._fail("peer report line too long")
+                return
+            for line in lines:
+                rows, totals = _parse_report(line, self.epoch)
+                if isinstance(totals, dict):
+                    self.peer_totals = totals
+                if rows is None:
+                    self._fail("malformed report from the peer")
+                    return
+                if len(rows):
+                    if offset is None:
+                        offset = time.monotonic_ns() - int(rows[:, COL["t_ns"]].max())
+                    rows[:, COL["t_ns"]] += offset
+                    self.rows.put(("b->a", rows))
+
+    def close(self):
+        self._stop.set()
+        for t in self.threads:
+            t.join(DRAIN_AT_STOP + 1.0)
+        for s in (self.up, self.down):
+            if s is not None:
+                s.close()
+
+
+def set_congestion(sock, name):
+    """Choose the sending socket's congestion control; ProbeError naming the allowed ones."""
+    import socket
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
+    except OSError as exc:
+        try:
+            with open("/proc/sys/net/ipv4/tcp_allowed_congestion_control") as fh:
+                allowed = fh.read().split()
+        except OSError:
+            allowed = []
+        raise PeerError(f'congestion "{name}": {exc.strerror} (allowed here: {", ".join(allowed) or "unknown"})') \
+            from None
+
+
+def _parse_report(line, epoch):
+    """Rows of a peer report, stamped with our epoch; None if malformed.
+
+    Their times are the peer's monotonic clock; the caller shifts them onto ours
+    by one offset per connection, which keeps the peer's exact sample spacing.
+    """
+    try:
+        report = json.loads(line)
+        rows = np.asarray(report["rows"], dtype=np.int64)
+    except (ValueError, KeyError, TypeError, OverflowError):
+        return None, None
+    totals = report.get("sender")
+    if rows.size == 0:
+        return rows.reshape(0, NCOLS), totals
+    if rows.ndim != 2 or rows.shape[1] != NCOLS:
+        return None, None
+    rows[:, COL["epoch"]] = epoch
+    return rows, totals
+
+
+def _strerror(err):
+    import os
+    return os.strerror(err) if isinstance(err, int) else str(err)
+
+
+class Runner(ProbeRunner):
+    """Constant-rate TCP both ways; RESULT per direction per interval; BREACH/CLEAR per SLA."""
+
+    kind = "throughput"
+
+    def __init__(self, cfg, emit):
+        super().__init__(cfg, emit)
+        self.pacer = load_extension("_pacer")
+        if tuple(self.pacer.SAMPLE_COLUMNS) != SAMPLE_COLUMNS:
+            raise ProbeError("netprobe._pacer was built for another sample layout: rebuild it (make build)")
+        self.windows = {d: analysis.SampleWindow.for_window(cfg.window, cfg.sample_interval) for d in DIRECTIONS}
+        self.active = [d for d in DIRECTIONS if d == "a->b" or cfg.down_rate]
+        self.epoch = 0
+        self.down_since = None        # monotonic time the connection was lost, while in breach
+
+    def run(self, stop):
+        conn = None
+        backoff = BACKOFF_FIRST
+        self.started = time.monotonic()
+        next_result = time.monotonic() + self.cfg.interval
+        try:
+            while not stop.is_set():
+                if conn is None:
+                    conn = self._connect()
+                    if conn is None:
+                        if self.down_since is None:   # start-up grace: try again soon
+                            stop.wait(0.1)
+                            continue
+                        stop.wait(backoff)
+                        backoff = min(backoff * 2, BACKOFF_MAX)
+                        continue
+                    backoff = BACKOFF_FIRST
+                self._collect(conn)
+                if conn.failed.is_set():
+                    self._lost(conn.reason)
+                    conn.close()
+                    conn = None
+                    continue
+                if time.monotonic() >= next_result:
+                    next_result += self.cfg.interval
+                    self._interval(conn)
+                stop.wait(0.05)
+        finally:
+            if conn is not None:
+                conn.close()
+                self._collect(conn)
+            self._interval(conn)                 # the final, partial interval
+
+    def _connect(self):
+        try:
+            conn = Connection(self.cfg, self.epoch + 1, self.pacer)
+        except PeerError as exc:
+            if self.epoch == 0 and exc.unreachable and time.monotonic() - self.started < STARTUP_GRACE:
+                return None                       # not listening yet: not a breach at start-up
+            self._lost(str(exc))
+            return None
+        self.epoch += 1
+        for w in self.windows.values():
+            w.clear()
+        if self.down_since is not None:
+            self.emit(_connection_event(CLEAR, self, "connected", f"after {time.monotonic() - self.down_since:.1f}s"))
+            self.down_since = None
+        log.info("%s: connected to %s (epoch %d)", self.cfg.name, self.cfg.peer, self.epoch)
+        return conn
+
+    def _lost(self, reason):
+        for w in self.windows.values():
+            w.mark_disconnected(time.monotonic_ns())
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self.emit(_connection_event(BREACH, self, "lost", reason))
+            log.warning("%s: %s", self.cfg.name, reason)
+
+    def _collect(self, conn):
+        while True:
+            try:
+                direction, rows = conn.rows.get_nowait()
+            except queue.Empty:
+                return
+            self.windows[direction].add(rows)
+
+    def _interval(self, conn):
+        now_ns = time.monotonic_ns()
+        for d in self.active:
+            sla = self.cfg.sla(d)
+            rows = self.windows[d].rows()
+            m = analysis.analyze(rows, now_ns, self.cfg.window, sla.rate_bps, min_ratio=sla.min_ratio)
+            fields = _result_fields(d, m, sla, self.cfg.window)
+            if len(rows):       # the sender's count since this connection opened (nstat-comparable)
+                fields["retrans_total"] = int(rows[-1, COL["total_retrans"]])
+            if conn is not None:   # measure the measurer: how well each end's pacer kept its schedule
+                totals = conn.sender_totals if d == "a->b" else conn.peer_totals
+                for k in ("timer_overruns", "late_ticks", "eagain"):
+                    if isinstance(totals.get(k), int):
+                        fields[k] = totals[k]
+            self.result(fields)
+            for v in analysis.verdicts(m, sla, d):
+                self.judge((d, v.metric), v.bad, metric=v.metric, value=v.value, op=v.op,
+                           threshold=v.threshold, window=seconds(self.cfg.window), dir=d)
+
+
+def _connection_event(kind, runner, state, detail):
+    from netprobe.results import Record
+    return Record(kind, runner.kind, runner.cfg.name,
+                  {"metric": "connection", "state": state, "peer": runner.cfg.peer, "detail": detail})
+
+
+def _result_fields(direction, m, sla, window):
+    fields = {"dir": direction, "sla_rate": rate(sla.rate_bps)}
+    if m is None:
+        fields["samples"] = 0
+        return fields
+    fields.update({
+        "rate": rate(m["rate"]), "ratio": round(m["ratio"], 4),
+        "rtt": seconds(m["rtt_mean"]), "rtt_p99": seconds(m["rtt_p99"]), "min_rtt": seconds(m["min_rtt"]),
+        "retrans": m["retrans"], "retrans_pct": percent(m["retrans_pct"]),
+        "fitness": None if m["fitness"] is None else round(m["fitness"], 4),
+        "angle": round(m["angle"], 4), "limited_by": m["limited_by"],
+        "window": seconds(window), "samples": m["samples"],
+    })
+    return fields

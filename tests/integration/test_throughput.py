@@ -1,0 +1,232 @@
+"""The throughput probe end to end: real peers, real signals, and the netns lab
+with injected rate limits, loss and delay as the oracle."""
+import json
+import os
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PY = sys.executable
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def netprobe(*args):
+    return [PY, "-m", "netprobe", *map(str, args)]
+
+
+def records(text):
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def wait_listening(port, host="127.0.0.1", timeout=15):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listening on {host}:{port}")
+
+
+@pytest.fixture
+def peer(tmp_path):
+    """A `netprobe serve` process on a free loopback port; killed at teardown."""
+    procs = []
+
+    def start(*extra, port=None):
+        port = port or free_port()
+        p = subprocess.Popen(netprobe("serve", "--listen", f"127.0.0.1:{port}", *extra), cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        procs.append(p)
+        wait_listening(port)
+        return p, port
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+
+
+def one_shot(*args, timeout=60):
+    return subprocess.run(netprobe("probe", "throughput", "--json", *args), cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_loopback_both_ways_holds_the_rate(peer):
+    _, port = peer()
+    proc = one_shot("--peer", f"127.0.0.1:{port}", "--rate", "300M", "--rate-down", "150M",
+                    "--interval", "1s", "--window", "2s", "--duration", "6s")
+    assert proc.returncode == 0, proc.stderr
+    recs = records(proc.stdout)
+    full = [r for r in recs if r["type"] == "RESULT" and r.get("samples", 0) >= 15]
+    for d, want in (("a->b", 300e6), ("b->a", 150e6)):
+        rates = [r["rate"] for r in full if r["dir"] == d]
+        assert len(rates) >= 3, recs
+        assert all(abs(x / want - 1) < 0.02 for x in rates), (d, rates)
+    assert not [r for r in recs if r["type"] == "BREACH"], recs
+
+
+def test_peer_killed_breach_then_reconnect_and_clear(peer):
+    p, port = peer()
+    probe = subprocess.Popen(netprobe("probe", "throughput", "--json", "--peer", f"127.0.0.1:{port}",
+                                      "--rate", "100M", "--interval", "1s", "--window", "2s",
+                                      "--duration", "14s"),
+                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(4)
+        p.kill()
+        killed = time.time()
+        p.wait()
+        time.sleep(3)
+        peer(port=port)
+        restarted = time.time()
+        out, err = probe.communicate(timeout=40)
+    finally:
+        if probe.poll() is None:
+            probe.kill()
+    recs = records(out)
+    conn = [r for r in recs if r.get("metric") == "connection"]
+    assert [r["type"] for r in conn] == ["BREACH", "CLEAR"], conn
+    breach_ts = _ts(conn[0]["ts"])
+    assert 0 <= breach_ts - killed < 2.0, f"BREACH {breach_ts - killed:.2f}s after the kill"
+    assert _ts(conn[1]["ts"]) - restarted < 3.0
+    after = [r for r in recs if r["type"] == "RESULT" and _ts(r["ts"]) > _ts(conn[1]["ts"]) + 2.5
+             and r["dir"] == "a->b" and r.get("samples", 0) >= 15]
+    assert after and all(abs(r["rate"] / 100e6 - 1) < 0.02 for r in after), after
+    assert "Traceback" not in err
+
+
+def _ts(iso):
+    import calendar
+    base, ms = iso.rstrip("Z").split(".")
+    return calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) + int(ms) / 1000
+
+
+@pytest.mark.parametrize("case,serve_args,probe_args,message", [
+    ("unreachable", None, ["--peer", "127.0.0.1:{free}"], "cannot connect to 127.0.0.1:"),
+    ("wrong key", ["--key-file", "{keyfile}"], ["--key", "wrong"], "refused: authentication failed"),
+    ("no key", ["--key-file", "{keyfile}"], [], "asks for a shared key and none is configured"),
+    ("not allowed", ["--allow", "192.0.2.0/24"], [], "refused: client 127.0.0.1 is not in the allow list"),
+    ("over budget", ["--max-rate", "100M"], ["--rate-down", "200M"], "send budget"),
+])
+def test_refusals_are_one_breach_line_not_a_traceback(peer, tmp_path, case, serve_args, probe_args, message):
+    keyfile = tmp_path / "key"
+    keyfile.write_text("s3cret\n")
+    port = free_port()
+    if serve_args is not None:
+        _, port = peer(*[a.format(keyfile=keyfile) for a in serve_args])
+    args = ["--peer", f"127.0.0.1:{port}", "--rate", "10M", "--interval", "1s", "--duration", "2s"]
+    args += [a.format(free=free_port()) for a in probe_args]
+    proc = one_shot(*args)
+    assert proc.returncode == 0, proc.stderr
+    breaches = [r for r in records(proc.stdout) if r["type"] == "BREACH"]
+    assert len(breaches) == 1 and breaches[0]["metric"] == "connection", breaches
+    assert message in breaches[0]["detail"], breaches[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_rate_is_one_line_exit_2():
+    proc = one_shot("--peer", "127.0.0.1", "--rate", "10 Gbps")
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == ('netprobe: error: netprobe probe: --rate: "10 Gbps" is not a rate '
+                                   '(examples: 100M, 9.5G, 1.2Gbit/s, 500k)')
+
+
+# ---- the lab: A runs the probe, B runs the peer, R injects the impairment -------------------------
+
+def lab_peer(lab):
+    p = lab.popen("b", netprobe("serve", "--listen", f"{lab.b4}:7171", "--allow", "198.18.0.0/15"), cwd=ROOT)
+    end = time.monotonic() + 15
+    while lab.run("a", [PY, "-c", f"import socket; socket.create_connection(('{lab.b4}', 7171), 1).close()"],
+                  check=False).returncode != 0:
+        assert time.monotonic() < end, "peer in B did not come up"
+        time.sleep(0.1)
+    return p
+
+
+def lab_probe(lab, *args):
+    return lab.popen("a", netprobe("probe", "throughput", "--json", "--peer", f"{lab.b4}:7171", *args), cwd=ROOT)
+
+
+@pytest.mark.lab
+def test_lab_rate_limit_one_way_breaches_that_direction_then_clears(lab):
+    """tbf 100 Mbit/s A->B only, SLA 200M both ways: a->b breaches and clears in time.
+
+    b->a is not limited, but its ACKs queue behind a->b in the shaped queue, which
+    costs it up to about 10 % at the onset here (a real shared-queue effect, not
+    the probe's); it is held to 85 %, and its occasional rate BREACH is reported
+    as an open point of issue 4 rather than hidden.
+    """
+    lab_peer(lab)
+    window, hyst = 4, 2
+    probe = lab_probe(lab, "--rate", "200M", "--interval", "1s", "--window", f"{window}s",
+                      "--breach-after", str(hyst), "--clear-after", str(hyst), "--duration", "24s")
+    time.sleep(4)
+    lab.set(rate_ab="100mbit")
+    limited = time.time()
+    time.sleep(9)
+    lab.clear()
+    freed = time.time()
+    out, err = probe.communicate(timeout=60)
+    recs = records(out)
+    events = [r for r in recs if r["type"] in ("BREACH", "CLEAR") and r["dir"] == "a->b"]
+    assert [(r["type"], r["metric"]) for r in events] == [("BREACH", "rate"), ("CLEAR", "rate")], events
+    assert _ts(events[0]["ts"]) - limited <= window + 2, "BREACH within window + 2 s"
+    assert events[0]["value"] < 0.95 * 200e6 and events[0]["threshold"] == 0.95 * 200e6, events[0]
+    limited_windows = [r for r in recs if r["type"] == "RESULT" and r["dir"] == "a->b"
+                       and limited + window + 1 < _ts(r["ts"]) < freed]
+    assert limited_windows and all(0.45 < r["ratio"] < 0.5 for r in limited_windows), limited_windows
+    assert all(r["limited_by"] == "network" for r in limited_windows), limited_windows
+    down = [r["ratio"] for r in recs if r["type"] == "RESULT" and r["dir"] == "b->a" and r.get("samples", 0) >= 30]
+    assert down and min(down) >= 0.85, down
+    assert _ts(events[1]["ts"]) - freed <= window + hyst + 1, "CLEAR within window + hysteresis"
+
+
+def nstat(lab, host, counter):
+    out = lab.run(host, ["nstat", "-az", "--json", counter]).stdout
+    return json.loads(out)["kernel"][counter]
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("lab", [{"offload": "off"}], indirect=True)
+def test_lab_loss_retransmits_agree_with_nstat(lab):
+    lab_peer(lab)
+    lab.set(loss_ab=2.0)
+    before = nstat(lab, "a", "TcpRetransSegs")
+    probe = lab_probe(lab, "--rate", "40M", "--rate-down", "0", "--interval", "1s", "--window", "3s",
+                      "--duration", "8s")
+    out, err = probe.communicate(timeout=60)
+    after = nstat(lab, "a", "TcpRetransSegs")
+    results = [r for r in records(out) if r["type"] == "RESULT" and "retrans_total" in r]
+    ours = results[-1]["retrans_total"]
+    kernel = after - before
+    assert kernel > 100, "the loss produced retransmissions"
+    assert abs(ours - kernel) <= 0.02 * kernel, (ours, kernel)
+
+
+@pytest.mark.lab
+def test_lab_delay_rtt_matches_ping_and_max_rtt_breaches(lab):
+    lab_peer(lab)
+    lab.set(delay=20)
+    ping = lab.run("a", ["ping", "-c", "40", "-i", "0.05", "-q", lab.b4]).stdout
+    ping_avg = float(re.search(r"= [0-9.]+/([0-9.]+)/", ping).group(1)) / 1e3
+    probe = lab_probe(lab, "--rate", "20M", "--interval", "1s", "--window", "3s", "--max-rtt", "35ms",
+                      "--breach-after", "2", "--duration", "8s")
+    out, err = probe.communicate(timeout=60)
+    recs = records(out)
+    rtts = [r["rtt"] for r in recs if r["type"] == "RESULT" and r["dir"] == "a->b" and r.get("samples", 0) >= 20]
+    assert rtts, recs
+    assert abs(statistics.median(rtts) - ping_avg) < 1e-3, (rtts, ping_avg)
+    assert any(r["type"] == "BREACH" and r["metric"] == "rtt" and r["dir"] == "a->b" for r in recs), recs
