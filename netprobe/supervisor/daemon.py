@@ -137,8 +137,11 @@ class Supervisor:
         w.proc = subprocess.Popen([sys.executable, "-m", "netprobe.supervisor.worker"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                                   close_fds=True)
-        w.proc.stdin.write((json.dumps(w.job) + "\n").encode())
-        w.proc.stdin.close()
+        try:
+            w.proc.stdin.write((json.dumps(w.job) + "\n").encode())
+            w.proc.stdin.close()
+        except OSError:
+            pass            # it died at once (killed, say): its exit is handled like any other
         os.set_blocking(w.proc.stdout.fileno(), False)
         self.sel.register(w.proc.stdout, selectors.EVENT_READ, w)
         w.buf = b""

@@ -78,11 +78,28 @@ def test_loopback_both_ways_holds_the_rate(peer):
     assert not [r for r in recs if r["type"] == "BREACH"], recs
 
 
+def test_ipv6_loopback(tmp_path):
+    port = free_port()
+    srv = subprocess.Popen(netprobe("serve", "--listen", f"[::1]:{port}"), cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(port, host="::1")
+        proc = one_shot("--peer", f"[::1]:{port}", "--rate", "100M", "--interval", "1s", "--window", "2s",
+                        "--duration", "3.5s")
+    finally:
+        srv.kill()
+        srv.wait()
+    assert proc.returncode == 0, proc.stderr
+    full = [r for r in records(proc.stdout) if r["type"] == "RESULT" and r.get("samples", 0) >= 15]
+    assert {r["dir"] for r in full} == {"a->b", "b->a"}
+    assert all(abs(r["rate"] / 100e6 - 1) < 0.02 for r in full), full
+
+
 def test_peer_killed_breach_then_reconnect_and_clear(peer):
     p, port = peer()
     probe = subprocess.Popen(netprobe("probe", "throughput", "--json", "--peer", f"127.0.0.1:{port}",
                                       "--rate", "100M", "--interval", "1s", "--window", "2s",
-                                      "--duration", "14s"),
+                                      "--duration", "18s"),
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(4)
@@ -101,7 +118,7 @@ def test_peer_killed_breach_then_reconnect_and_clear(peer):
     assert [r["type"] for r in conn] == ["BREACH", "CLEAR"], conn
     breach_ts = _ts(conn[0]["ts"])
     assert 0 <= breach_ts - killed < 2.0, f"BREACH {breach_ts - killed:.2f}s after the kill"
-    assert _ts(conn[1]["ts"]) - restarted < 3.0
+    assert _ts(conn[1]["ts"]) - restarted < 5.5, "reconnected within one backoff step (<= 5 s)"
     after = [r for r in recs if r["type"] == "RESULT" and _ts(r["ts"]) > _ts(conn[1]["ts"]) + 2.5
              and r["dir"] == "a->b" and r.get("samples", 0) >= 15]
     assert after and all(abs(r["rate"] / 100e6 - 1) < 0.02 for r in after), after

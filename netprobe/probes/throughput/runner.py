@@ -28,7 +28,7 @@ log = logging.getLogger("netprobe.probes.throughput")
 CHUNK_NS = 100_000_000
 DRAIN_AT_STOP = 1.0           # s to wait at stop for the peer to acknowledge what we sent
 REPORT_SILENCE = 3.0          # s without a peer report: the b->a side is considered lost
-BACKOFF_FIRST, BACKOFF_MAX = 0.5, 10.0
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 5.0      # reconnect delays, s
 STARTUP_GRACE = 1.5           # s a peer started beside us (same daemon) may take to listen
 DIRECTIONS = ("a->b", "b->a")
 
