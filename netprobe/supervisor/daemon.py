@@ -147,7 +147,10 @@ class Supervisor:
         w.buf = b""
         w.stopping = False
         w.started_at = time.monotonic()
-        log.info("started probe %s (%s) pid=%d", w.name, w.spec.kind, w.proc.pid)
+        if w.name == SERVE_NAME:
+            log.info("started the peer side ([serve]) pid=%d", w.proc.pid)
+        else:
+            log.info("started probe %s (%s) pid=%d", w.name, w.spec.kind, w.proc.pid)
 
     def _read(self, w):
         try:
