@@ -40,19 +40,28 @@ def _duration_arg(text):
 def _add_probe_options(sub, kind):
     module = probes.load(kind)
     rows = schema.describe(module.Config)
+    required = {f.name for f in schema.fields(module.Config) if f.metadata["required"]}
     p = sub.add_parser(kind, help=module.SUMMARY, description=module.SUMMARY,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=f"example:\n  netprobe probe {kind} --interval 1s --duration 10s\n")
+                       epilog=f"example:\n  {module.EXAMPLE}\n")
+
+    def helptext(name, kind_, default, doc):
+        if name in required:
+            return f"{doc} (required)"
+        if "default:" in doc:                 # the doc states a derived default itself
+            return doc
+        return f"{doc} (default: {schema.default_text(kind_, default)})"
+
     for name, kind_, default, doc in rows:
         opt = "--" + name.replace("_", "-")
         if name == "name":
             p.add_argument(opt, default=kind, help=f"{doc} (default: {kind})")
         elif kind_ == schema.BOOL:
             p.add_argument(opt, dest=name, default=None, action=argparse.BooleanOptionalAction,
-                           help=f"{doc} (default: {schema.default_text(kind_, default)})")
+                           help=helptext(name, kind_, default, doc))
         else:
             p.add_argument(opt, dest=name, default=None, metavar=kind_.upper(),
-                           help=f"{doc} (default: {schema.default_text(kind_, default)})")
+                           help=helptext(name, kind_, default, doc))
     p.add_argument("--duration", type=_duration_arg, default=None,
                    help="stop after this long, e.g. 30s (default: until Ctrl-C)")
     p.add_argument("--json", action="store_true", help="JSON lines instead of key=value text")

@@ -1,6 +1,6 @@
 """Probe kinds. Each kind is a package netprobe.probes.<kind> exporting
 `Config` (frozen dataclass, see config.schema), `Runner` (see base.ProbeRunner)
-and `SUMMARY` (one line for --help). The kind name is the same everywhere:
+`SUMMARY` (one line for --help) and `EXAMPLE` (a command line for --help). The kind name is the same everywhere:
 TOML `kind = "host"`, CLI `netprobe probe host`, log field `probe=host`.
 """
 import importlib

@@ -8,5 +8,6 @@ from netprobe.probes.host.config import Config
 from netprobe.probes.host.runner import Runner
 
 SUMMARY = "measure the measurer: timer wake-up lateness, clock sync, CPU steal"
+EXAMPLE = "netprobe probe host --interval 1s --duration 10s"
 
-__all__ = ["SUMMARY", "Config", "Runner"]
+__all__ = ["SUMMARY", "EXAMPLE", "Config", "Runner"]
