@@ -1,7 +1,8 @@
 """Probe kinds. Each kind is a package netprobe.probes.<kind> exporting
-`Config` (frozen dataclass, see config.schema), `Runner` (see base.ProbeRunner)
-`SUMMARY` (one line for --help) and `EXAMPLE` (a command line for --help). The kind name is the same everywhere:
-TOML `kind = "host"`, CLI `netprobe probe host`, log field `probe=host`.
+`Config` (frozen dataclass, see config.schema), `Runner` (see base.ProbeRunner),
+`SUMMARY` (one line for --help) and `EXAMPLE` (a command line for --help).
+The kind name is the same everywhere: TOML `kind = "host"`, CLI
+`netprobe probe host`, log field `probe=host`.
 """
 import importlib
 
