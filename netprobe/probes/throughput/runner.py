@@ -318,7 +318,8 @@ def _result_fields(direction, m, sla, window):
         return fields
     fields.update({
         "rate": rate(m["rate"]), "ratio": round(m["ratio"], 4),
-        "rtt": seconds(m["rtt_mean"]), "rtt_p99": seconds(m["rtt_p99"]), "min_rtt": seconds(m["min_rtt"]),
+        "rtt": seconds(m["rtt_mean"]), "rtt_p50": seconds(m["rtt_p50"]), "rtt_p99": seconds(m["rtt_p99"]),
+        "min_rtt": seconds(m["min_rtt"]),
         "retrans": m["retrans"], "retrans_pct": percent(m["retrans_pct"]),
         "fitness": None if m["fitness"] is None else round(m["fitness"], 4),
         "angle": round(m["angle"], 4), "limited_by": m["limited_by"],
