@@ -208,7 +208,8 @@ def test_lab_rate_limit_one_way_breaches_that_direction_then_clears(lab):
     assert events[0]["value"] < 0.95 * 200e6 and events[0]["threshold"] == 0.95 * 200e6, events[0]
     limited_windows = [r for r in recs if r["type"] == "RESULT" and r["dir"] == "a->b"
                        and limited + window + 1 < _ts(r["ts"]) < freed]
-    assert limited_windows and all(0.45 < r["ratio"] < 0.5 for r in limited_windows), limited_windows
+    # payload through 100 Mbit/s of frames is ~0.478 of 200M; a host stall can only lower it
+    assert limited_windows and all(0.40 < r["ratio"] < 0.5 for r in limited_windows), limited_windows
     assert all(r["limited_by"] == "network" for r in limited_windows), limited_windows
     down = [r["ratio"] for r in recs if r["type"] == "RESULT" and r["dir"] == "b->a" and r.get("samples", 0) >= 30]
     assert down and min(down) >= 0.85, down
