@@ -250,7 +250,7 @@ class Runner(ProbeRunner):
             if conn is not None:
                 conn.close()
                 self._collect(conn)
-            self._interval(conn)                 # the final, partial interval
+            self._interval(conn, judge=False)    # the final, partial interval: reported, not judged
 
     def _connect(self):
         try:
@@ -285,7 +285,9 @@ class Runner(ProbeRunner):
                 return
             self.windows[direction].add(rows)
 
-    def _interval(self, conn):
+    def _interval(self, conn, judge=True):
+        """RESULT per direction; SLA verdicts unless `judge` is False (the window cut short at
+        stop ends with the wait for the last ACKs, which says nothing about the path)."""
         now_ns = time.monotonic_ns()
         for d in self.active:
             sla = self.cfg.sla(d)
@@ -300,7 +302,7 @@ class Runner(ProbeRunner):
                     if isinstance(totals.get(k), int):
                         fields[k] = totals[k]
             self.result(fields)
-            for v in analysis.verdicts(m, sla, d):
+            for v in (analysis.verdicts(m, sla, d) if judge else ()):
                 self.judge((d, v.metric), v.bad, metric=v.metric, value=v.value, op=v.op,
                            threshold=v.threshold, window=seconds(self.cfg.window), dir=d)
 
