@@ -31,14 +31,6 @@ class UsageError(NetprobeError):
     exit_code = EXIT_USAGE
 
 
-class DecodeError(NetprobeError):
-    """Malformed bytes from outside (packets, pcap, netlink); `offset` is where."""
-
-    def __init__(self, message, offset=0):
-        self.offset = offset
-        super().__init__(f"{message} (at offset {offset})")
-
-
 class ProbeError(NetprobeError):
     """A probe could not run (missing privilege, facility absent, ...)."""
 

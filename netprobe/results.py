@@ -178,6 +178,3 @@ class Hysteresis:
 
     def active(self, key):
         return self._state.get(key, [False])[0]
-
-    def active_keys(self):
-        return [k for k, st in self._state.items() if st[0]]

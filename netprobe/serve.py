@@ -47,21 +47,11 @@ def register_builtin_responders():
 
 
 def parse_listen(text):
-    """'HOST:PORT', '[V6]:PORT', 'HOST' or ':PORT' -> (host, port)."""
-    host, port = text, DEFAULT_PORT
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest:
-            port = rest.lstrip(":")
-    elif text.count(":") == 1:
-        host, port = text.split(":")
+    """A listen address: 'HOST:PORT', '[V6]:PORT', 'HOST' or ':PORT' (all addresses) -> (host, port)."""
     try:
-        port = int(port)
-        if not 0 <= port <= 65535:
-            raise ValueError
+        return split_address(text, default_host="::", min_port=0)
     except ValueError:
         raise UsageError(f'--listen "{text}": port must be 0-65535 (example: [::]:7171)') from None
-    return host or "::", port
 
 
 def read_line(sock, limit=HELLO_MAX):
@@ -103,8 +93,10 @@ def refuse(sock, why):
     sock.close()
 
 
-def split_address(text, default_port=DEFAULT_PORT):
-    """'HOST', 'HOST:PORT', '[V6]' or '[V6]:PORT' -> (host, port); ValueError if malformed."""
+def split_address(text, default_port=DEFAULT_PORT, default_host=None, min_port=1):
+    """'HOST', 'HOST:PORT', '[V6]' or '[V6]:PORT' -> (host, port); ValueError if malformed.
+
+    An empty host is `default_host` where one is given (':7171' to listen on all)."""
     if text.startswith("["):
         host, _, rest = text[1:].partition("]")
         port = rest[1:] if rest.startswith(":") else (rest or default_port)
@@ -112,8 +104,12 @@ def split_address(text, default_port=DEFAULT_PORT):
         host, port = text.split(":")
     else:
         host, port = text, default_port      # a bare IPv6 address has several colons
-    port = int(port)
-    if not host or not 0 < port < 65536:
+    host = host or default_host
+    try:
+        port = int(port)
+    except ValueError:
+        port = -1
+    if not host or not min_port <= port <= 65535:
         raise ValueError(f'"{text}" is not HOST[:PORT]')
     return host, port
 

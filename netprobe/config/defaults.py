@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from netprobe.config.schema import CHOICE, DURATION, INT, setting
 
-DEFAULT_CONFIG_PATH = "/etc/netprobe/netprobe.toml"
 DEFAULT_OUTPUTS = {"stdout": {}}          # when the file has no [output.*] table
 
 

@@ -5,6 +5,7 @@ blocks: when the queue is full the record is dropped and counted; the
 supervisor reports the counts as DROPS records on the other sinks. `close`
 drains what is queued, flushes and closes, so nothing accepted is lost.
 """
+import abc
 import logging
 import queue
 import threading
@@ -15,7 +16,7 @@ _STOP = object()
 _FLUSH = object()
 
 
-class Sink:
+class Sink(abc.ABC):
     """One output. Subclasses implement write(); all methods run on the sink thread."""
 
     name = "sink"
@@ -23,8 +24,9 @@ class Sink:
     def start(self, run_info):
         """Called once before the first record, with the run header (config, host facts)."""
 
+    @abc.abstractmethod
     def write(self, record):
-        raise NotImplementedError
+        """Emit one record."""
 
     def flush(self):
         """Make everything written so far durable/visible."""

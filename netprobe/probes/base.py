@@ -1,10 +1,11 @@
 """What every probe kind shares: common settings and the runner base class."""
+import abc
 import re
 import threading
 from dataclasses import dataclass
 
 from netprobe.config.schema import DURATION, INT, STR, setting
-from netprobe.results import BREACH, RESULT, Hysteresis, Record, event
+from netprobe.results import RESULT, Hysteresis, Record, event
 
 NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
@@ -25,7 +26,7 @@ class ProbeConfig:
                                       "(it is printed as name=... on every line)")
 
 
-class ProbeRunner:
+class ProbeRunner(abc.ABC):
     """Base of every probe's runner.py Runner.
 
     The worker process builds Runner(cfg, emit) and calls run(stop) on it;
@@ -41,8 +42,9 @@ class ProbeRunner:
         self.emit = emit
         self.hysteresis = Hysteresis(cfg.breach_after, cfg.clear_after)
 
+    @abc.abstractmethod
     def run(self, stop: threading.Event):
-        raise NotImplementedError
+        """Measure until `stop` is set, then emit the final interval and return."""
 
     def result(self, fields, ts=None):
         rec = Record(RESULT, self.kind, self.cfg.name, fields) if ts is None else \
@@ -57,8 +59,5 @@ class ProbeRunner:
                             threshold=threshold, window=window, **extra))
         return kind
 
-    def in_breach(self, key):
-        return self.hysteresis.active(key)
 
-
-__all__ = ["BREACH", "ProbeConfig", "ProbeRunner"]
+__all__ = ["ProbeConfig", "ProbeRunner"]

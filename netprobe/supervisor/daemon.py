@@ -7,6 +7,7 @@ the file: an invalid file keeps the running config (and says why); probes
 whose table is unchanged keep running. With $NOTIFY_SOCKET set it speaks
 sd_notify: READY, RELOADING, WATCHDOG, STOPPING, STATUS.
 """
+import copy
 import errno
 import json
 import logging
@@ -84,7 +85,7 @@ class Supervisor:
 
     # ---- sinks -------------------------------------------------------------------------
     def _output_tables(self, config):
-        tables = json.loads(json.dumps(config.output_tables))
+        tables = copy.deepcopy(config.output_tables)
         if self.stdout_json:
             for name, t in tables.items():
                 if t.get("type", name) == "stdout":
@@ -223,7 +224,7 @@ class Supervisor:
         return [w for w in self.workers.values() if w.proc is not None]
 
     # ---- signals -----------------------------------------------------------------------
-    def _on_stop_signal(self, signum, _frame):
+    def _on_stop_signal(self, _signum, _frame):
         self.signals += 1
         if self.signals >= 2:
             for w in self._running():
@@ -304,8 +305,8 @@ class Supervisor:
             for w in list(self.workers.values()):
                 if w.retired and w.proc is None:
                     del self.workers[w.name]
-                elif w.proc is None and not w.retired and (self.restart or w.failures == 0 and not w.started_at) \
-                        and now >= w.next_start:
+                elif w.proc is None and not w.retired and (self.restart or not w.started_at) \
+                        and now >= w.next_start:      # a one-shot run starts each probe once
                     self._spawn(w)
             if not self.restart and self.workers and not self._running():
                 break                               # one-shot run: every probe has finished

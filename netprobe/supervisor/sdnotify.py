@@ -10,10 +10,6 @@ class Notifier:
         if self.address:
             self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
 
-    @property
-    def enabled(self):
-        return self._sock is not None
-
     def watchdog_interval(self):
         """Half of $WATCHDOG_USEC in seconds when the watchdog is for us, else None."""
         usec = os.environ.get("WATCHDOG_USEC")

@@ -17,6 +17,7 @@ import sys
 import threading
 import traceback
 
+from netprobe import probes
 from netprobe.config import schema
 from netprobe.config.load import build_probe_config
 from netprobe.errors import NetprobeError
@@ -65,7 +66,6 @@ def run_job(job, out):
             serve.run_server(schema.build(serve.ServeConfig, table, schema.Where(job.get("file"), "serve")), stop)
             return 0
         cfg = build_probe_config(kind, table, schema.Where(job.get("file"), f"probe[{job.get('index', 0)}]"))
-        from netprobe import probes
         runner = probes.load(kind).Runner(cfg, emit)
         runner.run(stop)
         return 0

@@ -9,8 +9,11 @@ connection starts a new epoch, so no sample from before it enters a window.
 """
 import json
 import logging
+import os
 import queue
 import secrets
+import select
+import socket
 import threading
 import time
 
@@ -21,7 +24,7 @@ from netprobe.errors import PeerError, ProbeError, load_extension
 from netprobe.probes.base import ProbeRunner
 from netprobe.probes.throughput import analysis
 from netprobe.probes.throughput.samples import COL, NCOLS, SAMPLE_COLUMNS
-from netprobe.results import BREACH, CLEAR, percent, rate, seconds
+from netprobe.results import BREACH, CLEAR, Record, percent, rate, seconds
 
 log = logging.getLogger("netprobe.probes.throughput")
 
@@ -115,7 +118,6 @@ class Connection:
 
     def _reports(self):
         """Read the peer's JSON report lines (its b->a sender's TCP_INFO) off the up connection."""
-        import select
         pending = b""
         last = time.monotonic()
         offset = None          # our monotonic clock minus the peer's, fixed at the first report
@@ -165,8 +167,7 @@ class Connection:
 
 
 def set_congestion(sock, name):
-    """Choose the sending socket's congestion control; ProbeError naming the allowed ones."""
-    import socket
+    """Choose the sending socket's congestion control; PeerError naming the allowed ones."""
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
     except OSError as exc:
@@ -200,7 +201,6 @@ def _parse_report(line, epoch):
 
 
 def _strerror(err):
-    import os
     return os.strerror(err) if isinstance(err, int) else str(err)
 
 
@@ -308,7 +308,6 @@ class Runner(ProbeRunner):
 
 
 def _connection_event(kind, runner, state, detail):
-    from netprobe.results import Record
     return Record(kind, runner.kind, runner.cfg.name,
                   {"metric": "connection", "state": state, "peer": runner.cfg.peer, "detail": detail})
 
