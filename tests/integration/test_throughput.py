@@ -183,12 +183,11 @@ def lab_probe(lab, *args):
 
 @pytest.mark.lab
 def test_lab_rate_limit_one_way_breaches_that_direction_then_clears(lab):
-    """tbf 100 Mbit/s A->B only, SLA 200M both ways: a->b breaches and clears in time.
+    """tbf 100 Mbit/s A->B only, SLA 200M both ways: a->b breaches and clears in time, b->a never.
 
-    b->a is not limited, but its ACKs queue behind a->b in the shaped queue, which
-    costs it up to about 10 % at the onset here (a real shared-queue effect, not
-    the probe's); it is held to 85 %, and its occasional rate BREACH is reported
-    as an open point of issue 4 rather than hidden.
+    b->a's ACKs queue (and drop) behind a->b in the shaped queue, which slows b->a for a
+    few seconds at the onset: a real shared-queue effect that AckPathGuard attributes to
+    a->b, so b->a's delivery verdicts are withheld while a->b saturates the path.
     """
     lab_peer(lab)
     window, hyst = 4, 2
@@ -211,8 +210,11 @@ def test_lab_rate_limit_one_way_breaches_that_direction_then_clears(lab):
     # payload through 100 Mbit/s of frames is ~0.478 of 200M; a host stall can only lower it
     assert limited_windows and all(0.40 < r["ratio"] < 0.5 for r in limited_windows), limited_windows
     assert all(r["limited_by"] == "network" for r in limited_windows), limited_windows
-    down = [r["ratio"] for r in recs if r["type"] == "RESULT" and r["dir"] == "b->a" and r.get("samples", 0) >= 30]
-    assert down and min(down) >= 0.85, down
+    assert not [r for r in recs if r["type"] in ("BREACH", "CLEAR") and r["dir"] == "b->a"], recs
+    down = [r for r in recs if r["type"] == "RESULT" and r["dir"] == "b->a" and r.get("samples", 0) >= 30]
+    assert down and all(r["ratio"] >= 0.95 or r.get("ack_path_saturated_by") == "a->b" for r in down), down
+    # a->b saturates until its window has left the limited time; b->a is judged a window later
+    assert all("ack_path_saturated_by" not in r for r in down if _ts(r["ts"]) > freed + 2 * window + 1), down
     assert _ts(events[1]["ts"]) - freed <= window + hyst + 1, "CLEAR within window + hysteresis"
 
 

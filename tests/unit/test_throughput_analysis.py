@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 from netprobe.config import schema
-from netprobe.probes.throughput.analysis import SLA, SampleWindow, analyze, verdicts
+from netprobe.probes.throughput.analysis import DELIVERY_METRICS, SLA, AckPathGuard, SampleWindow, analyze, verdicts
 from netprobe.probes.throughput.config import Config
 from netprobe.probes.throughput.samples import COL, NCOLS
 from netprobe.results import BREACH, CLEAR, Hysteresis, Quantity
@@ -307,6 +307,58 @@ def test_verdicts_through_hysteresis():
         (v,) = verdicts(analyze(rows, now_of(rows), WINDOW, SLA_BPS), sla, "a->b")
         got.append(h.update(v.key, v.bad))
     assert got == expected
+
+
+# --- a saturated ACK path -------------------------------------------------------------------
+
+def saturating(fraction):
+    """Metrics of a window that kept data in flight all along and delivered `fraction` of the SLA."""
+    m = run(steady(fraction, busy_time_us=np.arange(151) * 100_000))
+    assert m["limited_by"] == "network"
+    return m
+
+
+def test_the_other_direction_saturating_the_ack_path_withholds_delivery_verdicts_for_a_window():
+    """a->b at 47 % keeps the A->B queue full; b->a, whose ACKs cross it, dips to 80 %:
+    b->a's delivery verdicts are withheld until its window no longer overlaps that time."""
+    guard, sla = AckPathGuard(WINDOW), SLA(SLA_BPS, max_rtt=0.01)
+    ab, ba = saturating(0.47), run(steady(0.8))
+    guard.update("a->b", ab, sla, T0)
+    guard.update("b->a", ba, sla, T0)
+    assert guard.withheld_by("b->a", ba, T0) == "a->b"
+    assert guard.withheld_by("a->b", ab, T0) is None           # a->b itself is judged
+    kept = by_metric(verdicts(ba, SLA(SLA_BPS, max_rtt=0.01, min_fitness=0.9, max_angle=0.1), "b->a",
+                              withhold=DELIVERY_METRICS))
+    assert set(kept) == {"rtt"} and kept["rtt"].bad             # RTT is still judged
+    window_ns = round(WINDOW * 1e9)
+    assert guard.withheld_by("b->a", ba, T0 + window_ns) == "a->b"
+    assert guard.withheld_by("b->a", ba, T0 + window_ns + 1) is None
+
+
+@pytest.mark.parametrize("ab_fraction, ab_busy, ba_fraction, withheld", [
+    (0.47, True, 0.8, True),      # the case above
+    (0.47, True, 0.40, False),    # b->a delivers even less: its own path is the worse, judge it
+    (0.47, False, 0.8, False),    # a->b short because our host did not feed it: no queue on the path
+    (0.97, True, 0.8, False),     # a->b meets its SLA: not saturating
+])
+def test_withholding_needs_the_other_direction_network_limited_and_worse(ab_fraction, ab_busy, ba_fraction,
+                                                                        withheld):
+    guard, sla = AckPathGuard(WINDOW), SLA(SLA_BPS)
+    ab = saturating(ab_fraction) if ab_busy and ab_fraction < 0.95 else run(steady(ab_fraction))
+    ba = run(steady(ba_fraction))
+    for d, m in (("a->b", ab), ("b->a", ba)):
+        guard.update(d, m, sla, T0)
+    assert (guard.withheld_by("b->a", ba, T0) == "a->b") is withheld
+
+
+def test_a_path_limited_both_ways_still_breaches_in_its_worse_direction():
+    guard, sla = AckPathGuard(WINDOW), SLA(SLA_BPS)
+    ab, ba = saturating(0.5), saturating(0.6)
+    for d, m in (("a->b", ab), ("b->a", ba)):
+        guard.update(d, m, sla, T0)
+    judged = [d for d, m in (("a->b", ab), ("b->a", ba)) if guard.withheld_by(d, m, T0) is None]
+    assert judged == ["a->b"]
+    assert by_metric(verdicts(ab, sla, "a->b"))["rate"].bad
 
 
 # --- properties -----------------------------------------------------------------------------

@@ -251,13 +251,54 @@ class Verdict:
         return (self.dir, self.metric)
 
 
-def verdicts(metrics, sla, direction):
-    """Verdicts (rate, rtt, retrans, fitness, angle) for the SLAs set; none without metrics."""
+# The metrics that measure how the bytes were delivered: they are what a saturated ACK path distorts.
+DELIVERY_METRICS = ("rate", "fitness", "angle")
+
+
+class AckPathGuard:
+    """Tells when a direction's delivery verdicts would blame it for the other direction's queue.
+
+    Each direction's ACKs travel the path the other direction's data takes. When the
+    other direction is network-limited below its SLA, it keeps that path's bottleneck
+    queue full, and this direction's ACKs wait and drop there: its TCP slows although
+    its own path is fine (cwnd must grow to cover the inflated RTT; bbr keeps cwnd
+    sized by the old min RTT for up to 10 s; lost ACKs cause spurious timeouts).
+    Its rate, fitness and angle then measure the other path, so they are withheld
+    while its window overlaps a time the other direction saturated the path, unless
+    this direction delivers an even smaller share of its SLA: then it is judged, so a
+    path limited both ways still breaches in its worse direction. RTT and
+    retransmit verdicts are never withheld.
+    """
+
+    def __init__(self, window_s):
+        self.window_ns = round(window_s * 1e9)
+        self.saturated = {}          # direction -> (now_ns, ratio) of its latest saturating window
+
+    def update(self, direction, metrics, sla, now_ns):
+        """Record whether `direction`'s window at now_ns saturated its path."""
+        if metrics is not None and metrics["limited_by"] == "network" and metrics["ratio"] < sla.min_ratio:
+            self.saturated[direction] = (now_ns, metrics["ratio"])
+
+    def withheld_by(self, direction, metrics, now_ns):
+        """The other direction whose queue this window's delivery reflects, or None."""
+        if metrics is None:
+            return None
+        for other, (t, ratio) in self.saturated.items():
+            if other != direction and t >= now_ns - self.window_ns and metrics["ratio"] > ratio:
+                return other
+        return None
+
+
+def verdicts(metrics, sla, direction, *, withhold=()):
+    """Verdicts (rate, rtt, retrans, fitness, angle) for the SLAs set, except the metrics in
+    `withhold`; none without metrics."""
     if metrics is None:
         return []
     out = []
 
     def check(metric, value, op, threshold):
+        if metric in withhold:
+            return
         bad = value.value < threshold.value if op == ">=" else value.value > threshold.value
         out.append(Verdict(metric, bad, value, op, threshold, direction))
 

@@ -215,6 +215,7 @@ class Runner(ProbeRunner):
         if tuple(self.pacer.SAMPLE_COLUMNS) != SAMPLE_COLUMNS:
             raise ProbeError("netprobe._pacer was built for another sample layout: rebuild it (make build)")
         self.windows = {d: analysis.SampleWindow.for_window(cfg.window, cfg.sample_interval) for d in DIRECTIONS}
+        self.ack_guard = analysis.AckPathGuard(cfg.window)
         self.active = [d for d in DIRECTIONS if d == "a->b" or cfg.down_rate]
         self.epoch = 0
         self.down_since = None        # monotonic time the connection was lost, while in breach
@@ -289,11 +290,18 @@ class Runner(ProbeRunner):
         """RESULT per direction; SLA verdicts unless `judge` is False (the window cut short at
         stop ends with the wait for the last ACKs, which says nothing about the path)."""
         now_ns = time.monotonic_ns()
+        metrics = {}
         for d in self.active:
             sla = self.cfg.sla(d)
-            rows = self.windows[d].rows()
-            m = analysis.analyze(rows, now_ns, self.cfg.window, sla.rate_bps, min_ratio=sla.min_ratio)
+            metrics[d] = analysis.analyze(self.windows[d].rows(), now_ns, self.cfg.window, sla.rate_bps,
+                                          min_ratio=sla.min_ratio)
+            self.ack_guard.update(d, metrics[d], sla, now_ns)
+        for d in self.active:
+            sla, m, rows = self.cfg.sla(d), metrics[d], self.windows[d].rows()
+            saturated_by = self.ack_guard.withheld_by(d, m, now_ns)
             fields = _result_fields(d, m, sla, self.cfg.window)
+            if saturated_by:     # see AckPathGuard: delivery verdicts withheld this interval
+                fields["ack_path_saturated_by"] = saturated_by
             if len(rows):       # the sender's count since this connection opened (nstat-comparable)
                 fields["retrans_total"] = int(rows[-1, COL["total_retrans"]])
             if conn is not None:   # measure the measurer: how well each end's pacer kept its schedule
@@ -302,7 +310,8 @@ class Runner(ProbeRunner):
                     if isinstance(totals.get(k), int):
                         fields[k] = totals[k]
             self.result(fields)
-            for v in (analysis.verdicts(m, sla, d) if judge else ()):
+            withhold = analysis.DELIVERY_METRICS if saturated_by else ()
+            for v in (analysis.verdicts(m, sla, d, withhold=withhold) if judge else ()):
                 self.judge((d, v.metric), v.bad, metric=v.metric, value=v.value, op=v.op,
                            threshold=v.threshold, window=seconds(self.cfg.window), dir=d)
 
