@@ -51,16 +51,17 @@ def test_usage_errors_are_one_line_exit_2(capsys, argv, message):
 
 
 def test_probe_host_one_shot_json():
-    proc = run("probe", "host", "--interval", "0.5s", "--duration", "1.2s", "--json",
+    proc = run("probe", "host", "--interval", "0.5s", "--duration", "2s", "--json",
                "--no-require-clock-sync", "--name", "cli")
     assert proc.returncode == 0, proc.stderr
     recs = [json.loads(line) for line in proc.stdout.splitlines()]
     results = [r for r in recs if r["type"] == "RESULT"]
-    assert len(results) == 3                       # two full intervals and the partial one
+    # --duration counts from daemon start; the worker's own start-up (imports) takes some of it,
+    # up to about a second on a loaded machine: full intervals, then the partial one at stop
+    assert 3 <= len(results) <= 5, results
     assert all(r["name"] == "cli" and r["probe"] == "host" for r in recs)
-    # --duration counts from daemon start; the worker's own start-up (imports) takes some of it
     slots = sum(r["ticks"] + r["overruns"] for r in results)
-    assert 800 <= slots <= 1210                    # 1.2 s of 1 ms slots, +1 per interval boundary
+    assert 1000 <= slots <= 2005                   # 2 s of 1 ms slots less start-up, +1 per interval boundary
     assert proc.stderr == ""
 
 
@@ -74,3 +75,8 @@ def test_selftest_timer_prints_irtt_style_lines():
 def test_version():
     proc = run("version")
     assert proc.returncode == 0 and proc.stdout.startswith("netprobe 0.")
+
+
+def test_version_option_prints_the_same_line():
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout == run("version").stdout
