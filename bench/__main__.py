@@ -6,7 +6,7 @@ import pathlib
 import platform
 import time
 
-BENCHES = ["timer", "throughput"]
+BENCHES = ["timer", "throughput", "flows"]
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 

@@ -8,7 +8,7 @@ import importlib
 
 from netprobe.errors import ConfigError
 
-KINDS = ("host", "throughput")
+KINDS = ("host", "throughput", "flows")
 
 
 def load(kind):

@@ -1,0 +1,183 @@
+# Netlink sock_diag (inet_diag) declarations with the kernel's names, from the
+# uapi headers <linux/netlink.h>, <linux/sock_diag.h>, <linux/inet_diag.h>.
+#
+# The message layouts are declared here, not taken from the system headers,
+# so that the parser reads only what it has length-checked: every struct is
+# read out of a byte buffer through the pull_ helpers below, which check the
+# length first. The C block asserts the sizes at compile time.
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned short sa_family_t
+    struct sockaddr:
+        sa_family_t sa_family
+    enum:
+        AF_INET
+        AF_INET6
+        AF_NETLINK
+        SOCK_DGRAM
+        SOCK_CLOEXEC
+        SOL_SOCKET
+        SO_RCVBUF
+        SO_RCVTIMEO
+        MSG_TRUNC
+    int socket(int domain, int type, int protocol)
+    int bind(int sockfd, const sockaddr *addr, unsigned int addrlen)
+    ssize_t sendto(int sockfd, const void *buf, size_t len, int flags,
+                   const sockaddr *dest_addr, unsigned int addrlen)
+
+cdef extern from "<sys/time.h>" nogil:
+    struct timeval:
+        long tv_sec
+        long tv_usec
+
+cdef extern from "<arpa/inet.h>" nogil:
+    uint16_t ntohs(uint16_t v)
+
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #include <stdint.h>
+    #include <linux/netlink.h>
+    #ifndef NETLINK_SOCK_DIAG
+    #define NETLINK_SOCK_DIAG 4
+    #endif
+    /* <linux/sock_diag.h>, <linux/inet_diag.h> (uapi), spelled out */
+    #define NETPROBE_SOCK_DIAG_BY_FAMILY 20
+    struct netprobe_inet_diag_sockid {
+        uint16_t idiag_sport;      /* __be16 */
+        uint16_t idiag_dport;      /* __be16 */
+        uint32_t idiag_src[4];     /* __be32 */
+        uint32_t idiag_dst[4];
+        uint32_t idiag_if;
+        uint32_t idiag_cookie[2];
+    };
+    struct netprobe_inet_diag_req_v2 {
+        uint8_t  sdiag_family;
+        uint8_t  sdiag_protocol;
+        uint8_t  idiag_ext;
+        uint8_t  pad;
+        uint32_t idiag_states;
+        struct netprobe_inet_diag_sockid id;
+    };
+    struct netprobe_inet_diag_msg {
+        uint8_t  idiag_family;
+        uint8_t  idiag_state;
+        uint8_t  idiag_timer;
+        uint8_t  idiag_retrans;
+        struct netprobe_inet_diag_sockid id;
+        uint32_t idiag_expires;
+        uint32_t idiag_rqueue;
+        uint32_t idiag_wqueue;
+        uint32_t idiag_uid;
+        uint32_t idiag_inode;
+    };
+    struct netprobe_tcp_bbr_info {
+        uint32_t bbr_bw_lo;
+        uint32_t bbr_bw_hi;
+        uint32_t bbr_min_rtt;
+        uint32_t bbr_pacing_gain;
+        uint32_t bbr_cwnd_gain;
+    };
+    _Static_assert(sizeof(struct nlmsghdr) == 16, "nlmsghdr");
+    _Static_assert(sizeof(struct netprobe_inet_diag_sockid) == 48, "inet_diag_sockid");
+    _Static_assert(sizeof(struct netprobe_inet_diag_req_v2) == 56, "inet_diag_req_v2");
+    _Static_assert(sizeof(struct netprobe_inet_diag_msg) == 72, "inet_diag_msg");
+    _Static_assert(sizeof(struct netprobe_tcp_bbr_info) == 20, "tcp_bbr_info");
+    """
+    enum:
+        NETLINK_SOCK_DIAG
+        SOCK_DIAG_BY_FAMILY "NETPROBE_SOCK_DIAG_BY_FAMILY"
+        NLM_F_REQUEST
+        NLM_F_DUMP
+        NLM_F_DUMP_INTR
+        NLMSG_NOOP
+        NLMSG_ERROR
+        NLMSG_DONE
+        NLMSG_OVERRUN
+
+    struct sockaddr_nl:
+        sa_family_t nl_family
+        unsigned short nl_pad
+        uint32_t nl_pid
+        uint32_t nl_groups
+
+    struct nlmsghdr:
+        uint32_t nlmsg_len
+        uint16_t nlmsg_type
+        uint16_t nlmsg_flags
+        uint32_t nlmsg_seq
+        uint32_t nlmsg_pid
+
+    ctypedef struct inet_diag_sockid "struct netprobe_inet_diag_sockid":
+        uint16_t idiag_sport
+        uint16_t idiag_dport
+        uint32_t idiag_src[4]
+        uint32_t idiag_dst[4]
+        uint32_t idiag_if
+        uint32_t idiag_cookie[2]
+
+    ctypedef struct inet_diag_req_v2 "struct netprobe_inet_diag_req_v2":
+        uint8_t sdiag_family
+        uint8_t sdiag_protocol
+        uint8_t idiag_ext
+        uint8_t pad
+        uint32_t idiag_states
+        inet_diag_sockid id
+
+    ctypedef struct inet_diag_msg "struct netprobe_inet_diag_msg":
+        uint8_t idiag_family
+        uint8_t idiag_state
+        uint8_t idiag_timer
+        uint8_t idiag_retrans
+        inet_diag_sockid id
+        uint32_t idiag_expires
+        uint32_t idiag_rqueue
+        uint32_t idiag_wqueue
+        uint32_t idiag_uid
+        uint32_t idiag_inode
+
+    ctypedef struct tcp_bbr_info "struct netprobe_tcp_bbr_info":
+        uint32_t bbr_bw_lo
+        uint32_t bbr_bw_hi
+        uint32_t bbr_min_rtt
+        uint32_t bbr_pacing_gain
+        uint32_t bbr_cwnd_gain
+
+
+# enum { INET_DIAG_NONE, INET_DIAG_MEMINFO, INET_DIAG_INFO, INET_DIAG_VEGASINFO,
+#        INET_DIAG_CONG, ..., INET_DIAG_SKMEMINFO = 7, ..., INET_DIAG_BBRINFO = 16 }
+cdef enum:
+    INET_DIAG_REQ_BYTECODE = 1
+    INET_DIAG_MEMINFO = 1
+    INET_DIAG_INFO = 2
+    INET_DIAG_VEGASINFO = 3
+    INET_DIAG_CONG = 4
+    INET_DIAG_SKMEMINFO = 7
+    INET_DIAG_BBRINFO = 16
+    SK_MEMINFO_VARS = 9          # rmem_alloc rcvbuf wmem_alloc sndbuf fwd_alloc wmem_queued optmem backlog drops
+    NLMSG_HDRLEN = 16
+    NLA_HDRLEN = 4               # struct rtattr / nlattr: u16 len, u16 type
+    INET_DIAG_MSG_LEN = 72
+    INET_DIAG_REQ_V2_LEN = 56
+
+
+cdef inline uint32_t nl_align(uint32_t n) noexcept nogil:
+    """NLMSG_ALIGN / RTA_ALIGN: round up to 4."""
+    return (n + 3) & ~(<uint32_t>3)
+
+
+cdef inline uint16_t pull_u16(const uint8_t *p) noexcept nogil:
+    """Host-order u16 at p (any alignment); the caller has checked 2 bytes remain."""
+    cdef uint16_t v
+    memcpy(&v, p, 2)
+    return v
+
+
+cdef inline uint32_t pull_u32(const uint8_t *p) noexcept nogil:
+    cdef uint32_t v
+    memcpy(&v, p, 4)
+    return v
+

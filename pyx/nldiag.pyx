@@ -1,0 +1,510 @@
+# netprobe._nldiag: the inet_diag (NETLINK_SOCK_DIAG) dump of TCP sockets.
+#
+# InetDiagDumper owns one netlink socket. dump() sends one
+# SOCK_DIAG_BY_FAMILY request per address family (with an optional kernel
+# bytecode filter, so unmatched sockets never leave the kernel), reads the
+# reply with the GIL released, and writes one fixed-layout record per socket
+# into a Python-owned numpy array of RECORD_DTYPE: the inet_diag_msg header
+# (kernel names, ports in host order), the congestion control name, BBR's
+# model, the socket memory counters and the whole struct tcp_info with its
+# kernel field names. Python sees one call per dump.
+#
+# parse() runs the same parser over bytes (tests, fuzzing). The parser never
+# raises: a message or attribute whose length does not fit is counted as
+# malformed and dropped, a short tail as truncated, sockets beyond the
+# array's capacity as overflow; the dump goes on to NLMSG_DONE.
+
+from cpython.exc cimport PyErr_SetFromErrno
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memset
+
+from linux cimport errno, EINTR, close, recv, setsockopt, strerror, mono_ns
+from netlink cimport (AF_INET, AF_INET6, AF_NETLINK, SOCK_DGRAM, SOCK_CLOEXEC, SOL_SOCKET,
+                      SO_RCVBUF, SO_RCVTIMEO, MSG_TRUNC, NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY,
+                      NLM_F_DUMP_INTR, NLMSG_ERROR, NLMSG_DONE, NLMSG_HDRLEN, NLA_HDRLEN,
+                      INET_DIAG_MSG_LEN, INET_DIAG_INFO, INET_DIAG_CONG, INET_DIAG_SKMEMINFO,
+                      INET_DIAG_BBRINFO, INET_DIAG_VEGASINFO, SK_MEMINFO_VARS, sockaddr, sockaddr_nl,
+                      inet_diag_msg, tcp_bbr_info, timeval, socket, bind, sendto, ntohs, nl_align,
+                      pull_u16, pull_u32)
+from tcpinfo cimport tcp_info
+
+import struct
+
+import numpy as np
+
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #include <stdint.h>
+    /* One socket of a dump. Kernel names; ports in host order, addresses in
+       network order (IPv4 in the first 4 bytes), cookie = cookie[0] | cookie[1] << 32. */
+    struct nldiag_rec {
+        int64_t  t_ns;                /* CLOCK_MONOTONIC after the recv() that returned it */
+        uint64_t idiag_cookie;
+        uint8_t  idiag_family;
+        uint8_t  idiag_state;
+        uint8_t  idiag_timer;
+        uint8_t  idiag_retrans;
+        uint16_t idiag_sport;
+        uint16_t idiag_dport;
+        uint8_t  idiag_src[16];
+        uint8_t  idiag_dst[16];
+        uint32_t idiag_if;
+        uint32_t idiag_expires;
+        uint32_t idiag_rqueue;
+        uint32_t idiag_wqueue;
+        uint32_t idiag_uid;
+        uint32_t idiag_inode;
+        uint16_t info_len;            /* bytes of tcp_info the kernel sent (0: none); fields past it read 0 */
+        uint8_t  has_bbr;
+        uint8_t  has_skmem;
+        char     ca_name[16];         /* INET_DIAG_CONG, NUL-padded */
+        uint64_t bbr_bw;              /* bytes/s: bbr_bw_hi << 32 | bbr_bw_lo */
+        uint32_t bbr_min_rtt;
+        uint32_t bbr_pacing_gain;
+        uint32_t bbr_cwnd_gain;
+        uint32_t skmem_rmem_alloc;    /* INET_DIAG_SKMEMINFO, SK_MEMINFO_* order */
+        uint32_t skmem_rcvbuf;
+        uint32_t skmem_wmem_alloc;
+        uint32_t skmem_sndbuf;
+        uint32_t skmem_fwd_alloc;
+        uint32_t skmem_wmem_queued;
+        uint32_t skmem_optmem;
+        uint32_t skmem_backlog;
+        uint32_t skmem_drops;
+        uint32_t pad0;
+        struct netprobe_tcp_info tcpi;
+    };
+    _Static_assert(offsetof(struct nldiag_rec, tcpi) % 8 == 0, "tcp_info not 8-aligned");
+    _Static_assert(offsetof(struct nldiag_rec, skmem_drops) == offsetof(struct nldiag_rec, skmem_rmem_alloc) + 32,
+                   "skmem_* must be 9 consecutive u32 (parse_attrs fills them as an array)");
+    typedef struct { const char *name; const char *fmt; size_t offset; } nldiag_field;
+    #define NLF(f, fmt) {#f, fmt, offsetof(struct nldiag_rec, f)}
+    #define NLT(f, fmt) {#f, fmt, offsetof(struct nldiag_rec, tcpi) + offsetof(struct netprobe_tcp_info, f)}
+    static const nldiag_field nldiag_fields[] = {
+        NLF(t_ns, "<i8"), NLF(idiag_cookie, "<u8"),
+        NLF(idiag_family, "u1"), NLF(idiag_state, "u1"), NLF(idiag_timer, "u1"), NLF(idiag_retrans, "u1"),
+        NLF(idiag_sport, "<u2"), NLF(idiag_dport, "<u2"), NLF(idiag_src, "V16"), NLF(idiag_dst, "V16"),
+        NLF(idiag_if, "<u4"), NLF(idiag_expires, "<u4"), NLF(idiag_rqueue, "<u4"), NLF(idiag_wqueue, "<u4"),
+        NLF(idiag_uid, "<u4"), NLF(idiag_inode, "<u4"), NLF(info_len, "<u2"), NLF(has_bbr, "u1"),
+        NLF(has_skmem, "u1"), NLF(ca_name, "S16"), NLF(bbr_bw, "<u8"), NLF(bbr_min_rtt, "<u4"),
+        NLF(bbr_pacing_gain, "<u4"), NLF(bbr_cwnd_gain, "<u4"),
+        NLF(skmem_rmem_alloc, "<u4"), NLF(skmem_rcvbuf, "<u4"), NLF(skmem_wmem_alloc, "<u4"),
+        NLF(skmem_sndbuf, "<u4"), NLF(skmem_fwd_alloc, "<u4"), NLF(skmem_wmem_queued, "<u4"),
+        NLF(skmem_optmem, "<u4"), NLF(skmem_backlog, "<u4"), NLF(skmem_drops, "<u4"),
+        NLT(tcpi_state, "u1"), NLT(tcpi_ca_state, "u1"), NLT(tcpi_retransmits, "u1"), NLT(tcpi_probes, "u1"),
+        NLT(tcpi_backoff, "u1"), NLT(tcpi_options, "u1"),
+        NLT(tcpi_rto, "<u4"), NLT(tcpi_ato, "<u4"), NLT(tcpi_snd_mss, "<u4"), NLT(tcpi_rcv_mss, "<u4"),
+        NLT(tcpi_unacked, "<u4"), NLT(tcpi_sacked, "<u4"), NLT(tcpi_lost, "<u4"), NLT(tcpi_retrans, "<u4"),
+        NLT(tcpi_fackets, "<u4"), NLT(tcpi_last_data_sent, "<u4"), NLT(tcpi_last_ack_sent, "<u4"),
+        NLT(tcpi_last_data_recv, "<u4"), NLT(tcpi_last_ack_recv, "<u4"), NLT(tcpi_pmtu, "<u4"),
+        NLT(tcpi_rcv_ssthresh, "<u4"), NLT(tcpi_rtt, "<u4"), NLT(tcpi_rttvar, "<u4"),
+        NLT(tcpi_snd_ssthresh, "<u4"), NLT(tcpi_snd_cwnd, "<u4"), NLT(tcpi_advmss, "<u4"),
+        NLT(tcpi_reordering, "<u4"), NLT(tcpi_rcv_rtt, "<u4"), NLT(tcpi_rcv_space, "<u4"),
+        NLT(tcpi_total_retrans, "<u4"), NLT(tcpi_pacing_rate, "<u8"), NLT(tcpi_max_pacing_rate, "<u8"),
+        NLT(tcpi_bytes_acked, "<u8"), NLT(tcpi_bytes_received, "<u8"), NLT(tcpi_segs_out, "<u4"),
+        NLT(tcpi_segs_in, "<u4"), NLT(tcpi_notsent_bytes, "<u4"), NLT(tcpi_min_rtt, "<u4"),
+        NLT(tcpi_data_segs_in, "<u4"), NLT(tcpi_data_segs_out, "<u4"), NLT(tcpi_delivery_rate, "<u8"),
+        NLT(tcpi_busy_time, "<u8"), NLT(tcpi_rwnd_limited, "<u8"), NLT(tcpi_sndbuf_limited, "<u8"),
+        NLT(tcpi_delivered, "<u4"), NLT(tcpi_delivered_ce, "<u4"), NLT(tcpi_bytes_sent, "<u8"),
+        NLT(tcpi_bytes_retrans, "<u8"), NLT(tcpi_dsack_dups, "<u4"), NLT(tcpi_reord_seen, "<u4"),
+        NLT(tcpi_rcv_ooopack, "<u4"), NLT(tcpi_snd_wnd, "<u4"), NLT(tcpi_rcv_wnd, "<u4"),
+        NLT(tcpi_rehash, "<u4"), NLT(tcpi_total_rto, "<u2"), NLT(tcpi_total_rto_recoveries, "<u2"),
+        NLT(tcpi_total_rto_time, "<u4"), NLT(tcpi_received_ce, "<u4"),
+    };
+    #define NLDIAG_NFIELDS (sizeof(nldiag_fields) / sizeof(nldiag_fields[0]))
+    """
+    ctypedef struct rec_t "struct nldiag_rec":
+        int64_t t_ns
+        uint64_t idiag_cookie
+        uint8_t idiag_family
+        uint8_t idiag_state
+        uint8_t idiag_timer
+        uint8_t idiag_retrans
+        uint16_t idiag_sport
+        uint16_t idiag_dport
+        uint8_t idiag_src[16]
+        uint8_t idiag_dst[16]
+        uint32_t idiag_if
+        uint32_t idiag_expires
+        uint32_t idiag_rqueue
+        uint32_t idiag_wqueue
+        uint32_t idiag_uid
+        uint32_t idiag_inode
+        uint16_t info_len
+        uint8_t has_bbr
+        uint8_t has_skmem
+        char ca_name[16]
+        uint64_t bbr_bw
+        uint32_t bbr_min_rtt
+        uint32_t bbr_pacing_gain
+        uint32_t bbr_cwnd_gain
+        uint32_t skmem_rmem_alloc
+        tcp_info tcpi
+
+    ctypedef struct nldiag_field:
+        const char *name
+        const char *fmt
+        size_t offset
+    const nldiag_field nldiag_fields[]
+    size_t NLDIAG_NFIELDS
+
+
+def _record_dtype():
+    names, formats, offsets = [], [], []
+    for i in range(NLDIAG_NFIELDS):
+        names.append(nldiag_fields[i].name.decode())
+        formats.append(nldiag_fields[i].fmt.decode())
+        offsets.append(nldiag_fields[i].offset)
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": sizeof(rec_t)})
+
+
+RECORD_DTYPE = _record_dtype()
+RECORD_SIZE = sizeof(rec_t)
+TCP_INFO_SIZE = sizeof(tcp_info)
+
+# TCP states (include/net/tcp_states.h) and the idiag_ext bits (1 << (INET_DIAG_x - 1)).
+TCP_STATES = {"established": 1, "syn-sent": 2, "syn-recv": 3, "fin-wait-1": 4, "fin-wait-2": 5,
+              "time-wait": 6, "close": 7, "close-wait": 8, "last-ack": 9, "listen": 10, "closing": 11}
+EXT_INFO = 1 << (INET_DIAG_INFO - 1)
+EXT_CONG = 1 << (INET_DIAG_CONG - 1)
+EXT_BBR = 1 << (INET_DIAG_VEGASINFO - 1)     # the congestion module's own info (tcp_bbr: INET_DIAG_BBRINFO)
+EXT_SKMEM = 1 << (INET_DIAG_SKMEMINFO - 1)
+COUNTERS = ("sockets", "messages", "overflow", "malformed", "truncated", "no_info", "dump_intr", "foreign")
+
+
+cdef struct counters_t:
+    int64_t sockets        # records written
+    int64_t messages       # netlink messages seen (every type)
+    int64_t overflow       # sockets that did not fit in the records array
+    int64_t malformed      # messages or attributes whose lengths do not fit: dropped
+    int64_t truncated      # datagrams cut by a short buffer, short tails
+    int64_t no_info        # sockets without INET_DIAG_INFO (e.g. not a full socket)
+    int64_t dump_intr      # messages flagged NLM_F_DUMP_INTR (the table changed during the dump)
+    int64_t foreign        # messages of another sequence number or an unexpected type
+    int error              # errno of NLMSG_ERROR / a negative NLMSG_DONE, or of a syscall
+
+
+cdef int parse_attrs(const uint8_t *p, uint32_t n, rec_t *r) noexcept nogil:
+    """Fill *r from the rtattrs in p[0:n]; -1 if one's length does not fit (r is then garbage)."""
+    cdef uint32_t off = 0, alen, plen, i
+    cdef uint16_t atype
+    cdef const uint8_t *a
+    cdef tcp_bbr_info bbr
+    cdef uint32_t *skmem = &r.skmem_rmem_alloc
+    while n - off >= NLA_HDRLEN:
+        alen = pull_u16(p + off)
+        atype = pull_u16(p + off + 2) & 0x3fff        # NLA_TYPE_MASK: drop NESTED / NET_BYTEORDER
+        if alen < NLA_HDRLEN or alen > n - off:
+            return -1
+        plen = alen - NLA_HDRLEN
+        a = p + off + NLA_HDRLEN
+        if atype == INET_DIAG_INFO:
+            memset(&r.tcpi, 0, sizeof(tcp_info))
+            memcpy(&r.tcpi, a, plen if plen < sizeof(tcp_info) else sizeof(tcp_info))
+            r.info_len = <uint16_t>(plen if plen < 0xffff else 0xffff)
+        elif atype == INET_DIAG_CONG:
+            memset(r.ca_name, 0, 16)
+            i = 0
+            while i < plen and i < 15 and a[i] != 0:
+                r.ca_name[i] = <char>a[i]
+                i += 1
+        elif atype == INET_DIAG_BBRINFO:
+            if plen < sizeof(tcp_bbr_info):
+                return -1
+            memcpy(&bbr, a, sizeof(tcp_bbr_info))
+            r.bbr_bw = (<uint64_t>bbr.bbr_bw_hi << 32) | bbr.bbr_bw_lo
+            r.bbr_min_rtt = bbr.bbr_min_rtt
+            r.bbr_pacing_gain = bbr.bbr_pacing_gain
+            r.bbr_cwnd_gain = bbr.bbr_cwnd_gain
+            r.has_bbr = 1
+        elif atype == INET_DIAG_SKMEMINFO:
+            memset(skmem, 0, 4 * SK_MEMINFO_VARS)
+            i = 0
+            while i < SK_MEMINFO_VARS and 4 * (i + 1) <= plen:
+                skmem[i] = pull_u32(a + 4 * i)
+                i += 1
+            r.has_skmem = 1
+        off += nl_align(alen)
+        if off > n:                # the last attribute's padding may be missing: that ends the list
+            break
+    return 0
+
+
+cdef void parse_sock(const uint8_t *p, uint32_t n, int64_t t_ns, rec_t *out, Py_ssize_t cap,
+                     Py_ssize_t *count, counters_t *c) noexcept nogil:
+    """One SOCK_DIAG_BY_FAMILY payload (inet_diag_msg + rtattrs) into out[count]."""
+    cdef inet_diag_msg m
+    cdef rec_t *r
+    if n < INET_DIAG_MSG_LEN:
+        c.malformed += 1
+        return
+    memcpy(&m, p, INET_DIAG_MSG_LEN)
+    if m.idiag_family != AF_INET and m.idiag_family != AF_INET6:
+        c.malformed += 1
+        return
+    if count[0] >= cap:
+        c.overflow += 1
+        return
+    r = &out[count[0]]
+    memset(r, 0, sizeof(rec_t))
+    if parse_attrs(p + INET_DIAG_MSG_LEN, n - INET_DIAG_MSG_LEN, r) != 0:
+        memset(r, 0, sizeof(rec_t))
+        c.malformed += 1
+        return
+    r.t_ns = t_ns
+    r.idiag_family = m.idiag_family
+    r.idiag_state = m.idiag_state
+    r.idiag_timer = m.idiag_timer
+    r.idiag_retrans = m.idiag_retrans
+    r.idiag_sport = ntohs(m.id.idiag_sport)
+    r.idiag_dport = ntohs(m.id.idiag_dport)
+    memcpy(r.idiag_src, m.id.idiag_src, 4 if m.idiag_family == AF_INET else 16)
+    memcpy(r.idiag_dst, m.id.idiag_dst, 4 if m.idiag_family == AF_INET else 16)
+    r.idiag_if = m.id.idiag_if
+    r.idiag_cookie = (<uint64_t>m.id.idiag_cookie[1] << 32) | m.id.idiag_cookie[0]
+    r.idiag_expires = m.idiag_expires
+    r.idiag_rqueue = m.idiag_rqueue
+    r.idiag_wqueue = m.idiag_wqueue
+    r.idiag_uid = m.idiag_uid
+    r.idiag_inode = m.idiag_inode
+    if r.info_len == 0:
+        c.no_info += 1
+    count[0] += 1
+
+
+cdef int parse_buffer(const uint8_t *buf, Py_ssize_t n, uint32_t seq, int64_t t_ns, rec_t *out,
+                      Py_ssize_t cap, Py_ssize_t *count, counters_t *c) noexcept nogil:
+    """Every netlink message in buf[0:n]; 1 once NLMSG_DONE or NLMSG_ERROR ends the dump, else 0."""
+    cdef Py_ssize_t off = 0
+    cdef uint32_t mlen
+    cdef uint16_t mtype, mflags
+    cdef int32_t val
+    while off < n:
+        if n - off < NLMSG_HDRLEN:
+            c.truncated += 1
+            return 0
+        mlen = pull_u32(buf + off)
+        mtype = pull_u16(buf + off + 4)
+        mflags = pull_u16(buf + off + 6)
+        if mlen < NLMSG_HDRLEN or mlen > n - off:
+            c.malformed += 1           # no way to find the next header: drop the rest of this datagram
+            return 0
+        c.messages += 1
+        if pull_u32(buf + off + 8) != seq:
+            c.foreign += 1
+        else:
+            if mflags & NLM_F_DUMP_INTR:
+                c.dump_intr += 1
+            if mtype == NLMSG_DONE or mtype == NLMSG_ERROR:
+                if mlen >= NLMSG_HDRLEN + 4:
+                    val = <int32_t>pull_u32(buf + off + NLMSG_HDRLEN)
+                    if val < 0:
+                        c.error = -val
+                elif mtype == NLMSG_ERROR:
+                    c.malformed += 1
+                return 1
+            if mtype == SOCK_DIAG_BY_FAMILY:
+                parse_sock(buf + off + NLMSG_HDRLEN, mlen - NLMSG_HDRLEN, t_ns, out, cap, count, c)
+            else:
+                c.foreign += 1
+        off += nl_align(mlen)
+    return 0
+
+
+cdef dict _counters_dict(counters_t *c):
+    return {"sockets": c.sockets, "messages": c.messages, "overflow": c.overflow, "malformed": c.malformed,
+            "truncated": c.truncated, "no_info": c.no_info, "dump_intr": c.dump_intr, "foreign": c.foreign,
+            "error": c.error}
+
+
+cdef unsigned char[::1] _records_bytes(records) except *:
+    if not isinstance(records, np.ndarray) or records.dtype != RECORD_DTYPE or records.ndim != 1:
+        raise TypeError("records must be a 1-d numpy array of netprobe._nldiag.RECORD_DTYPE")
+    if not records.flags.c_contiguous or not records.flags.writeable:
+        raise ValueError("records must be C-contiguous and writeable")
+    if records.shape[0] == 0:
+        return np.empty(1, dtype=np.uint8)
+    return records.view(np.uint8)
+
+
+def parse(const unsigned char[::1] data not None, records, uint32_t seq=1, int64_t t_ns=0):
+    """Parse netlink bytes (one or more messages, as one recv() returns them) into `records`.
+
+    Returns {"done": NLMSG_DONE/ERROR seen, "error": its errno or 0, COUNTERS...};
+    the records written are records[:sockets]. Never raises on bad bytes.
+    """
+    cdef unsigned char[::1] raw = _records_bytes(records)
+    cdef Py_ssize_t cap = records.shape[0], count = 0
+    cdef counters_t c
+    cdef int done
+    memset(&c, 0, sizeof(c))
+    if data.shape[0] == 0:
+        done = 0
+    else:
+        with nogil:
+            done = parse_buffer(&data[0], data.shape[0], seq, t_ns, <rec_t *>&raw[0], cap, &count, &c)
+    c.sockets = count
+    out = _counters_dict(&c)
+    out["done"] = bool(done)
+    return out
+
+
+cdef class InetDiagDumper:
+    """A NETLINK_SOCK_DIAG socket that dumps TCP sockets into RECORD_DTYPE arrays.
+
+    families: AF_INET and/or AF_INET6 (one request each, in that order);
+    states: TCP state bitmask (1 << state, see TCP_STATES); ext: idiag_ext
+    bits (EXT_INFO, EXT_CONG, EXT_BBR, EXT_SKMEM); bytecode: an
+    INET_DIAG_REQ_BYTECODE program (netprobe.probes.flows.filters builds it),
+    which the kernel checks when the request is sent. The socket is opened
+    lazily, and reopened after an error so no stale reply is read.
+    """
+    cdef int fd
+    cdef uint8_t *buf
+    cdef Py_ssize_t bufsize
+    cdef bytes request
+    cdef uint32_t seq
+    cdef int rcvbuf
+    cdef double timeout
+    cdef readonly tuple families
+    cdef readonly uint32_t states
+    cdef readonly int ext
+    cdef readonly int64_t dumps, errors
+
+    def __cinit__(self, *args, **kwargs):
+        self.fd = -1
+        self.buf = NULL
+
+    def __init__(self, families=(AF_INET, AF_INET6), uint32_t states=1 << 1, int ext=EXT_INFO,
+                 bytes bytecode=b"", int rcvbuf=0, Py_ssize_t bufsize=65536, double timeout=1.0):
+        families = tuple(families)
+        if not families or any(f not in (AF_INET, AF_INET6) for f in families):
+            raise ValueError(f"families must be AF_INET and/or AF_INET6 (got {families!r})")
+        if not 0 <= ext <= 0xff:
+            raise ValueError(f"ext is an 8-bit mask (got {ext})")
+        if len(bytecode) % 4 or len(bytecode) > 0xffff - 4:
+            raise ValueError(f"bytecode must be whole 4-byte ops, at most 65528 bytes (got {len(bytecode)})")
+        if not 16384 <= bufsize <= 1 << 24:
+            raise ValueError(f"bufsize must be 16 KiB to 16 MiB (got {bufsize})")
+        if not 0 < timeout <= 60:
+            raise ValueError(f"timeout must be > 0 and <= 60 s (got {timeout})")
+        self.families = families
+        self.states = states
+        self.ext = ext
+        self.rcvbuf = rcvbuf
+        self.timeout = timeout
+        # nlmsghdr + inet_diag_req_v2 (+ rtattr INET_DIAG_REQ_BYTECODE); family and seq patched per send
+        attr = struct.pack("=HH", 4 + len(bytecode), 1) + bytecode if bytecode else b""
+        body = struct.pack("=BBBBI", 0, 6, ext, 0, states) + bytes(48) + attr
+        self.request = struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY, 0x301, 0, 0) + body
+        self.bufsize = bufsize
+        self.buf = <uint8_t *>malloc(bufsize)
+        if self.buf == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self.fd >= 0:
+            close(self.fd)
+        free(self.buf)
+
+    def close(self):
+        if self.fd >= 0:
+            close(self.fd)
+            self.fd = -1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    cdef int _open(self) except -1:
+        cdef sockaddr_nl sa
+        cdef timeval tv
+        cdef int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+        if fd < 0:
+            PyErr_SetFromErrno(OSError)
+        memset(&sa, 0, sizeof(sa))
+        sa.nl_family = AF_NETLINK
+        tv.tv_sec = <long>self.timeout
+        tv.tv_usec = <long>((self.timeout - tv.tv_sec) * 1e6)
+        if (bind(fd, <sockaddr *>&sa, sizeof(sa)) != 0
+                or setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0
+                or (self.rcvbuf > 0 and setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &self.rcvbuf, sizeof(int)) != 0)):
+            close(fd)
+            PyErr_SetFromErrno(OSError)
+        self.fd = fd
+        return 0
+
+    def dump(self, records):
+        """Dump every matching socket into records[0:sockets]; returns counters.
+
+        {"sockets", "messages", "overflow", "malformed", "truncated", "no_info",
+        "dump_intr", "foreign", "error" (errno of a failed syscall or an
+        NLMSG_ERROR; 0 ok), "bytes", "recvs", "elapsed_ns"}. One timestamp per
+        recv() buffer (t_ns of each record). A failed dump closes the socket.
+        """
+        cdef unsigned char[::1] raw = _records_bytes(records)
+        cdef Py_ssize_t cap = records.shape[0], count = 0
+        cdef counters_t c
+        cdef sockaddr_nl dst
+        cdef bytearray req = bytearray(self.request)
+        cdef uint8_t *reqp = <uint8_t *><char *>req
+        cdef Py_ssize_t reqlen = len(req), got
+        cdef int64_t t0, now, nbytes = 0, nrecv = 0
+        cdef uint32_t seq
+        cdef int family, err = 0, done
+        cdef rec_t *out = <rec_t *>&raw[0]
+        memset(&c, 0, sizeof(c))
+        memset(&dst, 0, sizeof(dst))
+        dst.nl_family = AF_NETLINK
+        if self.fd < 0:
+            self._open()
+        t0 = mono_ns()
+        now = t0
+        for family in self.families:
+            self.seq += 1
+            seq = self.seq
+            reqp[16] = <uint8_t>family
+            memcpy(reqp + 8, &seq, 4)
+            with nogil:
+                if sendto(self.fd, reqp, reqlen, 0, <sockaddr *>&dst, sizeof(dst)) < 0:
+                    err = errno
+                done = err != 0
+                while not done:
+                    got = recv(self.fd, self.buf, self.bufsize, MSG_TRUNC)
+                    if got < 0:
+                        if errno == EINTR:
+                            continue
+                        err = errno
+                        break
+                    now = mono_ns()
+                    nrecv += 1
+                    if got > self.bufsize:
+                        c.truncated += 1
+                        got = self.bufsize
+                    nbytes += got
+                    if got == 0:
+                        err = 71                # EPROTO: an empty datagram mid-dump
+                        break
+                    done = parse_buffer(self.buf, got, seq, now, out, cap, &count, &c)
+            if err == 0 and c.error:
+                err = c.error
+            if err:
+                break
+        self.dumps += 1
+        if err:
+            self.errors += 1
+            self.close()
+        c.sockets = count
+        c.error = err
+        res = _counters_dict(&c)
+        res.update(bytes=nbytes, recvs=nrecv, elapsed_ns=now - t0)
+        return res
+
+
+def strerror_text(int err):
+    """strerror(err) as str (for the one-line error a failed dump becomes)."""
+    return strerror(err).decode()

@@ -1,0 +1,230 @@
+"""netprobe._nldiag: the inet_diag parser on byte vectors (against the pure-Python reference in
+tests/reference/netlink.py) and live dumps of loopback sockets (against getsockopt TCP_INFO and
+the reference dump)."""
+import errno
+import socket
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netprobe.errors import load_extension
+from tests.reference import netlink as ref
+
+nl = load_extension("_nldiag")
+pacer = load_extension("_pacer")
+
+
+def records(n):
+    return np.zeros(n, dtype=nl.RECORD_DTYPE)
+
+
+def test_record_layout_keeps_kernel_names_and_offsets():
+    dt = nl.RECORD_DTYPE
+    assert dt.itemsize == nl.RECORD_SIZE and nl.TCP_INFO_SIZE == 280
+    base = dt.fields["tcpi_state"][1]
+    for name, _, off in ref.TCPI:                       # offsets of struct tcp_info (uapi), not ours
+        assert dt.fields[name][1] - base == off, name
+    for name in ("idiag_cookie", "idiag_sport", "idiag_dport", "idiag_src", "idiag_dst", "idiag_inode",
+                 "ca_name", "bbr_bw", "skmem_drops"):
+        assert name in dt.names
+
+
+sock_st = st.fixed_dictionaries({
+    "family": st.sampled_from([socket.AF_INET, socket.AF_INET6]),
+    "state": st.integers(0, 12), "sport": st.integers(0, 65535), "dport": st.integers(0, 65535),
+    "src": st.binary(min_size=16, max_size=16), "dst": st.binary(min_size=16, max_size=16),
+    "cookie": st.integers(0, 2**64 - 1), "inode": st.integers(0, 2**32 - 1), "uid": st.integers(0, 2**32 - 1),
+    "info": st.one_of(st.none(), st.builds(lambda rtt, cwnd, acked, ret: ref.tcp_info_bytes(
+        tcpi_rtt=rtt, tcpi_snd_cwnd=cwnd, tcpi_bytes_acked=acked, tcpi_total_retrans=ret),
+        st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1)),
+        st.binary(min_size=0, max_size=300)),
+    "cong": st.one_of(st.none(), st.sampled_from(["cubic", "bbr", "reno", "a" * 20])),
+    "bbr": st.one_of(st.none(), st.tuples(st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1),
+                                          st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))),
+    "skmem": st.one_of(st.none(), st.lists(st.integers(0, 2**32 - 1), min_size=0, max_size=12)),
+})
+
+
+def _check_same(rec, want):
+    assert rec["idiag_family"] == want["family"] and rec["idiag_state"] == want["state"]
+    assert (rec["idiag_sport"], rec["idiag_dport"]) == (want["sport"], want["dport"])
+    assert bytes(rec["idiag_src"]) == want["src"] and bytes(rec["idiag_dst"]) == want["dst"]
+    assert rec["idiag_cookie"] == want["cookie"] and rec["idiag_inode"] == want["inode"]
+    assert rec["info_len"] == want["info_len"]
+    for name, _, _ in ref.TCPI:
+        assert rec[name] == want.get(name, 0), name
+    assert bytes(rec["ca_name"]).decode() == want.get("cong", "")
+    bbr = want.get("bbr")
+    assert bool(rec["has_bbr"]) == (bbr is not None)
+    if bbr:
+        assert (rec["bbr_bw"], rec["bbr_min_rtt"], rec["bbr_pacing_gain"], rec["bbr_cwnd_gain"]) == bbr
+    skmem = want.get("skmem")
+    assert bool(rec["has_skmem"]) == (skmem is not None)
+    if skmem is not None:
+        assert tuple(rec[f"skmem_{k}"] for k in ref.SKMEM) == skmem
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(sock_st, max_size=8), st.integers(1, 2**32 - 1))
+def test_parse_matches_reference_decoder(socks, seq):
+    buf = b"".join(ref.encode_sock(s, seq) for s in socks) + ref.encode_done(seq)
+    want, wc, wdone = ref.decode(buf, seq)
+    out = records(16)
+    got = nl.parse(buf, out, seq=seq, t_ns=123)
+    assert got["done"] and wdone
+    assert got["sockets"] == len(want) == len(socks)
+    for k in wc:
+        assert got[k] == wc[k], k
+    for rec, w in zip(out[:got["sockets"]], want, strict=True):
+        assert rec["t_ns"] == 123
+        _check_same(rec, w)
+
+
+def test_addresses_ports_and_cookie_decode():
+    s = {"family": socket.AF_INET, "sport": 443, "dport": 51000, "cookie": 0x1122334455667788,
+         "src": socket.inet_aton("192.0.2.1") + bytes(12), "dst": socket.inet_aton("198.51.100.7") + bytes(12),
+         "inode": 7, "info": ref.tcp_info_bytes(tcpi_rtt=1500)}
+    out = records(2)
+    got = nl.parse(ref.encode_sock(s) + ref.encode_done(), out)
+    r = out[0]
+    assert got["sockets"] == 1 and r["idiag_sport"] == 443 and r["idiag_dport"] == 51000
+    assert socket.inet_ntoa(bytes(r["idiag_src"])[:4]) == "192.0.2.1"
+    assert socket.inet_ntoa(bytes(r["idiag_dst"])[:4]) == "198.51.100.7"
+    assert r["idiag_cookie"] == 0x1122334455667788 and r["tcpi_rtt"] == 1500 and r["info_len"] == 280
+
+
+def test_overflow_error_foreign_and_short_info_are_counted():
+    socks = [{"family": socket.AF_INET6, "sport": i, "dport": 1, "cookie": i, "src": bytes(16), "dst": bytes(16),
+              "info": ref.tcp_info_bytes(tcpi_rtt=i)[:100]} for i in range(5)]
+    buf = b"".join(ref.encode_sock(s, 9) for s in socks)
+    out = records(3)
+    got = nl.parse(buf + ref.encode_sock(socks[0], 8) + ref.encode_done(9), out, seq=9)
+    assert (got["sockets"], got["overflow"], got["foreign"], got["done"]) == (3, 2, 1, True)
+    assert out[2]["info_len"] == 100 and out[2]["tcpi_rtt"] == 2
+    assert out[0]["tcpi_min_rtt"] == 0                # past the kernel's length: zero, not garbage
+    got = nl.parse(ref.encode_error(4, errno.EINVAL), records(1), seq=4)
+    assert got["done"] and got["error"] == errno.EINVAL
+    got = nl.parse(ref.encode_done(4, -errno.EINTR), records(1), seq=4)
+    assert got["done"] and got["error"] == errno.EINTR
+
+
+def test_bad_lengths_are_counted_not_raised():
+    good = ref.encode_sock({"family": 2, "sport": 1, "dport": 2, "cookie": 3, "src": bytes(16),
+                            "dst": bytes(16), "info": ref.tcp_info_bytes()})
+    bad_len = struct.pack("=I", 8) + good[4:]                         # nlmsg_len below the header
+    too_long = struct.pack("=I", len(good) + 100) + good[4:]          # runs past the datagram
+    short_body = ref.nlmsg(ref.SOCK_DIAG_BY_FAMILY, bytes(40), 1)     # inet_diag_msg cut short
+    bad_attr = bytearray(good)
+    struct.pack_into("=H", bad_attr, 16 + 72, 2)                      # rta_len < 4
+    for buf, field in ((bad_len, "malformed"), (too_long, "malformed"), (short_body, "malformed"),
+                       (bytes(bad_attr), "malformed"), (good[:10], "truncated")):
+        got = nl.parse(buf, records(4))
+        assert got[field] == 1 and got["sockets"] == 0, (field, got)
+    got = nl.parse(bytes(bad_attr) + good + ref.encode_done(), records(4))
+    assert (got["sockets"], got["malformed"], got["done"]) == (1, 1, True)  # the next message still parses
+
+
+def test_records_argument_is_checked():
+    with pytest.raises(TypeError):
+        nl.parse(b"", np.zeros(4, dtype=np.int64))
+    with pytest.raises(ValueError):
+        nl.parse(b"", records(4)[::2])
+    with pytest.raises(ValueError):
+        nl.InetDiagDumper(bytecode=b"\0" * 6)
+    with pytest.raises(ValueError):
+        nl.InetDiagDumper(families=(socket.AF_UNIX,))
+
+
+# -- live dumps -------------------------------------------------------------------------------------
+
+@pytest.fixture
+def loopback_pairs():
+    """3 IPv4 and 3 IPv6 connected pairs on loopback, some data sent on each."""
+    socks, listeners = [], []
+    for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        lst = socket.create_server((host, 0), family=fam)
+        listeners.append(lst)
+        for i in range(3):
+            c = socket.create_connection(lst.getsockname()[:2])
+            a, _ = lst.accept()
+            c.sendall(b"x" * (1000 * (i + 1)))
+            got = 0
+            while got < 1000 * (i + 1):
+                got += len(a.recv(65536))
+            socks += [c, a]
+    yield socks
+    for s in socks + listeners:
+        s.close()
+
+
+def _ours(ports, ext=None, families=(socket.AF_INET, socket.AF_INET6)):
+    d = nl.InetDiagDumper(families, ext=nl.EXT_INFO if ext is None else ext)
+    out = records(4096)
+    got = d.dump(out)
+    assert got["error"] == 0 and got["overflow"] == 0 and got["malformed"] == 0
+    recs = out[:got["sockets"]]
+    return {(int(r["idiag_sport"]), int(r["idiag_dport"])): r for r in recs
+            if r["idiag_sport"] in ports or r["idiag_dport"] in ports}, got
+
+
+def test_live_dump_sees_both_families_with_tcp_info(loopback_pairs):
+    conns = loopback_pairs
+    ports = {s.getsockname()[1] for s in conns}
+    seen, got = _ours(ports, nl.EXT_INFO | nl.EXT_CONG | nl.EXT_BBR | nl.EXT_SKMEM)
+    assert len(seen) == 12 and got["recvs"] >= 2
+    cookies = {int(r["idiag_cookie"]) for r in seen.values()}
+    assert len(cookies) == 12 and 0 not in cookies
+    for s in conns:
+        key = (s.getsockname()[1], s.getpeername()[1])
+        r = seen[key]
+        assert r["idiag_family"] == s.family and r["idiag_state"] == 1 and r["info_len"] >= 232
+        ti = pacer.tcp_info(s.fileno())                           # getsockopt(TCP_INFO): another path
+        for name in ("tcpi_bytes_acked", "tcpi_bytes_received", "tcpi_snd_mss", "tcpi_segs_out", "tcpi_options"):
+            assert r[name] == ti[name], name
+        want_cc = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).split(b"\0")[0]
+        assert bytes(r["ca_name"]) == want_cc
+        assert bool(r["has_bbr"]) == (want_cc == b"bbr")
+        assert r["has_skmem"] and r["skmem_sndbuf"] == s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        addr = socket.inet_pton(s.family, s.getsockname()[0])
+        assert bytes(r["idiag_src"])[:len(addr)] == addr
+
+
+def test_live_dump_agrees_with_plain_python_dump(loopback_pairs):
+    ports = {s.getsockname()[1] for s in loopback_pairs}
+    ours, _ = _ours(ports)
+    theirs = {(s["sport"], s["dport"]): s for s in ref.dump() if s["sport"] in ports or s["dport"] in ports}
+    assert set(ours) == set(theirs)
+    for key, r in ours.items():
+        assert r["idiag_cookie"] == theirs[key]["cookie"] and r["idiag_inode"] == theirs[key]["inode"]
+        assert r["tcpi_bytes_acked"] == theirs[key]["tcpi_bytes_acked"]
+
+
+def test_family_and_state_selection(loopback_pairs):
+    ports = {s.getsockname()[1] for s in loopback_pairs}
+    v6, _ = _ours(ports, families=(socket.AF_INET6,))
+    assert len(v6) == 6 and all(r["idiag_family"] == socket.AF_INET6 for r in v6.values())
+    d = nl.InetDiagDumper(states=1 << nl.TCP_STATES["listen"])
+    out = records(4096)
+    got = d.dump(out)
+    servers = {s.getsockname()[1] for s in loopback_pairs[1::2]}          # accepted ends: the listeners' ports
+    ours = [r for r in out[:got["sockets"]] if r["idiag_sport"] in servers]
+    assert len(ours) == 2 and all(r["idiag_dport"] == 0 for r in ours)     # the two listeners, no connections
+    assert all(r["idiag_state"] == 10 for r in out[:got["sockets"]])
+
+
+def test_overflow_when_records_are_too_few(loopback_pairs):
+    d = nl.InetDiagDumper()
+    got = d.dump(records(2))
+    assert got["sockets"] == 2 and got["overflow"] >= 10 and got["error"] == 0
+    got = d.dump(records(0))
+    assert got["sockets"] == 0 and got["overflow"] >= 12
+
+
+def test_kernel_rejects_bad_bytecode_as_an_error_not_a_raise():
+    d = nl.InetDiagDumper(bytecode=struct.pack("=BBH", 200, 4, 8))      # unknown op code
+    got = d.dump(records(8))
+    assert got["error"] == errno.EINVAL and d.errors == 1
+    assert "Invalid argument" in nl.strerror_text(got["error"])

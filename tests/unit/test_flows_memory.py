@@ -1,0 +1,65 @@
+"""Bounded memory at 100,000 tracked flows: synthetic dumps into the tracker in a fresh process,
+RSS read from /proc/self/statm. Every dump changes every socket (the worst case for change-only
+storage), so without the limits memory would grow by ~20 MB a dump."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CHILD = r"""
+import json, os, sys
+import numpy as np
+from netprobe.errors import load_extension
+from netprobe.probes.flows.tracker import Tracker
+nl = load_extension("_nldiag")
+n, max_flows, budget, dumps = (int(a) for a in sys.argv[1:5])
+page = os.sysconf("SC_PAGE_SIZE")
+def rss():
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * page
+recs = np.zeros(n, dtype=nl.RECORD_DTYPE)
+recs["idiag_cookie"] = np.arange(1, n + 1)
+recs["idiag_family"] = 2
+recs["idiag_sport"] = np.arange(n) % 60000
+recs["tcpi_snd_mss"] = 1448
+base = rss()
+t = Tracker(max_flows=max_flows, max_total_samples=budget)
+out = []
+written = 0
+for i in range(dumps):
+    recs["tcpi_rtt"] = 1000 + i
+    recs["tcpi_bytes_acked"] += 1448
+    ended, _ = t.update(recs, (i + 1) * 10**9)
+    written += len(ended)
+    del ended
+    out.append(rss() - base)
+print(json.dumps({"rss": out, "stored": t.stored, "tracked": len(t), "filtered": t.counts["filtered"],
+                  "samples": t.total_samples, "written": written}))
+"""
+
+
+def _child(n, max_flows, budget, dumps):
+    p = subprocess.run([sys.executable, "-c", CHILD, str(n), str(max_flows), str(budget), str(dumps)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_100k_flows_memory_is_bounded_by_the_sample_budget():
+    got = _child(100_000, 100_000, 300_000, 8)
+    rss = [r / 2**20 for r in got["rss"]]
+    assert got["tracked"] == got["stored"] == 100_000
+    assert got["samples"] <= 300_000 and got["written"] > 50_000          # the budget wrote flows out
+    # state ~24 MB + 100k Flow objects ~50 MB + 300k samples x ~200 B = 60 MB (+ transients)
+    assert max(rss) < 300, rss
+    print("RSS MB per dump:", [round(r) for r in rss])
+    assert rss[-1] - rss[3] < 25, rss                                     # flat once the budget binds
+
+
+def test_max_flows_is_enforced_at_100k_sockets():
+    got = _child(100_000, 10_000, 1_000_000, 3)
+    assert (got["tracked"], got["stored"], got["filtered"]) == (100_000, 10_000, 90_000)
+    assert got["samples"] == 30_000
+    assert max(got["rss"]) / 2**20 < 120, got["rss"]
