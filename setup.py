@@ -9,7 +9,7 @@ from pathlib import Path
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-EXTENSIONS = ["pacer", "nldiag"]
+EXTENSIONS = ["pacer", "nldiag", "train"]
 ONLY = [n for n in os.environ.get("NETPROBE_EXTENSIONS", "").split(",") if n]
 
 setup(

@@ -6,7 +6,7 @@ import pathlib
 import platform
 import time
 
-BENCHES = ["timer", "throughput", "flows"]
+BENCHES = ["timer", "throughput", "flows", "capacity"]
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 

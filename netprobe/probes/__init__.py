@@ -8,7 +8,7 @@ import importlib
 
 from netprobe.errors import ConfigError
 
-KINDS = ("host", "throughput", "flows")
+KINDS = ("host", "throughput", "flows", "capacity")
 
 
 def load(kind):
