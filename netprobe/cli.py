@@ -71,6 +71,7 @@ def _add_probe_options(sub, kind):
 def build_parser():
     p = Parser(prog="netprobe", description="Network path-quality probes and SLA breach alerts.",
                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG)
+    p.add_argument("--version", action="version", version=f"netprobe {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=Parser)
 
     r = sub.add_parser("run", help="run the daemon with a config file",
