@@ -53,6 +53,7 @@ class Worker:
         self.started_at = 0.0
         self.stopping = False
         self.retired = False          # removed by a reload: do not restart
+        self.finished = False         # its probe ended on its own (exit 0, e.g. a one-time estimate)
 
     @property
     def name(self):
@@ -196,11 +197,14 @@ class Supervisor:
         w.proc = None
         if w.stopping or w.retired:
             return
+        if code == 0:                             # the probe ended on its own: that is not a failure
+            w.finished = True
+            log.info("probe %s finished", w.name)
+            return
         how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
         if not self.restart:
             log.info("probe %s %s", w.name, how)
-            if code != 0:
-                self.probe_errors += 1
+            self.probe_errors += 1
             return
         ran = time.monotonic() - w.started_at
         if ran > self.config.daemon.restart_backoff_max:
@@ -305,7 +309,7 @@ class Supervisor:
             for w in list(self.workers.values()):
                 if w.retired and w.proc is None:
                     del self.workers[w.name]
-                elif w.proc is None and not w.retired and (self.restart or not w.started_at) \
+                elif w.proc is None and not w.retired and not w.finished and (self.restart or not w.started_at) \
                         and now >= w.next_start:      # a one-shot run starts each probe once
                     self._spawn(w)
             if not self.restart and self.workers and not self._running():

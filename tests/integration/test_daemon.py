@@ -219,3 +219,40 @@ def test_daemon_mode_writes_pidfile_and_detaches(tmp_path):
         os.kill(pid, signal.SIGTERM)
     assert wait_for(lambda: not os.path.exists(f"/proc/{pid}"), timeout=20)
     assert not pidfile.exists(), "pidfile removed at exit"
+
+
+def test_a_probe_that_ends_on_its_own_is_not_restarted(tmp_path, procs):
+    """A capacity probe without `every` makes one estimate and exits 0: the daemon logs it as
+    finished and keeps running the rest, instead of restarting it (which would repeat the
+    estimate outside the probe's own load limit)."""
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    free = port.getsockname()[1]
+    port.close()
+    cfg = write_config(tmp_path / "n.toml", interval="0.5s")
+    cfg.write_text(cfg.read_text().replace("[output.stdout]", f"""[serve]
+listen = ["127.0.0.1:{free}"]
+
+[[probe]]
+kind = "capacity"
+name = "once"
+peer = "127.0.0.1:{free}"
+max_bytes = 1000000
+
+[output.stdout]"""))
+    p = start(["run", "-c", str(cfg)])
+    procs.append(p)
+    lines = []
+
+    def finished():
+        lines.append(p.stderr.readline())
+        return "probe once finished" in lines[-1]
+    assert wait_for(finished, timeout=40, step=0), "".join(lines)
+    time.sleep(2)                        # > restart_backoff_max: a restart would have happened by now
+    p.send_signal(signal.SIGTERM)
+    stdout, stderr = p.communicate(timeout=20)
+    stderr = "".join(lines) + stderr
+    assert p.returncode == 0, stderr
+    assert len(re.findall(r"started probe once \(capacity\)", stderr)) == 1, stderr
+    assert stdout.count("RESULT probe=capacity name=once") == 1, stdout
+    assert "RESULT probe=host name=self" in stdout.split("RESULT probe=capacity")[1], "the others go on"
