@@ -114,6 +114,12 @@ def build_parser():
     t.add_argument("--duration", type=_duration_arg, default=5.0, help="how long (default 5s)")
     t.add_argument("--json", action="store_true")
 
+    pc = sub.add_parser("pcap", help="retransmits per direction and flow from pcap/pcapng files",
+                        description="Analyse capture files: retransmissions, out-of-order, loss before "
+                                    "the capture point, per direction and peer prefix.")
+    from netprobe.probes.retrans import pcapcli
+    pcapcli.add_arguments(pc)
+
     sub.add_parser("version", help="print the version")
     return p
 
@@ -219,6 +225,11 @@ def cmd_selftest(args):
     return EXIT_OK
 
 
+def cmd_pcap(args):
+    from netprobe.probes.retrans import pcapcli
+    return pcapcli.run(args)
+
+
 def cmd_serve(args):
     import signal
     import threading
@@ -239,7 +250,7 @@ def cmd_serve(args):
 
 
 COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "probe": cmd_probe,
-            "selftest": cmd_selftest, "serve": cmd_serve,
+            "selftest": cmd_selftest, "serve": cmd_serve, "pcap": cmd_pcap,
             "version": lambda a: print(f"netprobe {__version__}") or EXIT_OK}
 
 

@@ -1,0 +1,203 @@
+"""Retransmit verdicts from per-flow counters (sans-IO: plain data in, records out).
+
+Flows are grouped per direction and per peer prefix (source prefix ->
+destination prefix, /32 and /128 by default, i.e. per host pair). For each
+group: data packets, retransmissions (netprobe's verdict: see
+pyx/pcapread.pyx), out-of-order segments, retransmissions of segments lost
+before the capture point, D-SACK-reported spurious retransmissions, and the
+retransmit rate. The rate is over wire segments, not captured frames: a
+GSO/TSO frame (offloads on the capturing host) counts as the segments the
+peer's MSS cuts it into, so the rate compares with the kernel's
+TcpRetransSegs whatever the offload settings. A group whose rate exceeds the threshold is a BREACH that
+names the direction and its worst flows.
+"""
+import ipaddress
+import json
+import re
+import time
+from dataclasses import dataclass, field
+
+from netprobe.results import BREACH, RESULT, Record, event, percent, seconds
+
+KIND = "retrans"
+MAX_FLOWS_NAMED = 5
+
+
+@dataclass
+class Group:
+    src: str                         # source prefix (the data sender's side)
+    dst: str
+    data_pkts: int = 0
+    data_bytes: int = 0
+    data_segs: int = 0
+    retrans_segs: int = 0
+    retrans: int = 0
+    lost_retrans: int = 0
+    ooo: int = 0
+    spurious: int = 0
+    dsack: int = 0
+    lost_segment: int = 0
+    dupack: int = 0
+    zero_window: int = 0
+    last_ns: int = 0
+    flows: list = field(default_factory=list)    # (retrans, "a:p->b:q")
+
+    @property
+    def retrans_pct(self):
+        return 100.0 * self.retrans_segs / self.data_segs if self.data_segs else 0.0
+
+
+def _prefix(addr, v4len, v6len):
+    ip = ipaddress.ip_address(addr)
+    n = ipaddress.ip_network(f"{addr}/{v4len if ip.version == 4 else v6len}", strict=False)
+    return str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
+
+
+def _endpoint(addr, port):
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def group_directions(flows, v4len=32, v6len=128):
+    """Groups keyed (src prefix, dst prefix) over both directions of every flow, sorted."""
+    groups = {}
+    for f in flows:
+        for (src, sp, dst, dp), c in (((f.a, f.a_port, f.b, f.b_port), f.ab), ((f.b, f.b_port, f.a, f.a_port), f.ba)):
+            if not c["pkts"]:
+                continue
+            key = (_prefix(src, v4len, v6len), _prefix(dst, v4len, v6len))
+            g = groups.setdefault(key, Group(*key))
+            g.data_pkts += c["data_pkts"]
+            g.data_bytes += c["data_bytes"]
+            for name in ("retrans", "lost_retrans", "ooo", "dsack", "dupack", "zero_window", "data_segs",
+                         "retrans_segs"):
+                setattr(g, name, getattr(g, name) + c[name])
+            g.spurious += c["spurious"]
+            g.lost_segment += c["lost_segment"]
+            g.last_ns = max(g.last_ns, f.last_ns)
+            if c["retrans"]:
+                g.flows.append((c["retrans"], f"{_endpoint(src, sp)}->{_endpoint(dst, dp)}"))
+    return [groups[k] for k in sorted(groups)]
+
+
+def records(groups, *, name, source, max_retrans_pct=None, min_data_pkts=100, now=None):
+    """RESULT per group, and BREACH per group above max_retrans_pct (with at least
+    min_data_pkts data packets, so three packets and one resend are not an alarm)."""
+    out = []
+    for g in groups:
+        ts = g.last_ns / 1e9 if g.last_ns else (now if now is not None else time.time())
+        direction = f"{g.src}->{g.dst}"
+        g.flows.sort(key=lambda rf: (-rf[0], rf[1]))
+        out.append(Record(RESULT, KIND, name, {
+            "source": source, "dir": direction, "data_pkts": g.data_pkts, "retrans": g.retrans,
+            "data_segs": g.data_segs, "retrans_segs": g.retrans_segs,
+            "retrans_pct": percent(g.retrans_pct), "lost_before_capture": g.lost_retrans, "ooo": g.ooo,
+            "spurious_dsack": g.dsack, "dupack": g.dupack, "zero_window": g.zero_window,
+            "flows_retransmitting": len(g.flows)}, ts))
+        if max_retrans_pct is not None and g.data_segs >= min_data_pkts and g.retrans_pct > max_retrans_pct:
+            named = ",".join(f"{fl}({n})" for n, fl in g.flows[:MAX_FLOWS_NAMED])
+            out.append(event(BREACH, KIND, name, metric="retrans", value=percent(g.retrans_pct), op="<=",
+                             threshold=percent(max_retrans_pct), ts=ts, dir=direction, source=source,
+                             flows=named))
+    return out
+
+
+def es_bulk(recs, index_prefix="netprobe-retrans"):
+    """NDJSON for Elasticsearch's _bulk API: an action line, then the document, per record.
+    The index is dated by the record's UTC day; @timestamp is epoch milliseconds."""
+    lines = []
+    for r in recs:
+        doc = r.to_dict()
+        doc["@timestamp"] = int(round(r.ts * 1000))
+        day = time.strftime("%Y.%m.%d", time.gmtime(r.ts))
+        lines.append(json.dumps({"index": {"_index": f"{index_prefix}-{day}"}}, separators=(",", ":")))
+        lines.append(json.dumps(doc, separators=(",", ":"), default=str))
+    return "".join(line + "\n" for line in lines)
+
+
+# ---- live mode: tcp tracepoint lines from the probe's tracefs instance
+
+_EVENT_RE = re.compile(r"\s(\d+\.\d+): (tcp_retransmit_skb|tcp_retransmit_synack|tcp_send_reset): (.*)$")
+_KV_RE = re.compile(r"(\w+)=(\S+)")
+_ISP_RE = re.compile(r"^\[?([0-9a-fA-F:.]+?)\]?:(\d+)$")
+LIVE_KINDS = {"tcp_retransmit_skb": "retrans", "tcp_retransmit_synack": "synack_retrans",
+              "tcp_send_reset": "resets"}
+
+
+def parse_event(line):
+    """(kind, local addr, local port, remote addr, remote port) of one trace_pipe line, or None.
+    kind is retrans, synack_retrans or resets; the local end is the sender of the packet."""
+    m = _EVENT_RE.search(line)
+    if not m:
+        return None
+    kv = dict(_KV_RE.findall(m.group(3)))
+    try:
+        if m.group(2) == "tcp_send_reset":
+            src, dst = _ISP_RE.match(kv["src"]), _ISP_RE.match(kv["dest"])
+            return LIVE_KINDS[m.group(2)], src.group(1), int(src.group(2)), dst.group(1), int(dst.group(2))
+        v6 = kv.get("family") == "AF_INET6"
+        return (LIVE_KINDS[m.group(2)], kv["saddrv6" if v6 else "saddr"], int(kv["sport"]),
+                kv["daddrv6" if v6 else "daddr"], int(kv["dport"]))
+    except (KeyError, AttributeError, ValueError):
+        return None
+
+
+class LiveCounter:
+    """Outgoing retransmits, SYN-ACK retransmits and resets per (local prefix -> remote
+    prefix) and per flow, for one interval; peers outside `peers` and, when `ports` is
+    given, packets with neither port in it are ignored (the kernel filters most already)."""
+
+    def __init__(self, peers=(), v4len=32, v6len=128, ports=()):
+        self.peers = tuple(peers)
+        self.ports = frozenset(ports)
+        self.v4len, self.v6len = v4len, v6len
+        self.reset()
+
+    def reset(self):
+        self.groups = {}
+        self.unparsed = 0
+        self.ignored = 0
+
+    def add_lines(self, lines):
+        for line in lines:
+            ev = parse_event(line)
+            if ev is None:
+                self.unparsed += 1
+                continue
+            kind, la, lp, ra, rp = ev
+            try:
+                rip = ipaddress.ip_address(ra)
+            except ValueError:
+                self.unparsed += 1
+                continue
+            if (self.peers and not any(rip in net for net in self.peers)) or \
+                    (self.ports and lp not in self.ports and rp not in self.ports):
+                self.ignored += 1
+                continue
+            key = (_prefix(la, self.v4len, self.v6len), _prefix(ra, self.v4len, self.v6len))
+            g = self.groups.setdefault(key, {"retrans": 0, "synack_retrans": 0, "resets": 0, "flows": {}})
+            g[kind] += 1
+            if kind == "retrans":
+                fl = f"{_endpoint(la, lp)}->{_endpoint(ra, rp)}"
+                g["flows"][fl] = g["flows"].get(fl, 0) + 1
+
+    def records(self, *, name, interval_s, lost, out_segs=None, retrans_segs=None, max_retrans=None, now=None):
+        """(RESULT records, verdicts). One RESULT per group (dir=local->remote) and one
+        host RESULT (dir=out) with the events lost and the kernel's own segment counters
+        over the interval; verdicts {dir: (bad, retrans, worst flows)} for max_retrans."""
+        ts = now if now is not None else time.time()
+        out = [Record(RESULT, KIND, name, {
+            "dir": "out", "events_lost": lost, "unparsed": self.unparsed,
+            "host_out_segs": out_segs, "host_retrans_segs": retrans_segs,
+            "host_retrans_pct": percent(100.0 * retrans_segs / out_segs) if out_segs else None,
+            "window": seconds(interval_s)}, ts)]
+        verdicts = {}
+        for (src, dst), g in sorted(self.groups.items()):
+            flows = sorted(g["flows"].items(), key=lambda kv: (-kv[1], kv[0]))
+            direction = f"{src}->{dst}"
+            out.append(Record(RESULT, KIND, name, {
+                "dir": direction, "retrans": g["retrans"], "synack_retrans": g["synack_retrans"],
+                "resets": g["resets"], "flows_retransmitting": len(flows), "window": seconds(interval_s)}, ts))
+            if max_retrans is not None:
+                named = ",".join(f"{fl}({n})" for fl, n in flows[:MAX_FLOWS_NAMED])
+                verdicts[direction] = (g["retrans"] > max_retrans, g["retrans"], named)
+        return out, verdicts

@@ -1,0 +1,41 @@
+"""Settings of the `retrans` probe (live): outgoing retransmits from the kernel's tcp tracepoints,
+incoming ones from a header-only capture analysed like a pcap file."""
+from dataclasses import dataclass
+
+from netprobe.config.schema import DURATION, FLOAT, INT, PREFIX_LIST, SIZE, STR, STR_LIST, setting
+from netprobe.probes.base import ProbeConfig
+
+
+@dataclass(frozen=True)
+class Config(ProbeConfig):
+    """The [[probe]] table with kind = "retrans"."""
+    ports: tuple = setting(STR_LIST, [], "TCP ports to watch, either end (kernel-side filter; "
+                           "example: [\"443\", \"5201\"]; default: all)")
+    peers: tuple = setting(PREFIX_LIST, [], "remote prefixes to report (default: all)")
+    prefix_v4: int = setting(INT, 32, "group IPv4 peers by this prefix length", min=0, max=32)
+    prefix_v6: int = setting(INT, 128, "group IPv6 peers by this prefix length", min=0, max=128)
+    buffer_size: int = setting(SIZE, 4 << 20, "trace buffer per CPU of the probe's tracefs instance "
+                               "(bytes; events beyond it are lost and reported)", min=64 << 10, max=256 << 20)
+    poll: float = setting(DURATION, 0.2, "how often the trace buffer is read (s)", min=0.01, max=10)
+    max_retrans: int = setting(INT, None, "BREACH metric=retrans when one direction (local -> remote "
+                               "prefix) retransmits more packets than this in an interval", min=0,
+                               max=10**12)
+    capture_iface: str = setting(STR, "", "also capture TCP headers on this interface (tcpdump, BPF filter "
+                                 "on `ports`) for retransmits in both directions, incoming included "
+                                 "(default: off)")
+    snaplen: int = setting(INT, 128, "bytes kept per captured packet (headers and options)", min=64, max=65535)
+    max_retrans_pct: float = setting(FLOAT, None, "capture: BREACH metric=retrans_pct when a direction's "
+                                     "retransmitted share of segments exceeds this (percent)", min=0.0,
+                                     max=100.0)
+
+    @property
+    def port_numbers(self):
+        return tuple(int(p) for p in self.ports)
+
+    def check(self, where):
+        super().check(where)
+        for p in self.ports:
+            if not p.isdigit() or not 1 <= int(p) <= 65535:
+                raise where.error("ports", f'"{p}" is not a TCP port (1..65535)')
+        if self.capture_iface and not all(c.isalnum() or c in "._-@" for c in self.capture_iface):
+            raise where.error("capture_iface", f'"{self.capture_iface}" is not an interface name')

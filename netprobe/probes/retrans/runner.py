@@ -1,0 +1,116 @@
+"""The `retrans` probe loop: outgoing retransmits from the probe's own tracefs instance.
+
+The only file of this probe that touches tracefs. Every `poll` it reads the
+instance's trace_pipe (events already filtered by port in the kernel); every
+`interval` it emits one RESULT per direction (local -> remote prefix), one
+host line with the events the kernel lost and the namespace's own segment
+counters (Tcp OutSegs / RetransSegs of /proc/net/snmp: segments, so with
+offloads on they show what one GSO retransmit event stood for), and
+BREACH/CLEAR per direction. The instance is removed on exit; one left by a
+killed run is removed when the next one starts.
+
+With `capture_iface`, a header-only capture (capture.py) runs beside it and
+each interval adds one RESULT source=capture per direction seen on the wire,
+incoming included, classified by the pcap analyser.
+"""
+import logging
+import time
+
+from netprobe.errors import ProbeError
+from netprobe.probes.base import ProbeRunner
+from netprobe.probes.retrans import analysis, capture, tracefs
+
+log = logging.getLogger("netprobe.probes.retrans")
+
+
+def tcp_snmp(path="/proc/net/snmp"):
+    """{field: value} of the Tcp lines of /proc/net/snmp (this network namespace)."""
+    try:
+        with open(path) as f:
+            rows = [line.split() for line in f if line.startswith("Tcp:")]
+        return dict(zip(rows[0][1:], (int(v) for v in rows[1][1:]), strict=True))
+    except (OSError, IndexError, ValueError):
+        return {}
+
+
+class Runner(ProbeRunner):
+    kind = "retrans"
+
+    def run(self, stop):
+        cfg = self.cfg
+        try:
+            inst = tracefs.Instance(cfg.name, ports=cfg.port_numbers, buffer_kb=cfg.buffer_size // 1024)
+        except PermissionError:
+            raise ProbeError("tracefs needs root (or CAP_SYS_ADMIN)") from None
+        cap = None
+        try:
+            if cfg.capture_iface:
+                cap = capture.LiveCapture(cfg.capture_iface, cfg.port_numbers, snaplen=cfg.snaplen)
+        except BaseException:
+            inst.close()
+            raise
+        try:
+            self._run(stop, inst, cap)
+        finally:
+            if cap is not None:
+                cap.close()
+                if cap.kernel_drops:
+                    log.warning("%s: the capture lost %d packets in the kernel", cfg.name, cap.kernel_drops)
+
+    def _capture_interval(self, cap, interval_s):
+        cfg = self.cfg
+        groups = analysis.group_directions(cap.interval_flows(), cfg.prefix_v4, cfg.prefix_v6)
+        for r in analysis.records(groups, name=cfg.name, source="capture"):
+            r.fields["window"] = analysis.seconds(interval_s)
+            self.emit(r)
+        if cfg.max_retrans_pct is not None:
+            for g in groups:
+                self.judge(("capture", g.src, g.dst), g.retrans_pct > cfg.max_retrans_pct, metric="retrans_pct",
+                           value=analysis.percent(g.retrans_pct), op="<=",
+                           threshold=analysis.percent(cfg.max_retrans_pct), window=analysis.seconds(interval_s),
+                           dir=f"{g.src}->{g.dst}", source="capture",
+                           flows=",".join(f"{fl}({n})" for n, fl in g.flows[:analysis.MAX_FLOWS_NAMED]))
+
+    def _run(self, stop, inst, cap):
+        cfg = self.cfg
+        with inst:
+            if inst.stale_removed:
+                log.warning("%s: removed stale tracefs instances of killed runs: %s", cfg.name,
+                            ", ".join(inst.stale_removed))
+            if inst.missing:
+                log.info("%s: kernel lacks %s", cfg.name, ", ".join(inst.missing))
+            counter = analysis.LiveCounter(cfg.peers, cfg.prefix_v4, cfg.prefix_v6, cfg.port_numbers)
+            seen = set()
+            lost0 = inst.lost()
+            snmp0 = tcp_snmp()
+            t0 = time.monotonic()
+            while True:
+                end = t0 + cfg.interval
+                while not stop.is_set() and time.monotonic() < end:
+                    counter.add_lines(inst.read(timeout=min(cfg.poll, max(0.0, end - time.monotonic()))))
+                    if cap is not None:
+                        cap.pump()
+                counter.add_lines(inst.read())
+                if cap is not None:
+                    cap.pump()
+                now = time.monotonic()
+                lost, snmp = inst.lost(), tcp_snmp()
+                delta = {k: snmp[k] - snmp0[k] for k in ("OutSegs", "RetransSegs") if k in snmp and k in snmp0}
+                recs, verdicts = counter.records(name=cfg.name, interval_s=now - t0, lost=lost - lost0,
+                                                 out_segs=delta.get("OutSegs"),
+                                                 retrans_segs=delta.get("RetransSegs"),
+                                                 max_retrans=cfg.max_retrans, now=time.time())
+                for r in recs:
+                    self.emit(r)
+                if cfg.max_retrans is not None:
+                    for direction in sorted(seen | set(verdicts)):
+                        bad, value, flows = verdicts.get(direction, (False, 0, ""))
+                        self.judge(direction, bad, metric="retrans", value=value, op="<=",
+                                   threshold=cfg.max_retrans, dir=direction, flows=flows)
+                    seen |= set(verdicts)
+                if cap is not None:
+                    self._capture_interval(cap, now - t0)
+                counter.reset()
+                lost0, snmp0, t0 = lost, snmp, now
+                if stop.is_set():
+                    return

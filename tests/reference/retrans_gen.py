@@ -1,0 +1,137 @@
+"""Scripted TCP conversations and capture-file writers for the pcap analyser's tests.
+
+`conversation(ops)` plays a script of sender/receiver events for one TCP
+connection A -> B (data one way, ACKs back) and returns the frames a capture
+point between them would record, as raw IP packets built with scapy: new
+segments, segments lost before the capture point (never recorded), sender
+retransmissions (new IP ID and TSval), originals held back and released
+later (reordering: old IP ID and TSval), cumulative and duplicate ACKs, zero
+windows, D-SACK blocks. The writers wrap the same IP packets in any link type
+and file format the analyser reads.
+"""
+import struct
+
+from scapy.layers.inet import IP, TCP
+from scapy.layers.inet6 import IPv6
+from scapy.packet import Raw
+
+A4, B4 = "198.18.1.2", "198.18.2.2"
+A6, B6 = "2001:2:0:1::2", "2001:2:0:2::2"
+MSS = 100
+OPS = ("send", "lose", "retrans", "hold", "release", "ack", "dupack", "zerowin", "dsack", "wait")
+
+
+def conversation(ops, v6=False, isn_a=1000, isn_b=5000, t0_ns=1_700_000_000 * 10**9):
+    """[(ts_ns, ip_bytes)] for a script of (op, arg) pairs (arg: an int >= 0)."""
+    src, dst = (A6, B6) if v6 else (A4, B4)
+    out = []
+    st = {"t": t0_ns, "ida": 100, "idb": 7000, "ts": 50_000, "sent": [], "next": isn_a + 1,
+          "held": [], "acked": isn_a + 1, "win": 500}
+
+    def emit(from_a, seq, ack, flags, n=0, ipid=None, tsval=None, sack=None, win=None):
+        st["t"] += 20_000                          # 20 us between frames
+        opts = [("NOP", None), ("NOP", None), ("Timestamp", (tsval if tsval is not None else st["ts"], 1))]
+        if "S" in flags:                           # B's MSS makes A's 100-byte segments 2 wire segments
+            opts = [("MSS", 1460 if from_a else 62)] + opts
+        if sack:
+            opts += [("NOP", None), ("NOP", None), ("SAck", sack)]
+        tcp = TCP(sport=40000 if from_a else 5201, dport=5201 if from_a else 40000, seq=seq, ack=ack,
+                  flags=flags, window=st["win"] if win is None else win, options=opts)
+        if v6:
+            ip = IPv6(src=src if from_a else dst, dst=dst if from_a else src)
+        else:
+            if ipid is None:
+                key = "ida" if from_a else "idb"
+                ipid = st[key] = (st[key] + 1) & 0xFFFF
+            ip = IP(src=src if from_a else dst, dst=dst if from_a else src, id=ipid, flags="DF")
+        pkt = ip / tcp / Raw(b"x" * n) if n else ip / tcp
+        out.append((st["t"], bytes(pkt)))
+
+    def new_segment(record):
+        seq = st["next"]
+        st["next"] += MSS
+        st["ida"] = (st["ida"] + 1) & 0xFFFF
+        st["sent"].append((seq, st["ida"], st["ts"]))
+        return seq, st["ida"], st["ts"]
+
+    emit(True, isn_a, 0, "S")
+    emit(False, isn_b, isn_a + 1, "SA")
+    emit(True, isn_a + 1, isn_b + 1, "A")
+    for op, arg in ops:
+        if op == "send":
+            seq, ipid, ts = new_segment(True)
+            emit(True, seq, isn_b + 1, "PA", MSS, ipid, ts)
+        elif op == "lose":
+            new_segment(False)
+        elif op == "hold":
+            st["held"].append(new_segment(False))
+        elif op == "release" and st["held"]:
+            seq, ipid, ts = st["held"].pop(arg % len(st["held"]))
+            emit(True, seq, isn_b + 1, "PA", MSS, ipid, ts)
+        elif op == "retrans" and st["sent"]:
+            seq = st["sent"][arg % len(st["sent"])][0]
+            st["ts"] += 1
+            emit(True, seq, isn_b + 1, "PA", MSS, None, st["ts"])
+        elif op == "ack":
+            st["acked"] = min(st["next"], st["acked"] + MSS * (1 + arg % 4))
+            emit(False, isn_b + 1, st["acked"], "A")
+        elif op == "dupack":
+            emit(False, isn_b + 1, st["acked"], "A")
+        elif op == "zerowin":
+            emit(False, isn_b + 1, st["acked"], "A", win=0)
+        elif op == "dsack" and st["acked"] > isn_a + 1 + MSS:
+            lo = st["acked"] - MSS * (1 + arg % 2)
+            emit(False, isn_b + 1, st["acked"], "A", sack=(lo, lo + MSS))
+        elif op == "wait":
+            st["t"] += (1 + arg % 20) * 1_000_000
+            st["ts"] += 1 + arg % 20
+    return out
+
+
+# ---- link layers and file formats
+
+def link(ip, linktype, vlan=False):
+    """The frame of IP packet `ip` for a link type (1 Ethernet, 113 SLL, 276 SLL2, 101 raw)."""
+    et = 0x86DD if ip[0] >> 4 == 6 else 0x0800
+    if linktype == 1:
+        tag = struct.pack(">HH", 0x8100, 42) if vlan else b""
+        return b"\x02\x1a\xb0\x00\x01\x01\x02\x1a\xb0\x00\x01\x02" + tag + struct.pack(">H", et) + ip
+    if linktype == 113:
+        return struct.pack(">HHH8sH", 4, 1, 6, b"\x02\x1a\xb0\x00\x01\x02\0\0", et) + ip
+    if linktype == 276:
+        return struct.pack(">HHIHBB8s", et, 0, 2, 1, 4, 6, b"\x02\x1a\xb0\x00\x01\x02\0\0") + ip
+    if linktype == 101:
+        return ip
+    raise ValueError(linktype)
+
+
+def pcap(frames, linktype=1, big_endian=False, ns=False, snaplen=65535):
+    """A classic pcap image of [(ts_ns, frame)], frames cut to snaplen."""
+    e = ">" if big_endian else "<"
+    magic = 0xA1B23C4D if ns else 0xA1B2C3D4
+    out = [struct.pack(e + "IHHiIII", magic, 2, 4, 0, 0, snaplen, linktype)]
+    for ts, fr in frames:
+        sec, rem = divmod(ts, 10**9)
+        cap = fr[:snaplen]
+        out.append(struct.pack(e + "IIII", sec, rem if ns else rem // 1000, len(cap), len(fr)) + cap)
+    return b"".join(out)
+
+
+def pcapng(frames, linktype=1, big_endian=False, tsresol=9, snaplen=65535):
+    """A pcapng image: SHB, one IDB (if_tsresol), one EPB per frame."""
+    e = ">" if big_endian else "<"
+
+    def block(btype, body):
+        body += b"\0" * (-len(body) % 4)
+        n = len(body) + 12
+        return struct.pack(e + "II", btype, n) + body + struct.pack(e + "I", n)
+
+    shb = block(0x0A0D0D0A, struct.pack(e + "IHHq", 0x1A2B3C4D, 1, 0, -1))
+    opts = struct.pack(e + "HH", 9, 1) + bytes([tsresol]) + b"\0\0\0" + struct.pack(e + "HH", 0, 0)
+    idb = block(1, struct.pack(e + "HHI", linktype, 0, snaplen) + opts)
+    out = [shb, idb]
+    for ts, fr in frames:
+        units = ts // 10 ** (9 - tsresol)
+        cap = fr[:snaplen]
+        out.append(block(6, struct.pack(e + "IIIII", 0, units >> 32, units & 0xFFFFFFFF, len(cap), len(fr)) + cap))
+    return b"".join(out)

@@ -1,0 +1,74 @@
+"""Live-mode parsing and verdicts (netprobe.probes.retrans.analysis), and the probe's config.
+
+The trace lines are real trace_pipe output of this kernel (6.18) from the lab
+(tcp_retransmit_skb over IPv4, tcp_send_reset); the IPv6 and SYN-ACK lines
+follow the events' print formats (events/tcp/*/format).
+"""
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+import netprobe.config
+from netprobe.config.load import load_file
+from netprobe.config.schema import Where, build, fields
+from netprobe.errors import ConfigError
+from netprobe.probes.retrans import Config, analysis
+
+CONFIG_DIR = Path(netprobe.config.__file__).parent
+
+V4 = ("          iperf3-9072    [001] .N...  3385.008365: tcp_retransmit_skb: skbaddr=000000007ffb305e "
+      "skaddr=000000000eccd592 family=AF_INET sport=38486 dport=5298 saddr=198.18.1.2 daddr=198.18.2.2 "
+      "saddrv6=::ffff:198.18.1.2 daddrv6=::ffff:198.18.2.2 state=TCP_ESTABLISHED err=0")
+RST = ("            bash-9103    [001] ..s1.  3387.293565: tcp_send_reset: skbaddr=00000000e484cf08 "
+       "skaddr=0000000000000000 src=198.18.2.2:5297 dest=198.18.1.2:58444 state=UNKNOWN reason=NO_SOCKET")
+V6 = ("          <idle>-0       [000] ..s1.  3390.000001: tcp_retransmit_skb: skbaddr=0000000011111111 "
+      "skaddr=0000000022222222 family=AF_INET6 sport=40000 dport=443 saddr=0.0.0.0 daddr=0.0.0.0 "
+      "saddrv6=2001:db8::1 daddrv6=2001:db8:1::9 state=TCP_ESTABLISHED err=0")
+SYNACK = ("          <idle>-0       [000] ..s1.  3390.000002: tcp_retransmit_synack: family=AF_INET sport=443 "
+          "dport=51000 saddr=10.0.0.1 daddr=10.9.9.9 saddrv6=::ffff:10.0.0.1 daddrv6=::ffff:10.9.9.9")
+
+
+def test_parse_event():
+    assert analysis.parse_event(V4) == ("retrans", "198.18.1.2", 38486, "198.18.2.2", 5298)
+    assert analysis.parse_event(RST) == ("resets", "198.18.2.2", 5297, "198.18.1.2", 58444)
+    assert analysis.parse_event(V6) == ("retrans", "2001:db8::1", 40000, "2001:db8:1::9", 443)
+    assert analysis.parse_event(SYNACK) == ("synack_retrans", "10.0.0.1", 443, "10.9.9.9", 51000)
+    for bad in ("", "# tracer: nop", V4.replace("sport=38486", "sport=x"), V4[:60]):
+        assert analysis.parse_event(bad) is None
+
+
+def test_counter_groups_filters_and_judges():
+    c = analysis.LiveCounter(peers=[ipaddress.ip_network("198.18.0.0/15")], ports=(5298, 5297))
+    c.add_lines([V4] * 3 + [RST, V6, SYNACK, "garbage"])
+    recs, verdicts = c.records(name="n", interval_s=1.0, lost=2, out_segs=1000, retrans_segs=4, max_retrans=2,
+                               now=1.0)
+    host = recs[0].fields
+    assert (host["dir"], host["events_lost"], host["unparsed"], host["host_retrans_pct"].value) == ("out", 2, 1, 0.4)
+    by = {r.fields["dir"]: r.fields for r in recs[1:]}
+    assert set(by) == {"198.18.1.2->198.18.2.2", "198.18.2.2->198.18.1.2"}   # V6, SYNACK: other peers
+    assert by["198.18.1.2->198.18.2.2"]["retrans"] == 3 and by["198.18.2.2->198.18.1.2"]["resets"] == 1
+    assert c.ignored == 2
+    assert verdicts["198.18.1.2->198.18.2.2"] == (True, 3, "198.18.1.2:38486->198.18.2.2:5298(3)")
+    assert verdicts["198.18.2.2->198.18.1.2"][0] is False
+
+
+def test_prefix_grouping_v6():
+    c = analysis.LiveCounter(v6len=32)
+    c.add_lines([V6, V6])
+    recs, _ = c.records(name="n", interval_s=1.0, lost=0)
+    assert [r.fields["dir"] for r in recs[1:]] == ["2001:db8::/32->2001:db8::/32"]
+    assert recs[1].fields["flows_retransmitting"] == 1
+
+
+def test_config_ports_checked():
+    w = Where("t.toml", "probe[0]")
+    assert build(Config, {"name": "r", "ports": ["443", "5201"]}, w).port_numbers == (443, 5201)
+    with pytest.raises(ConfigError, match=r'probe\[0\].ports: "http" is not a TCP port'):
+        build(Config, {"name": "r", "ports": ["http"]}, w)
+
+
+def test_example_documents_every_retrans_key():
+    cfg = load_file(CONFIG_DIR / "example.toml")
+    table = next(p.table for p in cfg.probes if p.kind == "retrans")
+    assert {f.name for f in fields(Config)} <= set(table)
