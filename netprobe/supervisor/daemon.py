@@ -4,7 +4,8 @@ fans records out to the sinks, and handles signals.
 Signals: SIGTERM/SIGINT stop the probes (each writes its final interval),
 flush every sink and exit 0; a second one exits 3 at once. SIGHUP re-reads
 the file: an invalid file keeps the running config (and says why); probes
-whose table is unchanged keep running. With $NOTIFY_SOCKET set it speaks
+whose table is unchanged keep running. SIGUSR1 is passed on to every probe
+(flows writes its open flows; the others ignore it). With $NOTIFY_SOCKET set it speaks
 sd_notify: READY, RELOADING, WATCHDOG, STOPPING, STATUS.
 """
 import copy
@@ -245,11 +246,19 @@ class Supervisor:
     def _on_hup(self, _signum, _frame):
         self.reload_pending = True
 
+    def _on_usr1(self, _signum, _frame):
+        for w in self._running():
+            try:
+                w.proc.send_signal(signal.SIGUSR1)
+            except OSError:
+                pass        # it exited just now: reaped on the next turn
+
     def _install_signals(self):
         signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_stop_signal)
         signal.signal(signal.SIGINT, self._on_stop_signal)
         signal.signal(signal.SIGHUP, self._on_hup)
+        signal.signal(signal.SIGUSR1, self._on_usr1)
         self.sel.register(self._wake_r, selectors.EVENT_READ, None)
 
     # ---- reload ------------------------------------------------------------------------

@@ -57,6 +57,7 @@ def run_job(job, out):
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)      # a probe that acts on it installs its own handler
     emit = LineEmitter(out, stop)
     kind, table = job["kind"], job["table"]
     name = str(table.get("name", "?"))

@@ -256,3 +256,42 @@ max_bytes = 1000000
     assert len(re.findall(r"started probe once \(capacity\)", stderr)) == 1, stderr
     assert stdout.count("RESULT probe=capacity name=once") == 1, stdout
     assert "RESULT probe=host name=self" in stdout.split("RESULT probe=capacity")[1], "the others go on"
+
+
+def test_sigusr1_reaches_the_probes_and_kills_nothing(tmp_path, procs):
+    """SIGUSR1 to the daemon: the flows probe writes its open flows; the daemon and the
+    host probe's worker (which ignores it) keep running."""
+    lst = socket.create_server(("127.0.0.1", 0))
+    port = lst.getsockname()[1]
+    client = socket.create_connection(("127.0.0.1", port))
+    server, _ = lst.accept()
+    try:
+        cfg = write_config(tmp_path / "n.toml", interval="0.5s")
+        cfg.write_text(cfg.read_text().replace("[output.stdout]", f"""[[probe]]
+kind = "flows"
+name = "mine"
+sport = "{port}"
+interval = "0.5s"
+sample_interval = "100ms"
+
+[output.stdout]"""))
+        p = start(["run", "-c", str(cfg)])
+        procs.append(p)
+        out = []
+
+        def seen(text):
+            return lambda: (out.append(p.stdout.readline()) or text in out[-1])
+        assert wait_for(seen("RESULT probe=flows name=mine"), timeout=20, step=0), "".join(out)
+        workers = sorted(worker_pids(p.pid))
+        p.send_signal(signal.SIGUSR1)
+        assert wait_for(seen("end_reason=open"), timeout=10, step=0), "".join(out)
+        assert f"sport={port}" in out[-1]
+        time.sleep(1)
+        assert p.poll() is None and sorted(worker_pids(p.pid)) == workers
+        p.send_signal(signal.SIGTERM)
+        stdout, stderr = p.communicate(timeout=20)
+        assert p.returncode == 0, stderr
+        assert "exited" not in stderr and "killed" not in stderr, stderr
+    finally:
+        for s in (client, server, lst):
+            s.close()
