@@ -69,7 +69,7 @@ class Record:
                 continue
             if k == "threshold" and "sla_op" in self.fields:
                 k, v = "sla", self.fields["sla_op"] + _text_value(v)
-            parts.append(f"{k}={_text_value(v)}")
+            parts.extend(f"{key}={text}" for key, text in _text_items(k, v))
         return " ".join(parts)
 
     def to_dict(self):
@@ -130,6 +130,24 @@ def _json_number(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+def _text_items(key, v):
+    """(key, text) pairs of one field for the key=value form: a dict becomes key.sub=...
+    fields, a list of plain values a comma list, any other list compact JSON."""
+    if isinstance(v, dict):
+        for sub, sv in v.items():
+            yield from _text_items(f"{key}.{sub}", sv)
+    elif isinstance(v, (list, tuple)):
+        if not v:
+            yield key, "-"
+        elif all(isinstance(x, (str, int, float, Quantity)) or x is None for x in v):
+            yield key, _text_value(",".join(_text_value(x) for x in v))
+        else:
+            text = json.dumps(v, separators=(",", ":"), default=str)
+            yield key, text if not any(c in text for c in " \n\t") else json.dumps(text)
+    else:
+        yield key, _text_value(v)
 
 
 def _text_value(v):

@@ -41,6 +41,16 @@ def test_text_quotes_values_with_spaces_and_wire_round_trips():
     assert Record.from_wire(rec.to_wire()) == rec
 
 
+def test_text_flattens_nested_fields_into_grepable_keys():
+    rec = Record(RESULT, "flows", "f", {"rtt_summary": {"p50": seconds(0.02), "p98": None},
+                                        "nulls": {"corr": "too few samples"}, "ports": [5000, 5001],
+                                        "modes": [{"at": 1, "n": 2}], "none": []}, TS)
+    text = rec.to_text()
+    assert "rtt_summary.p50=20ms rtt_summary.p98=- " in text
+    assert 'nulls.corr="too few samples"' in text
+    assert 'ports=5000,5001 modes=[{"at":1,"n":2}] none=-' in text
+
+
 def run_hysteresis(seq, n, m):
     h = Hysteresis(n, m)
     return [h.update("k", bad) for bad in seq]
