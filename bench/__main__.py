@@ -6,7 +6,7 @@ import pathlib
 import platform
 import time
 
-BENCHES = ["timer", "throughput", "flows", "capacity", "retrans"]
+BENCHES = ["timer", "throughput", "flows", "capacity", "retrans", "oneway"]
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 

@@ -44,6 +44,7 @@ RESPONDERS = {}
 def register_builtin_responders():
     """Import the probe kinds that answer as a peer (they add themselves to RESPONDERS)."""
     import netprobe.probes.capacity.responder  # noqa: F401
+    import netprobe.probes.oneway.responder  # noqa: F401
     import netprobe.probes.throughput.responder  # noqa: F401
 
 

@@ -8,7 +8,7 @@ import importlib
 
 from netprobe.errors import ConfigError
 
-KINDS = ("host", "throughput", "flows", "capacity", "retrans")
+KINDS = ("host", "throughput", "flows", "capacity", "retrans", "oneway")
 
 
 def load(kind):

@@ -1,0 +1,245 @@
+"""oneway probe figures on loopback, beside irtt and sockperf from the same run (and the
+receiver's memory over a long run: 1,000 ports, 10 min; 30 s with --quick):
+
+1. packet rate: netprobe._udpio sender and receiver flat out (64-128 byte probes,
+   full per-packet accounting), packets per second of each thread's own CPU time,
+   and the self-inflicted loss; beside `sockperf tp` (64 B) and `irtt --timer=busy`
+   at a 10 us interval.
+2. send-time error at a 1 ms interval (fixed gaps): each probe's send stamp minus
+   its slot; beside irtt's own timer error (`irtt client -i 1ms --timer=busy`, and
+   its default comp timer), from its JSON.
+"""
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import numpy as np
+
+from netprobe.errors import load_extension
+from netprobe.probes.oneway import analysis
+
+udpio = load_extension("_udpio")
+SID = 0xBE4C
+SO_RCVBUFFORCE = 33           # <asm-generic/socket.h>; the socket module lacks it
+
+
+def _pair(nports):
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:                                  # beyond net.core.rmem_max when we may (root)
+        rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+    except OSError:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    rx.bind(("127.0.0.1", 0))
+    tx = []
+    for _ in range(nports):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        s.bind(("127.0.0.1", 0))
+        s.connect(rx.getsockname())
+        tx.append(s)
+    return rx, tx
+
+
+def ours_rate(duration, nports, gap_ns):
+    """Sender and receiver on two threads (each releases the GIL); CPU time per thread."""
+    rxs, txs = _pair(nports)
+    try:
+        rx = udpio.UdpProbeReceiver(rxs.fileno())
+        rx.add_session(SID, nports)
+        tx = udpio.UdpProbeSender([s.fileno() for s in txs], SID, time.time_ns(), gap_ns, min_len=64, max_len=128,
+                                  poisson=False)
+        cpu = {}
+
+        def receive():
+            t = time.thread_time()
+            rx.run(round((duration + 0.5) * 1e9))
+            cpu["rx"] = time.thread_time() - t
+
+        th = threading.Thread(target=receive)
+        th.start()
+        time.sleep(0.05)
+        t = time.thread_time()
+        got = tx.run(round(duration * 1e9))
+        cpu["tx"] = time.thread_time() - t
+        counts = tx.end_interval(1)
+        th.join()
+        s = analysis.summarize(rx.close_through(SID, 0)[0], counts)
+    finally:
+        for x in txs + [rxs]:
+            x.close()
+    sent = got["sent"]
+    return {"section": "rate", "tool": f"netprobe udpio {1e6 / gap_ns:g}k offered, {nports} port(s)",
+            "sent_pps": sent / duration,
+            "recv_pps": s["received"] / duration, "tx_kpps_per_core": sent / cpu["tx"] / 1e3,
+            "rx_kpps_per_core": s["received"] / cpu["rx"] / 1e3,
+            "loss_pct": 100.0 * s["lost"] / sent if sent else None, "send_errors": got["send_errors"]}
+
+
+def sockperf_rate(duration):
+    if not shutil.which("sockperf"):
+        return {"section": "rate", "tool": "sockperf tp 64 B", "note": "sockperf not installed"}
+    port = 11_000 + os.getpid() % 1000
+    srv = subprocess.Popen(["sockperf", "sr", "-i", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        out = subprocess.run(["sockperf", "tp", "-i", "127.0.0.1", "-p", str(port), "-m", "64", "-t",
+                              str(int(duration))], capture_output=True, text=True, timeout=duration + 30).stdout
+    finally:
+        srv.terminate()
+        srv.wait()
+    m = re.search(r"Summary: Message Rate is (\d+) \[msg/sec\]", out)
+    return {"section": "rate", "tool": "sockperf tp 64 B", "sent_pps": float(m.group(1)) if m else None}
+
+
+def irtt_json(interval, duration, timer=None):
+    if not shutil.which("irtt"):
+        return None
+    port = 2300 + os.getpid() % 1000
+    srv = subprocess.Popen(["irtt", "server", "-b", f"127.0.0.1:{port}", "-i", "0", "-d", "0"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.3)
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "irtt.json")
+            cmd = ["irtt", "client", "-i", interval, "-d", f"{duration}s", "-Q", "-o", out, f"127.0.0.1:{port}"]
+            if timer:
+                cmd.insert(2, f"--timer={timer}")
+            subprocess.run(cmd, capture_output=True, timeout=duration + 30)
+            with open(out) as f:
+                return json.load(f)["stats"]
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+    finally:
+        srv.terminate()
+        srv.wait()
+
+
+def irtt_rate(duration):
+    st = irtt_json("10us", duration, "busy")
+    if st is None:
+        return {"section": "rate", "tool": "irtt -i 10us --timer=busy", "note": "irtt not available"}
+    return {"section": "rate", "tool": "irtt -i 10us --timer=busy", "sent_pps": st["packets_sent"] / duration,
+            "recv_pps": st["packets_received"] / duration, "loss_pct": st["packet_loss_percent"]}
+
+
+def ours_timer(duration, spin_ns):
+    rxs, txs = _pair(1)
+    try:
+        tx = udpio.UdpProbeSender([txs[0].fileno()], SID, time.time_ns(), 1_000_000, min_len=64, max_len=128,
+                                  poisson=False, spin_ns=spin_ns)
+        late = np.zeros(int(duration * 1000) + 100, dtype=np.int64)
+        got = tx.run(round(duration * 1e9), late)
+    finally:
+        for x in txs + [rxs]:
+            x.close()
+    lat = np.abs(late[:got["late"]])
+    mode = "sleep+spin 1ms" if spin_ns else "sleep only"
+    return {"section": "timer", "tool": f"netprobe udpio 1ms fixed, {mode}", **_pcts(lat), "n": int(len(lat)),
+            "missed": got["missed"]}
+
+
+def irtt_timer(duration, timer):
+    st = irtt_json("1ms", duration, timer)
+    name = f"irtt -i 1ms --timer={timer}"
+    if st is None:
+        return {"section": "timer", "tool": name, "note": "irtt not available"}
+    te = st["timer_error"]
+    return {"section": "timer", "tool": name, "p50": te.get("median"), "mean": te.get("mean"), "max": te.get("max"),
+            "n": te.get("n"), "missed": st.get("timer_misses")}
+
+
+def ours_rss(duration, nports=1000, gap_ns=100_000):
+    """Receiver memory over a long run: 1,000 source ports at 10 kpps, 1 s intervals closed
+    0.3 s late as the peer does; RSS of this process sampled every interval."""
+    import queue
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, nports + 512)), hard))
+    rxs, txs = _pair(nports)
+    closes, stop, rss = queue.SimpleQueue(), threading.Event(), []
+    lost = [0, 0]
+    try:
+        rx = udpio.UdpProbeReceiver(rxs.fileno())
+        rx.add_session(SID, nports)
+        tx = udpio.UdpProbeSender([s.fileno() for s in txs], SID, time.time_ns(), gap_ns, min_len=64, max_len=128)
+
+        def receive():
+            pending = []
+            while not stop.is_set() or pending:
+                rx.run(50_000_000)
+                while not closes.empty():
+                    pending.append((time.monotonic() + 0.3, *closes.get()))
+                due = [p for p in pending if p[0] <= time.monotonic()]
+                for p in due:
+                    pending.remove(p)
+                    s = analysis.summarize(rx.close_through(SID, p[1])[-1], p[2])
+                    lost[0] += s["lost"]
+                    lost[1] += s["expected"]
+                    with open("/proc/self/statm") as f:
+                        rss.append(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+
+        th = threading.Thread(target=receive)
+        th.start()
+        end = time.monotonic() + duration
+        while time.monotonic() < end:
+            tx.run(1_000_000_000)
+            closes.put((tx.interval, tx.end_interval(1)))
+        stop.set()
+        th.join()
+    finally:
+        for x in txs + [rxs]:
+            x.close()
+    first = rss[max(1, len(rss) // 10)]
+    return {"section": "memory", "tool": f"netprobe receiver, {nports} ports, {duration:g} s", "rss_start": first,
+            "rss_end": rss[-1], "growth_pct": 100.0 * (rss[-1] - first) / first,
+            "loss_pct": 100.0 * lost[0] / max(lost[1], 1)}
+
+
+def _pcts(v):
+    return {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)),
+            "p9999": float(np.percentile(v, 99.99)), "max": float(v.max()), "mean": float(v.mean())}
+
+
+def run(quick=False):
+    d = 2.0 if quick else 5.0
+    rows = [ours_rate(d, 1, 10_000), ours_rate(d, 8, 10_000), ours_rate(d, 1, 1_000), sockperf_rate(d),
+            irtt_rate(min(d, 3.0))]
+    rows += [ours_timer(d, 1_000_000), ours_timer(d, 0), irtt_timer(d, "busy"), irtt_timer(d, "comp")]
+    rows.append(ours_rss(30.0 if quick else 600.0))
+    return rows
+
+
+def table(rows):
+    def num(v, scale=1.0, fmt="9.1f"):
+        return f"{'-':>9}" if v is None else f"{v / scale:{fmt}}"
+    lines = [f"{'packet rate, loopback, 64-128 B':40} {'sent kpps':>9} {'recv kpps':>9} {'tx kpps/cpu':>11} "
+             f"{'rx kpps/cpu':>11} {'loss %':>9}"]
+    for r in (r for r in rows if r["section"] == "rate"):
+        if "note" in r:
+            lines.append(f"{r['tool']:40} {r['note']}")
+            continue
+        lines.append(f"{r['tool']:40} {num(r.get('sent_pps'), 1e3)} {num(r.get('recv_pps'), 1e3)} "
+                     f"{num(r.get('tx_kpps_per_core')):>11} {num(r.get('rx_kpps_per_core')):>11} "
+                     f"{num(r.get('loss_pct'), 1, '9.4f')}")
+    lines += ["", f"{'send-time error at 1 ms (us)':40} {'p50':>9} {'p99':>9} {'p99.99':>9} {'max':>9} {'mean':>9} "
+                  f"{'missed':>7}"]
+    for r in (r for r in rows if r["section"] == "timer"):
+        if "note" in r:
+            lines.append(f"{r['tool']:40} {r['note']}")
+            continue
+        lines.append(f"{r['tool']:40} " + " ".join(num(r.get(k), 1e3) for k in ("p50", "p99", "p9999", "max", "mean"))
+                     + f" {r.get('missed', '-')!s:>7}")
+    lines.append("irtt's JSON gives the timer error's mean and max (median when it has one), not p99; irtt skips\n"
+                 "the sends it is late for ('missed') and leaves them out, netprobe sends them late and counts them.")
+    for r in (r for r in rows if r["section"] == "memory"):
+        lines += ["", f"{r['tool']}: RSS {r['rss_start'] / 2**20:.1f} MiB after 10 % of the run, "
+                      f"{r['rss_end'] / 2**20:.1f} MiB at the end ({r['growth_pct']:+.1f} %), "
+                      f"loss {r['loss_pct']:.4f} %"]
+    return "\n".join(lines)

@@ -1,0 +1,363 @@
+"""The oneway probe's client: sends probes from every source port to a peer's
+receiver and turns the peer's per-interval records into RESULT lines and
+verdicts (loss, delay p99, path_blackhole per port).
+
+Each interval: the sender runs in chunks of <= 100 ms (GIL released); at the
+interval's end it sends the control records, tells the peer to close the
+interval after `grace`, and keeps its own per-port sent counts, which are
+the authoritative "expected" of the loss accounting (analysis.py). A lost
+control connection is a BREACH metric=connection; we reconnect with backoff.
+"""
+import ipaddress
+import json
+import logging
+import os
+import queue
+import secrets
+import socket
+import threading
+import time
+
+import numpy as np
+
+from netprobe import serve
+from netprobe.errors import PeerError, ProbeError, load_extension
+from netprobe.probes.base import ProbeRunner
+from netprobe.probes.oneway import analysis
+from netprobe.probes.oneway.config import ports_for_ecmp
+from netprobe.probes.oneway.protocol import LineReader, send_line, session_key
+from netprobe.probes.oneway.responder import clock_state
+from netprobe.results import BREACH, CLEAR, Record, percent, seconds
+
+log = logging.getLogger("netprobe.probes.oneway")
+
+CHUNK = 0.1                    # s: the sender returns to Python this often
+LATE_SAMPLES = 200_000         # send-time errors kept per interval (memory bound)
+RESULT_WAIT = 2.0              # s beyond grace to wait at stop for the last interval's records
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 5.0
+STARTUP_GRACE = 1.5            # s a peer started beside us may take to listen
+SNDBUF = 1 << 20
+PEER_COUNTERS = ("late_closed", "malformed", "unauthenticated", "unknown_session", "overrun")
+
+
+class Session:
+    """One session with the peer: the control connection, the source-port sockets, the sender."""
+
+    def __init__(self, cfg, udpio):
+        self.cfg = cfg
+        self.sid = secrets.token_hex(8)
+        self.peer_totals = {}
+        key = cfg.key.encode()
+        fields = {"session": self.sid, "grace_ns": round(cfg.grace * 1e9), "udp_port": cfg.dst_port}
+        ports = cfg.source_ports()
+        nports = len(ports) if ports else ports_for_ecmp(cfg.ecmp_width)
+        fields["nports"] = nports
+        udp_key = b""
+        if key:
+            udp_key = session_key(key, self.sid)
+        elif cfg.auth:
+            udp_key = os.urandom(32)
+            fields["udp_key"] = udp_key.hex()
+        self.ctl = serve.connect(cfg.peer, "oneway", key=key, timeout=cfg.connect_timeout, **fields)
+        self.socks = []
+        try:
+            self.ctl.settimeout(cfg.connect_timeout)
+            try:
+                first = json.loads(serve.read_line(self.ctl))
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                raise PeerError(f"peer {cfg.peer}: no answer after the handshake: {exc}") from None
+            if not isinstance(first, dict) or not isinstance(first.get("udp_port"), int):
+                raise PeerError(f"peer {cfg.peer}: no UDP port in its answer")
+            want = "shared" if key else "session" if cfg.auth else "none"
+            if first.get("auth") != want:        # e.g. our key, but the peer has none: every probe would be refused
+                raise PeerError(f"peer {cfg.peer} authenticates probes by {first.get('auth')!r} key, this probe by "
+                                f"{want!r}: configure the same shared key on both ends")
+            self.peer_clock = first.get("clock") or {}
+            self.ctl.setblocking(False)
+            self.reader = LineReader(self.ctl)
+            dst = (self.ctl.getpeername()[0], first["udp_port"])
+            raw = None
+            if cfg.next_hops:
+                raw = self._open_raw(ports, nports, dst)
+                self.port_numbers = raw["sports"]
+            else:
+                self.port_numbers = self._open_ports(ports, nports, dst)
+            clock = clock_state()
+            self.sender = udpio.UdpProbeSender(
+                None if raw else [s.fileno() for s in self.socks], int(self.sid, 16), time.time_ns(),
+                round(cfg.gap * 1e9), min_len=cfg.min_len, max_len=cfg.max_len, poisson=cfg.schedule == "poisson",
+                spin_ns=round(cfg.spin * 1e9), key=udp_key, clock_err_us=_err_us(clock),
+                unsync=not clock["synced"], raw=raw)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_ports(self, ports, nports, dst):
+        family = self.ctl.family
+        local = self.cfg.local or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+        numbers = []
+        for i in range(nports):
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            self.socks.append(s)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+                s.bind((local, ports[i] if ports else 0))
+                s.connect(dst)
+            except OSError as exc:
+                what = f"source port {ports[i]}" if ports else "a source port"
+                raise ProbeError(f"cannot send from {what} on {local}: {exc.strerror}") from None
+            numbers.append(s.getsockname()[1])
+        return numbers
+
+    def _open_raw(self, ports, nports, dst):
+        """Next-hop-MAC mode: one AF_PACKET socket on `interface`; frames carry our own
+        Ethernet/IP/UDP headers, so no kernel route, ARP or source-port binding is involved."""
+        cfg = self.cfg
+        family = self.ctl.family
+        try:
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)    # protocol 0: send only, receive nothing
+        except PermissionError:
+            raise ProbeError("next_hops (raw Ethernet frames) need CAP_NET_RAW: run as root or grant it") from None
+        self.socks.append(s)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+            s.bind((cfg.interface, 0))
+            with open(f"/sys/class/net/{cfg.interface}/address") as fh:
+                src_mac = bytes.fromhex(fh.read().strip().replace(":", ""))
+        except OSError as exc:
+            raise ProbeError(f"interface {cfg.interface}: {exc.strerror or exc}") from None
+        if cfg.local:
+            src = cfg.local
+        else:                     # the address the kernel would send from towards the peer
+            with socket.socket(family, socket.SOCK_DGRAM) as probe:
+                probe.connect(dst)
+                src = probe.getsockname()[0]
+        if not ports:             # "auto": consecutive ports from a random base in the ephemeral range
+            base = 32768 + secrets.randbelow(61000 - 32768 - nports)
+            ports = list(range(base, base + nports))
+        macs = [bytes.fromhex(m.replace(":", "")) for m in cfg.next_hops]
+        return {"fd": s.fileno(), "src_mac": src_mac, "macs": macs,
+                "src_ip": ipaddress.ip_address(src).packed, "dst_ip": ipaddress.ip_address(dst[0]).packed,
+                "sports": ports, "dport": dst[1]}
+
+    def close(self):
+        for s in self.socks:
+            s.close()
+        self.socks = []
+        if self.ctl is not None:
+            self.ctl.close()
+
+
+def _err_us(clock):
+    err = clock.get("maxerror_us")
+    return min(int(err), 0xFFFFFFFF) if isinstance(err, int) and err >= 0 else 0xFFFFFFFF
+
+
+class Runner(ProbeRunner):
+    """Probes from every source port; RESULT per interval; BREACH/CLEAR per SLA and per port."""
+
+    kind = "oneway"
+
+    def __init__(self, cfg, emit):
+        super().__init__(cfg, emit)
+        self.udpio = load_extension("_udpio")
+        self.down_since = None
+        self.late = np.empty(LATE_SAMPLES, dtype=np.int64)
+
+    def run(self, stop):
+        self.started = time.monotonic()
+        backoff = BACKOFF_FIRST
+        while not stop.is_set():
+            sess = self._connect()
+            if sess is None:
+                stop.wait(0.1 if self.down_since is None else backoff)
+                if self.down_since is not None:
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                continue
+            backoff = BACKOFF_FIRST
+            try:
+                self._session(sess, stop)
+            finally:
+                sess.close()
+
+    def _connect(self):
+        try:
+            sess = Session(self.cfg, self.udpio)
+        except PeerError as exc:
+            if self.down_since is None and exc.unreachable and time.monotonic() - self.started < STARTUP_GRACE:
+                return None
+            self._lost(str(exc))
+            return None
+        if self.down_since is not None:
+            self.emit(self._connection(CLEAR, "connected", f"after {time.monotonic() - self.down_since:.1f}s"))
+            self.down_since = None
+        log.info("%s: session %s with %s, %d source ports", self.cfg.name, sess.sid, self.cfg.peer,
+                 len(sess.port_numbers))
+        return sess
+
+    def _lost(self, reason):
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+            self.emit(self._connection(BREACH, "lost", reason))
+            log.warning("%s: %s", self.cfg.name, reason)
+
+    def _connection(self, kind, state, detail):
+        return Record(kind, self.kind, self.cfg.name,
+                      {"metric": "connection", "state": state, "peer": self.cfg.peer, "detail": detail})
+
+    def _session(self, sess, stop):
+        """Run one session until `stop` or until the control connection fails.
+
+        The sender runs on its own thread (its chunks release the GIL), so the
+        Python work here (reading and judging results) does not delay probes."""
+        rolled = queue.SimpleQueue()     # (interval id, per-port sent counts, send stats, sender clock)
+        failed = []
+        sender_stop = threading.Event()
+        t = threading.Thread(target=self._send_loop, args=(sess, sender_stop, rolled, failed), daemon=True)
+        t.start()
+        sent_by_interval = {}
+        try:
+            while not stop.is_set() and t.is_alive():
+                self._take(rolled, sent_by_interval)
+                self._read_results(sess, sent_by_interval, judge=True)
+                if sess.reader.closed:
+                    self._lost(sess.reader.error)
+                    return
+                stop.wait(0.02)
+        finally:
+            sender_stop.set()
+            t.join()
+        if failed:
+            self._lost(failed[0])
+            return
+        self._take(rolled, sent_by_interval)
+        self._drain(sess, sent_by_interval)
+
+    @staticmethod
+    def _take(rolled, sent_by_interval):
+        while True:
+            try:
+                iid, *rest = rolled.get_nowait()
+            except queue.Empty:
+                return
+            sent_by_interval[iid] = rest
+
+    def _send_loop(self, sess, stop, rolled, failed):
+        """The sender thread: chunks of probes; at each interval's end the control records,
+        the interval's counts to the main thread, and the close to the peer."""
+        cfg = self.cfg
+        sender = sess.sender
+        late_parts, nlate = [], 0           # send-time errors of this interval (at most LATE_SAMPLES)
+        errors_before = 0
+        next_roll = time.monotonic() + cfg.interval
+        while True:
+            stopping = stop.is_set()
+            now = time.monotonic()
+            if not stopping and now < next_roll:
+                got = sender.run(max(1, round(min(CHUNK, next_roll - now) * 1e9)), self.late)
+                if got["late"] and nlate < LATE_SAMPLES:
+                    late_parts.append(self.late[:min(got["late"], LATE_SAMPLES - nlate)].copy())
+                    nlate += len(late_parts[-1])
+                continue
+            iid = sender.interval
+            clock = clock_state()
+            counts = sender.end_interval(cfg.control_copies)
+            lat = np.concatenate(late_parts) if late_parts else np.empty(0, dtype=np.int64)
+            late_parts, nlate = [], 0
+            rolled.put((iid, counts, {"late": lat, "send_errors": sender.send_errors - errors_before,
+                                      "missed": sender.missed}, clock))
+            errors_before = sender.send_errors
+            sender.set_clock(_err_us(clock), not clock["synced"])
+            try:
+                send_line(sess.ctl, {"close": iid, **({"bye": True} if stopping else {})})
+            except OSError as exc:
+                failed.append(f"control connection failed: {exc.strerror or exc}")
+                return
+            if stopping:
+                return
+            next_roll += cfg.interval
+            if time.monotonic() > next_roll:        # a long stall: do not roll several times at once
+                next_roll = time.monotonic() + cfg.interval
+
+    def _drain(self, sess, sent_by_interval):
+        """At stop: wait for the records of every interval still open at the peer."""
+        end = time.monotonic() + self.cfg.grace + RESULT_WAIT
+        while sent_by_interval and time.monotonic() < end and not sess.reader.closed:
+            time.sleep(0.02)
+            self._read_results(sess, sent_by_interval, judge=False)
+
+    def _read_results(self, sess, sent_by_interval, judge):
+        for msg in sess.reader.read():
+            results = msg.get("results")
+            if not isinstance(results, list):
+                continue
+            peer_clock = msg.get("clock") or {}
+            totals = msg.get("counters") if isinstance(msg.get("counters"), dict) else {}
+            # the peer's counters are totals since the session began: report what is new since its last message
+            counters = {k: v - sess.peer_totals.get(k, 0) for k, v in totals.items()
+                        if k in PEER_COUNTERS and isinstance(v, int)}
+            sess.peer_totals.update({k: totals[k] for k in counters})
+            for n, rec in enumerate(results):
+                if n:
+                    counters = {}                 # several intervals in one message: the news goes to the first
+                try:
+                    iid = int(rec["interval"])
+                    counts, stats, clock = sent_by_interval.pop(iid)
+                    summary = analysis.summarize(rec, counts)
+                except (KeyError, TypeError, ValueError) as exc:
+                    log.warning("%s: unusable interval record from the peer: %s", self.cfg.name, exc)
+                    continue
+                # the final record of a stop is reported, not judged (a partial interval)
+                self._report(sess, summary, rec["ports"], stats, clock, peer_clock, counters, judge)
+
+    def _report(self, sess, s, raw_ports, stats, clock, peer_clock, counters, judge):
+        cfg = self.cfg
+        synced = bool(clock.get("synced")) and bool(peer_clock.get("synced"))
+        errs = [c.get("maxerror_us") for c in (clock, peer_clock)]
+        bound = sum(errs) / 1e6 if all(isinstance(e, int) for e in errs) else None
+        lat = stats["late"]
+        fields = {"peer": cfg.peer, "interval_id": s["interval"], "ports": len(s["ports"]),
+                  "sent": s["expected"], "received": s["received"], "lost": s["lost"],
+                  "loss": None if s["loss_pct"] is None else percent(s["loss_pct"]),
+                  "dup": s["dup"], "reordered": s["reordered"]}
+        for k in ("delay_p50", "delay_p99", "delay_mean", "delay_min", "delay_max"):
+            fields[k] = None if s[k] is None else seconds(s[k] / 1e9)
+        fields["clock_synced"] = synced
+        fields["delay_bound"] = None if bound is None else seconds(bound)
+        for name, c in (("clock_error", clock), ("peer_clock_error", peer_clock)):
+            err = c.get("maxerror_us")
+            fields[name] = seconds(err / 1e6) if isinstance(err, int) else None
+        if s["worst"] is not None and s["worst"].lost:
+            fields["worst_port"] = sess.port_numbers[s["worst"].port]
+            fields["worst_port_loss"] = percent(s["worst"].loss_pct)
+        fields["late_arrivals"] = counters.get("late_closed", 0)     # after their interval had closed
+        fields["malformed"] = counters.get("malformed", 0)
+        fields["unauthenticated"] = counters.get("unauthenticated", 0)
+        fields["unknown_session"] = counters.get("unknown_session", 0)
+        fields["receiver_overrun"] = counters.get("overrun", 0)   # probes of intervals the peer had no room for
+        fields["send_errors"] = stats["send_errors"]
+        if len(lat):
+            p50, p99 = np.percentile(lat, [50, 99])
+            fields["send_late_p50"] = seconds(p50 / 1e9)
+            fields["send_late_p99"] = seconds(p99 / 1e9)
+        self.result(fields)
+        if cfg.per_port:
+            for p, rec in zip(s["ports"], raw_ports, strict=True):
+                d = analysis.port_delay(rec) or {}
+                self.result({"peer": cfg.peer, "interval_id": s["interval"], "port": sess.port_numbers[p.port],
+                             "sent": p.expected, "received": p.received, "lost": p.lost,
+                             "loss": percent(p.loss_pct), "dup": p.dup, "reordered": p.reordered,
+                             **{f"delay_{k}": seconds(d[k] / 1e9) for k in ("mean", "p99", "max") if k in d}})
+        if not judge:
+            return
+        names = dict(enumerate(sess.port_numbers))
+        for v in analysis.verdicts(s, max_loss_pct=cfg.max_loss_pct, max_delay_p99=cfg.max_delay_p99,
+                                   blackhole_pct=cfg.blackhole_pct, port_names=names):
+            unit = percent if v.unit == "%" else seconds
+            extra = dict(v.extra)
+            if v.metric == "delay_p99":
+                extra["clock_synced"] = synced
+            self.judge(v.key, v.bad, metric=v.metric, value=unit(v.value), op=v.op,
+                       threshold=unit(v.threshold), window=seconds(cfg.interval), peer=cfg.peer, **extra)
+
+

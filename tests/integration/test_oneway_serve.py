@@ -1,0 +1,91 @@
+"""The oneway responder inside a real `serve.Server` (in-process, loopback): hellos it must
+refuse with one line, and control lines from a hostile client that end only that session."""
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from netprobe import serve
+from netprobe.errors import PeerError
+from netprobe.probes.oneway import protocol
+
+
+@pytest.fixture
+def server():
+    serve.register_builtin_responders()
+    srv = serve.Server([("127.0.0.1", 0)], max_sessions=4)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield srv
+    srv.stop.set()
+    t.join(5)
+
+
+def address(srv):
+    host, port = srv.addresses[0]
+    return f"{host}:{port}"
+
+
+@pytest.mark.parametrize("fields,msg", [
+    ({"session": "XYZ", "nports": 1}, "session must be 16 lowercase hex digits"),
+    ({"session": "0123456789abcdef", "nports": 0}, "nports must be an integer 1 to 5000"),
+    ({"session": "0123456789abcdef", "nports": True}, "nports must be an integer 1 to 5000"),
+    ({"session": "0123456789abcdef", "nports": 2, "grace_ns": 5}, "grace_ns must be an integer"),
+    ({"session": "0123456789abcdef", "nports": 2, "udp_key": "zz"}, "udp_key must be 64 hex digits"),
+])
+def test_bad_hellos_are_refused_in_one_line(server, fields, msg):
+    with pytest.raises(PeerError) as e:
+        serve.connect(address(server), "oneway", **fields)
+    assert msg in str(e.value) and "\n" not in str(e.value)
+
+
+def _session(srv, **extra):
+    sock = serve.connect(address(srv), "oneway", session="00000000000000aa", nports=2, grace_ns=10_000_000, **extra)
+    sock.settimeout(5)
+    first = json.loads(serve.read_line(sock))
+    assert isinstance(first["udp_port"], int) and set(first["clock"]) == {"synced", "maxerror_us"}
+    assert first["auth"] == ("session" if "udp_key" in extra else "none")
+    return sock, first["udp_port"]
+
+
+def test_close_far_ahead_ends_the_session_not_the_server(server):
+    sock, _ = _session(server)
+    sock.sendall(b'{"close": 4000000000}\n')
+    sock.settimeout(5)
+    assert sock.recv(100) == b""                   # the peer closed this session...
+    sock.close()
+    sock, _ = _session(server)                     # ...and serves the next one
+    sock.sendall(b'{"close": 0}\n')
+    reply = json.loads(serve.read_line(sock))
+    assert reply["results"][0]["interval"] == 0 and len(reply["results"][0]["ports"]) == 2
+    sock.close()
+
+
+def test_garbage_control_line_ends_the_session(server):
+    sock, _ = _session(server)
+    sock.sendall(b"this is not json\n")
+    assert sock.recv(100) == b""
+    sock.close()
+
+
+def test_udp_probes_reach_the_session_and_are_reported(server):
+    from netprobe.errors import load_extension
+    udpio = load_extension("_udpio")
+    sock, udp_port = _session(server)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("127.0.0.1", udp_port))
+        for seq in range(5):
+            s.send(udpio.push_header(flags=0, port=1, session=0xAA, start_ns=1, seq=seq, send_ns=time.time_ns(),
+                                     interval=0, clock_err_us=0, index=seq, count=0))
+        s.send(b"junk")
+    time.sleep(0.2)
+    protocol.send_line(sock, {"close": 0})
+    sock.setblocking(True)
+    sock.settimeout(5)
+    reply = json.loads(serve.read_line(sock, limit=1 << 20))
+    ports = reply["results"][0]["ports"]
+    assert [p["received"] for p in ports] == [0, 5]
+    assert reply["counters"]["malformed"] == 1 and reply["counters"]["packets"] == 5
+    sock.close()

@@ -1,0 +1,138 @@
+"""Pure-Python oracles for the oneway probe: the v2 wire codec (struct + hmac)
+and the loss/reorder/duplicate accounting (unbounded sets, no windows).
+
+Slow and obviously correct; tests compare netprobe._udpio and
+netprobe.probes.oneway.analysis against these.
+"""
+import hashlib
+import hmac
+import struct
+from collections import defaultdict
+
+MAGIC, VERSION, HDR_LEN, TAG_LEN = 0x4E504F57, 2, 64, 32
+F_CONTROL, F_AUTH, F_UNSYNC = 0x01, 0x02, 0x04
+HEADER = struct.Struct("!IBBHQQQQIIHHIII")       # 64 bytes, network byte order
+assert HEADER.size == HDR_LEN
+FIELDS = ("flags", "port", "session", "start_ns", "seq", "send_ns", "interval", "clock_err_us", "length",
+          "index", "count")
+
+
+def encode(fields, payload=b"", key=b""):
+    """A datagram: header, payload, HMAC-SHA256 tag over everything before it when `key`."""
+    length = HDR_LEN + len(payload) + (TAG_LEN if key else 0)
+    flags = fields["flags"] | (F_AUTH if key else 0)
+    head = HEADER.pack(MAGIC, VERSION, flags, fields["port"], fields["session"], fields["start_ns"], fields["seq"],
+                       fields["send_ns"], fields["interval"], fields["clock_err_us"], length, 0, fields["index"],
+                       fields["count"], 0)
+    body = head + payload
+    return body + hmac.new(key, body, hashlib.sha256).digest() if key else body
+
+
+def decode(data, key=b""):
+    """dict of fields, or ("error", offset) naming the first offset found wrong (same order as wire.pxd)."""
+    if len(data) < HDR_LEN:
+        return ("short", len(data))
+    (magic, version, flags, port, session, start_ns, seq, send_ns, interval, clock_err_us, length, res16, index,
+     count, res32) = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        return ("magic", 0)
+    if version != VERSION:
+        return ("version", 4)
+    if flags & ~0x07:
+        return ("flags", 5)
+    if length != len(data) or (flags & F_AUTH and len(data) < HDR_LEN + TAG_LEN):
+        return ("length", 48)
+    if res16:
+        return ("reserved", 50)
+    if res32:
+        return ("reserved", 60)
+    if not key and flags & F_AUTH:
+        return ("tag present but no key", 5)
+    if key:
+        if not flags & F_AUTH:
+            return ("tag missing", 5)
+        want = hmac.new(key, data[:-TAG_LEN], hashlib.sha256).digest()
+        if not hmac.compare_digest(want, data[-TAG_LEN:]):
+            return ("tag does not verify", len(data) - TAG_LEN)
+    return dict(zip(FIELDS, (flags, port, session, start_ns, seq, send_ns, interval, clock_err_us, length, index,
+                             count), strict=True))
+
+
+class ReferenceReceiver:
+    """Per (port, interval): distinct sequence numbers received, duplicates, and reordered
+    packets (arrived after a higher sequence number of the same port), over unbounded sets."""
+
+    def __init__(self):
+        self.seen = defaultdict(set)          # port -> sequence numbers seen
+        self.max_seq = {}                     # port -> highest seen
+        self.acc = defaultdict(lambda: {"received": 0, "dup": 0, "reordered": 0})
+
+    def packet(self, port, seq, interval):
+        a = self.acc[(port, interval)]
+        if seq in self.seen[port]:
+            a["dup"] += 1
+            return
+        self.seen[port].add(seq)
+        if port in self.max_seq and seq < self.max_seq[port]:
+            a["reordered"] += 1
+        self.max_seq[port] = max(self.max_seq.get(port, seq), seq)
+        a["received"] += 1
+
+
+def account(sent, arrivals):
+    """sent: list of (port, seq, interval) in send order; arrivals: indices into `sent`
+    (repeats = duplicates, any order). Returns {(port, interval): {expected, received,
+    lost, dup, reordered}} for every (port, interval) that sent anything."""
+    expected = defaultdict(int)
+    for port, _, interval in sent:
+        expected[(port, interval)] += 1
+    rx = ReferenceReceiver()
+    for i in arrivals:
+        rx.packet(*sent[i])
+    out = {}
+    for key, n in expected.items():
+        a = rx.acc[key]
+        out[key] = {"expected": n, "received": a["received"], "lost": n - a["received"], "dup": a["dup"],
+                    "reordered": a["reordered"]}
+    return out
+
+
+def hist_index(d, sub, top=36):
+    """The receiver's signed log-linear histogram bin of `d` ns (udpio.pyx hist_index), in Python."""
+    nb = (top - sub + 1) << sub
+    v = abs(d)
+    if v < (1 << sub):
+        i = v
+    else:
+        m = v.bit_length() - 1
+        i = nb - 1 if m >= top else ((m - sub + 1) << sub) + (v >> (m - sub)) - (1 << sub)
+    return i if d < 0 else nb + i
+
+
+def histogram(values, sub):
+    """Sparse [[bin, count], ...] of integer ns values, as the receiver reports it."""
+    acc = defaultdict(int)
+    for v in values:
+        acc[hist_index(int(v), sub)] += 1
+    return sorted([b, c] for b, c in acc.items())
+
+
+V1 = struct.Struct("<B7xq21s3xI4xqqI4x")          # UDPing v1: x86-64 layout, little-endian, 72 bytes
+assert V1.size == 72
+
+
+def decode_v1(data):
+    """UDPing v1 header -> dict, or (error, offset) in the codec's order of checks."""
+    if len(data) < 72:
+        return ("short", len(data))
+    version, start_s, guid, seq, sec, nsec, size = V1.unpack_from(data)
+    if version != 1:
+        return ("version", 0)
+    if size != len(data):
+        return ("size", 64)
+    text = guid.split(b"\0", 1)[0]
+    if b"\0" not in guid or not text or any(c not in b"0123456789abcdef" for c in text):
+        return ("guid", 16)
+    if not 0 <= nsec <= 999_999_999:
+        return ("tv_nsec", 56)
+    return {"start_s": start_s, "guid": text.decode(), "seq": seq, "sent_sec": sec, "sent_nsec": nsec, "size": size}
