@@ -9,7 +9,7 @@ from pathlib import Path
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-EXTENSIONS = ["pacer", "nldiag", "train", "pcapread", "udpio"]
+EXTENSIONS = ["pacer", "train", "nldiag", "pcapread", "udpio"]
 ONLY = [n for n in os.environ.get("NETPROBE_EXTENSIONS", "").split(",") if n]
 
 setup(

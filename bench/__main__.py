@@ -6,7 +6,7 @@ import pathlib
 import platform
 import time
 
-BENCHES = ["timer", "throughput", "flows", "capacity", "retrans", "oneway"]
+BENCHES = ["timer", "throughput", "retrans", "oneway", "capacity", "flows"]
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 

@@ -8,7 +8,7 @@ import importlib
 
 from netprobe.errors import ConfigError
 
-KINDS = ("host", "throughput", "flows", "capacity", "retrans", "oneway")
+KINDS = ("host", "throughput", "capacity", "flows", "oneway", "retrans")
 
 
 def load(kind):
