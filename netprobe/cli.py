@@ -244,7 +244,9 @@ def cmd_serve(args):
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     if args.duration:
-        threading.Timer(args.duration, stop.set).start()
+        timer = threading.Timer(args.duration, stop.set)
+        timer.daemon = True             # a signal before the duration ends must not wait for it
+        timer.start()
     serve.run_server(cfg, stop)
     return EXIT_OK
 

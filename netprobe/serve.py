@@ -210,11 +210,16 @@ class Server:
             ip = ip.ipv4_mapped
         return any(ip in net for net in self.allow)
 
-    def serve_forever(self):
+    def serve_forever(self, stop=None):
+        """Serve until self.stop, or `stop` (an Event a signal handler sets), is set."""
         threads = [threading.Thread(target=self._accept_loop, args=(s,), daemon=True) for s in self.socks]
         for t in threads:
             t.start()
-        self.stop.wait()
+        # Wait in slices: a signal the kernel hands to another thread runs its Python handler
+        # only when the main thread next wakes, and a wait without timeout never does.
+        while not self.stop.wait(0.2):
+            if stop is not None and stop.is_set():
+                self.stop.set()
         for t in threads:
             t.join()
         for s in self.socks:
@@ -335,5 +340,4 @@ def run_server(cfg, stop):
                     cfg.max_rate)
     log.info("serving %s on %s; allowed: %s", ", ".join(sorted(RESPONDERS)),
              ", ".join(f"{h}:{p}" for h, p in server.addresses), ", ".join(str(n) for n in cfg.allow))
-    threading.Thread(target=lambda: (stop.wait(), server.stop.set()), daemon=True).start()
-    server.serve_forever()
+    server.serve_forever(stop)

@@ -109,3 +109,24 @@ def test_partial_handshake_times_out_and_frees_the_session(server, monkeypatch):
     reply = json.loads(serve.read_line(s))
     assert reply["ok"] is False and "incomplete" in reply["error"]
     assert time.monotonic() - t0 < 3
+
+
+def test_sigterm_stops_serve_before_its_duration():
+    """`netprobe serve --duration 60s` stops at once on SIGTERM (its timer must not hold the exit)."""
+    import signal
+    import subprocess
+
+    from tests.integration.test_throughput import ROOT, free_port, netprobe, wait_listening
+    port = free_port()
+    p = subprocess.Popen(netprobe("serve", "--listen", f"127.0.0.1:{port}", "--duration", "60s"), cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_listening(port)
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=10) == 0
+        assert time.monotonic() - t0 < 5
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
