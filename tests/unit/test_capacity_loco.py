@@ -96,3 +96,8 @@ def test_assessment_codes_and_preliminary_statistics():
     pre = meas.of(A.PRELIM)
     assert vals["pm"] == pytest.approx(stats.trim_mean(np.repeat(pre, 4), 0.25) / 1e6)
     assert vals["ps"] == pytest.approx(np.std(pre) / 1e6)
+
+
+def test_help_shows_the_default_format():
+    """argparse %-formats help texts: the default format's % signs once crashed --help."""
+    assert "(default %be%am%AM%bl%bu%bw%pd%ul)" in " ".join(loco.build_parser().format_help().split())

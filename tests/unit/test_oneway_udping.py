@@ -24,6 +24,7 @@ def test_client_options():
     assert o["ports"] == list(range(7000, 7010)) and o["delay"] == 5 and o["macs"] == [bytes.fromhex("021ab0000101")]
     assert u.client_options(replaced(GOOD_CLIENT, "-s", "5000-5001,5005"))["ports"] == [5000, 5001, 5005]
     assert u.client_options(["-h"]) == {"help": True}
+    assert u.server_options(["-h"]) == {"help": True}
 
 
 @pytest.mark.parametrize("argv,msg", [

@@ -172,7 +172,8 @@ def build_parser():
     p.add_argument("-w", dest="write", default="/tmp/loco.csv", help="online: CSV dump (default /tmp/loco.csv)")
     p.add_argument("-r", dest="read", help="offline: analyse this CSV dump")
     p.add_argument("-b", dest="bin", type=float, help="offline: histogram bin width, Mbps")
-    p.add_argument("-f", "--format", default=DEFAULT_FORMAT, help=f"result line tokens (default {DEFAULT_FORMAT})")
+    p.add_argument("-f", "--format", default=DEFAULT_FORMAT,
+                   help=f"result line tokens (default {DEFAULT_FORMAT.replace('%', '%%')})")
     p.add_argument("-k", "--key-file", help="shared key file, if the peer asks for one")
     return p
 

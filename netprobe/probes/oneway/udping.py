@@ -149,7 +149,9 @@ def client_options(argv):
 
 
 def server_options(argv):
-    opts = getopt(argv, "p:k:l:m:r:s:t:vq")
+    opts = getopt(argv, "p:k:l:m:r:s:t:vhq")
+    if opts.get("h"):
+        return {"help": True}
     try:
         o = {"port": int_option(opts, "p", 1, 1024, 65536, "Port number is out of range 1024-65532\n"),
              "listen": str_option(opts, "l", 1, "Hostname not provided\n"),
@@ -342,6 +344,9 @@ def server_main(argv=None):
         o = server_options(sys.argv[1:] if argv is None else argv)
     except UsageExit as exc:
         return _fail(str(exc))
+    if o.get("help"):
+        sys.stderr.write(SERVER_USAGE)
+        return 0
     udpio = load_extension("_udpio")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
