@@ -1,5 +1,6 @@
 """gonum stat.Quantile (Empirical, LinInterp) transcribed loop by loop: the oracle for
 netprobe.stats.summary.weighted_quantiles, which is vectorised."""
+import numpy as np
 
 
 def gonum_quantile(p, kind, x, weights=None):
@@ -17,3 +18,14 @@ def gonum_quantile(p, kind, x, weights=None):
                 t /= weights[i]
             return t * x[i - 1] + (1 - t) * x[i]
     raise AssertionError("unreachable for 0 <= p <= 1")
+
+
+def weighted_inverted_cdf(x, weights, ps):
+    """numpy's weighted inverted-CDF quantiles (numpy >= 2); on older numpy (Debian 12 has
+    1.24, where the .deb's tests run) the same definition through the loop above."""
+    try:
+        return np.quantile(np.asarray(x, float), ps, weights=np.asarray(weights, float), method="inverted_cdf")
+    except TypeError:
+        order = np.argsort(x, kind="stable")
+        xs, ws = np.asarray(x, float)[order], np.asarray(weights, float)[order]
+        return np.array([gonum_quantile(p, "empirical", xs, ws) for p in ps])
