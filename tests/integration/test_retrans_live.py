@@ -71,7 +71,7 @@ def test_outgoing_retransmits_per_direction_match_each_senders_kernel_count(make
     must be within 2 % of that sender's RetransSegs."""
     lab = make_lab(offload="off", loss_ab=1, loss_ba=0.5)
     cfg = build(Config, {"name": "live", "ports": [str(PORT)], "interval": "1s", "poll": "50ms",
-                         "peers": ["198.18.0.0/15"], "max_retrans": 5}, Where("test", "probe"))
+                         "peers": ["198.18.0.0/15"], "max_retrans": 5, "breach_after": 1}, Where("test", "probe"))
     recs = []
     stop = threading.Event()
     runner = Runner(cfg, recs.append)
