@@ -49,6 +49,29 @@ bench: test-deps build
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check netprobe tests bench
 
+# Packaging: the .deb, built offline from Debian 12's own packages (dist/),
+# the container image (podman, base made with mmdebstrap; no registry), and
+# their tests (chroot install/upgrade/purge, systemd-nspawn boot, podman run).
+PACKAGE_DEBS := debhelper dh-python pybuild-plugin-pyproject python3-all-dev python3-setuptools cython3 \
+                python3-numpy python3-scipy python3-daemon python3-pytest python3-hypothesis lintian fakeroot help2man \
+                build-essential mmdebstrap systemd-container rsyslog podman runc
+VERSION      := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' netprobe/__init__.py)
+DEB          := dist/netprobe_$(VERSION)_$(shell dpkg --print-architecture).deb
+
+.PHONY: package-deps deb image test-package
+
+package-deps:
+	@scripts/ensure-debs $(PACKAGE_DEBS)
+
+deb: package-deps
+	scripts/build-deb dist
+
+image: deb
+	scripts/build-image $(DEB)
+
+test-package: package-deps venv
+	NETPROBE_PACKAGE_TESTS=1 $(PY) -m pytest tests/package $(PYTEST_ARGS)
+
 clean:
 	rm -rf build dist *.egg-info netprobe/_*.so netprobe/_*.c .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
