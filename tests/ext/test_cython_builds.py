@@ -17,6 +17,9 @@ DEBIAN_PYTHON = "/usr/bin/python3"
 DEBIAN_NEEDS = "apt-get install cython3 python3-dev"
 
 CHECK = """
+import importlib, re
+for name in re.search(r"EXTENSIONS = \\[(.*)\\]", open("setup.py").read()).group(1).replace('"', "").split(", "):
+    importlib.import_module("netprobe._" + name)      # every extension loads (no missing symbol)
 import netprobe._pacer as p
 print(p.__file__)
 b = p.TokenBucket(8_000_000, 1500, 0)        # 1 MB/s, one 1500-byte packet deep
@@ -51,7 +54,7 @@ def _build_and_check(python, tree, version_prefix):
     version = got.stdout.strip()
     assert version.startswith(version_prefix), f"{python} has Cython {version}"
     t0 = time.monotonic()
-    build = _run([python, "setup.py", "build_ext", "--inplace"], tree)
+    build = _run([python, "setup.py", "build_ext", "--inplace", "--parallel", "2"], tree)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     print(f"{python}: Cython {version} build {time.monotonic() - t0:.1f}s")
     generated = (tree / "build" / "cython" / "pyx" / "pacer.c").read_text()
