@@ -17,7 +17,9 @@
 #   "out-of-order" when they come soon after the highest segment); a segment
 #   that fills a sequence hole (its original was lost before the capture
 #   point) is out-of-order only if it comes within the reorder window of the
-#   hole's opening, otherwise a retransmission of a segment lost upstream.
+#   hole's opening, otherwise a retransmission of a segment lost upstream;
+#   the send order told by IPv4 IDs or TSvals, when there, decides before
+#   either rule (TcpAnalyser._classify).
 # Receivers' D-SACK blocks (RFC 2883) count spurious retransmissions.
 #
 # Bad input never raises per packet: short or inconsistent headers are
@@ -96,7 +98,10 @@ GLOBAL_COUNTERS = ("frames", "tcp", "ipv4", "ipv6", "non_ip", "non_tcp", "fragme
 
 cdef enum:
     NHOLES = 16                  # sequence holes tracked per direction
+    NSENT = 64                   # send-order marks (end, IPv4 ID) kept per direction
     MAX_ID_STEP = 1024           # IPv4 IDs this far apart, in order, count as one sender's counter
+    ID_TRUST = 4                 # ... once this many (and 8 times the others) did: random IDs
+                                 # pass 4 in a row once in 64**4
     MAX_IFACES = 64              # pcapng interfaces per section
     FAST_RETRANS_NS = 20000000   # Wireshark: fast retransmission within 20 ms of the last dup ACK
     DEFAULT_OOO_NS = 3000000     # Wireshark: out-of-order window when the handshake RTT is unknown
@@ -112,6 +117,11 @@ ctypedef struct hole_t:
     uint32_t start
     uint32_t end
     int64_t t_ns                 # capture time the hole opened
+
+ctypedef struct sent_t:
+    uint32_t end                 # a captured segment ended here (exclusive)
+    uint16_t id                  # ... and carried this IPv4 ID
+    uint16_t pad
 
 ctypedef struct dir_t:
     # Wireshark's tcp_analyze_seq_flow_info_t and tcp_flow_t fields
@@ -137,6 +147,10 @@ ctypedef struct dir_t:
     uint32_t id_bad              # ... and whose ID did not (random IDs, IPv6: no ID)
     uint8_t nholes
     hole_t holes[NHOLES]         # gaps below seen_hi, oldest first
+    uint8_t nsent
+    sent_t sent[NSENT]           # by end ascending, IDs ascending in send order: for any
+                                 # sequence number s, the first mark with end > s holds the
+                                 # earliest-sent ID of the captured segments with bytes >= s
     uint64_t c[NCOUNTERS]
 
 ctypedef struct flow_key_t:
@@ -192,7 +206,7 @@ cdef class TcpAnalyser:
     reorder_ns: how soon a segment filling a sequence hole must come to count
     as out-of-order rather than as a retransmission (0: the flow's handshake
     RTT seen at the capture point, or 3 ms without a handshake, as Wireshark).
-    max_flows bounds memory (about 600 bytes per flow); packets of flows
+    max_flows bounds memory (about 2.1 KB per flow); packets of flows
     beyond it are counted in flows_dropped.
     """
     cdef flow_t *ftab
@@ -804,23 +818,30 @@ cdef class TcpAnalyser:
         """netprobe's verdict on a segment covering [seq, seq+span) of one direction.
 
         0 for new data. A segment below the highest captured byte was either
-        sent before the highest segment (an original that was overtaken:
-        F_NP_OOO) or after it (a retransmission: F_NP_RETRANS, with
-        F_NP_LOST_RETRANS when none of its bytes were captured before, i.e.
-        the original was lost before the capture point). Send order comes from
+        sent before every captured segment with bytes above it (an original
+        that was overtaken: F_NP_OOO) or after one of them (a retransmission:
+        F_NP_RETRANS, with F_NP_LOST_RETRANS when none of its bytes were
+        captured before, i.e. the original was lost before the capture
+        point). Send order comes from
         the IPv4 ID when this sender numbers packets in sequence (Linux does,
-        per socket), else from TCP timestamps when they differ. Without either:
-        bytes captured before make it a retransmission, and a hole filled
-        within the reorder window of the hole's opening is out-of-order."""
+        per socket), else from TCP timestamps when they differ. The IPv4 ID is
+        compared with the earliest-sent ID of the captured segments holding
+        bytes at or above seq (kept in fwd.sent), not only with the highest
+        segment's: a retransmission that was itself held back and overtaken by
+        new data still went out after the originals above it. Without IDs or
+        timestamps: bytes captured before make it a retransmission, and a hole
+        filled within the reorder window of the hole's opening is out-of-order.
+        A retransmission at or above seen_hi (its original lost or held before
+        the capture point, nothing above it captured yet) is new data here:
+        nothing in the capture tells it apart (retrans-notes.md, "tip")."""
         cdef uint32_t end = seq + span, below_end, in_holes = 0, lo, hi, out = 0
         cdef int64_t window
-        cdef int i, oldest = -1, order = 0      # order: -1 sent before the highest segment, 1 after
-        cdef hole_t h
+        cdef int i, oldest = -1, order = 0      # order: -1 an original (sent before every captured
+        cdef hole_t h                           # segment with bytes at or above seq), 1 a resend
         cdef uint16_t idd
         if fwd.seen_valid and seq_lt(seq, fwd.seen_hi):
-            if ipid >= 0 and fwd.last_has_id and fwd.id_good >= 8 and fwd.id_bad * 8 < fwd.id_good:
-                idd = <uint16_t>(fwd.last_id - <uint16_t>ipid)
-                order = -1 if 0 < idd < 32768 else 1
+            if ipid >= 0 and fwd.last_has_id and fwd.id_good >= ID_TRUST and fwd.id_bad * 8 < fwd.id_good:
+                order = sent_order(fwd, seq, <uint16_t>ipid)
             elif tsval >= 0 and fwd.last_has_ts and <uint32_t>tsval != fwd.last_ts:
                 order = -1 if seq_lt(<uint32_t>tsval, fwd.last_ts) else 1
             below_end = end if seq_lt(end, fwd.seen_hi) else fwd.seen_hi
@@ -865,6 +886,8 @@ cdef class TcpAnalyser:
             fwd.last_id = <uint16_t>ipid
             fwd.last_has_ts = tsval >= 0
             fwd.last_ts = <uint32_t>tsval
+        if ipid >= 0:
+            add_sent(fwd, end, <uint16_t>ipid)
         return out
 
     # ---------------------------------------------------------------- results
@@ -963,6 +986,60 @@ cdef inline void add_hole(dir_t *d, hole_t h) noexcept nogil:
         d.c[C_HOLES_DROPPED] += 1
     d.holes[d.nholes] = h
     d.nholes += 1
+
+
+cdef inline bint id_after(uint16_t a, uint16_t b) noexcept nogil:
+    """IPv4 ID a was sent after b (one sender's counter, less than half a wrap apart)."""
+    cdef uint16_t dd = <uint16_t>(a - b)
+    return 0 < dd < 32768
+
+
+cdef inline int sent_order(dir_t *d, uint32_t seq, uint16_t ipid) noexcept nogil:
+    """1 if a captured segment with bytes at or above seq was sent before (or is) the
+    packet with ID ipid, which so cannot be the first transmission of byte seq (originals
+    go out in sequence order); -1 if every one was sent after it (an overtaken original).
+    Without a mark above seq (forgotten), the segment that last raised seen_hi decides."""
+    cdef int i
+    for i in range(d.nsent):
+        if seq_gt(d.sent[i].end, seq):
+            return -1 if id_after(d.sent[i].id, ipid) else 1
+    return -1 if id_after(d.last_id, ipid) else 1
+
+
+cdef inline void add_sent(dir_t *d, uint32_t end, uint16_t ipid) noexcept nogil:
+    """Record that a segment ending at `end` had ID ipid, keeping only the marks no other
+    mark dominates (one with an end as high and an ID as early); with NSENT kept, the
+    lowest is forgotten."""
+    cdef int k = d.nsent, j, k2, i, n = d.nsent
+    while k > 0 and not seq_lt(d.sent[k - 1].end, end):     # from the top: new data goes there
+        k -= 1
+    if k < n and not id_after(d.sent[k].id, ipid):
+        return
+    j = k
+    while j > 0 and not id_after(ipid, d.sent[j - 1].id):
+        j -= 1
+    k2 = k + 1 if k < n and d.sent[k].end == end else k
+    # replace marks [j, k2) by the new one
+    if k2 == j:
+        if n == NSENT:
+            if j == 0:
+                return
+            for i in range(j - 1):
+                d.sent[i] = d.sent[i + 1]
+            j -= 1
+        else:
+            i = n
+            while i > j:
+                d.sent[i] = d.sent[i - 1]
+                i -= 1
+            d.nsent = n + 1
+    else:
+        for i in range(k2, n):
+            d.sent[j + 1 + i - k2] = d.sent[i]
+        d.nsent = n - (k2 - j) + 1
+    d.sent[j].end = end
+    d.sent[j].id = ipid
+    d.sent[j].pad = 0
 
 
 cdef inline void remove_hole(dir_t *d, int i) noexcept nogil:

@@ -55,6 +55,19 @@ def test_matches_reference_frame_by_frame(script, v6):
                 assert ours[OURS.get(name, name)] == theirs.get(name, 0), (name, script)
 
 
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(script=st.lists(st.tuples(st.sampled_from(gen.OPS + ("send",) * 12), st.integers(0, 50)),
+                       min_size=100, max_size=300))
+def test_matches_reference_on_long_send_heavy_scripts(script):
+    """More than NSENT send-order marks and NHOLES holes: what each side forgets agrees."""
+    frames = gen.conversation(script)
+    got = run(frames)
+    want_flags, _, want_flows = ref(frames)
+    assert [names(int(f)) for f in got.flags] == want_flags
+    for name in COMPARED:
+        assert got.flows[0].ab[OURS.get(name, name)] == want_flows[0].d[0].counts.get(name, 0), name
+
+
 def test_loss_before_capture_point_is_counted_once_as_a_retransmission():
     # segment 2 is lost upstream; three dup ACKs; the sender resends it
     script = [("send", 0), ("lose", 0), ("send", 0), ("send", 0), ("send", 0), ("ack", 0),
@@ -73,12 +86,62 @@ def test_loss_before_capture_point_is_counted_once_as_a_retransmission():
 def test_reordered_original_is_out_of_order_not_a_retransmission():
     # segment 2 is overtaken by 3 and 4 but arrives 30 ms later, long after the RTT:
     # Wireshark's timing rule calls it a retransmission; its IP ID says it was sent first
-    # (IDs are trusted after 8 in-order segments numbered in sequence)
+    # (IDs are trusted after 4 in-order segments numbered in sequence)
     script = [("send", 0)] * 10 + [("hold", 0), ("send", 0), ("send", 0), ("wait", 29), ("release", 0)]
     r = run(gen.conversation(script))
     ab = r.flows[0].ab
     assert (ab["retrans"], ab["ooo"]) == (0, 1)
     assert ab["ws_retrans"] == 1                       # what tshark would say
+
+
+def test_reordered_retransmission_overtaken_by_new_data_is_a_retransmission():
+    # The lab capture's pattern (IP IDs 0x5cbe/0x5d04/0x5d07 there): the original of
+    # segment 11 and a first retransmission R1 of it are both held on R; a second
+    # retransmission R2 fills the hole, new data (sent after R1) raises the highest
+    # sequence number, then the original and R1 arrive. R1's ID is below that of the
+    # highest segment, but above those of segments 12-14 (originals of higher bytes,
+    # captured before): R1 was sent after them, so it cannot be an original.
+    script = [("send", 0)] * 10 + [("hold", 0), ("send", 0), ("send", 0), ("send", 0),
+                                   ("hold_retrans", 10), ("retrans", 10), ("send", 0),
+                                   ("release", 0), ("release", 0)]
+    r = run(gen.conversation(script))
+    seen = [names(int(f)) & {"np_retrans", "np_lost_retrans", "np_ooo"} for f in r.flags[-4:]]
+    # R2 (the hole's fill), new data, the late original, R1
+    assert seen == [{"np_retrans", "np_lost_retrans"}, set(), {"np_ooo"}, {"np_retrans"}]
+    ab = r.flows[0].ab
+    assert (ab["retrans"], ab["lost_retrans"], ab["seen_retrans"], ab["ooo"]) == (2, 1, 1, 1)
+    want, _, _ = ref(gen.conversation(script))
+    assert [names(int(f)) for f in r.flags] == want
+
+
+def test_retransmission_overtaken_by_many_new_segments_is_a_retransmission():
+    # a lab capture's IDs 0xa81d (original, lost), 0xa821 (1st resend, held on R while
+    # ~40 new segments overtook it), 0xa826 (2nd resend, filled the hole first)
+    script = [("send", 0)] * 10 + [("lose", 0), ("send", 0), ("send", 0), ("send", 0),
+                                   ("hold_retrans", 10), ("retrans", 10)] + [("send", 0)] * 40 + [("release", 0)]
+    r = run(gen.conversation(script))
+    assert names(int(r.flags[-1])) & {"np_retrans", "np_lost_retrans", "np_ooo"} == {"np_retrans"}
+    ab = r.flows[0].ab
+    assert (ab["retrans"], ab["lost_retrans"], ab["seen_retrans"], ab["ooo"]) == (2, 1, 1, 0)
+
+
+def test_short_connection_original_overtaken_by_its_own_retransmission():
+    # iperf3's control connection in a lab run: 6 data segments, then the last one
+    # (ID 0x8c82) held on R while its resend (0x8c84) came through; same TSvals. Its
+    # sequential IDs order the two although fewer than 8 segments preceded them.
+    script = [("send", 0)] * 5 + [("hold", 0), ("send", 0), ("retrans", 5), ("release", 0)]
+    r = run(gen.conversation(script))
+    seen = [names(int(f)) & {"np_retrans", "np_lost_retrans", "np_ooo"} for f in r.flags[-2:]]
+    assert seen == [{"np_retrans", "np_lost_retrans"}, {"np_ooo"}]
+
+
+def test_retransmission_at_the_tip_looks_like_new_data_until_its_original_comes():
+    # retrans-notes.md "tip": the last segment is held on R and its retransmission
+    # arrives first. Nothing at this capture point shows that it is not new data
+    # (no byte above it, no hole below it); the late original is out-of-order.
+    script = [("send", 0)] * 10 + [("hold", 0), ("retrans", 10), ("release", 0)]
+    r = run(gen.conversation(script))
+    assert [names(int(f)) & {"np_retrans", "np_ooo"} for f in r.flags[-2:]] == [set(), {"np_ooo"}]
 
 
 def test_retransmission_of_captured_data_is_a_retransmission_even_when_quick():

@@ -4,8 +4,9 @@
 connection A -> B (data one way, ACKs back) and returns the frames a capture
 point between them would record, as raw IP packets built with scapy: new
 segments, segments lost before the capture point (never recorded), sender
-retransmissions (new IP ID and TSval), originals held back and released
-later (reordering: old IP ID and TSval), cumulative and duplicate ACKs, zero
+retransmissions (new IP ID and TSval), originals or retransmissions held
+back and released later (reordering: the IP ID and TSval of when they were
+sent), cumulative and duplicate ACKs, zero
 windows, D-SACK blocks. The writers wrap the same IP packets in any link type
 and file format the analyser reads.
 """
@@ -18,7 +19,8 @@ from scapy.packet import Raw
 A4, B4 = "198.18.1.2", "198.18.2.2"
 A6, B6 = "2001:2:0:1::2", "2001:2:0:2::2"
 MSS = 100
-OPS = ("send", "lose", "retrans", "hold", "release", "ack", "dupack", "zerowin", "dsack", "wait")
+OPS = ("send", "lose", "retrans", "hold", "hold_retrans", "release", "ack", "dupack", "zerowin", "dsack",
+       "wait")
 
 
 def conversation(ops, v6=False, isn_a=1000, isn_b=5000, t0_ns=1_700_000_000 * 10**9):
@@ -72,6 +74,11 @@ def conversation(ops, v6=False, isn_a=1000, isn_b=5000, t0_ns=1_700_000_000 * 10
             seq = st["sent"][arg % len(st["sent"])][0]
             st["ts"] += 1
             emit(True, seq, isn_b + 1, "PA", MSS, None, st["ts"])
+        elif op == "hold_retrans" and st["sent"]:
+            seq = st["sent"][arg % len(st["sent"])][0]
+            st["ts"] += 1
+            st["ida"] = (st["ida"] + 1) & 0xFFFF
+            st["held"].append((seq, st["ida"], st["ts"]))
         elif op == "ack":
             st["acked"] = min(st["next"], st["acked"] + MSS * (1 + arg % 4))
             emit(False, isn_b + 1, st["acked"], "A")

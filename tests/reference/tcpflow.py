@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 M32 = 0xFFFFFFFF
 NHOLES = 16          # sequence holes tracked per direction, as pyx/pcapread.pyx
+ID_TRUST = 4         # in-order IPv4 ID steps before IDs are trusted, as pyx/pcapread.pyx
+NSENT = 64           # send-order marks (end, IPv4 ID) kept per direction, as pyx/pcapread.pyx
 
 
 def s32(x):
@@ -32,6 +34,11 @@ def gt(a, b):
     return s32(a - b) > 0
 
 
+def id_after(a, b):
+    """IPv4 ID a was sent after b (one sender's counter, less than half a wrap apart)."""
+    return 0 < (a - b) % 65536 < 32768
+
+
 @dataclass
 class Dir:
     nextseq: int = 0
@@ -46,6 +53,7 @@ class Dir:
     mss: int = 0
     seen_hi: int = None
     holes: list = field(default_factory=list)     # [start, end, t_ns], oldest first
+    sent: list = field(default_factory=list)      # [end, IPv4 ID] of captured segments
     last_id: int = None
     last_ts: int = None
     id_good: int = 0
@@ -296,8 +304,9 @@ class Analyser:
         out = set()
         if fwd.seen_hi is not None and lt(seq, fwd.seen_hi):
             order = 0
-            if ipid is not None and fwd.last_id is not None and fwd.id_good >= 8 and fwd.id_bad * 8 < fwd.id_good:
-                order = -1 if 0 < (fwd.last_id - ipid) % 65536 < 32768 else 1
+            trusted = fwd.id_good >= ID_TRUST and fwd.id_bad * 8 < fwd.id_good
+            if ipid is not None and fwd.last_id is not None and trusted:
+                order = self.sent_order(fwd, seq, ipid)
             elif tsval is not None and fwd.last_ts is not None and tsval != fwd.last_ts:
                 order = -1 if lt(tsval, fwd.last_ts) else 1
             below = end if lt(end, fwd.seen_hi) else fwd.seen_hi
@@ -332,7 +341,32 @@ class Analyser:
                 else:
                     fwd.id_bad += 1
             fwd.seen_hi, fwd.last_id, fwd.last_ts = end, ipid, tsval
+        if ipid is not None:
+            self.add_sent(fwd, end, ipid)
         return out
+
+    @staticmethod
+    def sent_order(fwd, seq, ipid):
+        """1 if a captured segment with bytes at or above seq was sent no later than
+        IPv4 ID ipid (so ipid cannot be the first transmission of byte seq: originals go
+        out in sequence order), -1 if all were sent after it (an overtaken original).
+        The marks' IDs rise with their ends: the first mark above seq has the earliest."""
+        ref = next((i for e, i in fwd.sent if gt(e, seq)), fwd.last_id)   # none: what last raised seen_hi
+        return -1 if id_after(ref, ipid) else 1
+
+    @staticmethod
+    def add_sent(fwd, end, ipid):
+        """Keep the marks no other mark dominates (an end as high, an ID as early), sorted
+        by end; with NSENT kept the lowest end is forgotten."""
+        m = fwd.sent
+        k = next((n for n, (e, _) in enumerate(m) if not lt(e, end)), len(m))
+        if k < len(m) and not id_after(m[k][1], ipid):
+            return
+        j = k
+        while j > 0 and not id_after(ipid, m[j - 1][1]):
+            j -= 1
+        k2 = k + 1 if k < len(m) and m[k][0] == end else k
+        fwd.sent = (m[:j] + [[end, ipid]] + m[k2:])[-NSENT:]
 
     @staticmethod
     def fill(fwd, lo, hi):
