@@ -33,57 +33,10 @@ import numpy as _np
 from linux cimport (errno, EINTR, EAGAIN, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME,
                     clock_ns, mono_ns, ns_to_timespec, timespec_to_ns, strerror, poll,
                     pollfd, POLLIN, SOL_SOCKET, setsockopt, getsockopt, socklen_t,
-                    MSG_DONTWAIT)
-
-
-cdef extern from "<sys/uio.h>" nogil:
-    struct iovec:
-        void *iov_base
-        size_t iov_len
-
-cdef extern from "<time.h>" nogil:
-    enum:
-        TIMER_ABSTIME
-    int clock_nanosleep(int clk, int flags, const timespec *request, timespec *remain)
-
-cdef extern from "<sys/socket.h>" nogil:
-    struct msghdr:
-        void *msg_name
-        socklen_t msg_namelen
-        iovec *msg_iov
-        size_t msg_iovlen
-        void *msg_control
-        size_t msg_controllen
-        int msg_flags
-
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-
-    struct cmsghdr:
-        size_t cmsg_len
-        int cmsg_level
-        int cmsg_type
-
-    cmsghdr *CMSG_FIRSTHDR(msghdr *msgh)
-    cmsghdr *CMSG_NXTHDR(msghdr *msgh, cmsghdr *cmsg)
-    unsigned char *CMSG_DATA(cmsghdr *cmsg)
-    size_t CMSG_SPACE(size_t length)
-
-    enum:
-        SO_TIMESTAMPNS
-        SCM_TIMESTAMPNS
-        SO_RCVBUF
-        SO_SNDBUF
-        SO_RCVBUFFORCE
-        SO_SNDBUFFORCE
-        SO_TYPE
-        SOCK_DGRAM
-        MSG_TRUNC
-        MSG_CTRUNC
-
-    int sendmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags)
-    int recvmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags, timespec *timeout)
+                    MSG_DONTWAIT, MSG_TRUNC, MSG_CTRUNC, SO_TIMESTAMPNS, SCM_TIMESTAMPNS, SO_RCVBUF,
+                    SO_SNDBUF, SO_RCVBUFFORCE, SO_SNDBUFFORCE, SO_TYPE, SOCK_DGRAM, iovec, msghdr,
+                    mmsghdr, cmsghdr, CMSG_FIRSTHDR, CMSG_NXTHDR, CMSG_DATA, CMSG_SPACE, sendmmsg,
+                    recvmmsg, TIMER_ABSTIME, clock_nanosleep)
 
 
 HEADER_LEN = 20

@@ -18,52 +18,15 @@ from libc.string cimport memcpy, memset
 
 from linux cimport (errno, EINTR, EAGAIN, CLOCK_MONOTONIC, CLOCK_REALTIME, timespec,
                     clock_ns, mono_ns, ns_to_timespec, strerror, setsockopt, socklen_t,
-                    SOL_SOCKET, MSG_DONTWAIT, poll, pollfd, POLLIN)
+                    SOL_SOCKET, MSG_DONTWAIT, poll, pollfd, POLLIN, MSG_TRUNC, SO_TIMESTAMPNS,
+                    SCM_TIMESTAMPNS, iovec, msghdr, mmsghdr, cmsghdr, CMSG_FIRSTHDR, CMSG_NXTHDR,
+                    CMSG_DATA, sendmmsg, recvmmsg, TIMER_ABSTIME, clock_nanosleep)
 from wire cimport (udping_v1, push_udping_v1, pull_udping_v1, push_le64, V1_HDR_LEN, V1_GUID_MAX,
                    probe_hdr, push_u16, push_u32, push_u64, np_hmac_t, np_hmac_init, np_hmac, np_sha256_t, np_sha256_init,
                    np_sha256_update, np_sha256_final, push_probe_hdr, push_tag, pull_probe_hdr,
                    pull_tag_check, WIRE_OK, WIRE_HDR_LEN, WIRE_TAG_LEN, WIRE_MAX_LEN,
                    WIRE_TAG_MISSING, WIRE_TAG_BAD, WIRE_TAG_UNEXPECTED, FLAG_CONTROL,
                    FLAG_AUTH, FLAG_UNSYNC)
-
-cdef extern from "<sys/socket.h>" nogil:
-    struct iovec:
-        void *iov_base
-        size_t iov_len
-
-    struct msghdr:
-        void *msg_name
-        socklen_t msg_namelen
-        iovec *msg_iov
-        size_t msg_iovlen
-        void *msg_control
-        size_t msg_controllen
-        int msg_flags
-
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
-
-    struct cmsghdr:
-        size_t cmsg_len
-        int cmsg_level
-        int cmsg_type
-
-    enum:
-        SO_TIMESTAMPNS
-        SCM_TIMESTAMPNS
-        MSG_TRUNC
-
-    int sendmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags)
-    int recvmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags, timespec *timeout)
-    cmsghdr *CMSG_FIRSTHDR(msghdr *msgh)
-    cmsghdr *CMSG_NXTHDR(msghdr *msgh, cmsghdr *cmsg)
-    unsigned char *CMSG_DATA(cmsghdr *cmsg)
-
-cdef extern from "<time.h>" nogil:
-    enum:
-        TIMER_ABSTIME
-    int clock_nanosleep(int clk, int flags, const timespec *req, timespec *rem)
 
 HDR_LEN = WIRE_HDR_LEN
 TAG_LEN = WIRE_TAG_LEN

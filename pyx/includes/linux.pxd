@@ -77,19 +77,67 @@ cdef inline int64_t mono_ns() noexcept nogil:
 
 # Sockets: the TCP paced sender and drain (pacer.pyx) and TCP_INFO (tcpinfo.pxd).
 
+cdef extern from "<time.h>" nogil:
+    enum:
+        TIMER_ABSTIME
+
+    int clock_nanosleep(int clk, int flags, const timespec *request, timespec *remain)
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
 
     enum:
         SOL_SOCKET
         SO_MAX_PACING_RATE
+        SO_TYPE
+        SO_RCVBUF
+        SO_SNDBUF
+        SO_RCVBUFFORCE
+        SO_SNDBUFFORCE
+        SO_TIMESTAMPNS
+        SCM_TIMESTAMPNS
+        SOCK_DGRAM
         MSG_DONTWAIT
         MSG_NOSIGNAL
+        MSG_TRUNC
+        MSG_CTRUNC
 
     ssize_t send(int sockfd, const void *buf, size_t len, int flags)
     ssize_t recv(int sockfd, void *buf, size_t len, int flags)
     int getsockopt(int sockfd, int level, int optname, void *optval, socklen_t *optlen)
     int setsockopt(int sockfd, int level, int optname, const void *optval, socklen_t optlen)
+
+    # Batched datagram I/O with ancillary data (udpio.pyx, train.pyx): kernel RX timestamps.
+    struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+
+    cmsghdr *CMSG_FIRSTHDR(msghdr *msgh)
+    cmsghdr *CMSG_NXTHDR(msghdr *msgh, cmsghdr *cmsg)
+    unsigned char *CMSG_DATA(cmsghdr *cmsg)
+    size_t CMSG_SPACE(size_t length)
+
+    int sendmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags)
+    int recvmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags, timespec *timeout)
 
 cdef extern from "<netinet/in.h>" nogil:
     enum:
