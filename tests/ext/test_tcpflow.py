@@ -430,7 +430,12 @@ def test_receiver_stall_of_2s_gives_no_burst_afterwards():
     assert sender.eagain > 100 and np.ptp(during[:, COL["app_bytes"]]) < rate / 8 * 0.1
     assert app <= 1.10, f"sender app_bytes: max 100 ms window {app:.4f} of the rate after the stall"
     assert acked <= 1.10, f"bytes_acked (wire): max 100 ms window {acked:.4f} of the rate after the stall"
-    assert abs(recovered[0] - 1) < 0.02, fmt(recovered)
+    # the shortfall the sender itself records as lost to host stalls after the resume is never paid back
+    inside = np.asarray(s_loop.ends) > settled[0, 0]
+    lost = np.asarray([r["timer_overruns"] + r["eagain"] for r in s_loop.results], dtype=float)
+    stalled = lost[inside].sum() * sender.tick_ns / float(settled[-1, 0] - settled[0, 0])
+    assert 1 - 0.02 - stalled <= recovered[0] < 1.02, (fmt(recovered), stalled)
+    assert stalled < 0.2, "the host stalled too much for the figure to mean anything"
 
 
 SENDER_CHILD = """

@@ -215,7 +215,10 @@ def test_lab_rate_limit_one_way_breaches_that_direction_then_clears(lab):
     assert down and all(r["ratio"] >= 0.95 or r.get("ack_path_saturated_by") == "a->b" for r in down), down
     # a->b saturates until its window has left the limited time; b->a is judged a window later
     assert all("ack_path_saturated_by" not in r for r in down if _ts(r["ts"]) > freed + 2 * window + 1), down
-    assert _ts(events[1]["ts"]) - freed <= window + hyst + 1, "CLEAR within window + hysteresis"
+    # CLEAR within window + hysteresis (+1 interval of phase) of the flow running free again: deleting
+    # the tbf drops its ~0.6 MB backlog, and TCP's retransmission timeout recovery from that
+    # takes up to ~2 s more before the flow runs at full rate
+    assert _ts(events[1]["ts"]) - freed <= window + hyst + 1 + 2, "CLEAR within window + hysteresis"
 
 
 def nstat(lab, host, counter):

@@ -93,7 +93,8 @@ def write_csv(path, meas):
     for phase in (analysis.PHASE1, analysis.PHASE2):
         ok = (meas.phase == phase) & np.isfinite(meas.rate)
         lines.append(str(int(ok.sum())))
-        # full precision (loco wrote %.4f): -r then reproduces the online line
+        # full precision (loco wrote %.4f); without sizes or preliminary trains, -r comes close to
+        # the online line but not exactly (netprobe's `record` file re-analyses exactly)
         lines += [f"{r / 1e6!r},{d / 1e3:.4f}" for r, d in zip(meas.rate[ok].tolist(), meas.disp_ns[ok], strict=True)]
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
