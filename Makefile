@@ -37,8 +37,9 @@ venv: $(VENV)/.deps
 build: $(VENV)/.deps
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 
+# DURATION takes a unit (30s, 2m); a bare number is seconds.
 run: build
-	$(VENV)/bin/netprobe run -c $(CONFIG) $(if $(DURATION),--duration $(DURATION))
+	$(VENV)/bin/netprobe run -c $(CONFIG) $(if $(DURATION),--duration $(shell echo '$(DURATION)' | sed 's/^[0-9.]*$$/&s/'))
 
 test: test-deps build
 	$(PY) -m pytest $(PYTEST_ARGS)
