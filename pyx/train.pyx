@@ -30,6 +30,8 @@ from libc.string cimport memcpy, memset
 
 import numpy as _np
 
+from wire cimport pull_u16, pull_u32, push_u16, push_u32
+
 from linux cimport (errno, EINTR, EAGAIN, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME,
                     clock_ns, mono_ns, ns_to_timespec, timespec_to_ns, strerror, poll,
                     pollfd, POLLIN, SOL_SOCKET, setsockopt, getsockopt, socklen_t,
@@ -94,26 +96,6 @@ ctypedef struct header_t:
     uint16_t size
 
 
-cdef inline uint16_t _get16(const uint8_t *p) noexcept nogil:
-    return (<uint16_t>p[0] << 8) | p[1]
-
-
-cdef inline uint32_t _get32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-
-cdef inline void _put16(uint8_t *p, uint16_t v) noexcept nogil:
-    p[0] = <uint8_t>(v >> 8)
-    p[1] = <uint8_t>v
-
-
-cdef inline void _put32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = <uint8_t>(v >> 24)
-    p[1] = <uint8_t>(v >> 16)
-    p[2] = <uint8_t>(v >> 8)
-    p[3] = <uint8_t>v
-
-
 cdef inline void push_header(uint8_t *p, const header_t *h) noexcept nogil:
     """Write the 20-byte header at p."""
     p[0] = 78   # N
@@ -122,11 +104,11 @@ cdef inline void push_header(uint8_t *p, const header_t *h) noexcept nogil:
     p[3] = 82   # R
     p[4] = 1
     p[5] = h.flags
-    _put16(p + 6, h.count)
-    _put32(p + 8, h.token)
-    _put32(p + 12, h.train)
-    _put16(p + 16, h.index)
-    _put16(p + 18, h.size)
+    push_u16(p + 6, h.count)
+    push_u32(p + 8, h.token)
+    push_u32(p + 12, h.train)
+    push_u16(p + 16, h.index)
+    push_u16(p + 18, h.size)
 
 
 cdef inline int pull_header(const uint8_t *p, size_t n, header_t *h) noexcept nogil:
@@ -138,11 +120,11 @@ cdef inline int pull_header(const uint8_t *p, size_t n, header_t *h) noexcept no
     if p[4] != 1:
         return P_VERSION
     h.flags = p[5]
-    h.count = _get16(p + 6)
-    h.token = _get32(p + 8)
-    h.train = _get32(p + 12)
-    h.index = _get16(p + 16)
-    h.size = _get16(p + 18)
+    h.count = pull_u16(p + 6)
+    h.token = pull_u32(p + 8)
+    h.train = pull_u32(p + 12)
+    h.index = pull_u16(p + 16)
+    h.size = pull_u16(p + 18)
     if h.count < 2 or h.count > C_MAX_TRAIN:
         return P_COUNT
     if h.index >= h.count:
