@@ -212,7 +212,9 @@ def test_lab_rate_limit_one_way_breaches_that_direction_then_clears(lab):
     assert all(r["limited_by"] == "network" for r in limited_windows), limited_windows
     assert not [r for r in recs if r["type"] in ("BREACH", "CLEAR") and r["dir"] == "b->a"], recs
     down = [r for r in recs if r["type"] == "RESULT" and r["dir"] == "b->a" and r.get("samples", 0) >= 30]
-    assert down and all(r["ratio"] >= 0.95 or r.get("ack_path_saturated_by") == "a->b" for r in down), down
+    # short b->a windows are marked, or (on a loaded host) name the sending host, and are not judged
+    assert down and all(r["ratio"] >= 0.95 or r.get("ack_path_saturated_by") == "a->b"
+                        or r["limited_by"] == "sender" for r in down), down
     # a->b saturates until its window has left the limited time; b->a is judged a window later
     assert all("ack_path_saturated_by" not in r for r in down if _ts(r["ts"]) > freed + 2 * window + 1), down
     # CLEAR within window + hysteresis (+1 interval of phase) of the flow running free again: deleting

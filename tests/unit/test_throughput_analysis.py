@@ -19,9 +19,12 @@ T0 = 5_000_000_000_000          # a plausible CLOCK_MONOTONIC origin, ns
 
 
 def series(t_s, acked, *, epoch=1, app=None, rtt_us=None, min_rtt_us=20_000, **cumulative):
-    """Rows at times t_s (s after T0) with bytes_acked `acked`; other columns by name."""
+    """Rows at times t_s (s after T0) with bytes_acked `acked`; other columns by name.
+    Data is in flight all along (busy_time_us grows with time) unless given."""
     t_s = np.asarray(t_s, dtype=np.float64)
     n = t_s.size
+    if n:
+        cumulative.setdefault("busy_time_us", np.round((t_s - t_s[0]) * 1e6))
     rows = np.zeros((n, NCOLS), dtype=np.int64)
     rows[:, COL["t_ns"]] = T0 + np.round(t_s * 1e9).astype(np.int64)
     rows[:, COL["epoch"]] = epoch
@@ -195,9 +198,15 @@ def test_limited_by():
     app = SLA_BPS / 8 * 0.985 * np.arange(151) * 0.1
     assert run(steady(0.5, app=app, busy_time_us=busy))["limited_by"] == "network"
     # "short" follows the SLA's min_ratio
-    assert run(steady(0.9))["limited_by"] == "sender"
-    assert run(steady(0.9), min_ratio=0.8)["limited_by"] == "none"
-    no_busy = run(steady())
+    assert run(steady(0.9, busy_time_us=0))["limited_by"] == "sender"
+    # a window our sending host did not feed is no evidence against the path: no delivery verdicts
+    starved = run(steady(0.5, busy_time_us=busy // 5))
+    sla = SLA(SLA_BPS, max_rtt=1.0, max_retrans_pct=1.0, min_fitness=0.9, max_angle=0.1)
+    assert sorted(by_metric(verdicts(starved, sla, "a->b"))) == ["retrans", "rtt"]
+    assert sorted(by_metric(verdicts(run(steady(0.5, busy_time_us=busy)), sla, "a->b"))) == [
+        "angle", "fitness", "rate", "retrans", "rtt"]
+    assert run(steady(0.9, busy_time_us=0), min_ratio=0.8)["limited_by"] == "none"
+    no_busy = run(steady(busy_time_us=0))
     assert no_busy["rwnd_share"] is None and no_busy["sndbuf_share"] is None
 
 
@@ -344,7 +353,7 @@ def test_the_other_direction_saturating_the_ack_path_withholds_delivery_verdicts
 def test_withholding_needs_the_other_direction_network_limited_and_worse(ab_fraction, ab_busy, ba_fraction,
                                                                         withheld):
     guard, sla = AckPathGuard(WINDOW), SLA(SLA_BPS)
-    ab = saturating(ab_fraction) if ab_busy and ab_fraction < 0.95 else run(steady(ab_fraction))
+    ab = saturating(ab_fraction) if ab_busy and ab_fraction < 0.95 else run(steady(ab_fraction, busy_time_us=0))
     ba = run(steady(ba_fraction))
     for d, m in (("a->b", ab), ("b->a", ba)):
         guard.update(d, m, sla, T0)

@@ -291,9 +291,16 @@ class AckPathGuard:
 
 def verdicts(metrics, sla, direction, *, withhold=()):
     """Verdicts (rate, rtt, retrans, fitness, angle) for the SLAs set, except the metrics in
-    `withhold`; none without metrics."""
+    `withhold`; none without metrics.
+
+    A window the sending host itself did not feed (limited_by "sender": it rarely had data
+    in flight, e.g. its CPU was taken) measures that host, not the path: its delivery
+    verdicts are withheld too, and its RESULT line says limited_by=sender.
+    """
     if metrics is None:
         return []
+    if metrics["limited_by"] == "sender":
+        withhold = (*withhold, *DELIVERY_METRICS)
     out = []
 
     def check(metric, value, op, threshold):
