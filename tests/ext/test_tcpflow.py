@@ -105,10 +105,23 @@ def per_second(rows, col, rate):
 
 def assert_per_second(secs, stalled, tol, what=""):
     """Within `tol` every second, except a shortfall the sender recorded as lost to a host stall
-    (bounded catch-up: a stall longer than the 5 ms bucket is never paid back with a burst)."""
+    (bounded catch-up: a stall longer than the 5 ms bucket is never paid back with a burst).
+    Returns the mean stalled share."""
     assert len(secs) >= 3
     assert np.all(secs <= 1 + tol) and np.all(secs >= 1 - tol - stalled), f"{what}{fmt(secs)}; stalled {fmt(stalled)}"
-    assert np.mean(stalled) < 0.2, "the host stalled too much for the figure to mean anything"
+    return float(np.mean(stalled))
+
+
+def on_a_quiet_enough_host(attempt, tries=3):
+    """Run `attempt` (it asserts the bounds and returns each flow's mean stalled share) until the
+    senders lost < 20 % of their time to host stalls: on a busier host the bounds hold but say
+    little, so the figure is taken again, up to `tries` times."""
+    for _ in range(tries):
+        stalled = attempt()
+        if max(stalled) < 0.2:
+            return
+        print(f"host stalled the senders {fmt(np.array(stalled))} of the time: again")
+    pytest.fail(f"the host stalled the senders >= 20 % of the time in all {tries} tries")
 
 
 def stalled_share_per_second(rows, sender):
@@ -314,53 +327,66 @@ def test_sample_rows_agree_with_ss_on_a_live_and_on_a_settled_connection():
 @pytest.mark.parametrize("gbit,kw", [(1, {}), (5, {}), (1, {"pacing": True})], ids=["1G", "5G", "1G-pacing"])
 def test_rate_within_1_percent_per_second_and_no_100ms_window_above_110_percent(gbit, kw):
     rate = gbit * G
-    [(s, d)] = run_flows([(rate, kw)], 4.0)
-    assert not s.total("error") and s.obj.ticks > 3500
-    rx = receiver_rows(s, d)
-    secs = per_second(rx, COL["app_bytes"], rate)
-    top = max_window(rx, COL["app_bytes"], rate)
-    print(f"{gbit}G {kw}: per second {fmt(secs)}; max 100 ms window {top:.4f}; "
-          f"overruns {s.obj.timer_overruns} late {s.obj.late_ticks} eagain {s.obj.eagain}")
-    assert_per_second(secs, stalled_share_per_second(rx, s), 0.01)
-    assert top <= 1.10, f"max 100 ms window {top:.4f} of the rate"
+
+    def attempt():
+        [(s, d)] = run_flows([(rate, kw)], 4.0)
+        assert not s.total("error") and s.obj.ticks > 3500
+        rx = receiver_rows(s, d)
+        secs = per_second(rx, COL["app_bytes"], rate)
+        top = max_window(rx, COL["app_bytes"], rate)
+        print(f"{gbit}G {kw}: per second {fmt(secs)}; max 100 ms window {top:.4f}; "
+              f"overruns {s.obj.timer_overruns} late {s.obj.late_ticks} eagain {s.obj.eagain}")
+        assert top <= 1.10, f"max 100 ms window {top:.4f} of the rate"
+        return [assert_per_second(secs, stalled_share_per_second(rx, s), 0.01)]
+    on_a_quiet_enough_host(attempt)
 
 
 def test_2_gbit_both_ways_on_two_connections_each_within_2_percent_per_second():
     rate = 2 * G
-    flows = run_flows([(rate, {}), (rate, {})], 4.0)
-    for k, (s, d) in enumerate(flows):
-        rx = receiver_rows(s, d)
-        secs = per_second(rx, COL["app_bytes"], rate)
-        print(f"2G flow {k}: per second {fmt(secs)}; max 100 ms window {max_window(rx, 2, rate):.4f}")
-        assert_per_second(secs, stalled_share_per_second(rx, s), 0.02, f"flow {k}: ")
+
+    def attempt():
+        stalled = []
+        for k, (s, d) in enumerate(run_flows([(rate, {}), (rate, {})], 4.0)):
+            rx = receiver_rows(s, d)
+            secs = per_second(rx, COL["app_bytes"], rate)
+            print(f"2G flow {k}: per second {fmt(secs)}; max 100 ms window {max_window(rx, 2, rate):.4f}")
+            stalled.append(assert_per_second(secs, stalled_share_per_second(rx, s), 0.02, f"flow {k}: "))
+        return stalled
+    on_a_quiet_enough_host(attempt)
 
 
 def test_both_directions_of_one_connection_at_2_gbit():
     """Each end sends and drains at once: four loops on the two sockets of one connection."""
     rate = 2 * G
-    a, b = tcp_pair()
-    objs = [pacer.TcpPacedSender(a.fileno(), rate), pacer.TcpDrain(b.fileno()),
-            pacer.TcpPacedSender(b.fileno(), rate), pacer.TcpDrain(a.fileno())]
-    loops = [Loop(o, 4.0 if k % 2 == 0 else 6.0) for k, o in enumerate(objs)]
-    try:
-        for t in loops[1::2] + loops[0::2]:
-            t.start()
-        for t in loops[0::2]:
-            t.join(9)
-        time.sleep(0.05)
-        for t in loops[1::2]:
-            t.stop.set()
-            t.join(5)
-    finally:
-        for o in objs[0::2]:
-            o.close()
-        a.close()
-        b.close()
-    for k in (0, 2):
-        rx = receiver_rows(loops[k], loops[k + 1])
-        secs = per_second(rx, COL["app_bytes"], rate)
-        print(f"2G direction {k // 2}: per second {fmt(secs)}")
-        assert_per_second(secs, stalled_share_per_second(rx, loops[k]), 0.02, f"direction {k // 2}: ")
+
+    def attempt():
+        a, b = tcp_pair()
+        objs = [pacer.TcpPacedSender(a.fileno(), rate), pacer.TcpDrain(b.fileno()),
+                pacer.TcpPacedSender(b.fileno(), rate), pacer.TcpDrain(a.fileno())]
+        loops = [Loop(o, 4.0 if k % 2 == 0 else 6.0) for k, o in enumerate(objs)]
+        try:
+            for t in loops[1::2] + loops[0::2]:
+                t.start()
+            for t in loops[0::2]:
+                t.join(9)
+            time.sleep(0.05)
+            for t in loops[1::2]:
+                t.stop.set()
+                t.join(5)
+        finally:
+            for o in objs[0::2]:
+                o.close()
+            a.close()
+            b.close()
+        stalled = []
+        for k in (0, 2):
+            rx = receiver_rows(loops[k], loops[k + 1])
+            secs = per_second(rx, COL["app_bytes"], rate)
+            print(f"2G direction {k // 2}: per second {fmt(secs)}")
+            stalled.append(assert_per_second(secs, stalled_share_per_second(rx, loops[k]), 0.02,
+                                             f"direction {k // 2}: "))
+        return stalled
+    on_a_quiet_enough_host(attempt)
 
 
 def test_set_rate_between_chunks_takes_effect_at_once():
