@@ -21,11 +21,13 @@ def plan_rows(spec, primers=1, max_size=1472, spacing_ns=20_000_000, send_bps=LI
 
 
 def simulate(plan, capacity, *, overhead=14, ip_udp=28, cross_bps=0.0, cross_size=1500, bucket=0,
-             coalesce_ns=0, access_bps=LINE, jitter_ns=500, seed=1):
+             timer_late_ns=0, coalesce_ns=0, access_bps=LINE, jitter_ns=500, seed=1):
     """Receiver rows (train, index, count, size, rx_ns, flags) for `plan` over the modelled path.
 
     access_bps: the link before the bottleneck (trains reach it spread at this rate, so cross
-    traffic can slip between their packets); jitter_ns: receiver timestamp noise (normal sd)."""
+    traffic can slip between their packets); jitter_ns: receiver timestamp noise (normal sd);
+    timer_late_ns: a packet that waits for tokens leaves this late (the shaper's timer fires
+    late, and a bucket of one frame cannot bank the time: tbf --burst 1514 on a busy host)."""
     rng = np.random.default_rng(seed)
     arrivals = []          # (time ns, wire bytes, train, index, count, size, flags)
     for tid, _, count, size, primers, psize, tx, _ in plan.tolist():
@@ -54,7 +56,7 @@ def simulate(plan, capacity, *, overhead=14, ip_udp=28, cross_bps=0.0, cross_siz
                 tokens -= wire
                 done = start + wire * 8e9 / LINE
             else:                                # wait for the tokens it lacks
-                wait = (wire - tokens) * 8e9 / capacity
+                wait = (wire - tokens) * 8e9 / capacity + timer_late_ns
                 tokens = 0.0
                 last = start + wait
                 done = start + wait

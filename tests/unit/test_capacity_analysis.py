@@ -158,6 +158,17 @@ def test_interrupt_coalescing_is_refused():
     assert e.coalescing > A.IC_REFUSE and "coalescing" in e.reasons[0]
 
 
+@pytest.mark.parametrize("late_ns, method", [(30_000, "adr"), (60_000, "max-size")])
+def test_a_late_shaper_timer_is_what_full_size_packets_get_and_not_high_confidence(late_ns, method):
+    """tbf with a one-frame bucket on a busy host: each packet that waits for tokens leaves late,
+    and the bucket cannot bank the time. Small pairs lose relatively more, so sizes disagree."""
+    wire = MAX + 28 + 14
+    full_size_rate = wire * 8e9 / (wire * 8e9 / 40e6 + late_ns)
+    e = run(40e6, bucket=wire, timer_late_ns=late_ns)
+    assert e.capacity == pytest.approx(full_size_rate, rel=0.015) and e.method == method, e
+    assert e.confidence != "high"
+
+
 def test_too_few_trains_is_refused():
     plan = sim.plan_rows(spec(p1=10, p2=2))
     e = A.estimate(A.measure(sim.simulate(plan, 100e6), plan), MAX)

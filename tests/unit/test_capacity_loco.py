@@ -46,6 +46,19 @@ def test_csv_round_trip_and_offline_analysis(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == "3.5000"
 
 
+def test_offline_recovers_sizes_and_agrees_with_the_online_estimate(tmp_path, capsys):
+    """Pairs of different sizes that disagree (a late shaper timer) make the online estimate come
+    from max-size pairs; -r recovers each pair's size from rate x dispersion and does the same."""
+    meas = measured(40e6, bucket=1514, timer_late_ns=60_000, cross_bps=12e6, cross_size=1042, access_bps=100e6)
+    online = A.estimate(meas, MAX)
+    assert online.method == "max-size"
+    path = tmp_path / "loco.csv"
+    loco.write_csv(path, meas)
+    assert loco.main(["-r", str(path), "-f", "%be%am"]) == 0
+    be, am = capsys.readouterr().out.strip().split(",")
+    assert float(be) == pytest.approx(online.capacity / 1e6, rel=0.005) and am == "2"
+
+
 def test_offline_on_values_with_locos_doubling(tmp_path, capsys):
     """A dump written by loco itself holds pairs at twice the rate (its L for L - 1): re-analysed
     as values, the estimate is what they say, not a silently 'fixed' number."""

@@ -93,8 +93,8 @@ def write_csv(path, meas):
     for phase in (analysis.PHASE1, analysis.PHASE2):
         ok = (meas.phase == phase) & np.isfinite(meas.rate)
         lines.append(str(int(ok.sum())))
-        # full precision (loco wrote %.4f); without sizes or preliminary trains, -r comes close to
-        # the online line but not exactly (netprobe's `record` file re-analyses exactly)
+        # full precision (loco wrote %.4f); without preliminary trains, -r comes close to the
+        # online line but not exactly (netprobe's `record` file re-analyses exactly)
         lines += [f"{r / 1e6!r},{d / 1e3:.4f}" for r, d in zip(meas.rate[ok].tolist(), meas.disp_ns[ok], strict=True)]
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
@@ -143,15 +143,18 @@ def read_csv(path):
 
 def offline(p1, p2):
     """Measurements of CSV values ((bit/s, ns) pairs): Phase I (also the preliminary values, as in
-    loco's P1 array) and Phase II; no timestamps, so no coalescing, burst or CapProbe checks."""
+    loco's P1 array) and Phase II; no timestamps, so no coalescing, burst or CapProbe checks.
+    Each pair's size is recovered as rate x dispersion (the wire bytes after its first packet),
+    so the check that pairs of every size agree runs offline as it did online."""
     (r1, d1), (r2, d2) = p1, p2
     n1, n2 = len(r1), len(r2)
     phase = np.concatenate([np.full(n1, analysis.PRELIM), np.full(n1, analysis.PHASE1),
                             np.full(n2, analysis.PHASE2)]).astype(np.int64)
     rate = np.concatenate([r1, r1, r2])
+    disp = np.concatenate([d1, d1, d2])
     n = len(rate)
     return analysis.Measurements(train=np.arange(n, dtype=np.int64), phase=phase, n=np.full(n, 2, dtype=np.int64),
-                                 size=np.zeros(n, dtype=np.int64), disp_ns=np.concatenate([d1, d1, d2]),
+                                 size=np.rint(rate * disp / 8e9).astype(np.int64), disp_ns=disp,
                                  rate=rate, delay_sum=np.full(n, math.nan), send_rate=np.full(n, math.inf))
 
 
@@ -200,7 +203,8 @@ def _main(argv):
             raise UsageError("loco: -b must be a positive bin width in Mbps")
         p1, p2 = read_csv(args.read)
         meas = offline(p1, p2)
-        est = analysis.estimate(meas, 0, bin_width_bps=args.bin * 1e6 if args.bin else None)
+        est = analysis.estimate(meas, int(meas.size[meas.phase == analysis.PHASE1].max(initial=0)),
+                                bin_width_bps=args.bin * 1e6 if args.bin else None)
         print(render(tokens, values(est, meas)))
         return 0
     if not args.host:
