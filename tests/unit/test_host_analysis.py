@@ -135,7 +135,9 @@ def test_runner_emits_results_and_hysteresis(monkeypatch):
     assert len(results) == 6
     for r in results:
         assert list(r.fields) == RESULT_FIELDS and (r.probe, r.name) == ("host", "self")
-        assert 150 <= r.fields["ticks"] <= 210, r.fields
+        # 200 expirations of the 1 ms timer per 0.2 s: woken for each, or counted as overruns
+        # when a loaded host woke the thread late
+        assert 150 <= r.fields["ticks"] + r.fields["overruns"] <= 210, r.fields
         assert r.fields["late_p50"].value > 0 and r.fields["timer_interval"].value == 0.001
         assert r.fields["clocksource"] == sysinfo.clocksource()[0]
     events = [(r.type, r.fields["metric"]) for r in emit.records if r.type in (BREACH, CLEAR)]
