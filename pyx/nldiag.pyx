@@ -1,8 +1,11 @@
 # netprobe._nldiag: the inet_diag (NETLINK_SOCK_DIAG) dump of TCP sockets.
 #
-# InetDiagDumper owns one netlink socket. dump() sends one
-# SOCK_DIAG_BY_FAMILY request per address family (with an optional kernel
-# bytecode filter, so unmatched sockets never leave the kernel), reads the
+# InetDiagDumper owns one netlink socket. dump() sends one request (with an
+# optional kernel bytecode filter, so unmatched sockets never leave the
+# kernel): for IPv4 and IPv6 together the TCPDIAG_GETSOCK request, whose
+# dump walks the kernel's socket hash tables once for both families (one
+# SOCK_DIAG_BY_FAMILY request per family walks them twice), else
+# SOCK_DIAG_BY_FAMILY for the one family. It reads the
 # reply with the GIL released, and writes one fixed-layout record per socket
 # into a Python-owned numpy array of RECORD_DTYPE: the inet_diag_msg header
 # (kernel names, ports in host order), the congestion control name, BBR's
@@ -21,7 +24,7 @@ from libc.string cimport memcpy, memset
 
 from linux cimport errno, EINTR, close, recv, setsockopt, strerror, mono_ns
 from netlink cimport (AF_INET, AF_INET6, AF_NETLINK, SOCK_DGRAM, SOCK_CLOEXEC, SOL_SOCKET,
-                      SO_RCVBUF, SO_RCVTIMEO, MSG_TRUNC, NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY,
+                      SO_RCVBUF, SO_RCVTIMEO, MSG_TRUNC, NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK,
                       NLM_F_DUMP_INTR, NLMSG_ERROR, NLMSG_DONE, NLMSG_HDRLEN, NLA_HDRLEN,
                       INET_DIAG_MSG_LEN, INET_DIAG_INFO, INET_DIAG_CONG, INET_DIAG_SKMEMINFO,
                       INET_DIAG_BBRINFO, INET_DIAG_VEGASINFO, SK_MEMINFO_VARS, sockaddr, sockaddr_nl,
@@ -275,8 +278,10 @@ cdef void parse_sock(const uint8_t *p, uint32_t n, int64_t t_ns, rec_t *out, Py_
 
 
 cdef int parse_buffer(const uint8_t *buf, Py_ssize_t n, uint32_t seq, int64_t t_ns, rec_t *out,
-                      Py_ssize_t cap, Py_ssize_t *count, counters_t *c) noexcept nogil:
-    """Every netlink message in buf[0:n]; 1 once NLMSG_DONE or NLMSG_ERROR ends the dump, else 0."""
+                      Py_ssize_t cap, Py_ssize_t *count, counters_t *c,
+                      uint16_t sock_type=SOCK_DIAG_BY_FAMILY) noexcept nogil:
+    """Every netlink message in buf[0:n]; 1 once NLMSG_DONE or NLMSG_ERROR ends the dump, else 0.
+    Sockets come in messages of the request's type (`sock_type`)."""
     cdef Py_ssize_t off = 0
     cdef uint32_t mlen
     cdef uint16_t mtype, mflags
@@ -305,7 +310,7 @@ cdef int parse_buffer(const uint8_t *buf, Py_ssize_t n, uint32_t seq, int64_t t_
                 elif mtype == NLMSG_ERROR:
                     c.malformed += 1
                 return 1
-            if mtype == SOCK_DIAG_BY_FAMILY:
+            if mtype == sock_type:
                 parse_sock(buf + off + NLMSG_HDRLEN, mlen - NLMSG_HDRLEN, t_ns, out, cap, count, c)
             else:
                 c.foreign += 1
@@ -354,7 +359,8 @@ def parse(const unsigned char[::1] data not None, records, uint32_t seq=1, int64
 cdef class InetDiagDumper:
     """A NETLINK_SOCK_DIAG socket that dumps TCP sockets into RECORD_DTYPE arrays.
 
-    families: AF_INET and/or AF_INET6 (one request each, in that order);
+    families: AF_INET and/or AF_INET6 (both, with single_walk: one TCPDIAG_GETSOCK
+    request; without: one SOCK_DIAG_BY_FAMILY request each);
     states: TCP state bitmask (1 << state, see TCP_STATES); ext: idiag_ext
     bits (EXT_INFO, EXT_CONG, EXT_BBR, EXT_SKMEM); bytecode: an
     INET_DIAG_REQ_BYTECODE program (netprobe.probes.flows.filters builds it),
@@ -365,6 +371,8 @@ cdef class InetDiagDumper:
     cdef uint8_t *buf
     cdef Py_ssize_t bufsize
     cdef bytes request
+    cdef readonly bint single_walk
+    cdef bytes bytecode
     cdef uint32_t seq
     cdef int rcvbuf
     cdef double timeout
@@ -378,7 +386,8 @@ cdef class InetDiagDumper:
         self.buf = NULL
 
     def __init__(self, families=(AF_INET, AF_INET6), uint32_t states=1 << 1, int ext=EXT_INFO,
-                 bytes bytecode=b"", int rcvbuf=0, Py_ssize_t bufsize=65536, double timeout=1.0):
+                 bytes bytecode=b"", int rcvbuf=0, Py_ssize_t bufsize=65536, double timeout=1.0,
+                 bint single_walk=True):
         families = tuple(families)
         if not families or any(f not in (AF_INET, AF_INET6) for f in families):
             raise ValueError(f"families must be AF_INET and/or AF_INET6 (got {families!r})")
@@ -395,14 +404,24 @@ cdef class InetDiagDumper:
         self.ext = ext
         self.rcvbuf = rcvbuf
         self.timeout = timeout
-        # nlmsghdr + inet_diag_req_v2 (+ rtattr INET_DIAG_REQ_BYTECODE); family and seq patched per send
-        attr = struct.pack("=HH", 4 + len(bytecode), 1) + bytecode if bytecode else b""
-        body = struct.pack("=BBBBI", 0, 6, ext, 0, states) + bytes(48) + attr
-        self.request = struct.pack("=IHHII", 16 + len(body), SOCK_DIAG_BY_FAMILY, 0x301, 0, 0) + body
+        self.bytecode = bytecode
+        self._build(single_walk and set(families) == {AF_INET, AF_INET6})
         self.bufsize = bufsize
         self.buf = <uint8_t *>malloc(bufsize)
         if self.buf == NULL:
             raise MemoryError()
+
+    cdef _build(self, bint single_walk):
+        """The request: nlmsghdr + inet_diag_req (single walk: the kernel dumps both families)
+        or inet_diag_req_v2 (family patched per send), + rtattr INET_DIAG_REQ_BYTECODE."""
+        attr = struct.pack("=HH", 4 + len(self.bytecode), 1) + self.bytecode if self.bytecode else b""
+        if single_walk:
+            body = struct.pack("=BBBB", 0, 0, 0, self.ext) + bytes(48) + struct.pack("=II", self.states, 0) + attr
+        else:
+            body = struct.pack("=BBBBI", 0, 6, self.ext, 0, self.states) + bytes(48) + attr
+        mtype = TCPDIAG_GETSOCK if single_walk else SOCK_DIAG_BY_FAMILY
+        self.request = struct.pack("=IHHII", 16 + len(body), mtype, 0x301, 0, 0) + body
+        self.single_walk = single_walk
 
     def __dealloc__(self):
         if self.fd >= 0:
@@ -456,6 +475,7 @@ cdef class InetDiagDumper:
         cdef int64_t t0, now, nbytes = 0, nrecv = 0
         cdef uint32_t seq
         cdef int family, err = 0, done
+        cdef uint16_t sock_type = TCPDIAG_GETSOCK if self.single_walk else SOCK_DIAG_BY_FAMILY
         cdef rec_t *out = <rec_t *>&raw[0]
         memset(&c, 0, sizeof(c))
         memset(&dst, 0, sizeof(dst))
@@ -464,10 +484,11 @@ cdef class InetDiagDumper:
             self._open()
         t0 = mono_ns()
         now = t0
-        for family in self.families:
+        for family in ((0,) if self.single_walk else self.families):
             self.seq += 1
             seq = self.seq
-            reqp[16] = <uint8_t>family
+            if not self.single_walk:
+                reqp[16] = <uint8_t>family
             memcpy(reqp + 8, &seq, 4)
             with nogil:
                 if sendto(self.fd, reqp, reqlen, 0, <sockaddr *>&dst, sizeof(dst)) < 0:
@@ -489,7 +510,7 @@ cdef class InetDiagDumper:
                     if got == 0:
                         err = 71                # EPROTO: an empty datagram mid-dump
                         break
-                    done = parse_buffer(self.buf, got, seq, now, out, cap, &count, &c)
+                    done = parse_buffer(self.buf, got, seq, now, out, cap, &count, &c, sock_type)
             if err == 0 and c.error:
                 err = c.error
             if err:

@@ -46,6 +46,7 @@ cdef extern from *:
     #endif
     /* <linux/sock_diag.h>, <linux/inet_diag.h> (uapi), spelled out */
     #define NETPROBE_SOCK_DIAG_BY_FAMILY 20
+    #define NETPROBE_TCPDIAG_GETSOCK 18      /* the pre-sock_diag request: one walk, both families */
     struct netprobe_inet_diag_sockid {
         uint16_t idiag_sport;      /* __be16 */
         uint16_t idiag_dport;      /* __be16 */
@@ -90,6 +91,7 @@ cdef extern from *:
     enum:
         NETLINK_SOCK_DIAG
         SOCK_DIAG_BY_FAMILY "NETPROBE_SOCK_DIAG_BY_FAMILY"
+        TCPDIAG_GETSOCK "NETPROBE_TCPDIAG_GETSOCK"
         NLM_F_REQUEST
         NLM_F_DUMP
         NLM_F_DUMP_INTR

@@ -202,6 +202,26 @@ def test_live_dump_agrees_with_plain_python_dump(loopback_pairs):
         assert r["tcpi_bytes_acked"] == theirs[key]["tcpi_bytes_acked"]
 
 
+def test_one_walk_for_both_families_gives_what_one_request_per_family_gives(loopback_pairs):
+    """TCPDIAG_GETSOCK (one hash-table walk) against SOCK_DIAG_BY_FAMILY per family."""
+    ports = {s.getsockname()[1] for s in loopback_pairs}
+    single = nl.InetDiagDumper(ext=nl.EXT_INFO | nl.EXT_CONG)
+    per_family = nl.InetDiagDumper(ext=nl.EXT_INFO | nl.EXT_CONG, single_walk=False)
+    assert single.single_walk and not per_family.single_walk
+    got = []
+    for d in (single, per_family):
+        out = records(4096)
+        g = d.dump(out)
+        assert g["error"] == g["foreign"] == g["malformed"] == 0
+        got.append({(int(r["idiag_sport"]), int(r["idiag_dport"])): r for r in out[:g["sockets"]]
+                    if r["idiag_sport"] in ports or r["idiag_dport"] in ports})
+    assert set(got[0]) == set(got[1]) and len(got[0]) == 12
+    for key, r in got[0].items():
+        for name in ("idiag_family", "idiag_cookie", "idiag_inode", "idiag_src", "idiag_dst", "ca_name",
+                     "tcpi_bytes_acked", "tcpi_bytes_received", "tcpi_segs_out"):
+            assert np.array_equal(r[name], got[1][key][name]), name
+
+
 def test_family_and_state_selection(loopback_pairs):
     ports = {s.getsockname()[1] for s in loopback_pairs}
     v6, _ = _ours(ports, families=(socket.AF_INET6,))
