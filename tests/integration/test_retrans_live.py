@@ -139,6 +139,7 @@ def test_incoming_retransmits_from_capture_match_the_peers_kernel_count(make_lab
     lab.popen("b", ["iperf3", "-s", "-1", "-B", lab.b4, "-p", PORT])
     time.sleep(0.3)
     before = {h: retrans_segs(lab, h) for h in "ab"}
+    tlp_before = loss_probes(lab, "a")
     probe = lab.popen("a", [sys.executable, "-m", "netprobe", "probe", "retrans", "--ports", str(PORT),
                             "--capture-iface", lab.if_a, "--interval", "500ms", "--duration", "60s", "--json"],
                       cwd=str(ROOT))
@@ -148,6 +149,7 @@ def test_incoming_retransmits_from_capture_match_the_peers_kernel_count(make_lab
     lab.run("a", ["iperf3", "-c", lab.b4, "-p", PORT, "-t", "2", "-b", "80M", "--bidir"], timeout=30)
     time.sleep(0.5)
     sent = {h: retrans_segs(lab, h) - before[h] for h in "ab"}   # before the probe stops (late FIN resends)
+    tlp = loss_probes(lab, "a") - tlp_before
     probe.send_signal(signal.SIGTERM)
     out, err = probe.communicate(timeout=30)
     out = first + out
@@ -166,10 +168,12 @@ def test_incoming_retransmits_from_capture_match_the_peers_kernel_count(make_lab
     # 2 %, plus twice the retransmissions R is expected to drop again (1 % of them): those
     # never reach A, while B counts them
     assert abs(cap["b"] - sent["b"]) <= max(2, 0.02 * sent["b"]) + 2 * 0.01 * sent["b"], (cap, sent, err)
-    # a -> b has no loss: A's own count (spurious resends after lost ACKs or veth reordering
-    # under load, often 0) is what both the tracepoint and the capture must show
-    assert abs(trace["a"] - sent["a"]) <= max(2, 0.02 * sent["a"]), (trace, sent)
-    assert abs(cap["a"] - sent["a"]) <= max(2, 0.02 * sent["a"]), (cap, sent)
+    # a -> b has no loss: A's own count (resends after lost ACKs, often tail loss probes, or
+    # after veth reordering under load) is what the capture must show, and the tracepoint less
+    # (at most) the tail loss probes, which pass no tracepoint on this kernel
+    tol = max(2, 0.02 * sent["a"])
+    assert sent["a"] - tlp - tol <= trace["a"] <= sent["a"] + tol, (trace, sent, tlp)
+    assert abs(cap["a"] - sent["a"]) <= tol, (cap, sent)
     host = [r for r in recs if r["type"] == "RESULT" and r["dir"] == "out"]
     assert host and all(r["events_lost"] == 0 for r in host)
     assert abs(sum(r["host_retrans_segs"] for r in host) - trace["a"]) <= 2
