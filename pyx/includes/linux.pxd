@@ -35,6 +35,11 @@ cdef extern from "<time.h>" nogil:
 
     int clock_gettime(clockid_t clk, timespec *tp)
 
+cdef extern from "<sys/prctl.h>" nogil:
+    enum:
+        PR_SET_TIMERSLACK
+    int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5)
+
 cdef extern from "<unistd.h>" nogil:
     ssize_t read(int fd, void *buf, size_t count)
     int close(int fd)

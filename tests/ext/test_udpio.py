@@ -371,6 +371,31 @@ def test_sender_schedule_sizes_and_random_payload(poisson):
     assert statistics.median(late[:got["late"]]) < 1e6
 
 
+def test_run_sets_its_threads_timer_slack_to_1ns():
+    """The kernel's default 50 us slack would let every sleep before a slot end that late."""
+    import ctypes
+    import threading
+    pr_set_timerslack, pr_get_timerslack = 29, 30          # <linux/prctl.h>
+    libc = ctypes.CDLL(None, use_errno=True)
+    seen = {}
+    rxs, socks = _loopback(1)
+
+    def sender():
+        libc.prctl(pr_set_timerslack, 50_000, 0, 0, 0)     # the default (threads inherit their creator's)
+        seen["before"] = libc.prctl(pr_get_timerslack, 0, 0, 0, 0)
+        tx = udpio.UdpProbeSender([socks[0].fileno()], SID, T0, 1_000_000, poisson=False)
+        tx.run(20_000_000)
+        seen["after"] = libc.prctl(pr_get_timerslack, 0, 0, 0, 0)
+    try:
+        t = threading.Thread(target=sender)
+        t.start()
+        t.join(10)
+    finally:
+        rxs.close()
+        socks[0].close()
+    assert seen == {"before": 50_000, "after": 1}
+
+
 def test_sender_refused_packets_keep_the_sequence_dense():
     """Sends that fail (ECONNREFUSED from a closed port) are counted and their numbers reused."""
     rxs, socks = _loopback(1)
