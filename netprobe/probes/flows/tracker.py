@@ -198,12 +198,16 @@ class Tracker:
                 self._finish(ended, flow, "closed", wall, self.t_ns, self.deduped[i])
 
         # carry the matched sockets over; a changed sample is stored
-        flows = np.empty(n, dtype=object)
-        flows[m_rows] = self.flows[old]
+        same = len(m_rows) == n == n_old and fast
+        if same:
+            flows = self.flows                       # the same sockets in the same order: kept in place
+        else:
+            flows = np.empty(n, dtype=object)
+            flows[m_rows] = self.flows[old]
         deduped = np.zeros(n, dtype=np.int64)
         changed_ns = np.full(n, t_ns, dtype=np.int64)
         nrows = np.zeros(n, dtype=np.int64)
-        if len(m_rows) == n == n_old and fast:
+        if same:
             prev = self.last                         # whole-array operations: no gathers
         else:
             prev = np.zeros_like(smat)
@@ -211,7 +215,8 @@ class Tracker:
         changed = (smat[:, 1:] != prev[:, 1:]).any(axis=1) & matched
         deduped[m_rows] = self.deduped[old] + ~changed[m_rows]
         changed_ns[m_rows] = np.where(changed[m_rows], t_ns, self.changed_ns[old])
-        has_flow = np.not_equal(flows, None)
+        # every socket holds a Flow unless max_flows filtered some (comparing objects is slow)
+        has_flow = np.ones(n, bool) if same and self.stored == n else np.not_equal(flows, None)
         nrows[m_rows] = self.nrows[old] + (changed & has_flow)[m_rows]      # filtered sockets store nothing
         for r in np.flatnonzero(changed & has_flow):
             flows[r].rows.append(smat[r].tobytes())
