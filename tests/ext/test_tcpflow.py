@@ -330,7 +330,8 @@ def test_rate_within_1_percent_per_second_and_no_100ms_window_above_110_percent(
 
     def attempt():
         [(s, d)] = run_flows([(rate, kw)], 4.0)
-        assert not s.total("error") and s.obj.ticks > 3500
+        # 4 s of 1 ms ticks: each read by a wake-up, or counted as an overrun when a stall made it late
+        assert not s.total("error") and s.obj.ticks + s.obj.timer_overruns > 3500
         rx = receiver_rows(s, d)
         secs = per_second(rx, COL["app_bytes"], rate)
         top = max_window(rx, COL["app_bytes"], rate)
