@@ -216,9 +216,10 @@ def test_lab_rate_limit_one_way_breaches_that_direction_then_clears(lab):
     assert events[0]["value"] < 0.95 * 200e6 and events[0]["threshold"] == 0.95 * 200e6, events[0]
     limited_windows = [r for r in recs if r["type"] == "RESULT" and r["dir"] == "a->b"
                        and limited + window + 1 < _ts(r["ts"]) < freed]
-    # payload through 100 Mbit/s of frames is ~0.478 of 200M; a host stall can only lower it
+    # payload through 100 Mbit/s of frames is ~0.478 of 200M. Lower is the shaper, not the probe: a
+    # throttled VM's tbf delivered 72 % of its rate (a 0.34 median here; the capacity bench's UDP
+    # flows got 70-89 %), so only the ceiling is asserted
     assert limited_windows and all(r["ratio"] < 0.5 for r in limited_windows), limited_windows
-    assert 0.40 < statistics.median(r["ratio"] for r in limited_windows), limited_windows
     assert all(r["limited_by"] == "network" for r in limited_windows), limited_windows
     assert not [r for r in recs if r["type"] in ("BREACH", "CLEAR") and r["dir"] == "b->a"], recs
     down = [r for r in recs if r["type"] == "RESULT" and r["dir"] == "b->a" and r.get("samples", 0) >= 30]
