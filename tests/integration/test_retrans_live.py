@@ -180,7 +180,7 @@ def test_incoming_retransmits_from_capture_match_the_peers_kernel_count(make_lab
     assert abs(cap["a"] - sent["a"]) <= tol, (cap, sent)
     host = [r for r in recs if r["type"] == "RESULT" and r["dir"] == "out"]
     assert host and all(r["events_lost"] == 0 for r in host)
-    assert abs(sum(r["host_retrans_segs"] for r in host) - trace["a"]) <= 2
+    assert trace["a"] <= sum(r["host_retrans_segs"] for r in host) + 2      # the shortfall above
 
 
 KILLED_RUN = """
