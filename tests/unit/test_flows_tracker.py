@@ -22,7 +22,7 @@ def dump(*socks):
         r["idiag_dport"] = s.get("dport", 443)
         r["tcpi_snd_mss"] = 1448
         for k, v in s.items():
-            if k.startswith(("tcpi_", "idiag_cookie")):
+            if k.startswith(("tcpi_", "idiag_cookie", "ca_name")):
                 r[k] = v
         r["idiag_cookie"] = s["cookie"]
     return out
@@ -60,6 +60,17 @@ def test_flows_after_the_first_dump_are_not_partial_and_the_tuple_is_part_of_the
     ended, _ = upd(t, dump({"cookie": 5, "sport": 81}), 3 * S)      # same cookie, another 5-tuple
     assert len(ended) == 1 and ended[0].flow.sport == 80 and not ended[0].flow.partial
     assert t.counts["retuple"] == 1 and t.flows[0].sport == 81
+
+
+def test_a_flow_reports_the_congestion_control_it_last_ran_under():
+    # iperf3 -C sets TCP_CONGESTION after connect(): the first dump can show the host default
+    t = Tracker()
+    upd(t, dump({"cookie": 1, "ca_name": b"bbr"}, {"cookie": 2, "ca_name": b"bbr"}), S)
+    upd(t, dump({"cookie": 1, "ca_name": b"cubic"}, {"cookie": 2, "ca_name": b"bbr"}), 2 * S)  # same order
+    assert [f.ca_name for f in t.flows] == ["cubic", "bbr"]
+    upd(t, dump({"cookie": 2, "ca_name": b"reno"}, {"cookie": 1, "ca_name": b"cubic"}), 3 * S)  # reordered
+    ended, _ = upd(t, dump(), 4 * S)
+    assert sorted((e.flow.cookie, e.flow.ca_name) for e in ended) == [(1, "cubic"), (2, "reno")]
 
 
 def test_duplicate_sockets_in_one_dump_count_once():

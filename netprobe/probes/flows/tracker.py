@@ -22,6 +22,8 @@ Rules:
   they hold 90 % of it: memory is bounded by max_flows and that budget
   (~200 bytes a sample), whatever the traffic;
 - flows present in the first dump started before us: `partial`;
+- a flow's congestion control name is the one it last ran under (iperf3,
+  for one, sets TCP_CONGESTION only after connect());
 - `snapshot()` returns every open flow (shutdown, SIGUSR1) without ending it.
 update() returns the flows that ended and the per-dump deltas the interval
 aggregates need (Delta).
@@ -141,6 +143,7 @@ class Tracker:
         self.cookies = np.empty(0, dtype=np.uint64)      # in the order of the last dump
         self.keys = np.empty((0, 5), dtype=np.uint64)
         self.last = np.empty((0, NCOLS), dtype=np.int64)
+        self.ca = np.empty((0, 2), dtype=np.uint64)         # congestion control names, as 16 raw bytes
         self.deduped = np.empty(0, dtype=np.int64)
         self.changed_ns = np.empty(0, dtype=np.int64)
         self.nrows = np.empty(0, dtype=np.int64)
@@ -161,6 +164,7 @@ class Tracker:
         cookies = records["idiag_cookie"].astype(np.uint64)
         keys = tuple_keys(records) if len(records) else np.empty((0, 5), dtype=np.uint64)
         smat = sample_matrix(records)
+        ca = np.array(records["ca_name"]).view(np.uint64).reshape(-1, 2)     # compared fast as integers
         n_old = len(self.cookies)
         if len(cookies) == n_old and np.array_equal(cookies, self.cookies):
             fast = True
@@ -172,7 +176,7 @@ class Tracker:
             _, firsts = np.unique(cookies, return_index=True)
             index = np.sort(firsts)                  # dump order; a socket listed twice counts once
             self.counts["duplicates"] += len(cookies) - len(index)
-            cookies, keys, smat = cookies[index], keys[index], smat[index]
+            cookies, keys, smat, ca = cookies[index], keys[index], smat[index], ca[index]
             order = np.argsort(self.cookies)
             sorted_old = self.cookies[order]
             pos = np.minimum(np.searchsorted(sorted_old, cookies), max(n_old - 1, 0))
@@ -208,10 +212,10 @@ class Tracker:
         changed_ns = np.full(n, t_ns, dtype=np.int64)
         nrows = np.zeros(n, dtype=np.int64)
         if same:
-            prev = self.last                         # whole-array operations: no gathers
+            prev, prev_ca = self.last, self.ca       # whole-array operations: no gathers
         else:
-            prev = np.zeros_like(smat)
-            prev[m_rows] = self.last[old]
+            prev, prev_ca = np.zeros_like(smat), np.zeros_like(ca)
+            prev[m_rows], prev_ca[m_rows] = self.last[old], self.ca[old]
         changed = (smat[:, 1:] != prev[:, 1:]).any(axis=1) & matched
         deduped[m_rows] = self.deduped[old] + ~changed[m_rows]
         changed_ns[m_rows] = np.where(changed[m_rows], t_ns, self.changed_ns[old])
@@ -220,6 +224,9 @@ class Tracker:
         nrows[m_rows] = self.nrows[old] + (changed & has_flow)[m_rows]      # filtered sockets store nothing
         for r in np.flatnonzero(changed & has_flow):
             flows[r].rows.append(smat[r].tobytes())
+        new_ca = (ca[:, 0] != prev_ca[:, 0]) | (ca[:, 1] != prev_ca[:, 1])
+        for r in np.flatnonzero(new_ca & matched & has_flow):
+            flows[r].ca_name = records["ca_name"][index[r]].decode("ascii", "replace")
         full = has_flow & (nrows >= self.max_samples)
         idle = has_flow & ~changed & matched & (nrows > 0) & (t_ns - changed_ns >= self.idle_ns) \
             if self.idle_ns else np.zeros(n, bool)
@@ -255,7 +262,7 @@ class Tracker:
                       **{k: np.where(matched, smat[:, COL[c]] - prev[:, COL[c]], 0)
                          for k, c in (("d_retrans", "tcpi_total_retrans"), ("d_segs_out", "tcpi_segs_out"),
                                       ("d_ooo", "tcpi_rcv_ooopack"), ("d_segs_in", "tcpi_segs_in"))})
-        self.cookies, self.keys, self.last, self.flows = cookies, keys, smat, flows
+        self.cookies, self.keys, self.last, self.flows, self.ca = cookies, keys, smat, flows, ca
         self.deduped, self.changed_ns, self.nrows, self.t_ns = deduped, changed_ns, nrows, t_ns
         return ended, delta
 
