@@ -129,7 +129,7 @@ ctypedef struct dir_t:
     uint32_t lastack
     uint32_t window              # 0xffffffff until the first segment, as in Wireshark
     uint32_t maxseqtobeacked
-    uint32_t dupacknum
+    int32_t dupacknum            # -1: an ACKed-unseen ACK already flagged (Wireshark's marker)
     uint32_t lastsegflags
     int64_t nextseqtime
     int64_t lastacktime
@@ -725,14 +725,21 @@ cdef class TcpAnalyser:
                 fl |= F_ZWP_ACK
             elif seglen == 0 and window and window == fwd.window and seq == fwd.nextseq \
                     and ack == fwd.lastack and not sfr:
-                fwd.dupacknum += 1
+                fwd.dupacknum = 1 if fwd.dupacknum == -1 else fwd.dupacknum + 1
                 fl |= F_DUPACK
         # finished_fwd:
         if ack != fwd.lastack:
             fwd.dupacknum = 0
         if rev.maxseqtobeacked and seq_gt(ack, rev.maxseqtobeacked) and (tflags & TH_ACK):
-            fl |= F_ACKED_UNSEEN
-            rev.maxseqtobeacked = rev.nextseq
+            # tshark 4.0: flagged when the other side's highest segment moved since the last
+            # flag, else once more and no further until that side's ACK changes
+            if seq_lt(rev.maxseqtobeacked, rev.nextseq):
+                rev.maxseqtobeacked = rev.nextseq
+                fl |= F_ACKED_UNSEEN
+            else:
+                if rev.dupacknum == 0:
+                    fl |= F_ACKED_UNSEEN
+                rev.dupacknum = -1
         if seglen > 0 or (tflags & (TH_SYN | TH_FIN)):
             seq_not_advanced = fwd.nextseq != 0 and seq_lt(seq, fwd.nextseq)
             if not (fl & F_KEEPALIVE):
@@ -741,13 +748,13 @@ cdef class TcpAnalyser:
                 t = <uint64_t>(ts - rev.lastacktime)
                 if seq_not_advanced and rev.dupacknum >= 2 and rev.lastack == seq and t < FAST_RETRANS_NS:
                     fl |= F_FAST_RETRANS
+                elif seglen > 0 and rev.lastack and seq_le(seq + seglen, rev.lastack):
+                    fl |= F_SPURIOUS     # already acked: before the out-of-order test (tshark 4.0)
                 else:
                     t = <uint64_t>(ts - fwd.nextseqtime)
                     ooo_thres = <uint64_t>f.first_rtt if f.first_rtt != 0 else DEFAULT_OOO_NS
                     if seq_not_advanced and t < ooo_thres and fwd.nextseq != seq + seglen:
                         fl |= F_OOO
-                    elif seglen > 0 and rev.lastack and seq_le(seq + seglen, rev.lastack):
-                        fl |= F_SPURIOUS
                     elif seq_not_advanced:
                         fl |= F_RETRANS
         # finished_checking_retransmission_type:

@@ -244,13 +244,18 @@ class Analyser:
             elif same and window == 0 and window == fwd.window and "zero_window_probe" in rev.lastsegflags:
                 pass                                   # zero-window-probe ACK
             elif same and window and window == fwd.window:
-                fwd.dupacknum += 1
+                fwd.dupacknum = 1 if fwd.dupacknum == -1 else fwd.dupacknum + 1
                 fl.add("duplicate_ack")
         if ack != fwd.lastack:
             fwd.dupacknum = 0
         if rev.maxseqtobeacked and gt(ack, rev.maxseqtobeacked) and flags & ACK:
-            fl.add("ack_lost_segment")
-            rev.maxseqtobeacked = rev.nextseq
+            if lt(rev.maxseqtobeacked, rev.nextseq):         # tshark 4.0's repeat suppression
+                rev.maxseqtobeacked = rev.nextseq
+                fl.add("ack_lost_segment")
+            else:
+                if rev.dupacknum == 0:
+                    fl.add("ack_lost_segment")
+                rev.dupacknum = -1
         if (seglen > 0 or flags & (SYN | FIN)) and "keep_alive" not in fl:
             not_adv = bool(fwd.nextseq) and lt(seq, fwd.nextseq)
             if seglen > 1 and (fwd.nextseq - 1) & M32 == seq:
@@ -258,10 +263,10 @@ class Analyser:
             thres = f.first_rtt or 3_000_000
             if not_adv and rev.dupacknum >= 2 and rev.lastack == seq and (ts - rev.lastacktime) % 2**64 < 20_000_000:
                 fl.add("fast_retransmission")
+            elif seglen > 0 and rev.lastack and le(seq + seglen, rev.lastack):
+                fl.add("spurious_retransmission")     # tshark 4.0 tests this before out-of-order
             elif not_adv and (ts - fwd.nextseqtime) % 2**64 < thres and fwd.nextseq != (seq + seglen) & M32:
                 fl.add("out_of_order")
-            elif seglen > 0 and rev.lastack and le(seq + seglen, rev.lastack):
-                fl.add("spurious_retransmission")
             elif not_adv:
                 fl.add("retransmission")
         nextseq = (seq + seglen + (1 if flags & (SYN | FIN) else 0)) & M32
