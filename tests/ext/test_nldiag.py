@@ -138,6 +138,28 @@ def test_records_argument_is_checked():
         nl.InetDiagDumper(families=(socket.AF_UNIX,))
 
 
+@settings(max_examples=30, deadline=None)
+@given(raw=st.binary(min_size=0, max_size=6 * 448), names=st.lists(st.sampled_from(
+    [n for n, (dt, _) in nl.RECORD_DTYPE.fields.items() if dt.kind in "ui" and dt.itemsize in (1, 2, 4, 8)
+     and (dt.kind == "u" or dt.itemsize == 8)]), min_size=1, max_size=30))
+def test_gather_reads_what_numpy_reads(raw, names):
+    recs = np.frombuffer(raw[:len(raw) // nl.RECORD_DTYPE.itemsize * nl.RECORD_DTYPE.itemsize],
+                         dtype=nl.RECORD_DTYPE)
+    f = nl.RECORD_DTYPE.fields
+    got = nl.gather(recs, [f[n][1] for n in names], [f[n][0].itemsize for n in names])
+    assert got.shape == (len(recs), len(names)) and got.dtype == np.int64
+    for j, n in enumerate(names):
+        np.testing.assert_array_equal(got[:, j], recs[n].astype(np.int64), n)   # u64 wraps, as numpy's cast
+
+
+def test_gather_arguments_are_checked():
+    with pytest.raises(TypeError):
+        nl.gather(np.zeros(4, dtype=np.int64), [0], [8])
+    for offsets, sizes in (([0], [3]), ([0, 8], [8]), ([nl.RECORD_DTYPE.itemsize - 4], [8]), ([-1], [1])):
+        with pytest.raises(ValueError):
+            nl.gather(records(2), offsets, sizes)
+
+
 # -- live dumps -------------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -33,6 +33,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from netprobe.errors import load_extension
+
+_nl = load_extension("_nldiag")
+
 SAMPLE_FIELDS = (
     "t_ns", "tcpi_rtt", "tcpi_rttvar", "tcpi_min_rtt", "tcpi_snd_cwnd", "tcpi_snd_mss", "tcpi_pacing_rate",
     "tcpi_max_pacing_rate", "tcpi_total_retrans", "tcpi_bytes_acked", "tcpi_bytes_received",
@@ -43,22 +47,26 @@ COL = {name: i for i, name in enumerate(SAMPLE_FIELDS)}
 NCOLS = len(SAMPLE_FIELDS)
 
 
-def sample_matrix(records):
-    """SAMPLE_FIELDS of a record array as an (n, NCOLS) int64 matrix (u64 ~0, 'unlimited', reads -1)."""
-    out = np.empty((len(records), NCOLS), dtype=np.int64, order="F")     # column writes stay contiguous
-    for i, name in enumerate(SAMPLE_FIELDS):
-        out[:, i] = records[name]
-    return out
+_SPECS = {}
 
 
-def tuple_keys(records):
-    """The 5-tuple of each record as 5 uint64: family, sport, dport, src, dst (inet_diag_msg's bytes 16-55,
-    read raw because indexing whole records is slow; state, timer and retrans zeroed)."""
-    fam, sport = records.dtype.fields["idiag_family"][1], records.dtype.fields["idiag_sport"][1]
-    assert records.dtype.fields["idiag_dst"][1] + 16 == fam + 40 and sport == fam + 4
-    raw = np.ascontiguousarray(records.view(np.uint8).reshape(len(records), -1)[:, fam:fam + 40])
-    raw[:, 1:4] = 0
-    return raw.view(np.uint64)
+def columns(records):
+    """(samples, keys, cookies) of a dump, read in one pass over the records (netprobe._nldiag.gather):
+    SAMPLE_FIELDS as an (n, NCOLS) int64 matrix (u64 ~0, 'unlimited', reads -1); each socket's
+    5-tuple as 5 uint64, inet_diag_msg's bytes 16-55 raw (family, ports, addresses; state, timer
+    and retrans masked out); its cookie as uint64."""
+    spec = _SPECS.get(records.dtype)
+    if spec is None:
+        f = records.dtype.fields
+        fam = f["idiag_family"][1]
+        assert f["idiag_sport"][1] == fam + 4 and f["idiag_dst"][1] + 16 == fam + 40
+        offsets = [f[name][1] for name in SAMPLE_FIELDS] + [fam + 8 * w for w in range(5)] + [f["idiag_cookie"][1]]
+        sizes = [f[name][0].itemsize for name in SAMPLE_FIELDS] + [8] * 6
+        spec = _SPECS[records.dtype] = (np.array(offsets), np.array(sizes))
+    m = _nl.gather(records, *spec)
+    keys = m[:, NCOLS:NCOLS + 5].view(np.uint64)
+    keys[:, 0] &= np.uint64(0xFFFFFFFF000000FF)          # little-endian: keep family and the ports
+    return m[:, :NCOLS], keys, m[:, NCOLS + 5].view(np.uint64)
 
 
 class Flow:
@@ -161,9 +169,7 @@ class Tracker:
         wall = time.time() if wall is None else wall
         first = self.dumps == 0
         self.dumps += 1
-        cookies = records["idiag_cookie"].astype(np.uint64)
-        keys = tuple_keys(records) if len(records) else np.empty((0, 5), dtype=np.uint64)
-        smat = sample_matrix(records)
+        smat, keys, cookies = columns(records)
         ca = np.array(records["ca_name"]).view(np.uint64).reshape(-1, 2)     # compared fast as integers
         n_old = len(self.cookies)
         if len(cookies) == n_old and np.array_equal(cookies, self.cookies):
