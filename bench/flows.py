@@ -6,7 +6,9 @@ Per connection count: median [min, max] wall time of one dump + parse of every s
 (ours: InetDiagDumper.dump into the preallocated records, and its CPU time split user/kernel;
 the same dump without INET_DIAG_INFO, the kernel's floor; "+ tracker": the dump plus the flow
 tracker's update), `ss -tin` (fork + dump + text), the plain-Python dump; then the CPU share of one
-core that sampling at 10 Hz and at 1 Hz takes (dump + tracker, getrusage over the run).
+core that the flows probe's sampling takes at 10 Hz and at 1 Hz with its default settings (the
+runner's own per-dump path: dump with congestion info, tracker, groups, interval aggregates;
+getrusage over the run).
 
 The fd limit here is 20,000 and cannot be raised, so the client ends live in a forked child.
 `python -m bench.flows child N REPS SECONDS` is what runs inside the namespace.
@@ -59,7 +61,9 @@ def _timed(fn, reps):
 
 
 def child(n, reps, seconds):
+    from netprobe.config.schema import Where, build
     from netprobe.errors import load_extension
+    from netprobe.probes.flows import Config, Runner
     from netprobe.probes.flows.tracker import Tracker
     from tests.reference import netlink as ref
     nl = load_extension("_nldiag")
@@ -92,14 +96,20 @@ def child(n, reps, seconds):
         for hz in (10, 1):
             if seconds <= 0:
                 break
+            # the probe's own sampling path with its default settings (tcp_info, congestion control
+            # and BBR model, every connected state, the tracker, groups and interval aggregates)
+            runner = Runner(build(Config, {"name": "bench", "sample_interval": f"{1 / hz}s",
+                                           "max_sockets": 4 * n}, Where("bench", "flows")), lambda rec: None)
+            st = runner._new_interval()
             ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
             nxt = t0
             while time.monotonic() - t0 < seconds:
-                ours_tracked()
+                runner._sample(st)
                 nxt += 1 / hz
                 time.sleep(max(0.0, nxt - time.monotonic()))
             ru1, el = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - t0
             row[f"cpu_{hz}hz_pct"] = 100 * ((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)) / el
+            runner.dumper.close()
         print(json.dumps(row))
     finally:
         os.kill(pid, 9)
@@ -126,7 +136,7 @@ def _ms(ts):
 
 def table(rows):
     out = ["connections (sockets) | ours: dump+parse ms | its CPU ms user+sys | ours without tcp_info ms "
-           "| ours + tracker ms | ss -tin ms | plain-Python dump ms | ours CPU @10 Hz | @1 Hz"]
+           "| ours + tracker ms | ss -tin ms | plain-Python dump ms | probe CPU @10 Hz | @1 Hz"]
     for r in rows:
         out.append(f"{r['connections']} ({r['sockets']}) | {_ms(r['ours_s'])} | "
                    f"{1e3 * r['ours_user_s']:.1f}+{1e3 * r['ours_sys_s']:.1f} | {_ms(r['no_info_s'])} | "

@@ -246,7 +246,7 @@ class Grouper:
         """Group index (into self.names) of each record."""
         n = len(records)
         out = np.full(n, len(self.names) - 1, dtype=np.int32)
-        if not n:
+        if not n or len(self.names) == 1:           # no groups configured: all in "all"
             return out
         fam = records["idiag_family"]
         dst = np.frombuffer(records["idiag_dst"].tobytes(), dtype=np.uint8).reshape(n, 16)

@@ -156,6 +156,7 @@ class Tracker:
         self.changed_ns = np.empty(0, dtype=np.int64)
         self.nrows = np.empty(0, dtype=np.int64)
         self.flows = np.empty(0, dtype=object)
+        self.has_flow = np.empty(0, dtype=bool)          # flows[i] is not None (comparing objects is slow)
         self.stored = 0                                  # flows keeping samples (Flow objects)
         self.dumps = 0
         self.t_ns = 0                                    # time of the last dump
@@ -210,10 +211,10 @@ class Tracker:
         # carry the matched sockets over; a changed sample is stored
         same = len(m_rows) == n == n_old and fast
         if same:
-            flows = self.flows                       # the same sockets in the same order: kept in place
+            flows, has_flow = self.flows, self.has_flow      # the same sockets in the same order: kept in place
         else:
-            flows = np.empty(n, dtype=object)
-            flows[m_rows] = self.flows[old]
+            flows, has_flow = np.empty(n, dtype=object), np.zeros(n, bool)
+            flows[m_rows], has_flow[m_rows] = self.flows[old], self.has_flow[old]
         deduped = np.zeros(n, dtype=np.int64)
         changed_ns = np.full(n, t_ns, dtype=np.int64)
         nrows = np.zeros(n, dtype=np.int64)
@@ -225,8 +226,6 @@ class Tracker:
         changed = (smat[:, 1:] != prev[:, 1:]).any(axis=1) & matched
         deduped[m_rows] = self.deduped[old] + ~changed[m_rows]
         changed_ns[m_rows] = np.where(changed[m_rows], t_ns, self.changed_ns[old])
-        # every socket holds a Flow unless max_flows filtered some (comparing objects is slow)
-        has_flow = np.ones(n, bool) if same and self.stored == n else np.not_equal(flows, None)
         nrows[m_rows] = self.nrows[old] + (changed & has_flow)[m_rows]      # filtered sockets store nothing
         for r in np.flatnonzero(changed & has_flow):
             flows[r].rows.append(smat[r].tobytes())
@@ -250,6 +249,7 @@ class Tracker:
             flow = Flow(records[index[r]], t_ns, wall, partial=first)
             flow.rows.append(smat[r].tobytes())
             flows[r] = flow
+            has_flow[r] = True
             nrows[r] = 1
             self.stored += 1
         self.total_samples = int(nrows.sum())
@@ -269,6 +269,7 @@ class Tracker:
                          for k, c in (("d_retrans", "tcpi_total_retrans"), ("d_segs_out", "tcpi_segs_out"),
                                       ("d_ooo", "tcpi_rcv_ooopack"), ("d_segs_in", "tcpi_segs_in"))})
         self.cookies, self.keys, self.last, self.flows, self.ca = cookies, keys, smat, flows, ca
+        self.has_flow = has_flow
         self.deduped, self.changed_ns, self.nrows, self.t_ns = deduped, changed_ns, nrows, t_ns
         return ended, delta
 
@@ -285,7 +286,7 @@ class Tracker:
         """Every open flow with samples, as Ended(reason="open"); tracking goes on unchanged."""
         wall = time.time() if wall is None else wall
         out = []
-        for i in np.flatnonzero(np.not_equal(self.flows, None) & (self.nrows >= max(self.min_samples, 1))):
+        for i in np.flatnonzero(self.has_flow & (self.nrows >= max(self.min_samples, 1))):
             flow = self.flows[i]
             flow.last_ns = int(self.t_ns)
             flow.deduped = int(self.deduped[i])
