@@ -152,34 +152,51 @@ def test_grouper_prefixes_ports_and_v4_mapped():
 
 
 def test_interval_aggregate_against_numpy():
+    from netprobe.probes.flows.tracker import Delta
     rng = np.random.default_rng(1)
     agg = analysis.IntervalAggregate(2)
-    all_rtt = {0: [], 1: []}
+    group_of = {}                                   # cookie -> group; sockets come and go for good
+    live, next_cookie, seen = [], 1, []
     for _ in range(5):
-        n = 50
-        groups = rng.integers(0, 2, n).astype(np.int32)
-        cookies = rng.integers(1, 30, n).astype(np.uint64)
-        from netprobe.probes.flows.tracker import Delta
-        d = Delta(index=np.arange(n), rtt_us=rng.integers(10, 10000, n), d_retrans=rng.integers(0, 3, n),
-                  d_segs_out=rng.integers(10, 100, n), d_ooo=rng.integers(0, 2, n), d_segs_in=rng.integers(5, 50, n))
-        agg.add(groups, cookies, d)
-        for gi in (0, 1):
-            sel = groups == gi
-            all_rtt[gi].append((d.rtt_us[sel], cookies[sel], d.d_retrans[sel], d.d_segs_out[sel], d.d_ooo[sel],
-                                d.d_segs_in[sel]))
+        live = [c for c in live if rng.random() > 0.2]
+        prev = set(live)
+        for _ in range(int(rng.integers(5, 20))):
+            group_of[next_cookie] = int(rng.integers(0, 2))
+            live.append(next_cookie)
+            next_cookie += 1
+        n = len(live)
+        groups = np.array([group_of[c] for c in live], dtype=np.int32)
+        # RTTs both in the exact range (< 1024 us) and above it
+        d = Delta(index=np.arange(n), rtt_us=rng.integers(10, 100_000, n), d_retrans=rng.integers(0, 3, n),
+                  d_segs_out=rng.integers(10, 100, n), d_ooo=rng.integers(0, 2, n), d_segs_in=rng.integers(5, 50, n),
+                  new=np.array([c not in prev for c in live]))
+        agg.add(groups, d)
+        seen.append((groups, np.array(live), d))
     res = agg.result()
     for gi in (0, 1):
-        rtt = np.concatenate([p[0] for p in all_rtt[gi]]) / 1e6
+        sel = [(g == gi, cookies, d) for g, cookies, d in seen]
+        rtt = np.concatenate([d.rtt_us[m] for m, _, d in sel]) / 1e6
         fig = res[gi]
-        assert fig["rtt_p50"] == pytest.approx(np.percentile(rtt, 50))
-        assert fig["rtt_p99"] == pytest.approx(np.percentile(rtt, 99))
-        assert fig["flows"] == len(set(np.concatenate([p[1] for p in all_rtt[gi]]).tolist()))
-        retr = sum(int(p[2].sum()) for p in all_rtt[gi])
-        out = sum(int(p[3].sum()) for p in all_rtt[gi])
+        # the histogram: exact below 1.024 ms, within half a bin (0.1 %) above
+        assert fig["rtt_p50"] == pytest.approx(np.percentile(rtt, 50), rel=1e-3)
+        assert fig["rtt_p99"] == pytest.approx(np.percentile(rtt, 99), rel=1e-3)
+        assert fig["flows"] == len({int(c) for m, cookies, _ in sel for c in cookies[m]})
+        retr = sum(int(d.d_retrans[m].sum()) for m, _, d in sel)
+        out = sum(int(d.d_segs_out[m].sum()) for m, _, d in sel)
         assert fig["retrans_pct"] == pytest.approx(100 * retr / out)
-        assert fig["rcv_ooopack"] == sum(int(p[4].sum()) for p in all_rtt[gi])
+        assert fig["rcv_ooopack"] == sum(int(d.d_ooo[m].sum()) for m, _, d in sel)
     v = analysis.verdicts(res[0], {"max_rtt_p99": 0.001, "max_retrans_pct": 100.0, "max_rcv_ooo_pct": None})
     assert [(x.metric, x.bad) for x in v] == [("rtt_p99", True), ("retrans", False)]
+
+
+@pytest.mark.parametrize("values", [[5, 7, 7, 900], list(range(1000)), [3000, 5000, 2**32 - 1],
+                                    [1023, 1024, 1025, 70_000]])
+def test_rtt_histogram_quantiles_match_numpy_within_a_bin(values):
+    h = np.bincount(analysis.rtt_bins(values), minlength=analysis.RTT_BINS)
+    for q in (0, 1, 50, 99, 100):
+        want = np.percentile(values, q)
+        assert analysis.hist_quantiles(h, [q])[0] == pytest.approx(want, rel=1 / 1024, abs=1e-9)
+    assert math.isnan(analysis.hist_quantiles(np.zeros(analysis.RTT_BINS, np.int64), [50])[0])
 
 
 def test_aligned_cwnd_is_the_window_one_rtt_earlier():

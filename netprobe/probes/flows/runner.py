@@ -143,7 +143,7 @@ class Runner(ProbeRunner):
                         self.cfg.name, self.cfg.max_sockets, got["overflow"])
         recs = self.records[:n]
         ended, delta = self.tracker.update(recs, t1)
-        st["agg"].add(self.grouper.assign(recs)[delta.index], recs["idiag_cookie"][delta.index], delta)
+        st["agg"].add(self.grouper.assign(recs)[delta.index], delta)
         st["dumps"] += 1
         st["sockets"] = n
         st["dump_ns"].append(t1 - t0)

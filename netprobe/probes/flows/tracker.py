@@ -126,6 +126,7 @@ class Delta:
     d_segs_out: np.ndarray
     d_ooo: np.ndarray        # tcpi_rcv_ooopack since the previous dump
     d_segs_in: np.ndarray
+    new: np.ndarray          # True for a socket this dump is the first to show
 
 
 class Tracker:
@@ -264,7 +265,7 @@ class Tracker:
                 deduped[r] = nrows[r] = 0
                 changed_ns[r] = t_ns
 
-        delta = Delta(index=index, rtt_us=smat[:, COL["tcpi_rtt"]],
+        delta = Delta(index=index, rtt_us=smat[:, COL["tcpi_rtt"]], new=~matched,
                       **{k: np.where(matched, smat[:, COL[c]] - prev[:, COL[c]], 0)
                          for k, c in (("d_retrans", "tcpi_total_retrans"), ("d_segs_out", "tcpi_segs_out"),
                                       ("d_ooo", "tcpi_rcv_ooopack"), ("d_segs_in", "tcpi_segs_in"))})
