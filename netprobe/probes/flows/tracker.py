@@ -196,38 +196,38 @@ class Tracker:
             if not same.all():                       # cookie reused with another 5-tuple: a new flow
                 self.counts["retuple"] += int((~same).sum())
                 matched[np.flatnonzero(matched)[~same]] = False
-        m_rows = np.flatnonzero(matched)
-        old = old_of[m_rows]
-        kept_old = np.zeros(n_old, bool)
-        kept_old[old] = True
-
         ended = []
-        for i in np.flatnonzero(~kept_old):          # gone from the dump: closed (or re-tupled)
-            flow = self.flows[i]
-            if flow is not None:
-                self.stored -= 1
-                self.counts["closed"] += 1
-                self._finish(ended, flow, "closed", wall, self.t_ns, self.deduped[i])
-
-        # carry the matched sockets over; a changed sample is stored
-        same = len(m_rows) == n == n_old and fast
+        # the same sockets in the same order (a quiet host): whole-array operations, no gathers
+        same = fast and bool(matched.all())
         if same:
-            flows, has_flow = self.flows, self.has_flow      # the same sockets in the same order: kept in place
+            flows, has_flow, prev, prev_ca = self.flows, self.has_flow, self.last, self.ca
+            changed = (smat[:, 1:] != prev[:, 1:]).any(axis=1)
+            deduped = self.deduped + ~changed
+            changed_ns = np.where(changed, t_ns, self.changed_ns)
+            nrows = self.nrows + (changed & has_flow)                      # filtered sockets store nothing
         else:
+            m_rows = np.flatnonzero(matched)
+            old = old_of[m_rows]
+            kept_old = np.zeros(n_old, bool)
+            kept_old[old] = True
+            for i in np.flatnonzero(~kept_old):      # gone from the dump: closed (or re-tupled)
+                flow = self.flows[i]
+                if flow is not None:
+                    self.stored -= 1
+                    self.counts["closed"] += 1
+                    self._finish(ended, flow, "closed", wall, self.t_ns, self.deduped[i])
+            # carry the matched sockets over
             flows, has_flow = np.empty(n, dtype=object), np.zeros(n, bool)
             flows[m_rows], has_flow[m_rows] = self.flows[old], self.has_flow[old]
-        deduped = np.zeros(n, dtype=np.int64)
-        changed_ns = np.full(n, t_ns, dtype=np.int64)
-        nrows = np.zeros(n, dtype=np.int64)
-        if same:
-            prev, prev_ca = self.last, self.ca       # whole-array operations: no gathers
-        else:
             prev, prev_ca = np.zeros_like(smat), np.zeros_like(ca)
             prev[m_rows], prev_ca[m_rows] = self.last[old], self.ca[old]
-        changed = (smat[:, 1:] != prev[:, 1:]).any(axis=1) & matched
-        deduped[m_rows] = self.deduped[old] + ~changed[m_rows]
-        changed_ns[m_rows] = np.where(changed[m_rows], t_ns, self.changed_ns[old])
-        nrows[m_rows] = self.nrows[old] + (changed & has_flow)[m_rows]      # filtered sockets store nothing
+            changed = (smat[:, 1:] != prev[:, 1:]).any(axis=1) & matched
+            deduped, nrows = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+            changed_ns = np.full(n, t_ns, dtype=np.int64)
+            deduped[m_rows] = self.deduped[old] + ~changed[m_rows]
+            changed_ns[m_rows] = np.where(changed[m_rows], t_ns, self.changed_ns[old])
+            nrows[m_rows] = self.nrows[old] + (changed & has_flow)[m_rows]
+        # a changed sample is stored
         for r in np.flatnonzero(changed & has_flow):
             flows[r].rows.append(smat[r].tobytes())
         new_ca = (ca[:, 0] != prev_ca[:, 0]) | (ca[:, 1] != prev_ca[:, 1])
