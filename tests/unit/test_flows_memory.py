@@ -8,19 +8,25 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-CHILD = r"""
+# n sockets' records (argv[1]) and rss(), for every child below
+PRELUDE = r"""
 import json, os, sys
 import numpy as np
 from netprobe.errors import load_extension
+from netprobe.probes.flows.analysis import IntervalAggregate
 from netprobe.probes.flows.tracker import Tracker
 nl = load_extension("_nldiag")
-n, max_flows, budget, dumps = (int(a) for a in sys.argv[1:5])
+n = int(sys.argv[1])
 page = os.sysconf("SC_PAGE_SIZE")
 def rss():
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * page
 recs = np.zeros(n, dtype=nl.RECORD_DTYPE)
 recs["idiag_cookie"] = np.arange(1, n + 1)
+"""
+
+CHILD = PRELUDE + r"""
+max_flows, budget, dumps = (int(a) for a in sys.argv[2:5])
 recs["idiag_family"] = 2
 recs["idiag_sport"] = np.arange(n) % 60000
 recs["tcpi_snd_mss"] = 1448
@@ -40,11 +46,15 @@ print(json.dumps({"rss": out, "stored": t.stored, "tracked": len(t), "filtered":
 """
 
 
-def _child(n, max_flows, budget, dumps):
-    p = subprocess.run([sys.executable, "-c", CHILD, str(n), str(max_flows), str(budget), str(dumps)],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+def _run(code, *args):
+    p = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
+
+
+def _child(n, max_flows, budget, dumps):
+    return _run(CHILD, n, max_flows, budget, dumps)
 
 
 def test_100k_flows_memory_is_bounded_by_the_sample_budget():
@@ -65,20 +75,8 @@ def test_max_flows_is_enforced_at_100k_sockets():
     assert max(got["rss"]) / 2**20 < 120, got["rss"]
 
 
-AGG_CHILD = r"""
-import json, os, sys
-import numpy as np
-from netprobe.errors import load_extension
-from netprobe.probes.flows.analysis import IntervalAggregate
-from netprobe.probes.flows.tracker import Tracker
-nl = load_extension("_nldiag")
-n, dumps = int(sys.argv[1]), int(sys.argv[2])
-page = os.sysconf("SC_PAGE_SIZE")
-def rss():
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * page
-recs = np.zeros(n, dtype=nl.RECORD_DTYPE)
-recs["idiag_cookie"] = np.arange(1, n + 1)
+AGG_CHILD = PRELUDE + r"""
+dumps = int(sys.argv[2])
 t, agg, out = Tracker(max_flows=1), IntervalAggregate(1), []
 for i in range(dumps):
     recs["tcpi_rtt"] = 1000 + np.arange(n) % 5000 + i
@@ -93,10 +91,7 @@ def test_interval_aggregate_memory_does_not_grow_with_dumps():
     # one 10 s interval sampled at 10 Hz over 20,000 sockets: before the fixed-size RTT histogram,
     # each dump kept its RTT column (and the sample matrix behind it) until the interval ended:
     # 510 MB after 100 dumps in the probe
-    p = subprocess.run([sys.executable, "-c", AGG_CHILD, "20000", "100"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    got = json.loads(p.stdout)
+    got = _run(AGG_CHILD, 20000, 100)
     rss = [r / 2**20 for r in got["rss"]]
     assert got["flows"] == 20000
     assert rss[-1] - rss[9] < 10, [round(r) for r in rss]
