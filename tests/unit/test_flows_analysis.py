@@ -151,17 +151,18 @@ def test_grouper_prefixes_ports_and_v4_mapped():
     assert analysis.Grouper().names == ["all"] and list(analysis.Grouper().assign(recs)) == [0] * 5
 
 
-def test_interval_aggregate_against_numpy():
+@pytest.mark.parametrize("ngroups", [1, 2])
+def test_interval_aggregate_against_numpy(ngroups):
     from netprobe.probes.flows.tracker import Delta
     rng = np.random.default_rng(1)
-    agg = analysis.IntervalAggregate(2)
+    agg = analysis.IntervalAggregate(ngroups)
     group_of = {}                                   # cookie -> group; sockets come and go for good
     live, next_cookie, seen = [], 1, []
     for _ in range(5):
         live = [c for c in live if rng.random() > 0.2]
         prev = set(live)
         for _ in range(int(rng.integers(5, 20))):
-            group_of[next_cookie] = int(rng.integers(0, 2))
+            group_of[next_cookie] = int(rng.integers(0, ngroups))
             live.append(next_cookie)
             next_cookie += 1
         n = len(live)
@@ -173,7 +174,7 @@ def test_interval_aggregate_against_numpy():
         agg.add(groups, d)
         seen.append((groups, np.array(live), d))
     res = agg.result()
-    for gi in (0, 1):
+    for gi in range(ngroups):
         sel = [(g == gi, cookies, d) for g, cookies, d in seen]
         rtt = np.concatenate([d.rtt_us[m] for m, _, d in sel]) / 1e6
         fig = res[gi]

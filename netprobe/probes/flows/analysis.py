@@ -337,8 +337,12 @@ class IntervalAggregate:
         self.flows += np.bincount(groups if self.dumps == 0 else groups[delta.new], minlength=g)
         self.dumps += 1
         self.hist += np.bincount(rtt_bins(delta.rtt_us) + groups * RTT_BINS, minlength=g * RTT_BINS).reshape(g, -1)
-        for k, arr in enumerate((delta.d_retrans, delta.d_segs_out, delta.d_ooo, delta.d_segs_in)):
-            self.sums[:, k] += np.bincount(groups, weights=np.maximum(arr, 0), minlength=g).astype(np.int64)
+        vals = np.maximum(np.stack((delta.d_retrans, delta.d_segs_out, delta.d_ooo, delta.d_segs_in)), 0)
+        if g == 1:                                  # no groups configured: plain integer sums
+            self.sums[0] += vals.sum(axis=1)
+        else:
+            for k in range(4):
+                self.sums[:, k] += np.bincount(groups, weights=vals[k], minlength=g).astype(np.int64)
 
     def result(self):
         """{group index: figures} for every group that had a socket in the interval."""
