@@ -63,21 +63,29 @@ prefixes = st.lists(st.one_of(
     st.builds(lambda a, n: f"{a}/{n}", st.ip_addresses(v=4).map(str), st.integers(0, 32))), max_size=3)
 
 
+def _either(sock, either):
+    return not either or any(lo <= p <= hi for lo, hi in either for p in (sock["sport"], sock["dport"]))
+
+
 @settings(max_examples=60, deadline=None)
-@given(sport=ranges, dport=ranges, src=prefixes, dst=prefixes, data=st.data())
-@example(sport=[], dport=[], src=["::ffff:0:0/96"], dst=[], data=None)
-@example(sport=[], dport=[], src=["127.0.0.0/8"], dst=["::1/128"], data=None)
-def test_kernel_filter_selects_what_the_filter_means(sockets, sport, dport, src, dst, data):
+@given(sport=ranges, dport=ranges, src=prefixes, dst=prefixes, either=ranges, data=st.data())
+@example(sport=[], dport=[], src=["::ffff:0:0/96"], dst=[], either=[], data=None)
+@example(sport=[], dport=[], src=["127.0.0.0/8"], dst=["::1/128"], either=[], data=None)
+def test_kernel_filter_selects_what_the_filter_means(sockets, sport, dport, src, dst, either, data):
     if data is not None:            # bias the port lists towards the ports our sockets really use
         sport = sport + [(p, p) for p in data.draw(st.lists(st.sampled_from(sockets), max_size=3))]
         dport = dport + [(p, p) for p in data.draw(st.lists(st.sampled_from(sockets), max_size=3))]
-    bc = filters.compile_filter(sport=sport, dport=dport, src=src, dst=dst)
+        if data.draw(st.booleans()):            # often only the either-end test, as the retrans probe uses it
+            sport, dport = [], []
+        either = either + [(p, p) for p in data.draw(st.lists(st.sampled_from(sockets), max_size=3))]
+    bc = filters.compile_filter(sport=sport, dport=dport, src=src, dst=dst, either_port=either)
     before, _ = _dump()
     got, counters = _dump(bc)
     after, _ = _dump()
     assert counters["error"] == 0, counters                 # the kernel's audit accepted the program
     stable = {_key(r) for r in before} & {_key(r) for r in after}
-    want = {_key(r) for r in before if _key(r) in stable and ref.matches(_as_sock(r), sport, dport, src, dst)}
+    want = {_key(r) for r in before if _key(r) in stable and ref.matches(_as_sock(r), sport, dport, src, dst)
+            and _either(_as_sock(r), either)}
     assert {_key(r) for r in got} & stable == want
 
 

@@ -3,7 +3,8 @@ inet_diag bytecode (INET_DIAG_REQ_BYTECODE), so sockets that do not match never
 cross into user space.
 
 The filter is (any sport range) AND (any dport range) AND (any src prefix)
-AND (any dst prefix); an empty list does not constrain. sport/src are the
+AND (any dst prefix) AND (either port in any either_port range); an empty
+list does not constrain. sport/src are the
 local end, dport/dst the remote end, as in ss(8) and cgmon.
 
 Bytecode (linux/inet_diag.h, run by inet_diag_bc_run): a list of 4-byte ops
@@ -69,10 +70,12 @@ def _prefix_tests(prefixes, code):
     return alts
 
 
-def compile_filter(sport=(), dport=(), src=(), dst=()):
-    """Bytecode for the filter (b"" when nothing constrains); ValueError if too long."""
+def compile_filter(sport=(), dport=(), src=(), dst=(), either_port=()):
+    """Bytecode for the filter (b"" when nothing constrains); ValueError if too long.
+    either_port: ranges the local or the remote port must be in (ANDed with the rest)."""
+    either = _port_tests(either_port, S_EQ, S_GE, S_LE) + _port_tests(either_port, D_EQ, D_GE, D_LE)
     groups = [g for g in (_port_tests(sport, S_EQ, S_GE, S_LE), _port_tests(dport, D_EQ, D_GE, D_LE),
-                          _prefix_tests(src, S_COND), _prefix_tests(dst, D_COND)) if g]
+                          _prefix_tests(src, S_COND), _prefix_tests(dst, D_COND), either) if g]
     if not groups:
         return b""
     # instructions: (code, payload, fail label); labels are ("alt", g, i), ("grp", g), _END, _REJECT
