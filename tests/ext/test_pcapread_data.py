@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netprobe.probes.retrans import pcapfile
-from tests.reference import retrans_gen as gen
 from tests.integration.test_retrans_pcap import agreement, tcptrace_counts, tshark_flags
+from tests.reference import retrans_gen as gen
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 # file -> the sender's retransmitted segments in the run that made it
