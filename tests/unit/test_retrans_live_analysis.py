@@ -53,6 +53,42 @@ def test_counter_groups_filters_and_judges():
     assert verdicts["198.18.2.2->198.18.1.2"][0] is False
 
 
+A, B = ipaddress.ip_address("198.18.1.2"), ipaddress.ip_address("198.18.2.2")
+FLOW = (A, 38486, B, 5298)                      # V4's socket
+
+
+def test_segments_come_from_the_sockets_count_and_events_only_for_closed_sockets():
+    c = analysis.LiveCounter(ports=(5298,))
+    other = (A, 40001, B, 5298)
+    c.add_dump([(7, FLOW, 10), (8, other, 4)])      # before us: not counted
+    c.add_lines([V4] * 2)                           # two skbs ...
+    c.add_dump([(7, FLOW, 16), (8, other, 4)])      # ... were 6 segments (GSO)
+    c.add_lines([V4])
+    c.add_dump([(8, other, 4), (9, (A, 40002, B, 5298), 3)])   # FLOW closed after 1 more event; a new socket
+    recs, verdicts = c.records(name="n", interval_s=1.0, lost=0, max_retrans=8)
+    f = recs[1].fields
+    assert (f["dir"], f["retrans"], f["retrans_events"], f["flows_retransmitting"]) == \
+        ("198.18.1.2->198.18.2.2", 6 + 1 + 3, 3, 2)
+    assert verdicts["198.18.1.2->198.18.2.2"] == \
+        (True, 10, "198.18.1.2:38486->198.18.2.2:5298(7),198.18.1.2:40002->198.18.2.2:5298(3)")
+    c.reset()
+    c.add_dump([(8, other, 5), (9, (A, 40002, B, 5298), 3)])
+    recs, _ = c.records(name="n", interval_s=1.0, lost=0)      # the next interval: only what is new
+    assert [(r.fields["retrans"], r.fields["retrans_events"]) for r in recs[1:]] == [(1, 0)]
+
+
+def test_segment_counter_ignores_unwatched_sockets_and_counts_events_without_dumps():
+    c = analysis.LiveCounter(peers=[ipaddress.ip_network("10.0.0.0/8")])
+    c.add_dump([])
+    c.add_dump([(1, FLOW, 50)])                     # a peer outside 10/8: not ours
+    recs, _ = c.records(name="n", interval_s=1.0, lost=0)
+    assert recs[1:] == []
+    c = analysis.LiveCounter()
+    c.add_lines([V4] * 4)                           # no dumps at all (another namespace's sockets)
+    recs, _ = c.records(name="n", interval_s=1.0, lost=0)
+    assert (recs[1].fields["retrans"], recs[1].fields["retrans_events"]) == (4, 4)
+
+
 def test_prefix_grouping_v6():
     c = analysis.LiveCounter(v6len=32)
     c.add_lines([V6, V6])

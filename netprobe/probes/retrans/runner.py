@@ -9,15 +9,25 @@ offloads on they show what one GSO retransmit event stood for), and
 BREACH/CLEAR per direction. The instance is removed on exit; one left by a
 killed run is removed when the next one starts.
 
+Retransmits are counted in segments: the watched sockets are dumped over inet_diag
+(netprobe._nldiag, filtered by port in the kernel) when events arrive and at the end
+of each interval, and their tcp_info total_retrans increases are what the events
+stood for (analysis.SegmentCounter).
+
 With `capture_iface`, a header-only capture (capture.py) runs beside it and
 each interval adds one RESULT source=capture per direction seen on the wire,
 incoming included, classified by the pcap analyser.
 """
+import ipaddress
 import logging
+import socket
 import time
 
-from netprobe.errors import ProbeError
+import numpy as np
+
+from netprobe.errors import ProbeError, load_extension
 from netprobe.probes.base import ProbeRunner
+from netprobe.probes.flows import filters
 from netprobe.probes.retrans import analysis, capture, tracefs
 
 log = logging.getLogger("netprobe.probes.retrans")
@@ -31,6 +41,50 @@ def tcp_snmp(path="/proc/net/snmp"):
         return dict(zip(rows[0][1:], (int(v) for v in rows[1][1:]), strict=True))
     except (OSError, IndexError, ValueError):
         return {}
+
+
+MAX_SOCKETS = 1 << 20
+
+
+class SocketDumps:
+    """The watched sockets' tcp_info total_retrans over inet_diag, for LiveCounter.add_dump."""
+
+    def __init__(self, ports):
+        self.nl = nl = load_extension("_nldiag")
+        states = sum(1 << v for k, v in nl.TCP_STATES.items() if k not in ("listen", "time-wait"))
+        self.dumper = nl.InetDiagDumper(states=states, ext=nl.EXT_INFO,
+                                        bytecode=filters.compile_filter(either_port=[(p, p) for p in ports]))
+        self.records = np.zeros(1024, dtype=nl.RECORD_DTYPE)
+        self.last = 0.0                     # time.monotonic() of the last dump
+
+    def sockets(self):
+        """[(cookie, (local ip, port, remote ip, port), total_retrans)] of sockets with total_retrans > 0,
+        or None when the dump failed (logged)."""
+        self.last = time.monotonic()
+        got = self.dumper.dump(self.records)
+        while got["overflow"] and not got["error"] and len(self.records) < MAX_SOCKETS:
+            self.records = np.zeros(min(MAX_SOCKETS, 2 * (len(self.records) + got["overflow"])),
+                                    dtype=self.nl.RECORD_DTYPE)
+            got = self.dumper.dump(self.records)
+        if got["error"]:
+            log.warning("inet_diag dump failed: %s", self.nl.strerror_text(got["error"]))
+            return None
+        recs = self.records[:got["sockets"]]
+        out = []
+        for r in recs[recs["tcpi_total_retrans"] > 0]:
+            n = 4 if r["idiag_family"] == socket.AF_INET else 16
+            la, ra = ipaddress.ip_address(bytes(r["idiag_src"])[:n]), ipaddress.ip_address(bytes(r["idiag_dst"])[:n])
+            out.append((int(r["idiag_cookie"]), (la, int(r["idiag_sport"]), ra, int(r["idiag_dport"])),
+                        int(r["tcpi_total_retrans"])))
+        return out
+
+    def feed(self, counter):
+        got = self.sockets()
+        if got is not None:
+            counter.add_dump(got)
+
+    def close(self):
+        self.dumper.close()
 
 
 class Runner(ProbeRunner):
@@ -80,37 +134,45 @@ class Runner(ProbeRunner):
             if inst.missing:
                 log.info("%s: kernel lacks %s", cfg.name, ", ".join(inst.missing))
             counter = analysis.LiveCounter(cfg.peers, cfg.prefix_v4, cfg.prefix_v6, cfg.port_numbers)
-            seen = set()
-            lost0 = inst.lost()
-            snmp0 = tcp_snmp()
-            t0 = time.monotonic()
-            while True:
-                end = t0 + cfg.interval
-                while not stop.is_set() and time.monotonic() < end:
-                    counter.add_lines(inst.read(timeout=min(cfg.poll, max(0.0, end - time.monotonic()))))
+            dumps = SocketDumps(cfg.port_numbers)
+            try:
+                seen = set()
+                lost0 = inst.lost()
+                snmp0 = tcp_snmp()
+                dumps.feed(counter)                # each socket's count before us
+                t0 = time.monotonic()
+                while True:
+                    end = t0 + cfg.interval
+                    while not stop.is_set() and time.monotonic() < end:
+                        counter.add_lines(inst.read(timeout=min(cfg.poll, max(0.0, end - time.monotonic()))))
+                        if counter.segs.pending and time.monotonic() - dumps.last >= cfg.poll:
+                            dumps.feed(counter)    # while the sockets that resent are still there
+                        if cap is not None:
+                            cap.pump()
+                    counter.add_lines(inst.read())
+                    dumps.feed(counter)
                     if cap is not None:
                         cap.pump()
-                counter.add_lines(inst.read())
-                if cap is not None:
-                    cap.pump()
-                now = time.monotonic()
-                lost, snmp = inst.lost(), tcp_snmp()
-                delta = {k: snmp[k] - snmp0[k] for k in ("OutSegs", "RetransSegs") if k in snmp and k in snmp0}
-                recs, verdicts = counter.records(name=cfg.name, interval_s=now - t0, lost=lost - lost0,
-                                                 out_segs=delta.get("OutSegs"),
-                                                 retrans_segs=delta.get("RetransSegs"),
-                                                 max_retrans=cfg.max_retrans, now=time.time())
-                for r in recs:
-                    self.emit(r)
-                if cfg.max_retrans is not None:
-                    for direction in sorted(seen | set(verdicts)):
-                        bad, value, flows = verdicts.get(direction, (False, 0, ""))
-                        self.judge(direction, bad, metric="retrans", value=value, op="<=",
-                                   threshold=cfg.max_retrans, dir=direction, flows=flows)
-                    seen |= set(verdicts)
-                if cap is not None:
-                    self._capture_interval(cap, now - t0)
-                counter.reset()
-                lost0, snmp0, t0 = lost, snmp, now
-                if stop.is_set():
-                    return
+                    now = time.monotonic()
+                    lost, snmp = inst.lost(), tcp_snmp()
+                    delta = {k: snmp[k] - snmp0[k] for k in ("OutSegs", "RetransSegs") if k in snmp and k in snmp0}
+                    recs, verdicts = counter.records(name=cfg.name, interval_s=now - t0, lost=lost - lost0,
+                                                     out_segs=delta.get("OutSegs"),
+                                                     retrans_segs=delta.get("RetransSegs"),
+                                                     max_retrans=cfg.max_retrans, now=time.time())
+                    for r in recs:
+                        self.emit(r)
+                    if cfg.max_retrans is not None:
+                        for direction in sorted(seen | set(verdicts)):
+                            bad, value, flows = verdicts.get(direction, (False, 0, ""))
+                            self.judge(direction, bad, metric="retrans", value=value, op="<=",
+                                       threshold=cfg.max_retrans, dir=direction, flows=flows)
+                        seen |= set(verdicts)
+                    if cap is not None:
+                        self._capture_interval(cap, now - t0)
+                    counter.reset()
+                    lost0, snmp0, t0 = lost, snmp, now
+                    if stop.is_set():
+                        return
+            finally:
+                dumps.close()
