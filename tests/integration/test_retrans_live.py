@@ -94,12 +94,14 @@ def wait_quiet(lab):
 
 
 @pytest.mark.lab
-def test_outgoing_retransmits_per_direction_match_each_senders_kernel_count(make_lab):
-    """Offload off, 1 % loss A -> B and 0.5 % B -> A, a bulk flow each way (iperf3 --bidir), a probe
-    in each namespace. Each probe's count for its own namespace's direction must be within 2 % of
-    that sender's RetransSegs: segments, from the sockets' tcp_info (a tracepoint event is one
-    skb, which may hold several segments even with offloads off)."""
-    lab = make_lab(offload="off", loss_ab=1, loss_ba=0.5)
+@pytest.mark.parametrize("offload", ["off", "on"])
+def test_outgoing_retransmits_per_direction_match_each_senders_kernel_count(make_lab, offload):
+    """1 % loss A -> B and 0.5 % B -> A, a bulk flow each way (iperf3 --bidir), a probe in each
+    namespace. Each probe's count for its own namespace's direction must be within 2 % of that
+    sender's RetransSegs: segments, from the sockets' tcp_info (a tracepoint event is one skb,
+    which may hold several segments even with offloads off; with them on, 228 segments went
+    out in 18 skbs in one run)."""
+    lab = make_lab(offload=offload, loss_ab=1, loss_ba=0.5)
     lab.popen("b", ["iperf3", "-s", "-1", "-B", lab.b4, "-p", PORT])
     time.sleep(0.3)
     probes = {h: start_probe(lab, h, "--interval", "1s", "--poll", "50ms", "--peers", "198.18.0.0/15",
@@ -120,8 +122,9 @@ def test_outgoing_retransmits_per_direction_match_each_senders_kernel_count(make
         assert abs(got[h] - sent[h]) <= max(2, 0.02 * sent[h]), (got, sent)
         assert all(r["events_lost"] == 0 for r in recs[h] if r["type"] == "RESULT" and r["dir"] == "out")
         breach = [r for r in recs[h] if r["type"] == "BREACH"]
-        # the tracepoints are host-wide: each probe also sees (and judges) the other namespace's resends
-        assert {r["dir"] for r in breach} == set(own.values())
+        # its own direction breaches max_retrans = 5; the tracepoints are host-wide, so a probe may
+        # also judge the other namespace's resends, counted in skbs (fewer with offloads on)
+        assert own[h] in {r["dir"] for r in breach} <= set(own.values())
         assert all(f":{PORT}" in r["flows"] for r in breach)
     assert not any(n.startswith("netprobe-") and n.split("-")[1] in {str(p[0].pid) for p in probes.values()}
                    for n in instances())
