@@ -56,6 +56,7 @@ class SocketDumps:
                                         bytecode=filters.compile_filter(either_port=[(p, p) for p in ports]))
         self.records = np.zeros(1024, dtype=nl.RECORD_DTYPE)
         self.last = 0.0                     # time.monotonic() of the last dump
+        self.error = 0                      # errno of the last failed dump, logged once until it changes
 
     def sockets(self):
         """[(cookie, (local ip, port, remote ip, port), total_retrans)] of sockets with total_retrans > 0,
@@ -67,8 +68,12 @@ class SocketDumps:
                                     dtype=self.nl.RECORD_DTYPE)
             got = self.dumper.dump(self.records)
         if got["error"]:
-            log.warning("inet_diag dump failed: %s", self.nl.strerror_text(got["error"]))
+            if got["error"] != self.error:
+                log.warning("inet_diag dump failed: %s (retransmits count in skbs until it works)",
+                            self.nl.strerror_text(got["error"]))
+            self.error = got["error"]
             return None
+        self.error = 0
         recs = self.records[:got["sockets"]]
         out = []
         for r in recs[recs["tcpi_total_retrans"] > 0]:
