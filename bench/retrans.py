@@ -16,10 +16,12 @@ most retransmissions fill a hole: tcptrace counts those as "outoforder"
 (shown as hole fills; ours are the retransmissions of segments lost before
 the capture point plus out-of-order originals).
 
-Then the cost of live monitoring: iperf3 A -> B at full speed in the lab
+Then the cost of live monitoring: iperf3 A -> B and B -> A (-R) at full speed in the lab
 (offload off, no impairment, 3 s runs, rounds alternating), without the
-probe, with the live probe (tracefs instance only) and with the probe plus
-its header capture (--capture-iface), the probe running in A. Rows give the
+probe, with the live probe (tracefs instance only), with the probe plus
+its header capture (--capture-iface), and with the capture of arriving data
+only (--capture-direction in: A sends, so little arrives), the probe running
+in A. Rows give the
 median receiver rate and its ratio to the run without the probe.
 """
 import os
@@ -149,32 +151,35 @@ def _live_cost(quick):
 
     from tests.lab import netlab
     modes = {"no probe": None, "probe (tracefs)": [],
-             "probe (tracefs + capture)": ["--capture-iface", "veth-a"]}
-    rates = {m: [] for m in modes}
+             "probe (tracefs + capture)": ["--capture-iface", "veth-a"],
+             "probe (tracefs + capture in)": ["--capture-iface", "veth-a", "--capture-direction", "in"]}
+    ways = {"A -> B": [], "B -> A": ["-R"]}           # the probe's host sending, then receiving
+    rates = {(w, m): [] for w in ways for m in modes}
     lab = netlab.Lab()
     try:
         lab.up(offload="off")
         lab.popen("b", ["iperf3", "-s", "-B", lab.b4])
         time.sleep(0.3)
         for _ in range(1 if quick else 3):
-            for mode, extra in modes.items():
-                probe = None
-                if extra is not None:
-                    probe = lab.popen("a", [sys.executable, "-m", "netprobe", "probe", "retrans", "--ports", "5201",
-                                            "--interval", "1s", "--json"] + extra, cwd=str(ROOT))
-                    if not select.select([probe.stdout], [], [], 20)[0]:
-                        raise RuntimeError("probe did not start")
-                    probe.stdout.readline()
-                out = lab.run("a", ["iperf3", "-c", lab.b4, "-t", "3", "-J"], timeout=60)
-                rates[mode].append(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"])
-                if probe is not None:
-                    probe.send_signal(signal.SIGTERM)
-                    probe.communicate(timeout=20)
+            for way, reverse in ways.items():
+                for mode, extra in modes.items():
+                    probe = None
+                    if extra is not None:
+                        probe = lab.popen("a", [sys.executable, "-m", "netprobe", "probe", "retrans", "--ports",
+                                                "5201", "--interval", "1s", "--json"] + extra, cwd=str(ROOT))
+                        if not select.select([probe.stdout], [], [], 20)[0]:
+                            raise RuntimeError("probe did not start")
+                        probe.stdout.readline()
+                    out = lab.run("a", ["iperf3", "-c", lab.b4, "-t", "3", "-J", *reverse], timeout=60)
+                    rates[way, mode].append(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"])
+                    if probe is not None:
+                        probe.send_signal(signal.SIGTERM)
+                        probe.communicate(timeout=20)
     finally:
         lab.down()
-    base = statistics.median(rates["no probe"])
-    return [{"mode": m, "rate_bps": statistics.median(r), "runs": len(r),
-             "ratio": statistics.median(r) / base} for m, r in rates.items()]
+    return [{"mode": f"{w}: {m}", "rate_bps": statistics.median(r), "runs": len(r),
+             "ratio": statistics.median(r) / statistics.median(rates[w, "no probe"])}
+            for (w, m), r in rates.items()]
 
 
 def table(rows):
@@ -192,7 +197,7 @@ def table(rows):
                      f"{per_cpu} {r['retrans']:>8}{extra}")
     if live:
         lines.append("")
-        lines.append(f"{'iperf3 A -> B, offload off':40} {'Gbit/s':>9} {'vs none':>8} {'runs':>5}")
+        lines.append(f"{'iperf3 (probe in A), offload off':40} {'Gbit/s':>9} {'vs none':>8} {'runs':>5}")
         for r in live:
             if "skipped" in r:
                 lines.append(f"live cost skipped: {r['skipped']}")

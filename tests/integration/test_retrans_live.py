@@ -94,14 +94,14 @@ def wait_quiet(lab):
 
 
 @pytest.mark.lab
-@pytest.mark.parametrize("offload", ["off", "on"])
-def test_outgoing_retransmits_per_direction_match_each_senders_kernel_count(make_lab, offload):
-    """1 % loss A -> B and 0.5 % B -> A, a bulk flow each way (iperf3 --bidir), a probe in each
-    namespace. Each probe's count for its own namespace's direction must be within 2 % of that
-    sender's RetransSegs: segments, from the sockets' tcp_info (a tracepoint event is one skb,
-    which may hold several segments even with offloads off; with them on, 228 segments went
-    out in 18 skbs in one run)."""
-    lab = make_lab(offload=offload, loss_ab=1, loss_ba=0.5)
+@pytest.mark.parametrize("offload, loss_ba", [("off", 0.5), ("on", 1)])
+def test_outgoing_retransmits_per_direction_match_each_senders_kernel_count(make_lab, offload, loss_ba):
+    """1 % loss A -> B and 0.5 % (offload on: 1 %, as its few large frames lose less) B -> A, a bulk
+    flow each way (iperf3 --bidir), a probe in each namespace. Each probe's count for its own
+    namespace's direction must be within 2 % of that sender's RetransSegs: segments, from the
+    sockets' tcp_info (a tracepoint event is one skb, which may hold several segments even with
+    offloads off; with them on, 228 segments went out in 18 skbs in one run)."""
+    lab = make_lab(offload=offload, loss_ab=1, loss_ba=loss_ba)
     lab.popen("b", ["iperf3", "-s", "-1", "-B", lab.b4, "-p", PORT])
     time.sleep(0.3)
     probes = {h: start_probe(lab, h, "--interval", "1s", "--poll", "50ms", "--peers", "198.18.0.0/15",
@@ -114,7 +114,7 @@ def test_outgoing_retransmits_per_direction_match_each_senders_kernel_count(make
     finally:
         recs = {h: stop_probe(*probes[h])[0] for h in "ab"}
     assert json.loads(out.stdout)["end"]["sum_sent"]["retransmits"] > 0
-    assert sent["a"] > 40 and sent["b"] > 20, sent
+    assert sent["a"] > 40 and sent["b"] > (20 if offload == "off" else 10), sent
     own = {"a": f"{lab.a4}->{lab.b4}", "b": f"{lab.b4}->{lab.a4}"}
     got = {h: sum(r["retrans"] + r["synack_retrans"] for r in recs[h]      # RetransSegs counts SYN-ACK resends
                   if r["type"] == "RESULT" and r["dir"] == own[h]) for h in "ab"}
@@ -131,16 +131,18 @@ def test_outgoing_retransmits_per_direction_match_each_senders_kernel_count(make
 
 
 @pytest.mark.lab
-def test_incoming_retransmits_from_capture_match_the_peers_kernel_count(make_lab):
+@pytest.mark.parametrize("direction", ["both", "in"])
+def test_incoming_retransmits_from_capture_match_the_peers_kernel_count(make_lab, direction):
     """The probe runs in A (`netprobe probe retrans --capture-iface veth-a`), offload off,
     1 % loss B -> A only, a bulk flow each way. Incoming b->a retransmits (capture) match
-    B's own RetransSegs; outgoing a->b ones (tracepoint and capture) match A's, which
-    without loss that way is near zero."""
+    B's own RetransSegs; outgoing a->b ones (tracepoint, and capture unless it takes only
+    what arrives) match A's, which without loss that way is near zero."""
     lab = make_lab(offload="off", loss_ba=1)
     lab.popen("b", ["iperf3", "-s", "-1", "-B", lab.b4, "-p", PORT])
     time.sleep(0.3)
     before = {h: retrans_segs(lab, h) for h in "ab"}
-    probe = start_probe(lab, "a", "--capture-iface", lab.if_a, "--interval", "500ms")   # tracefs and capture up
+    probe = start_probe(lab, "a", "--capture-iface", lab.if_a, "--interval", "500ms",   # tracefs and capture up
+                        "--capture-direction", direction)
     try:
         lab.run("a", ["iperf3", "-c", lab.b4, "-p", PORT, "-t", "2", "-b", "80M", "--bidir"], timeout=30)
         wait_quiet(lab)
@@ -165,7 +167,10 @@ def test_incoming_retransmits_from_capture_match_the_peers_kernel_count(make_lab
     # resent 184 segments in 140 skbs) and the capture must show
     tol = max(2, 0.02 * sent["a"])
     assert abs(trace["a"] - sent["a"]) <= tol, (trace, sent)
-    assert abs(cap["a"] - sent["a"]) <= tol, (cap, sent)
+    if direction == "both":
+        assert abs(cap["a"] - sent["a"]) <= tol, (cap, sent)
+    else:                                   # A's data was not captured: no capture line for a->b
+        assert not [r for r in recs if r.get("source") == "capture" and r["dir"] == f"{lab.a4}->{lab.b4}"]
     host = [r for r in recs if r["type"] == "RESULT" and r["dir"] == "out"]
     assert host and all(r["events_lost"] == 0 for r in host)
 

@@ -30,10 +30,10 @@ SYNACK = ("          <idle>-0       [000] ..s1.  3390.000002: tcp_retransmit_syn
 
 
 def test_parse_event():
-    assert analysis.parse_event(V4) == ("retrans", "198.18.1.2", 38486, "198.18.2.2", 5298)
-    assert analysis.parse_event(RST) == ("resets", "198.18.2.2", 5297, "198.18.1.2", 58444)
-    assert analysis.parse_event(V6) == ("retrans", "2001:db8::1", 40000, "2001:db8:1::9", 443)
-    assert analysis.parse_event(SYNACK) == ("synack_retrans", "10.0.0.1", 443, "10.9.9.9", 51000)
+    assert analysis.parse_event(V4) == ("retrans", "198.18.1.2", 38486, "198.18.2.2", 5298, 3385.008365)
+    assert analysis.parse_event(RST) == ("resets", "198.18.2.2", 5297, "198.18.1.2", 58444, 3387.293565)
+    assert analysis.parse_event(V6) == ("retrans", "2001:db8::1", 40000, "2001:db8:1::9", 443, 3390.000001)
+    assert analysis.parse_event(SYNACK) == ("synack_retrans", "10.0.0.1", 443, "10.9.9.9", 51000, 3390.000002)
     for bad in ("", "# tracer: nop", V4.replace("sport=38486", "sport=x"), V4[:60]):
         assert analysis.parse_event(bad) is None
 
@@ -57,14 +57,19 @@ A, B = ipaddress.ip_address("198.18.1.2"), ipaddress.ip_address("198.18.2.2")
 FLOW = (A, 38486, B, 5298)                      # V4's socket
 
 
+def at(line, t):
+    """The trace line as if the event happened at time t (the instance's CLOCK_MONOTONIC)."""
+    return line.replace("3385.008365", f"{t:.6f}")
+
+
 def test_segments_come_from_the_sockets_count_and_events_only_for_closed_sockets():
     c = analysis.LiveCounter(ports=(5298,))
     other = (A, 40001, B, 5298)
-    c.add_dump([(7, FLOW, 10), (8, other, 4)])      # before us: not counted
-    c.add_lines([V4] * 2)                           # two skbs ...
-    c.add_dump([(7, FLOW, 16), (8, other, 4)])      # ... were 6 segments (GSO)
-    c.add_lines([V4])
-    c.add_dump([(8, other, 4), (9, (A, 40002, B, 5298), 3)])   # FLOW closed after 1 more event; a new socket
+    c.add_dump([(7, FLOW, 10), (8, other, 4)], 100.0)      # before us: not counted
+    c.add_lines([at(V4, 100.5)] * 2)                        # two skbs ...
+    c.add_dump([(7, FLOW, 16), (8, other, 4)], 101.0)      # ... were 6 segments (GSO)
+    c.add_lines([at(V4, 101.5)])
+    c.add_dump([(8, other, 4), (9, (A, 40002, B, 5298), 3)], 102.0)   # FLOW closed after 1 more event; new socket
     recs, verdicts = c.records(name="n", interval_s=1.0, lost=0, max_retrans=8)
     f = recs[1].fields
     assert (f["dir"], f["retrans"], f["retrans_events"], f["flows_retransmitting"]) == \
@@ -72,15 +77,25 @@ def test_segments_come_from_the_sockets_count_and_events_only_for_closed_sockets
     assert verdicts["198.18.1.2->198.18.2.2"] == \
         (True, 10, "198.18.1.2:38486->198.18.2.2:5298(7),198.18.1.2:40002->198.18.2.2:5298(3)")
     c.reset()
-    c.add_dump([(8, other, 5), (9, (A, 40002, B, 5298), 3)])
+    c.add_dump([(8, other, 5), (9, (A, 40002, B, 5298), 3)], 103.0)
     recs, _ = c.records(name="n", interval_s=1.0, lost=0)      # the next interval: only what is new
     assert [(r.fields["retrans"], r.fields["retrans_events"]) for r in recs[1:]] == [(1, 0)]
 
 
+def test_an_event_read_after_the_dump_that_counted_it_is_not_counted_again():
+    c = analysis.LiveCounter()
+    c.add_dump([], 100.0)
+    c.add_dump([(7, FLOW, 2)], 101.0)          # 2 resends, their events still in the trace buffer
+    c.add_lines([at(V4, 100.9)] * 2)           # read now: before the dump's end, already counted
+    c.add_dump([], 102.0)                      # the socket closed
+    recs, _ = c.records(name="n", interval_s=1.0, lost=0)
+    assert (recs[1].fields["retrans"], recs[1].fields["retrans_events"]) == (2, 2)
+
+
 def test_segment_counter_ignores_unwatched_sockets_and_counts_events_without_dumps():
     c = analysis.LiveCounter(peers=[ipaddress.ip_network("10.0.0.0/8")])
-    c.add_dump([])
-    c.add_dump([(1, FLOW, 50)])                     # a peer outside 10/8: not ours
+    c.add_dump([], 1.0)
+    c.add_dump([(1, FLOW, 50)], 2.0)                # a peer outside 10/8: not ours
     recs, _ = c.records(name="n", interval_s=1.0, lost=0)
     assert recs[1:] == []
     c = analysis.LiveCounter()

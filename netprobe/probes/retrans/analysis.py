@@ -13,6 +13,7 @@ names the direction and its worst flows.
 """
 import ipaddress
 import json
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -124,19 +125,21 @@ LIVE_KINDS = {"tcp_retransmit_skb": "retrans", "tcp_retransmit_synack": "synack_
 
 
 def parse_event(line):
-    """(kind, local addr, local port, remote addr, remote port) of one trace_pipe line, or None.
-    kind is retrans, synack_retrans or resets; the local end is the sender of the packet."""
+    """(kind, local addr, local port, remote addr, remote port, time s) of one trace_pipe line, or
+    None. kind is retrans, synack_retrans or resets; the local end is the sender of the packet; the
+    time is the trace clock's (CLOCK_MONOTONIC in the probe's instance)."""
     m = _EVENT_RE.search(line)
     if not m:
         return None
     kv = dict(_KV_RE.findall(m.group(3)))
     try:
+        ts = float(m.group(1))
         if m.group(2) == "tcp_send_reset":
             src, dst = _ISP_RE.match(kv["src"]), _ISP_RE.match(kv["dest"])
-            return LIVE_KINDS[m.group(2)], src.group(1), int(src.group(2)), dst.group(1), int(dst.group(2))
+            return LIVE_KINDS[m.group(2)], src.group(1), int(src.group(2)), dst.group(1), int(dst.group(2)), ts
         v6 = kv.get("family") == "AF_INET6"
         return (LIVE_KINDS[m.group(2)], kv["saddrv6" if v6 else "saddr"], int(kv["sport"]),
-                kv["daddrv6" if v6 else "daddr"], int(kv["dport"]))
+                kv["daddrv6" if v6 else "daddr"], int(kv["dport"]), ts)
     except (KeyError, AttributeError, ValueError):
         return None
 
@@ -152,30 +155,39 @@ class SegmentCounter:
     first dump count from their value then; later ones started after us, from 0. A
     flow whose socket is gone by the next dump adds each event it had since its last
     dump as one segment (a lower bound: its last resends may have been GSO skbs too).
-    Flows are (local address, local port, remote address, remote port), addresses
-    as ipaddress objects."""
+    An event read only after a dump that already counted it (its time is not after the
+    end of the last dump that listed its socket) is not pending. Flows are (local
+    address, local port, remote address, remote port), addresses as ipaddress objects;
+    times are CLOCK_MONOTONIC seconds."""
+
+    KEEP_S = 10.0                  # how long a listed flow's last dump time is kept after it is gone
 
     def __init__(self):
         self.base = None           # cookie -> total_retrans at the last dump (None before the first)
-        self.pending = {}          # flow -> events since the last dump
+        self.listed = {}           # flow -> end time of the last dump that listed its socket
+        self.pending = {}          # flow -> events since the last dump that listed it
         self.segments = {}         # flow -> segments so far this interval
 
-    def event(self, flow):
-        self.pending[flow] = self.pending.get(flow, 0) + 1
+    def event(self, flow, ts):
+        if ts > self.listed.get(flow, -math.inf):
+            self.pending[flow] = self.pending.get(flow, 0) + 1
 
-    def dump(self, sockets):
-        """sockets: (cookie, flow, total_retrans) of every watched socket with total_retrans > 0."""
+    def dump(self, sockets, t_end):
+        """sockets: (cookie, flow, total_retrans) of every watched socket with total_retrans > 0, read by
+        a dump that ended at t_end."""
         seen = {}
         for cookie, flow, total in sockets:
             seen[cookie] = total
             if self.base is not None and total > self.base.get(cookie, 0):
                 self.segments[flow] = self.segments.get(flow, 0) + total - self.base.get(cookie, 0)
             self.pending.pop(flow, None)
+            self.listed[flow] = t_end
         if self.base is not None:
             for flow, n in self.pending.items():      # closed since: each event is at least one segment
                 self.segments[flow] = self.segments.get(flow, 0) + n
         self.pending = {}
         self.base = seen
+        self.listed = {f: t for f, t in self.listed.items() if t >= t_end - self.KEEP_S}
 
     def take(self):
         """This interval's segments per flow (from dumps only; events not yet dumped wait)."""
@@ -218,7 +230,7 @@ class LiveCounter:
             if ev is None:
                 self.unparsed += 1
                 continue
-            kind, la, lp, ra, rp = ev
+            kind, la, lp, ra, rp, ts = ev
             try:
                 lip, rip = ipaddress.ip_address(la), ipaddress.ip_address(ra)
             except ValueError:
@@ -230,16 +242,16 @@ class LiveCounter:
             if kind == "retrans":
                 flow = (lip, lp, rip, rp)
                 self.events[flow] = self.events.get(flow, 0) + 1
-                self.segs.event(flow)
+                self.segs.event(flow, ts)
             else:
                 g = self.groups.setdefault(self._key(lip, rip), {"synack_retrans": 0, "resets": 0})
                 g[kind] += 1
 
-    def add_dump(self, sockets):
-        """One dump of the watched sockets: (cookie, (local ip, port, remote ip, port), total_retrans)
-        for those with total_retrans > 0."""
+    def add_dump(self, sockets, t_end):
+        """One dump of the watched sockets, ended at t_end (time.monotonic()):
+        (cookie, (local ip, port, remote ip, port), total_retrans) of those with total_retrans > 0."""
         self.dumped = True
-        self.segs.dump(s for s in sockets if self._watched(s[1][2], s[1][1], s[1][3]))
+        self.segs.dump((s for s in sockets if self._watched(s[1][2], s[1][1], s[1][3])), t_end)
 
     def _key(self, lip, rip):
         return (_prefix(lip, self.v4len, self.v6len), _prefix(rip, self.v4len, self.v6len))

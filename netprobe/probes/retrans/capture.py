@@ -25,12 +25,27 @@ CHUNK = 1 << 14
 F_SETPIPE_SZ = 1031                         # linux/fcntl.h; Python's fcntl module has it from 3.10 only
 
 
+# a TCP segment that carries data (IPv6: without extension headers, as libpcap's tcp[] needs)
+HAS_DATA = ("((ip and ip[2:2] - ((ip[0] & 0xf) << 2) - ((tcp[12] & 0xf0) >> 2) > 0)"
+            " or (ip6 and ip6[4:2] - ((tcp[12] & 0xf0) >> 2) > 0))")
+SYN_FIN_RST = "tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0"
+
+
+def filter_expr(ports=(), direction="both"):
+    """tcpdump's filter: TCP on the ports; with direction "in", only data segments arriving here,
+    and SYN/FIN/RST both ways (the handshake RTT and connection ends the analyser uses)."""
+    expr = "tcp" + (" and (" + " or ".join(f"port {p}" for p in ports) + ")" if ports else "")
+    if direction == "in":
+        expr += f" and ((inbound and {HAS_DATA}) or ({SYN_FIN_RST}))"
+    return expr
+
+
 class LiveCapture:
-    def __init__(self, iface, ports=(), snaplen=128, buffer_kb=8192, max_flows=65536):
+    def __init__(self, iface, ports=(), snaplen=128, buffer_kb=8192, max_flows=65536, direction="both"):
         tcpdump = shutil.which("tcpdump")
         if tcpdump is None:
             raise ProbeError("capture needs tcpdump (apt-get install tcpdump)")
-        expr = "tcp" + (" and (" + " or ".join(f"port {p}" for p in ports) + ")" if ports else "")
+        expr = filter_expr(ports, direction)
         # -Z root: dropping to the tcpdump user would clear the parent-death signal (see _die_with_parent)
         self.argv = [tcpdump, "-n", "-i", iface, "-s", str(snaplen), "-B", str(buffer_kb), "--immediate-mode",
                      "-U", "-Z", "root", "-w", "-", expr]

@@ -2,7 +2,7 @@
 incoming ones from a header-only capture analysed like a pcap file."""
 from dataclasses import dataclass
 
-from netprobe.config.schema import DURATION, FLOAT, INT, PREFIX_LIST, SIZE, STR, STR_LIST, setting
+from netprobe.config.schema import CHOICE, DURATION, FLOAT, INT, PREFIX_LIST, SIZE, STR, STR_LIST, setting
 from netprobe.probes.base import ProbeConfig
 
 
@@ -23,6 +23,10 @@ class Config(ProbeConfig):
     capture_iface: str = setting(STR, "", "also capture TCP headers on this interface (tcpdump, BPF filter "
                                  "on `ports`) for retransmits in both directions, incoming included "
                                  "(default: off)")
+    capture_direction: str = setting(CHOICE, "both", "capture: both directions, or `in`: only data arriving "
+                                     "from peers (and SYN/FIN/RST both ways), so the cost follows what this "
+                                     "host receives; outgoing retransmits come from the tracepoints either way",
+                                     choices=("both", "in"))
     snaplen: int = setting(INT, 128, "bytes kept per captured packet (headers and options)", min=64, max=65535)
     max_retrans_pct: float = setting(FLOAT, None, "capture: BREACH metric=retrans_pct when a direction's "
                                      "retransmitted share of segments exceeds this (percent)", min=0.0,

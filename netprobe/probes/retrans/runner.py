@@ -86,7 +86,7 @@ class SocketDumps:
     def feed(self, counter):
         got = self.sockets()
         if got is not None:
-            counter.add_dump(got)
+            counter.add_dump(got, time.monotonic())
 
     def close(self):
         self.dumper.close()
@@ -104,7 +104,8 @@ class Runner(ProbeRunner):
         cap = None
         try:
             if cfg.capture_iface:
-                cap = capture.LiveCapture(cfg.capture_iface, cfg.port_numbers, snaplen=cfg.snaplen)
+                cap = capture.LiveCapture(cfg.capture_iface, cfg.port_numbers, snaplen=cfg.snaplen,
+                                          direction=cfg.capture_direction)
         except BaseException:
             inst.close()
             raise
@@ -119,6 +120,8 @@ class Runner(ProbeRunner):
     def _capture_interval(self, cap, interval_s):
         cfg = self.cfg
         groups = analysis.group_directions(cap.interval_flows(), cfg.prefix_v4, cfg.prefix_v6)
+        if cfg.capture_direction == "in":           # outgoing data is not captured: no verdict on it
+            groups = [g for g in groups if g.data_pkts]
         for r in analysis.records(groups, name=cfg.name, source="capture"):
             r.fields["window"] = analysis.seconds(interval_s)
             self.emit(r)

@@ -112,6 +112,7 @@ class Instance:
             raise ProbeError(f"cannot create tracefs instance {self.path}: {exc.strerror}") from None
         try:
             self._write("buffer_size_kb", str(buffer_kb))
+            self._write("trace_clock", "mono")      # event times comparable with time.monotonic()
             for ev in EVENTS:
                 fields = event_fields(self.root, ev)
                 if fields is None:
