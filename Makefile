@@ -12,7 +12,7 @@ BENCH_ARGS  ?=
 
 # Debian packages: to build (BUILD_DEBS) and for the tests' oracles and lab (TEST_DEBS).
 BUILD_DEBS := gcc python3-dev python3-venv
-TEST_DEBS  := adjtimex cython3 python3-setuptools iproute2 iptables ethtool iputils-ping procps irtt iperf3 rsyslog tshark tcptrace tcpdump
+TEST_DEBS  := adjtimex cython3 python3-setuptools python3-numpy iproute2 iptables ethtool iputils-ping procps irtt iperf3 rsyslog tshark tcptrace tcpdump
 
 .PHONY: all build-deps test-deps venv build run test bench lint clean
 

@@ -1,6 +1,6 @@
 """The extensions build and work with Debian's Cython 0.29.32 and with PyPI's Cython 3.x.
 
-The .deb builds from Debian 12 packages alone (cython3, python3-dev), the
+The .deb builds from Debian 12 packages alone (cython3, python3-dev, python3-numpy), the
 venv from PyPI: a .pyx that only one of them accepts breaks one release path.
 Each build runs in a copy of the tree so it cannot disturb the editable one.
 """
@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEBIAN_PYTHON = "/usr/bin/python3"
-DEBIAN_NEEDS = "apt-get install cython3 python3-dev"
+DEBIAN_NEEDS = "apt-get install cython3 python3-dev python3-numpy"
 
 CHECK = """
 import importlib, re
@@ -73,6 +73,8 @@ def test_builds_with_debian_cython_0_29(tmp_path):
                    tmp_path).stdout.strip()
     if not (Path(include) / "Python.h").exists():
         pytest.fail(f"{include}/Python.h is missing: {DEBIAN_NEEDS}")
+    if _run([DEBIAN_PYTHON, "-c", "import numpy"], tmp_path).returncode:
+        pytest.fail(f"{DEBIAN_PYTHON} has no numpy (two extensions import it): {DEBIAN_NEEDS}")
     _build_and_check(DEBIAN_PYTHON, _copy_tree(tmp_path / "deb"), "0.29.")
 
 
