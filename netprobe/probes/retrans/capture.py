@@ -1,28 +1,71 @@
 """Live capture fed to the pcap analyser: incoming retransmits, which no tracepoint shows.
 
-tcpdump (libpcap: an AF_PACKET TPACKET_V3 ring, the BPF filter compiled into
-the kernel, a small snaplen: headers only) writes a pcap stream to a pipe;
-the stream is fed in chunks to the same compiled analyser as `netprobe pcap`
-(netprobe._pcapread in stream mode), so retransmissions arriving from peers,
-segments lost before this host and out-of-order arrivals are classified
-exactly as in capture files. tcpdump runs as our child and is stopped (and
-its socket closed) on exit; the kernel's drop count it reports then is kept.
+An AF_PACKET TPACKET_V3 ring in this process (netprobe._pcapread.PacketRing)
+with a BPF filter compiled by libpcap (tcpdump's filter language) and a small
+snaplen (headers only) hands its frames straight to the same compiled
+analyser as `netprobe pcap`, so retransmissions arriving from peers, segments
+lost before this host and out-of-order arrivals are classified exactly as in
+capture files. No process, pipe or per-packet system call: a thread waits for
+the kernel to hand over a block (full, or RETIRE_MS after its first frame)
+and analyses it whole. The socket dies with the process however it ends; the
+kernel's drop count is kept.
 """
-import fcntl
-import os
-import re
-import select
-import shutil
-import signal
-import subprocess
+import ctypes
+import ctypes.util
+import socket
+import threading
 
-import numpy as np
-
-from netprobe.errors import ProbeError
+from netprobe.errors import ProbeError, load_extension
 from netprobe.probes.retrans import pcapfile
 
-CHUNK = 1 << 14
-F_SETPIPE_SZ = 1031                         # linux/fcntl.h; Python's fcntl module has it from 3.10 only
+BLOCK_SIZE = 1 << 18        # bytes per ring block (~1,100 frames at snaplen 128)
+RETIRE_MS = 50              # the kernel hands over a block at most this long after its first frame
+WAIT_MS = 100               # the drain thread's poll() timeout (how soon it notices close())
+DLT_RAW = 12                # libpcap's link type for frames that start at the IP header (Linux)
+PCAP_NETMASK_UNKNOWN = 0xFFFFFFFF
+
+
+class _BpfInsn(ctypes.Structure):             # struct bpf_insn = struct sock_filter
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint32)]
+
+
+class _BpfProgram(ctypes.Structure):
+    _fields_ = [("bf_len", ctypes.c_uint), ("bf_insns", ctypes.POINTER(_BpfInsn))]
+
+
+def _libpcap():
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("pcap") or "libpcap.so.0.8")
+    except OSError:
+        raise ProbeError("capture needs libpcap (apt-get install libpcap0.8)") from None
+    lib.pcap_open_dead.restype = ctypes.c_void_p
+    lib.pcap_open_dead.argtypes = [ctypes.c_int, ctypes.c_int]
+    lib.pcap_compile.argtypes = [ctypes.c_void_p, ctypes.POINTER(_BpfProgram), ctypes.c_char_p, ctypes.c_int,
+                                 ctypes.c_uint32]
+    lib.pcap_geterr.restype = ctypes.c_char_p
+    lib.pcap_geterr.argtypes = [ctypes.c_void_p]
+    lib.pcap_freecode.argtypes = [ctypes.POINTER(_BpfProgram)]
+    lib.pcap_close.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def compile_filter(expr, snaplen):
+    """`expr` compiled by libpcap for frames that start at the IP header: the struct
+    sock_filter array as bytes, whose accepting return value is `snaplen`."""
+    lib = _libpcap()
+    handle = lib.pcap_open_dead(DLT_RAW, snaplen)
+    if not handle:
+        raise ProbeError("libpcap: pcap_open_dead failed")
+    prog = _BpfProgram()
+    try:
+        if lib.pcap_compile(handle, ctypes.byref(prog), expr.encode(), 1, PCAP_NETMASK_UNKNOWN) != 0:
+            raise ProbeError(f"capture filter {expr!r}: {lib.pcap_geterr(handle).decode(errors='replace')}")
+        try:
+            return ctypes.string_at(prog.bf_insns, prog.bf_len * ctypes.sizeof(_BpfInsn))
+        finally:
+            lib.pcap_freecode(ctypes.byref(prog))
+    finally:
+        lib.pcap_close(handle)
 
 
 # a TCP segment that carries data (IPv6: without extension headers, as libpcap's tcp[] needs)
@@ -32,145 +75,84 @@ SYN_FIN_RST = "tcp[tcpflags] & (tcp-syn|tcp-fin|tcp-rst) != 0"
 
 
 def filter_expr(ports=(), direction="both"):
-    """tcpdump's filter: TCP on the ports; with direction "in", only data segments arriving here,
-    and SYN/FIN/RST both ways (the handshake RTT and connection ends the analyser uses)."""
+    """tcpdump's filter: TCP on the ports; with direction "in", only segments arriving here that
+    carry data or SYN/FIN/RST (the peer's MSS and the connection ends the analyser uses)."""
     expr = "tcp" + (" and (" + " or ".join(f"port {p}" for p in ports) + ")" if ports else "")
     if direction == "in":
-        expr += f" and ((inbound and {HAS_DATA}) or ({SYN_FIN_RST}))"
+        expr += f" and inbound and ({HAS_DATA} or {SYN_FIN_RST})"
     return expr
 
 
 class LiveCapture:
+    """A capture on `iface` ("any": every interface) of the TCP ports (all when empty);
+    direction "in": only segments arriving here with data or SYN/FIN/RST, and the kernel
+    does not even offer the socket what the host sends (PACKET_IGNORE_OUTGOING)."""
+
     def __init__(self, iface, ports=(), snaplen=128, buffer_kb=8192, max_flows=65536, direction="both"):
-        tcpdump = shutil.which("tcpdump")
-        if tcpdump is None:
-            raise ProbeError("capture needs tcpdump (apt-get install tcpdump)")
-        expr = filter_expr(ports, direction)
-        # -Z root: dropping to the tcpdump user would clear the parent-death signal (see _die_with_parent)
-        self.argv = [tcpdump, "-n", "-i", iface, "-s", str(snaplen), "-B", str(buffer_kb), "--immediate-mode",
-                     "-U", "-Z", "root", "-w", "-", expr]
+        try:
+            ifindex = 0 if iface == "any" else socket.if_nametoindex(iface)
+            lo = socket.if_nametoindex("lo")
+        except OSError:
+            raise ProbeError(f"capture: no interface {iface!r}") from None
+        bpf = compile_filter(filter_expr(ports, direction), snaplen)
+        try:
+            self.ring = load_extension("_pcapread").PacketRing(bpf, ifindex, lo, BLOCK_SIZE,
+                                                               max(4, buffer_kb * 1024 // BLOCK_SIZE), RETIRE_MS,
+                                                               direction == "in")
+        except PermissionError:
+            raise ProbeError("capture needs root (or CAP_NET_RAW)") from None
+        except OSError as exc:
+            raise ProbeError(f"capture on {iface}: {exc.strerror}") from None
         self.max_flows = max_flows
         self.analyser = pcapfile.new_analyser(max_flows=max_flows)
         self.kernel_drops = None
-        self._buf = bytearray()
-        self._opened = False
-        self._flags = np.zeros(CHUNK, np.uint16)
-        self._flowdir = np.zeros(CHUNK, np.int32)
         self._last = {}                     # flow index -> (ab, ba) counters at the last snapshot
-        self.errors = []
         self.tables_renewed = 0
-        self._header = b""
-        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
-        fl = fcntl.fcntl(self.proc.stdout, fcntl.F_GETFL)
-        fcntl.fcntl(self.proc.stdout, fcntl.F_SETFL, fl | os.O_NONBLOCK)
-        try:                                # room for bursts between reads (the ring takes the rest)
-            fcntl.fcntl(self.proc.stdout, F_SETPIPE_SZ, 1 << 20)
-        except OSError:
-            pass
-        if not self._wait_listening(5.0):
-            err = self.close()
-            raise ProbeError(f"tcpdump on {iface} did not start: {err.strip()[-200:]}")
+        self._lock = threading.Lock()       # the analyser: drain thread vs interval reads
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._drain, name="capture", daemon=True)
+        self._thread.start()
 
-    def _wait_listening(self, timeout):
-        """True once tcpdump says it is listening (its socket and filter are in place)."""
-        err = b""
-        fd = self.proc.stderr.fileno()
-        deadline = timeout
-        while deadline > 0:
-            r = select.select([fd], [], [], 0.1)[0]
-            deadline -= 0.1
-            if r:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    return False
-                err += chunk
-                if b"listening on" in err:
-                    fl = fcntl.fcntl(fd, fcntl.F_GETFL)
-                    fcntl.fcntl(fd, fcntl.F_SETFL, fl | os.O_NONBLOCK)
-                    return True
-            if self.proc.poll() is not None:
-                return False
-        return False
+    def _drain(self):
+        while not self._stop.is_set():
+            if self.ring.wait(WAIT_MS):
+                self.pump()
 
-    def pump(self, timeout=0.0):
-        """Read what tcpdump wrote and analyse every complete record; returns frames analysed."""
-        if self.proc.stdout is None:
-            return 0
-        if timeout:
-            select.select([self.proc.stdout], [], [], timeout)
-        while True:
-            try:
-                b = os.read(self.proc.stdout.fileno(), 1 << 20)
-            except BlockingIOError:
-                break
-            if not b:
-                break
-            self._buf += b
-        if not self._opened:
-            if len(self._buf) < 24:
-                return 0
-            self._header = bytes(self._buf[:24])
-            try:
-                off = self.analyser.open(self._header)
-            except ValueError as exc:
-                raise ProbeError(f"tcpdump stream: {exc}") from None
-            del self._buf[:off]
-            self._opened = True
-        total = 0
-        while self._buf:
-            st, off, n = self.analyser.run(self._buf, 0, self._flags, self._flowdir, True)
-            del self._buf[:off]
-            total += n
-            if st == 2:
-                self.errors.append(self.analyser.error)
-                raise ProbeError(f"tcpdump stream: {self.analyser.error}")
-            if st == 1:
-                break
-        return total
+    def pump(self):
+        """Analyse every block the kernel has handed over; returns frames analysed."""
+        with self._lock:
+            return self.ring.pump(self.analyser)
 
     def interval_flows(self):
         """Flows with their counters since the previous call (pcapfile.Flow, deltas)."""
         out = []
-        for i, f in enumerate(pcapfile.flows_of(self.analyser)):
+        with self._lock:
+            flows = pcapfile.flows_of(self.analyser)
+            renew = len(flows) >= 0.9 * self.max_flows     # long runs: a fresh table after this read
+            if renew:
+                self.analyser = pcapfile.new_analyser(max_flows=self.max_flows)
+                self.tables_renewed += 1
+        for i, f in enumerate(flows):
             prev = self._last.get(i)
             self._last[i] = (dict(f.ab), dict(f.ba))
             if prev is not None:
                 f.ab = {k: v - prev[0][k] for k, v in f.ab.items()}
                 f.ba = {k: v - prev[1][k] for k, v in f.ba.items()}
             out.append(f)
-        if len(self._last) >= 0.9 * self.max_flows:    # long runs: a fresh table (same stream format)
-            self.analyser = pcapfile.new_analyser(max_flows=self.max_flows)
-            self.analyser.open(self._header)
+        if renew:
             self._last = {}
-            self.tables_renewed += 1
         return out
 
     def counters(self):
-        return self.analyser.counters()
+        with self._lock:
+            return self.analyser.counters()
 
     def close(self):
-        """Stop tcpdump; returns its stderr (the kernel drop count is parsed from it)."""
-        err = b""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            _, err = self.proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-        except ValueError:               # a stream already closed
-            pass
-        text = (err or b"").decode(errors="replace")
-        m = re.search(r"^(\d+) packets dropped by kernel", text, re.M)
-        if m:
-            self.kernel_drops = int(m.group(1))
-        return text
-
-
-def _die_with_parent():
-    """In the child before exec: SIGTERM when the probe's worker dies, even by SIGKILL,
-    so no capture socket outlives a killed run. The kernel clears this on a change of
-    user, hence tcpdump's -Z root (it runs with the probe's own privileges)."""
-    import ctypes
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)       # PR_SET_PDEATHSIG
+        """Stop the drain thread, analyse what is left, keep the kernel's drop count, close the socket."""
+        if self._thread.is_alive():
+            self._stop.set()
+            self._thread.join()
+        if self.kernel_drops is None:
+            self.pump()
+            self.kernel_drops = self.ring.stats()["drops"]
+            self.ring.close()

@@ -20,11 +20,11 @@ class Config(ProbeConfig):
     max_retrans: int = setting(INT, None, "BREACH metric=retrans when one direction (local -> remote "
                                "prefix) retransmits more packets than this in an interval", min=0,
                                max=10**12)
-    capture_iface: str = setting(STR, "", "also capture TCP headers on this interface (tcpdump, BPF filter "
-                                 "on `ports`) for retransmits in both directions, incoming included "
-                                 "(default: off)")
+    capture_iface: str = setting(STR, "", "also capture TCP headers on this interface (`any`: all) for "
+                                 "retransmits in both directions, incoming included: an AF_PACKET ring in "
+                                 "the probe, BPF filter on `ports` compiled by libpcap (default: off)")
     capture_direction: str = setting(CHOICE, "both", "capture: both directions, or `in`: only data arriving "
-                                     "from peers (and SYN/FIN/RST both ways), so the cost follows what this "
+                                     "from peers (and their SYN/FIN/RST), so the cost follows what this "
                                      "host receives; outgoing retransmits come from the tracepoints either way",
                                      choices=("both", "in"))
     snaplen: int = setting(INT, 128, "bytes kept per captured packet (headers and options)", min=64, max=65535)

@@ -155,8 +155,6 @@ class Runner(ProbeRunner):
                         counter.add_lines(inst.read(timeout=min(cfg.poll, max(0.0, end - time.monotonic()))))
                         if counter.segs.pending and time.monotonic() - dumps.last >= cfg.poll:
                             dumps.feed(counter)    # while the sockets that resent are still there
-                        if cap is not None:
-                            cap.pump()
                     counter.add_lines(inst.read())
                     dumps.feed(counter)
                     if cap is not None:
