@@ -10,11 +10,13 @@ CONFIG   ?= netprobe/config/default.toml
 PYTEST_ARGS ?=
 BENCH_ARGS  ?=
 
-# Debian packages: to build (BUILD_DEBS) and for the tests' oracles and lab (TEST_DEBS).
+# Debian packages: to build (BUILD_DEBS), for the tests' oracles and lab (TEST_DEBS), and the
+# benchmarks' peer tools (BENCH_DEBS).
 BUILD_DEBS := gcc python3-dev python3-venv
-TEST_DEBS  := adjtimex cython3 python3-setuptools python3-numpy iproute2 iptables ethtool iputils-ping procps irtt iperf3 rsyslog tshark tcptrace tcpdump
+TEST_DEBS  := adjtimex cython3 python3-setuptools python3-numpy libpcap0.8 iproute2 iptables ethtool iputils-ping procps irtt iperf3 rsyslog tshark tcptrace tcpdump
+BENCH_DEBS := sockperf
 
-.PHONY: all build-deps test-deps venv build run test bench lint clean
+.PHONY: all build-deps test-deps bench-deps venv build run test bench lint clean
 
 all: build
 
@@ -23,6 +25,9 @@ build-deps:
 
 test-deps:
 	@scripts/ensure-debs $(BUILD_DEBS) $(TEST_DEBS)
+
+bench-deps:
+	@scripts/ensure-debs $(BUILD_DEBS) $(TEST_DEBS) $(BENCH_DEBS)
 
 # The venv is rebuilt when the dependency list changes.
 $(VENV)/.deps: pyproject.toml | build-deps
@@ -44,7 +49,7 @@ run: build
 test: test-deps build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: test-deps build
+bench: bench-deps build
 	$(PY) -m bench $(BENCH_ARGS)
 
 lint: $(VENV)/.deps

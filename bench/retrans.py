@@ -17,7 +17,7 @@ most retransmissions fill a hole: tcptrace counts those as "outoforder"
 the capture point plus out-of-order originals).
 
 Then the cost of live monitoring: iperf3 A -> B and B -> A (-R) at full speed in the lab
-(offload off, no impairment, 3 s runs, rounds alternating), without the
+(offload off, no impairment, 3 s runs, 5 rounds alternating), without the
 probe, with the live probe (tracefs instance only), with the probe plus
 its header capture (--capture-iface), and with the capture of arriving data
 only (--capture-direction in: A sends, so little arrives), the probe running
@@ -160,7 +160,7 @@ def _live_cost(quick):
         lab.up(offload="off")
         lab.popen("b", ["iperf3", "-s", "-B", lab.b4])
         time.sleep(0.3)
-        for _ in range(1 if quick else 3):
+        for _ in range(1 if quick else 5):
             for way, reverse in ways.items():
                 for mode, extra in modes.items():
                     probe = None
