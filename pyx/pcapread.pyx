@@ -792,8 +792,11 @@ cdef class TcpAnalyser:
                 rev.c[C_DSACK] += 1
         # ---- counters
         if seglen:
-            # wire segments in a GSO/TSO frame: the peer's MSS less this segment's options
-            smss = rev.mss - (doff - 20) if rev.mss > doff - 20 + 8 else 0
+            # wire segments in a GSO/TSO frame: the peer's MSS less this segment's options; the
+            # sender's own when the peer's SYN was not captured (an arriving-only capture does not
+            # see this host's SYN; both ends of a path usually advertise the same)
+            smss = rev.mss if rev.mss else fwd.mss
+            smss = smss - (doff - 20) if smss > doff - 20 + 8 else 0
             if smss:
                 segs = (seglen + smss - 1) // smss
             fwd.c[C_DATA_PKTS] += 1

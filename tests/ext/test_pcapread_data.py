@@ -6,6 +6,7 @@ was taken (tests/data/retrans-notes.md, which also explains every class of
 difference with tshark and tcptrace).
 """
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from netprobe.probes.retrans import pcapfile
+from netprobe.probes.retrans import capture, pcapfile
 from tests.integration.test_retrans_pcap import agreement, tcptrace_counts, tshark_flags
 from tests.reference import retrans_gen as gen
 
@@ -76,6 +77,21 @@ def test_gso_capture_counts_wire_segments():
     assert f.ab["retrans_segs"] == SENDER["retrans-a-gso-loss1.pcap"]
     assert f.ab["retrans"] < 10 and f.ab["data_segs"] > 20 * f.ab["data_pkts"]
     assert tcptrace_counts(path)[(f.a, f.a_port, f.b, f.b_port)]["rexmt"][0] == f.ab["retrans"]
+
+
+def test_gso_capture_of_arriving_data_only_counts_the_same_wire_segments(tmp_path):
+    """What capture_direction "in" on the receiver keeps (the sender's data and SYN/FIN/RST,
+    not the receiver's SYN with its MSS): segments are counted with the sender's MSS."""
+    path = str(DATA / "retrans-a-gso-loss1.pcap")
+    f = bulk(pcapfile.analyse_file(path))
+    arriving = str(tmp_path / "in.pcap")
+    subprocess.run(["tcpdump", "-r", path, "-w", arriving,
+                    f"src host {f.a} and ({capture.HAS_DATA} or {capture.SYN_FIN_RST})"],
+                   check=True, capture_output=True, timeout=60)
+    g = bulk(pcapfile.analyse_file(arriving))
+    assert g.ba["pkts"] == 0 and g.ab["data_pkts"] == f.ab["data_pkts"]
+    assert g.ab["retrans_segs"] == SENDER["retrans-a-gso-loss1.pcap"]
+    assert g.ab["data_segs"] == f.ab["data_segs"]
 
 
 def test_ipv6_linux_cooked_v2_capture():

@@ -292,7 +292,8 @@ class Analyser:
         if fl & {"retransmission", "fast_retransmission", "spurious_retransmission"}:
             fwd.count("ws_retrans")
         optlen = t["doff"] - 20
-        smss = rev.mss - optlen if rev.mss > optlen + 8 else 0
+        mss = rev.mss or fwd.mss               # the sender's own when the peer's SYN was not seen
+        smss = mss - optlen if mss > optlen + 8 else 0
         segs = -(-seglen // smss) if smss else 1
         if seglen:
             fwd.counts["data_segs"] = fwd.counts.get("data_segs", 0) + segs
