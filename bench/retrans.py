@@ -17,7 +17,7 @@ most retransmissions fill a hole: tcptrace counts those as "outoforder"
 the capture point plus out-of-order originals).
 
 Then the cost of live monitoring: iperf3 A -> B and B -> A (-R) at full speed in the lab
-(offload off, no impairment, 3 s runs, 5 rounds alternating), without the
+(offload off, then on; no impairment, 3 s runs, 5 rounds alternating), without the
 probe, with the live probe (tracefs instance only), with the probe plus
 its header capture (--capture-iface), and with the capture of arriving data
 only (--capture-direction in: A sends, so little arrives), the probe running
@@ -142,7 +142,7 @@ def run(quick=False):
 
 
 def _live_cost(quick):
-    """iperf3 rate without and with the live probe (same lab, alternating rounds)."""
+    """iperf3 rate without and with the live probe (same lab, alternating rounds), offload off then on."""
     if os.geteuid() != 0:
         return [{"mode": "all", "skipped": "needs root (namespace lab)"}]
     import json
@@ -154,32 +154,35 @@ def _live_cost(quick):
              "probe (tracefs + capture)": ["--capture-iface", "veth-a"],
              "probe (tracefs + capture in)": ["--capture-iface", "veth-a", "--capture-direction", "in"]}
     ways = {"A -> B": [], "B -> A": ["-R"]}           # the probe's host sending, then receiving
-    rates = {(w, m): [] for w in ways for m in modes}
-    lab = netlab.Lab()
-    try:
-        lab.up(offload="off")
-        lab.popen("b", ["iperf3", "-s", "-B", lab.b4])
-        time.sleep(0.3)
-        for _ in range(1 if quick else 5):
-            for way, reverse in ways.items():
-                for mode, extra in modes.items():
-                    probe = None
-                    if extra is not None:
-                        probe = lab.popen("a", [sys.executable, "-m", "netprobe", "probe", "retrans", "--ports",
-                                                "5201", "--interval", "1s", "--json"] + extra, cwd=str(ROOT))
-                        if not select.select([probe.stdout], [], [], 20)[0]:
-                            raise RuntimeError("probe did not start")
-                        probe.stdout.readline()
-                    out = lab.run("a", ["iperf3", "-c", lab.b4, "-t", "3", "-J", *reverse], timeout=60)
-                    rates[way, mode].append(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"])
-                    if probe is not None:
-                        probe.send_signal(signal.SIGTERM)
-                        probe.communicate(timeout=20)
-    finally:
-        lab.down()
-    return [{"mode": f"{w}: {m}", "rate_bps": statistics.median(r), "runs": len(r),
-             "ratio": statistics.median(r) / statistics.median(rates[w, "no probe"])}
-            for (w, m), r in rates.items()]
+    rows = []
+    for offload in ("off", "on"):
+        rates = {(w, m): [] for w in ways for m in modes}
+        lab = netlab.Lab()
+        try:
+            lab.up(offload=offload)
+            lab.popen("b", ["iperf3", "-s", "-B", lab.b4])
+            time.sleep(0.3)
+            for _ in range(1 if quick else 5):
+                for way, reverse in ways.items():
+                    for mode, extra in modes.items():
+                        probe = None
+                        if extra is not None:
+                            probe = lab.popen("a", [sys.executable, "-m", "netprobe", "probe", "retrans", "--ports",
+                                                    "5201", "--interval", "1s", "--json"] + extra, cwd=str(ROOT))
+                            if not select.select([probe.stdout], [], [], 20)[0]:
+                                raise RuntimeError("probe did not start")
+                            probe.stdout.readline()
+                        out = lab.run("a", ["iperf3", "-c", lab.b4, "-t", "3", "-J", *reverse], timeout=60)
+                        rates[way, mode].append(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"])
+                        if probe is not None:
+                            probe.send_signal(signal.SIGTERM)
+                            probe.communicate(timeout=20)
+        finally:
+            lab.down()
+        rows += [{"mode": f"{w}: {m}", "offload": offload, "rate_bps": statistics.median(r), "runs": len(r),
+                  "ratio": statistics.median(r) / statistics.median(rates[w, "no probe"])}
+                 for (w, m), r in rates.items()]
+    return rows
 
 
 def table(rows):
@@ -195,10 +198,13 @@ def table(rows):
             extra += f"; segments filling a hole: {r['hole_fills']}"
         lines.append(f"{r['tool']:40} {r['frames']:>9,} {r['wall_s']:>8.3f} {r['frames_per_s']:>11,.0f} "
                      f"{per_cpu} {r['retrans']:>8}{extra}")
-    if live:
+    for offload in ("off", "on"):
+        part = [r for r in live if r.get("offload", "off") == offload]
+        if not part:
+            continue
         lines.append("")
-        lines.append(f"{'iperf3 (probe in A), offload off':40} {'Gbit/s':>9} {'vs none':>8} {'runs':>5}")
-        for r in live:
+        lines.append(f"{f'iperf3 (probe in A), offload {offload}':40} {'Gbit/s':>9} {'vs none':>8} {'runs':>5}")
+        for r in part:
             if "skipped" in r:
                 lines.append(f"live cost skipped: {r['skipped']}")
                 continue
