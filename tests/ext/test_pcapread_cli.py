@@ -3,6 +3,8 @@
 Oracle: the capture's script (how many segments were resent, in which direction).
 """
 import json
+import subprocess
+import sys
 import threading
 import time
 import types
@@ -55,6 +57,39 @@ def test_truncated_and_bad_files(tmp_path, capsys):
     assert "ERROR probe=retrans name=pcap source=cut.pcap error=\"truncated record at offset" in out
     assert err.strip().splitlines() == [f"netprobe: error: {tmp_path}/bad.pcap: not a pcap or pcapng file "
                                         "(magic 0x6c6c6568)"]
+
+
+def pcap_stdin(pieces, *args):
+    """`netprobe pcap - --json` fed `pieces` through a pipe one write at a time: (rc, records, stderr)."""
+    p = subprocess.Popen([sys.executable, "-m", "netprobe", "pcap", "-", "--json", *args], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for piece in pieces:
+        p.stdin.write(piece)
+        p.stdin.flush()
+        time.sleep(0.002)
+    out, err = p.communicate(timeout=60)
+    return p.returncode, [json.loads(line) for line in out.decode().splitlines()], err.decode()
+
+
+def test_a_stream_on_stdin_gives_what_the_file_gives(tmp_path, capsys):
+    data = write(tmp_path / "a.pcap", lost_and_resent(SCRIPT))
+    assert cli.main(["pcap", str(tmp_path / "a.pcap"), "--json"]) == 0
+    want = [{**json.loads(line), "source": "-"} for line in capsys.readouterr().out.splitlines()]
+    for size in (1, 37, 1000):                # records and the file header cut between writes
+        rc, got, err = pcap_stdin([data[i:i + size] for i in range(0, len(data), size)] if size > 1
+                                  else [data[:10], data[10:]])
+        assert (rc, err) == (0, "") and [r for r in got if r["type"] == "RESULT"] == want
+    off = 24
+    while off < len(data):
+        last = 16 + int.from_bytes(data[off + 8:off + 12], "little")
+        off += last
+    rc, got, _ = pcap_stdin([data[:-7]])
+    assert rc == 0 and [r["error"] for r in got if r["type"] == "ERROR"] == [
+        f"the stream ended inside a record ({last - 7} bytes left)"]
+    # the cut record is the script's last, the tenth resend: the other nine are reported
+    assert [r["retrans"] for r in got if r["type"] == "RESULT" and r["dir"] == f"{gen.A4}->{gen.B4}"] == [9]
+    rc, got, err = pcap_stdin([b"hello world, not a capture"])
+    assert (rc, got) == (1, []) and err.strip() == "netprobe: error: -: not a pcap or pcapng file (magic 0x6c6c6568)"
 
 
 def test_post_rotate_entry_point_with_env_options(tmp_path, capsys, monkeypatch):

@@ -1,6 +1,7 @@
 """`netprobe pcap FILE...`, the tcpdump post-rotate hook and the directory-watch mode.
 
     netprobe pcap f1.pcap f2.pcapng [--json | --ndjson] [--max-retrans-pct 1]
+    ssh probe1 tcpdump -i eth0 -s 128 -w - tcp | netprobe pcap -     (analysed when the stream ends)
     tcpdump -i any -s 128 -G 60 -w /var/tmp/dump-%s.pcap -z netprobe-pcap 'tcp'
     netprobe pcap --watch /var/tmp/dumps --max-retrans-pct 1 --es-url http://es:9200/_bulk
 
@@ -24,7 +25,9 @@ SUFFIXES = (".pcap", ".pcapng", ".cap")
 
 
 def add_arguments(p):
-    p.add_argument("files", nargs="*", metavar="FILE", help="pcap or pcapng files, each analysed on its own")
+    p.add_argument("files", nargs="*", metavar="FILE",
+                   help="pcap or pcapng files, each analysed on its own; - reads a capture stream from stdin "
+                        "to its end (tcpdump -w - | netprobe pcap -)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="JSON lines instead of key=value text")
     out.add_argument("--ndjson", action="store_true",
@@ -72,8 +75,13 @@ def _check(args):
 
 
 def file_records(path, args):
-    """Records for one file: RESULT per direction group, BREACHes, ERROR if it ended badly."""
-    res = pcapfile.analyse_file(path, max_flows=args.max_flows, reorder_ns=round(args.reorder_window * 1e9))
+    """Records for one file ("-": the stream on stdin): RESULT per direction group, BREACHes,
+    ERROR if it ended badly."""
+    kw = {"max_flows": args.max_flows, "reorder_ns": round(args.reorder_window * 1e9)}
+    if path == "-":
+        res = pcapfile.analyse_stream(sys.stdin.buffer, **kw)
+    else:
+        res = pcapfile.analyse_file(path, **kw)
     groups = analysis.group_directions(res.flows, args.prefix_v4, args.prefix_v6)
     recs = analysis.records(groups, name=args.name, source=os.path.basename(path),
                             max_retrans_pct=args.max_retrans_pct, min_data_pkts=args.min_packets)

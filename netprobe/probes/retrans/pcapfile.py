@@ -1,6 +1,7 @@
-"""Run the compiled pcap analyser (netprobe._pcapread) over capture files.
+"""Run the compiled pcap analyser (netprobe._pcapread) over capture files and streams.
 
-The file is memory-mapped and handed to the extension in one buffer; the
+A file is memory-mapped and handed to the extension in one buffer (a stream
+on stdin is read in chunks, records cut between them kept for the next); the
 extension writes per-frame flags into a fixed-size chunk of preallocated
 arrays, so memory stays bounded whatever the file size. Callers that want
 every frame's flags (the oracle tests) pass `keep_frames=True`.
@@ -126,6 +127,41 @@ def analyse_file(path, keep_frames=False, max_flows=262144, reorder_ns=0):
     a = new_analyser(max_flows, reorder_ns)
     error, flags, flowdir = feed(a, path, keep_frames)
     return PcapResult(os.fspath(path), a.counters(), flows_of(a), error, flags, flowdir)
+
+
+def analyse_stream(f, max_flows=262144, reorder_ns=0, name="-"):
+    """A pcap/pcapng byte stream read in chunks from the binary file `f` (a pipe:
+    `tcpdump -w - | netprobe pcap -`, or the same over ssh from another host) to its end:
+    a PcapResult, with error set if a record was bad or the stream ended inside one."""
+    a = new_analyser(max_flows, reorder_ns)
+    flags = np.zeros(CHUNK, np.uint16)
+    flowdir = np.zeros(CHUNK, np.int32)
+    buf = bytearray()
+    opened, error = False, None
+    read = getattr(f, "read1", f.read)       # what the pipe holds, not a full megabyte
+    while error is None:
+        chunk = read(1 << 20)
+        buf += chunk
+        if not opened:
+            try:
+                del buf[:a.open(bytes(buf))]
+            except ValueError as exc:
+                if chunk and len(buf) < CHUNK:          # the file header may still be arriving
+                    continue
+                raise PcapError(f"{name}: {exc}") from None
+            opened = True
+        while buf:
+            st, off, _ = a.run(buf, 0, flags, flowdir, True)
+            del buf[:off]
+            if st == 2:
+                error = a.error
+            if st:
+                break
+        if not chunk:
+            if buf and error is None:
+                error = f"the stream ended inside a record ({len(buf)} bytes left)"
+            break
+    return PcapResult(name, a.counters(), flows_of(a), error)
 
 
 def analyse_bytes(data, keep_frames=True, max_flows=262144, reorder_ns=0):
