@@ -71,15 +71,23 @@ def test_trains_arrive_whole_with_kernel_timestamps(pair):
     # train, count, size, primers, primer_size, gap
     plan = plan_of([[10, 2, 600, 0, 0, 200_000], [11, 9, 1472, 1, 1472, 200_000], [12, 33, 100, 2, 1000, 0]])
     sent = np.zeros((3, T.SENT_NCOLS), dtype=np.int64)
-    before = time.time_ns()
-    got = sender.send(plan, sent)
-    assert got["error"] == 0 and got["trains"] == 3 and got["packets"] == 44
+    rows = np.zeros((100, T.RX_NCOLS), dtype=np.int64)
+    tries = 0
+    while tries < 3:
+        tries += 1
+        # the kernel stamps with CLOCK_REALTIME, which this VM's host steps now and then (once by
+        # -0.71 ms mid-train): a step between `before` and `after` makes the run unjudgeable
+        offset = time.time_ns() - time.monotonic_ns()
+        before = time.time_ns()
+        got = sender.send(plan, sent)
+        assert got["error"] == 0 and got["trains"] == 3 and got["packets"] == 44
+        r = receiver.run(rows, 44, 500_000_000, 2_000_000_000)
+        after = time.time_ns()
+        if abs(time.time_ns() - time.monotonic_ns() - offset) < 50_000:
+            break
     assert got["bytes"] == 2 * 600 + 9 * 1472 + 31 * 100 + 2 * 1000
     assert sent[:, 2].tolist() == [2, 9, 33] and sent[:, 3].sum() == got["bytes"]
     assert np.all(sent[1:, 0] - sent[:-1, 1] >= 200_000)          # the gap after each train was kept
-    rows = np.zeros((100, T.RX_NCOLS), dtype=np.int64)
-    r = receiver.run(rows, 44, 500_000_000, 2_000_000_000)
-    after = time.time_ns()
     assert r["rows"] == 44 and r["user_ts"] == 0 and r["malformed"] == r["foreign"] == 0
     rows = rows[:44]
     for tid, count, size, primers, psize, _ in plan:
@@ -90,7 +98,7 @@ def test_trains_arrive_whole_with_kernel_timestamps(pair):
         assert t[:, COL["flags"]].tolist() == [T.RX_FLAG_PRIMER] * primers + [0] * (count - primers)
     rx_ns = rows[:, COL["rx_ns"]]
     assert np.all(np.diff(rx_ns) >= 0) and before <= rx_ns[0] and rx_ns[-1] <= after   # CLOCK_REALTIME
-    assert receiver.packets == 44
+    assert receiver.packets == 44 * tries
 
 
 def test_bad_packets_are_counted_and_dropped(pair):
