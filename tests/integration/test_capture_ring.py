@@ -8,7 +8,6 @@ counted as dropped), and /proc/net/packet for the socket's removal.
 import os
 import socket
 import threading
-import time
 
 import pytest
 
@@ -72,8 +71,7 @@ def test_each_packet_of_the_filtered_connection_is_analysed_once_and_the_socket_
         assert len(ring_socket) == 1
         decoy = transfer(50_000)                 # another port: the kernel filter keeps it out
         transfer(200_000, port)
-        time.sleep(capture.RETIRE_MS / 1000 * 3)  # the last block is handed over
-        cap.pump()
+        cap.pump(settle=True)                     # the block being filled is handed over too
         flows = cap.interval_flows()
         counters = cap.counters()
     finally:

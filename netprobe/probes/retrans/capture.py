@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import socket
 import threading
+import time
 
 from netprobe.errors import ProbeError, load_extension
 from netprobe.probes.retrans import pcapfile
@@ -118,8 +119,11 @@ class LiveCapture:
             if self.ring.wait(WAIT_MS):
                 self.pump()
 
-    def pump(self):
-        """Analyse every block the kernel has handed over; returns frames analysed."""
+    def pump(self, settle=False):
+        """Analyse every block the kernel has handed over; returns frames analysed. settle: first
+        wait until the block being filled now has been handed over too (the last interval at stop)."""
+        if settle:
+            time.sleep(2 * RETIRE_MS / 1000)
         with self._lock:
             return self.ring.pump(self.analyser)
 

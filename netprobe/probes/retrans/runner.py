@@ -158,7 +158,7 @@ class Runner(ProbeRunner):
                     counter.add_lines(inst.read())
                     dumps.feed(counter)
                     if cap is not None:
-                        cap.pump()
+                        cap.pump(settle=stop.is_set())      # at stop, nothing captured is left out
                     now = time.monotonic()
                     lost, snmp = inst.lost(), tcp_snmp()
                     delta = {k: snmp[k] - snmp0[k] for k in ("OutSegs", "RetransSegs") if k in snmp and k in snmp0}
