@@ -20,6 +20,9 @@ from tests.conftest import IS_ROOT, NOT_ROOT_REASON
 
 ROOT = Path(__file__).resolve().parents[2]
 PORT = 5299                      # not iperf3's default: other lab users' traffic stays out of the filter
+# the incoming-capture test's iperf3 writes: with offload on, 16 KB ones keep skbs (and so a
+# resend R drops again, which never reaches the capture) small
+WRITES = {"off": [], "on": ["-l", "16K"]}
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason=NOT_ROOT_REASON)
 
 
@@ -108,7 +111,9 @@ def test_outgoing_retransmits_per_direction_match_each_senders_kernel_count(make
                              "--max-retrans", "5", "--breach-after", "1") for h in "ab"}
     before = {h: retrans_segs(lab, h) for h in "ab"}
     try:
-        out = lab.run("a", ["iperf3", "-c", lab.b4, "-p", PORT, "-t", "2", "-b", "80M", "--bidir", "-J"], timeout=30)
+        # offload on: 4 s, as 2 s of ~64 KB skbs (~300 a way) lost none of A's in one CI run
+        out = lab.run("a", ["iperf3", "-c", lab.b4, "-p", PORT, "-t", "2" if offload == "off" else "4", "-b", "80M",
+                            "--bidir", "-J"], timeout=30)
         wait_quiet(lab)
         sent = {h: retrans_segs(lab, h) - before[h] for h in "ab"}
     finally:
@@ -145,7 +150,8 @@ def test_incoming_retransmits_from_capture_match_the_peers_kernel_count(make_lab
     probe = start_probe(lab, "a", "--capture-iface", lab.if_a, "--interval", "500ms",   # tracefs and capture up
                         "--capture-direction", direction)
     try:
-        lab.run("a", ["iperf3", "-c", lab.b4, "-p", PORT, "-t", "2", "-b", "80M", "--bidir"], timeout=30)
+        lab.run("a", ["iperf3", "-c", lab.b4, "-p", PORT, "-t", "2", "-b", "80M", "--bidir", *WRITES[offload]],
+                timeout=30)
         wait_quiet(lab)
         sent = {h: retrans_segs(lab, h) - before[h] for h in "ab"}
     finally:
@@ -164,8 +170,10 @@ def test_incoming_retransmits_from_capture_match_the_peers_kernel_count(make_lab
             trace[h] += r["retrans"]
     assert sent["b"] > 30, sent
     # 2 %, plus twice the retransmissions R is expected to drop again (1 % of them): those
-    # never reach A, while B counts them
-    assert abs(cap["b"] - sent["b"]) <= max(2, 0.02 * sent["b"]) + 2 * 0.01 * sent["b"], (cap, sent, err)
+    # never reach A, while B counts them; with offload on such a resend is lost whole, up to a
+    # 16 KB write's 12 segments
+    tol = max(2, 0.02 * sent["b"]) + 2 * 0.01 * sent["b"]
+    assert -tol - (12 if offload == "on" else 0) <= cap["b"] - sent["b"] <= tol, (cap, sent, err)
     # a -> b has no loss: A's own count (resends after lost ACKs, or after veth reordering under
     # load) is what both the tracepoint side (segments from tcp_info: on a throttled VM A once
     # resent 184 segments in 140 skbs) and the capture must show
