@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from netprobe.probes.oneway.analysis import SESSION_SUB_BITS
 from tests.lab.netlab import NFQDELAY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -192,7 +193,10 @@ def test_lab_20ms_delay_matches_irtt(make_lab, tmp_path):
     # intervals' p50s), since the delay helper in R, a Python NFQUEUE loop, can lag for a second
     p50s = [r["delay_p50"] for r in res]
     assert abs(statistics.median(p50s) - irtt_p50) <= 0.5e-3, (p50s, irtt_p50)
-    assert 20e-3 <= statistics.median(p50s) < 21e-3 and all(20e-3 <= p < 22e-3 for p in p50s), p50s
+    # never below the injected delay, but for the histogram's bin: a p50 is interpolated inside a
+    # bin 2**-SESSION_SUB_BITS of the value wide (131 us at 20 ms; 19.9966 ms was seen)
+    floor = 20e-3 * (1 - 2.0 ** -SESSION_SUB_BITS)
+    assert floor <= statistics.median(p50s) < 21e-3 and all(floor <= p < 22e-3 for p in p50s), p50s
 
 
 @pytest.mark.lab
