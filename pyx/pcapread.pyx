@@ -36,9 +36,9 @@ from linux cimport close, poll, pollfd, POLLIN
 from packet cimport (AF_PACKET, SOCK_DGRAM, SOCK_CLOEXEC, SOL_SOCKET, SOL_PACKET, SO_ATTACH_FILTER, sockaddr,
                      socket, bind, setsockopt, getsockopt, PROT_READ, PROT_WRITE, MAP_SHARED, MAP_FAILED, mmap,
                      munmap, htons, ETH_P_ALL, sock_filter, sock_fprog, PACKET_VERSION, PACKET_RX_RING,
-                     PACKET_STATISTICS, PACKET_IGNORE_OUTGOING, TPACKET_V3, TP_STATUS_USER, PACKET_OUTGOING, sockaddr_ll, tpacket_req3,
-                     tpacket_stats_v3, tpacket_block_desc, tpacket3_hdr, TPACKET_ALIGN, np_block_status,
-                     np_block_release)
+                     PACKET_STATISTICS, PACKET_IGNORE_OUTGOING, TPACKET_V3, TP_STATUS_USER, PACKET_OUTGOING,
+                     sockaddr_ll, tpacket_req3, tpacket_stats_v3, tpacket_block_desc, tpacket3_hdr, TPACKET_ALIGN,
+                     np_block_status, np_block_release)
 
 from pcap cimport (rd16be, rd32be, rd16le, rd32le, rd16, rd32, seq_lt, seq_le, seq_gt,
                    PCAP_MAGIC_US, PCAP_MAGIC_NS, PCAP_MAGIC_US_SWAPPED, PCAP_MAGIC_NS_SWAPPED,
@@ -1238,17 +1238,18 @@ cdef class PacketRing:
         cdef pollfd pfd
         if self.fd < 0:
             raise ValueError("the ring is closed")
-        if self._ready():
+        if self._ready() != NULL:
             return True
         pfd.fd = self.fd
         pfd.events = POLLIN
         with nogil:
             poll(&pfd, 1, timeout_ms)           # EINTR: the caller looks again
-        return self._ready()
+        return self._ready() != NULL
 
-    cdef bint _ready(self) noexcept nogil:
+    cdef tpacket_block_desc *_ready(self) noexcept nogil:
+        """The current block if the kernel has handed it over, else NULL."""
         cdef tpacket_block_desc *bd = <tpacket_block_desc *>(self.ring + <size_t>self.cur * self.block_size)
-        return (np_block_status(&bd.hdr.bh1.block_status) & TP_STATUS_USER) != 0
+        return bd if np_block_status(&bd.hdr.bh1.block_status) & TP_STATUS_USER else NULL
 
     def pump(self, TcpAnalyser analyser not None):
         """Analyse the frames of every block the kernel has handed over (GIL released);
@@ -1258,12 +1259,13 @@ cdef class PacketRing:
         if self.fd < 0:
             raise ValueError("the ring is closed")
         with nogil:
-            while self._ready():
-                bd = <tpacket_block_desc *>(self.ring + <size_t>self.cur * self.block_size)
+            bd = self._ready()
+            while bd != NULL:
                 self._block(analyser, bd)
                 np_block_release(&bd.hdr.bh1.block_status)
                 self.cur = (self.cur + 1) % self.block_nr
                 self.blocks += 1
+                bd = self._ready()
         return self.frames - n0
 
     cdef void _block(self, TcpAnalyser a, tpacket_block_desc *bd) noexcept nogil:

@@ -14,7 +14,7 @@ import pytest
 from netprobe.errors import ProbeError, load_extension
 from netprobe.probes.retrans import capture
 from tests.conftest import IS_ROOT, NOT_ROOT_REASON
-from tests.integration.test_retrans_live import packet_socket_inodes
+from tests.integration.test_retrans_live import packet_socket_inodes, socket_inodes
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason=NOT_ROOT_REASON)
 
@@ -51,15 +51,7 @@ def free_port():
 
 def own_packet_sockets():
     """Inodes of this process's AF_PACKET sockets."""
-    mine = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            link = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            mine.add(int(link[8:-1]))
-    return mine & packet_socket_inodes()
+    return socket_inodes(os.getpid()) & packet_socket_inodes()
 
 
 def test_each_packet_of_the_filtered_connection_is_analysed_once_and_the_socket_goes_on_close():

@@ -203,9 +203,13 @@ def packet_socket_inodes():
 
 
 def socket_inodes(pid):
+    """Inodes of the sockets process `pid` holds (an fd closed while listing is skipped)."""
     out = set()
     for fd in os.listdir(f"/proc/{pid}/fd"):
-        link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
         if link.startswith("socket:["):
             out.add(int(link[8:-1]))
     return out
