@@ -4,15 +4,18 @@
 # UdpProbeSender sends probes from one connected UDP socket per source port:
 # Poisson (or fixed) gaps on CLOCK_MONOTONIC, sendmmsg batches per socket,
 # random payload sizes and bytes, the send time stamped (CLOCK_REALTIME) just
-# before the batch is handed to the kernel. UdpProbeReceiver reads with
+# before the batch is handed to the kernel; with tx_stamp, the kernel's TX
+# time of each packet (SO_TIMESTAMPING, from the error queue) rides in the
+# port's next packet as a follow-up. UdpProbeReceiver reads with
 # recvmmsg and SO_TIMESTAMPNS kernel RX times and keeps, per (session, port,
 # open interval), fixed-size accumulators: memory is O(1) per port whatever
-# the uptime. Both loops release the GIL and never raise per packet: they
+# the uptime; a delay waits in its port until the next packet says whether
+# a follow-up corrects it. Both loops release the GIL and never raise per packet: they
 # count and go on. Python sees one call per chunk (run) or interval.
 
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from libc.math cimport log
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
@@ -20,18 +23,20 @@ from linux cimport (errno, EINTR, EAGAIN, CLOCK_MONOTONIC, CLOCK_REALTIME, times
                     clock_ns, mono_ns, ns_to_timespec, strerror, setsockopt, socklen_t,
                     SOL_SOCKET, MSG_DONTWAIT, poll, pollfd, POLLIN, MSG_TRUNC, SO_TIMESTAMPNS,
                     SCM_TIMESTAMPNS, iovec, msghdr, mmsghdr, cmsghdr, CMSG_FIRSTHDR, CMSG_NXTHDR,
-                    CMSG_DATA, sendmmsg, recvmmsg, TIMER_ABSTIME, clock_nanosleep, prctl, PR_SET_TIMERSLACK)
+                    CMSG_DATA, sendmmsg, recvmmsg, TIMER_ABSTIME, clock_nanosleep, prctl, PR_SET_TIMERSLACK,
+                    recvmsg, MSG_ERRQUEUE, SO_TIMESTAMPING, SCM_TIMESTAMPING, SOF_TIMESTAMPING_TX_SOFTWARE,
+                    SOF_TIMESTAMPING_SOFTWARE)
 from wire cimport (udping_v1, push_udping_v1, pull_udping_v1, push_le64, V1_HDR_LEN, V1_GUID_MAX,
-                   probe_hdr, push_u16, push_u32, push_u64, np_hmac_t, np_hmac_init, np_hmac, np_sha256_t, np_sha256_init,
+                   probe_hdr, push_u16, push_u32, push_u64, pull_u16, pull_u32, pull_u64, WIRE_MAGIC, WIRE_VERSION, np_hmac_t, np_hmac_init, np_hmac, np_sha256_t, np_sha256_init,
                    np_sha256_update, np_sha256_final, push_probe_hdr, push_tag, pull_probe_hdr,
                    pull_tag_check, WIRE_OK, WIRE_HDR_LEN, WIRE_TAG_LEN, WIRE_MAX_LEN,
                    WIRE_TAG_MISSING, WIRE_TAG_BAD, WIRE_TAG_UNEXPECTED, FLAG_CONTROL,
-                   FLAG_AUTH, FLAG_UNSYNC)
+                   FLAG_AUTH, FLAG_UNSYNC, FLAG_TXTIME)
 
 HDR_LEN = WIRE_HDR_LEN
 TAG_LEN = WIRE_TAG_LEN
 MAX_LEN = WIRE_MAX_LEN
-F_CONTROL, F_AUTH, F_UNSYNC = FLAG_CONTROL, FLAG_AUTH, FLAG_UNSYNC
+F_CONTROL, F_AUTH, F_UNSYNC, F_TXTIME = FLAG_CONTROL, FLAG_AUTH, FLAG_UNSYNC, FLAG_TXTIME
 DECODE_ERRORS = {1: "short", 2: "magic", 3: "version", 4: "flags", 5: "length", 6: "reserved",
                  7: "tag missing", 8: "tag does not verify", 9: "tag present but no key"}
 
@@ -45,6 +50,9 @@ cdef enum:
     MAX_PORTS = 5000
     STALL_NS = 1000000000   # a sender this far behind its schedule resynchronises (slots missed)
     MAX_CLOSE = 1024        # intervals one close_through() may close (bounds a hostile close)
+    TX_PEEK = 256           # bytes read of each looped-back copy: link, IP and UDP headers + probe header
+    TX_SCAN = TX_PEEK - WIRE_HDR_LEN   # where a probe header may start in that copy
+    FU_MAX = 0x7fffffff     # largest follow-up, ns (2.1 s)
 
 cdef extern from *:
     int __builtin_clzll(unsigned long long x) nogil
@@ -165,11 +173,12 @@ def sha256(data):
 
 
 def push_header(*, int flags, int port, uint64_t session, uint64_t start_ns, uint64_t seq, uint64_t send_ns,
-                uint32_t interval, uint32_t clock_err_us, uint32_t index, uint32_t count, int length=0,
-                payload=b"", key=b""):
+                uint32_t interval, uint32_t clock_err_us, uint32_t index, uint32_t count, int32_t tx_follow_up=0,
+                int length=0, payload=b"", key=b""):
     """One datagram as bytes: header, `payload` (padded with zeros to `length`), tag if `key`.
 
-    length 0: header + payload (+ tag). FLAG_AUTH is set when a key is given.
+    length 0: header + payload (+ tag). FLAG_AUTH is set when a key is given;
+    tx_follow_up is written only with F_TXTIME in flags.
     """
     cdef probe_hdr h
     cdef np_hmac_t m
@@ -187,6 +196,7 @@ def push_header(*, int flags, int port, uint64_t session, uint64_t start_ns, uin
     h.flags = flags | (FLAG_AUTH if keyed else 0)
     h.port, h.session, h.start_ns, h.seq, h.send_ns = port, session, start_ns, seq, send_ns
     h.interval, h.clock_err_us, h.length, h.index, h.count = interval, clock_err_us, length, index, count
+    h.tx_follow_up = tx_follow_up
     push_probe_hdr(&b[0], &h)
     if keyed:
         set_key(&m, key)
@@ -211,7 +221,7 @@ def pull_header(data, key=b""):
         raise DecodeError(DECODE_ERRORS[r], off)
     return {"flags": h.flags, "port": h.port, "session": h.session, "start_ns": h.start_ns, "seq": h.seq,
             "send_ns": h.send_ns, "interval": h.interval, "clock_err_us": h.clock_err_us, "length": h.length,
-            "index": h.index, "count": h.count}
+            "index": h.index, "count": h.count, "tx_follow_up": h.tx_follow_up}
 
 
 # -- sender ---------------------------------------------------------------------------
@@ -271,7 +281,15 @@ cdef class UdpProbeSender:
     cdef int64_t due[BATCH]
     cdef int port_of[BATCH]
     cdef int len_of[BATCH]
+    cdef uint64_t seq_of[BATCH]
     cdef bint running
+    cdef readonly bint tx_stamp     # kernel TX times sent as follow-ups (FLAG_TXTIME)
+    cdef readonly int64_t tx_stamps # kernel TX timestamps read back
+    cdef int64_t *fu_seq           # per port: the packet whose kernel TX time is known (-1: none) ...
+    cdef int32_t *fu_ns            # ... and that time minus the send time it carried
+    cdef int tx_off                # where the probe header starts in a looped-back copy (-1: not found yet)
+    cdef uint8_t txbuf[TX_PEEK]
+    cdef char txctl[256]
     cdef readonly int64_t sent, send_errors, missed, controls_sent
     cdef readonly int last_errno
 
@@ -285,12 +303,15 @@ cdef class UdpProbeSender:
         self.sports = NULL
         self.rot = NULL
         self.guids = NULL
+        self.fu_seq = NULL
+        self.fu_ns = NULL
         self.raw_fd = -1
+        self.tx_off = -1
 
     def __init__(self, fds, uint64_t session, uint64_t start_ns, int64_t gap_ns, *, int min_len=WIRE_HDR_LEN,
                  int max_len=128, bint poisson=True, int64_t spin_ns=0, key=b"", uint32_t clock_err_us=0,
-                 bint unsync=False, uint64_t seed=0, raw=None, bint v1=False):
-        cdef int i, k
+                 bint unsync=False, uint64_t seed=0, raw=None, bint v1=False, bint tx_stamp=False):
+        cdef int i, k, flags = SOF_TIMESTAMPING_TX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE
         if raw is not None:
             n = self._init_raw(raw)
         else:
@@ -303,6 +324,8 @@ cdef class UdpProbeSender:
             raise ValueError(f"spin must be 0 to 100 ms in ns (got {spin_ns})")
         if v1 and len(key):
             raise ValueError("UDPing v1 probes carry no tag: no key with v1")
+        if v1 and tx_stamp:
+            raise ValueError("UDPing v1 probes carry no follow-up: no tx_stamp with v1")
         least = V1_HDR_LEN if v1 else WIRE_HDR_LEN + (WIRE_TAG_LEN if len(key) else 0)
         if not least <= min_len <= max_len <= WIRE_MAX_LEN:
             raise ValueError(f"sizes must satisfy {least} <= min_len <= max_len <= {WIRE_MAX_LEN} "
@@ -311,12 +334,21 @@ cdef class UdpProbeSender:
         self.seq = <uint64_t *>calloc(n, sizeof(uint64_t))
         self.count = <uint32_t *>calloc(n, sizeof(uint32_t))
         self.prev_count = <uint32_t *>calloc(n, sizeof(uint32_t))
+        self.fu_seq = <int64_t *>malloc(n * sizeof(int64_t))
+        self.fu_ns = <int32_t *>calloc(n, sizeof(int32_t))
         self.slot = self.l2len + max_len
         self.bufs = <uint8_t *>malloc(<size_t>BATCH * self.slot)
-        if self.fds == NULL or self.seq == NULL or self.count == NULL or self.prev_count == NULL or self.bufs == NULL:
+        if self.fds == NULL or self.seq == NULL or self.count == NULL or self.prev_count == NULL \
+                or self.bufs == NULL or self.fu_seq == NULL or self.fu_ns == NULL:
             raise MemoryError()
         for i in range(n):
             self.fds[i] = self.raw_fd if raw is not None else fds[i]
+            self.fu_seq[i] = -1
+        if tx_stamp:           # driver-level software TX stamps, each queued with a copy of its packet
+            for i in range(1 if raw is not None else n):
+                if setsockopt(self.fds[i], SOL_SOCKET, SO_TIMESTAMPING, &flags, sizeof(flags)) != 0:
+                    PyErr_SetFromErrno(OSError)
+        self.tx_stamp = tx_stamp
         self.nports = n
         self.session, self.start_ns, self.gap_ns, self.spin_ns = session, start_ns, gap_ns, spin_ns
         self.min_len, self.max_len, self.poisson = min_len, max_len, poisson
@@ -358,6 +390,8 @@ cdef class UdpProbeSender:
         free(self.sports)
         free(self.rot)
         free(self.guids)
+        free(self.fu_seq)
+        free(self.fu_ns)
 
     cdef int _init_raw(self, raw) except -1:
         """Raw mode: whole Ethernet frames on one AF_PACKET socket (raw["fd"], the caller's,
@@ -470,6 +504,7 @@ cdef class UdpProbeSender:
             self._frame_headers(f, port, length)
         self.port_of[b] = port
         self.len_of[b] = length
+        self.seq_of[b] = seq
         if self.v1:
             v.start_s = <int64_t>(self.start_ns // 1000000000)
             memcpy(v.guid, self.guids + 21 * port, 21)
@@ -495,11 +530,66 @@ cdef class UdpProbeSender:
         push_probe_hdr(p, &h)
         fill_random(p + WIRE_HDR_LEN, length - WIRE_HDR_LEN, &self.rng)
 
+    cdef inline bint _ours_at(self, int off) noexcept nogil:
+        return pull_u32(self.txbuf + off) == WIRE_MAGIC and self.txbuf[off + 4] == WIRE_VERSION \
+            and pull_u64(self.txbuf + off + 8) == self.session
+
+    cdef const uint8_t *_probe_in(self, int n) noexcept nogil:
+        """This sender's probe header in the first n bytes of a looped-back copy (after the
+        link, IP and UDP headers, whatever their length), or NULL."""
+        cdef int off, last = min(n - WIRE_HDR_LEN, TX_SCAN)
+        if 0 <= self.tx_off <= last and self._ours_at(self.tx_off):     # the headers rarely change
+            return self.txbuf + self.tx_off
+        for off in range(last + 1):
+            if self._ours_at(off):
+                self.tx_off = off
+                return self.txbuf + off
+        return NULL
+
+    cdef void _read_tx(self, int fd) noexcept nogil:
+        """Read the kernel TX timestamps queued on fd: each data packet's TX time minus its
+        stamped send time becomes its port's follow-up (when it fits 32 bits of ns)."""
+        cdef msghdr m
+        cdef iovec v
+        cdef cmsghdr *c
+        cdef timespec *ts
+        cdef const uint8_t *p
+        cdef int64_t kts, diff
+        cdef ssize_t r
+        cdef int k, port
+        for k in range(4 * BATCH):
+            memset(&m, 0, sizeof(m))
+            v.iov_base = self.txbuf
+            v.iov_len = TX_PEEK
+            m.msg_iov = &v
+            m.msg_iovlen = 1
+            m.msg_control = self.txctl
+            m.msg_controllen = sizeof(self.txctl)
+            r = recvmsg(fd, &m, MSG_ERRQUEUE | MSG_DONTWAIT)
+            if r < 0:
+                return
+            kts = -1
+            c = CMSG_FIRSTHDR(&m)
+            while c != NULL:
+                if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPING:
+                    ts = <timespec *>CMSG_DATA(c)          # [0]: software, [2]: hardware
+                    kts = <int64_t>ts[0].tv_sec * 1000000000 + ts[0].tv_nsec
+                c = CMSG_NXTHDR(&m, c)
+            p = self._probe_in(<int>r)
+            if kts <= 0 or p == NULL or p[5] & FLAG_CONTROL:
+                continue
+            port = pull_u16(p + 6)
+            diff = kts - <int64_t>pull_u64(p + 32)
+            if port < self.nports and -FU_MAX <= diff <= FU_MAX:
+                self.fu_seq[port] = <int64_t>pull_u64(p + 24)
+                self.fu_ns[port] = <int32_t>diff
+                self.tx_stamps += 1
+
     cdef int _send_batch(self, int nb, int64_t *late, Py_ssize_t cap, Py_ssize_t *nlate,
                          bint control) noexcept nogil:
         """Send packets 0..nb-1, one sendmmsg per port; returns how many the kernel took.
         Data packets the kernel refused give back their sequence numbers and interval slots."""
-        cdef int b, j, k, port, r, total = 0, vlen
+        cdef int b, j, k, q, port, r, total = 0, vlen
         cdef int idx[BATCH]
         cdef bint done[BATCH]
         cdef uint8_t *p
@@ -516,6 +606,8 @@ cdef class UdpProbeSender:
                     idx[vlen] = j
                     done[j] = True
                     vlen += 1
+            if self.tx_stamp:
+                self._read_tx(self.fds[port])
             now_real = clock_ns(CLOCK_REALTIME)
             now_mono = mono_ns()
             for k in range(vlen):
@@ -526,6 +618,10 @@ cdef class UdpProbeSender:
                     push_le64(p + 56, <uint64_t>(now_real % 1000000000))
                 else:
                     push_u64(p + 32, <uint64_t>now_real)
+                    q = self.port_of[j]          # its port (raw mode: a batch mixes them)
+                    if self.fu_seq[q] >= 0 and self.fu_seq[q] + 1 == <int64_t>self.seq_of[j]:
+                        p[5] |= FLAG_TXTIME
+                        push_u32(p + 60, <uint32_t>self.fu_ns[q])
                 if self.keyed:
                     push_tag(p, self.len_of[j], &self.key)
                 if self.raw_fd >= 0:
@@ -670,12 +766,16 @@ ctypedef struct slot_t:
     int64_t ctl_count, ctl_next  # from a control record (-1 unknown)
     int64_t piggy_count, next_base   # from data of the next interval (-1 unknown)
     int64_t n, dmin, dmax
+    int64_t n_tx               # delays measured from the sender's kernel TX time (a follow-up)
     double dsum, dsumsq
     uint32_t *hist
 
 ctypedef struct port_t:
     int64_t max_seq            # highest sequence number seen (-1: none)
     uint64_t *bitmap           # WINDOW_BITS bits: seen sequence numbers up to max_seq
+    int64_t pend_seq           # the last data packet, whose delay waits for the next packet's
+    int64_t pend_delay         #   TX follow-up (-1: none); its delay (ns) and interval
+    int64_t pend_interval
     slot_t slots[NSLOTS]
 
 ctypedef struct session_t:
@@ -846,6 +946,7 @@ cdef class UdpProbeReceiver:
         if ok:
             for p in range(nports):
                 ss.ports[p].max_seq = -1
+                ss.ports[p].pend_seq = -1
                 ss.ports[p].bitmap = <uint64_t *>calloc(WINDOW_BITS // 64, sizeof(uint64_t))
                 ok = ok and ss.ports[p].bitmap != NULL
                 for k in range(NSLOTS):
@@ -878,7 +979,7 @@ cdef class UdpProbeReceiver:
         cdef port_t *ps
         cdef slot_t *s
         cdef slot_t *prev
-        cdef int64_t d, seq, base
+        cdef int64_t seq, base
         self.datagrams += 1
         r = pull_probe_hdr(p, n, &h, &off)
         if r != WIRE_OK:
@@ -904,6 +1005,7 @@ cdef class UdpProbeReceiver:
             ss.unsync_seen += 1
         if h.flags & FLAG_CONTROL:
             ss.controls += 1
+            self._settle(ss, ps, &h)
             s = slot_claim(ss, ps, h.interval, self.pbins)
             if s == NULL:
                 ss.late_closed += 1
@@ -937,20 +1039,42 @@ cdef class UdpProbeReceiver:
         s.base = base
         if seq > s.max_seq:
             s.max_seq = seq
-        d = rx_ns - <int64_t>h.send_ns
+        self._settle(ss, ps, &h)
+        ps.pend_seq = seq
+        ps.pend_delay = rx_ns - <int64_t>h.send_ns
+        ps.pend_interval = h.interval
+
+    cdef void _settle(self, session_t *ss, port_t *ps, const probe_hdr *h) noexcept nogil:
+        """Account the port's waiting delay, corrected by h's follow-up when h is the next
+        sequence number and carries one (the sender's kernel TX time of the waiting packet)."""
+        if ps.pend_seq < 0 or <int64_t>h.seq == ps.pend_seq:
+            return
+        if h.flags & FLAG_TXTIME and <int64_t>h.seq == ps.pend_seq + 1:
+            self._account(ss, ps, ps.pend_interval, ps.pend_delay - h.tx_follow_up, True)
+        else:
+            self._account(ss, ps, ps.pend_interval, ps.pend_delay, False)
+        ps.pend_seq = -1
+
+    cdef void _account(self, session_t *ss, port_t *ps, int64_t interval, int64_t d,
+                       bint from_tx) noexcept nogil:
+        """One one-way delay (ns) into its port's and the session's accumulators of `interval`."""
+        cdef slot_t *s = &ps.slots[interval % NSLOTS]
+        cdef int r = <int>(interval % NSLOTS)
+        if s.interval != interval:
+            return
         if s.n == 0 or d < s.dmin:
             s.dmin = d
         if s.n == 0 or d > s.dmax:
             s.dmax = d
         s.n += 1
+        s.n_tx += from_tx
         s.dsum += d
         s.dsumsq += <double>d * d
         s.hist[hist_index(d, SUB_PORT)] += 1
-        r = <int>(h.interval % NSLOTS)
-        if ss.finterval[r] != <int64_t>h.interval:
+        if ss.finterval[r] != interval:
             if ss.finterval[r] != -1:
                 return
-            ss.finterval[r] = h.interval
+            ss.finterval[r] = interval
             memset(ss.fhist[r], 0, 2 * self.fbins * sizeof(uint32_t))
         ss.fhist[r][hist_index(d, SUB_SESSION)] += 1
 
@@ -1048,6 +1172,10 @@ cdef class UdpProbeReceiver:
             raise KeyError(f"no session {session:016x}")
         if interval - ss.last_closed > MAX_CLOSE:
             raise ValueError(f"cannot close {interval - ss.last_closed} intervals at once (at most {MAX_CLOSE})")
+        for p in range(ss.nports):             # waiting delays of these intervals: no follow-up now
+            if ss.ports[p].pend_seq >= 0 and ss.ports[p].pend_interval <= interval:
+                self._account(ss, &ss.ports[p], ss.ports[p].pend_interval, ss.ports[p].pend_delay, False)
+                ss.ports[p].pend_seq = -1
         out = []
         i = ss.last_closed + 1
         while i <= interval:
@@ -1057,11 +1185,11 @@ cdef class UdpProbeReceiver:
                 nxt = &ss.ports[p].slots[(i + 1) % NSLOTS]
                 rec = {"port": p, "received": 0, "dup": 0, "reordered": 0, "stale": 0, "base": -1,
                        "max_seq": -1, "ctl_count": -1, "ctl_next": -1, "piggy_count": -1, "next_base": -1,
-                       "n": 0, "sum": 0.0, "sumsq": 0.0, "min": 0, "max": 0, "hist": []}
+                       "n": 0, "n_tx": 0, "sum": 0.0, "sumsq": 0.0, "min": 0, "max": 0, "hist": []}
                 if s.interval == i:
                     rec.update(received=s.received, dup=s.dup, reordered=s.reordered, stale=s.stale,
                                base=s.base, max_seq=s.max_seq, ctl_count=s.ctl_count, ctl_next=s.ctl_next,
-                               piggy_count=s.piggy_count, next_base=s.next_base, n=s.n, sum=s.dsum,
+                               piggy_count=s.piggy_count, next_base=s.next_base, n=s.n, n_tx=s.n_tx, sum=s.dsum,
                                sumsq=s.dsumsq, min=s.dmin, max=s.dmax,
                                hist=[[b, s.hist[b]] for b in range(2 * self.pbins) if s.hist[b]])
                     s.interval = -1

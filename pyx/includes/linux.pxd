@@ -106,7 +106,10 @@ cdef extern from "<sys/socket.h>" nogil:
         SO_SNDBUFFORCE
         SO_TIMESTAMPNS
         SCM_TIMESTAMPNS
+        SO_TIMESTAMPING
+        SCM_TIMESTAMPING
         SOCK_DGRAM
+        MSG_ERRQUEUE
         MSG_DONTWAIT
         MSG_NOSIGNAL
         MSG_TRUNC
@@ -141,8 +144,16 @@ cdef extern from "<sys/socket.h>" nogil:
     unsigned char *CMSG_DATA(cmsghdr *cmsg)
     size_t CMSG_SPACE(size_t length)
 
+    ssize_t recvmsg(int sockfd, msghdr *msg, int flags)
     int sendmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags)
     int recvmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags, timespec *timeout)
+
+# Kernel TX timestamps (udpio.pyx): software stamps from the driver, read from
+# the socket's error queue with the packet they belong to.
+cdef extern from "<linux/net_tstamp.h>" nogil:
+    enum:
+        SOF_TIMESTAMPING_TX_SOFTWARE
+        SOF_TIMESTAMPING_SOFTWARE
 
 cdef extern from "<netinet/in.h>" nogil:
     enum:

@@ -34,7 +34,9 @@
 #  | count (32): data: packets this port sent in interval id - 1;  | 56
 #  |   control: packets this port sent in interval id              |
 #  +---------------------------------------------------------------+
-#  |                       reserved (32) = 0                       | 60
+#  | TX follow-up (32, signed), with TXTIME: for sequence number   | 60
+#  |   seq - 1 on this port, its kernel TX time minus the send     |
+#  |   time it carried, ns; without TXTIME: 0                      |
 #  +---------------------------------------------------------------+
 #  | payload: random bytes up to `datagram length` ...             | 64
 #  +---------------------------------------------------------------+
@@ -44,10 +46,14 @@
 #
 # flags: 0x01 CONTROL (end-of-interval record: seq = the sequence number the
 # port's next data packet will carry), 0x02 AUTH (tag present), 0x04
-# UNSYNC (the sender's clock is not synchronised). Other bits must be 0.
+# UNSYNC (the sender's clock is not synchronised), 0x08 TXTIME (offset 60
+# holds the TX follow-up: the send time in a packet is stamped in user space
+# just before the send call; the kernel's own TX time is only known after
+# it, so it travels in the port's next packet, as PTP's two-step
+# follow-up does). Other bits must be 0.
 # A decoder checks the length before every read and rejects, never guesses.
 
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from *:
     """
@@ -150,7 +156,8 @@ cdef enum:
     FLAG_CONTROL = 0x01
     FLAG_AUTH = 0x02
     FLAG_UNSYNC = 0x04
-    FLAGS_KNOWN = 0x07
+    FLAG_TXTIME = 0x08
+    FLAGS_KNOWN = 0x0f
 
 # pull_probe_hdr results (0 = ok); each names the first offset that is wrong
 cdef enum:
@@ -160,7 +167,7 @@ cdef enum:
     WIRE_VERSION_BAD = 3  # offset 4
     WIRE_FLAGS_BAD = 4    # offset 5
     WIRE_LENGTH_BAD = 5   # offset 48: the length field disagrees with the datagram
-    WIRE_RESERVED_BAD = 6 # offset 50 or 60
+    WIRE_RESERVED_BAD = 6 # offset 50, or 60 without TXTIME
     WIRE_TAG_MISSING = 7  # offset 5: a key is configured and AUTH is not set
     WIRE_TAG_BAD = 8      # offset len - 32: the tag does not verify
     WIRE_TAG_UNEXPECTED = 9   # offset 5: AUTH set, no key configured
@@ -178,6 +185,7 @@ ctypedef struct probe_hdr:
     uint16_t length
     uint32_t index
     uint32_t count
+    int32_t tx_follow_up       # with FLAG_TXTIME, else 0
 
 
 cdef inline void push_u16(uint8_t *p, uint16_t v) noexcept nogil:
@@ -225,7 +233,7 @@ cdef inline void push_probe_hdr(uint8_t *p, const probe_hdr *h) noexcept nogil:
     push_u16(p + 50, 0)
     push_u32(p + 52, h.index)
     push_u32(p + 56, h.count)
-    push_u32(p + 60, 0)
+    push_u32(p + 60, <uint32_t>h.tx_follow_up if h.flags & FLAG_TXTIME else 0)
 
 
 cdef inline void push_tag(uint8_t *p, size_t length, const np_hmac_t *key) noexcept nogil:
@@ -259,7 +267,8 @@ cdef inline int pull_probe_hdr(const uint8_t *p, size_t n, probe_hdr *h,
     if pull_u16(p + 50) != 0:
         bad_offset[0] = 50
         return WIRE_RESERVED_BAD
-    if pull_u32(p + 60) != 0:
+    h.tx_follow_up = <int32_t>pull_u32(p + 60)
+    if h.tx_follow_up != 0 and not h.flags & FLAG_TXTIME:
         bad_offset[0] = 60
         return WIRE_RESERVED_BAD
     h.port = pull_u16(p + 6)

@@ -5,6 +5,7 @@ import hmac
 import random
 import socket
 import statistics
+import struct
 import time
 import zlib
 
@@ -21,9 +22,10 @@ udpio = load_extension("_udpio")
 
 u16, u32, u64 = st.integers(0, 2**16 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)
 header_fields = st.fixed_dictionaries({
-    "flags": st.sampled_from([0, ref.F_CONTROL, ref.F_UNSYNC, ref.F_CONTROL | ref.F_UNSYNC]),
+    "flags": st.sampled_from([0, ref.F_CONTROL, ref.F_UNSYNC, ref.F_CONTROL | ref.F_UNSYNC, ref.F_TXTIME,
+                              ref.F_TXTIME | ref.F_CONTROL]),
     "port": u16, "session": u64, "start_ns": u64, "seq": u64, "send_ns": u64, "interval": u32,
-    "clock_err_us": u32, "index": u32, "count": u32})
+    "clock_err_us": u32, "index": u32, "count": u32, "tx_follow_up": st.integers(-2**31, 2**31 - 1)})
 keys = st.one_of(st.just(b""), st.binary(min_size=1, max_size=100))
 payloads = st.binary(max_size=300)
 fast = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -47,14 +49,26 @@ GOLDEN = bytes.fromhex(
     "00000007"                              # interval id
     "00f42400"                              # clock error bound 16 s in us
     "0043" "0000"                           # datagram length 67, reserved
-    "00000003" "a0b0c0d0" "00000000"        # index, count, reserved
+    "00000003" "a0b0c0d0" "00000000"        # index, count, no TX follow-up
     "abcdef")                               # payload
 
 
 def test_golden_vector_network_byte_order():
     assert push(GOLDEN_FIELDS, b"\xab\xcd\xef") == GOLDEN
     got = udpio.pull_header(GOLDEN)
-    assert got == {**GOLDEN_FIELDS, "length": 67}
+    assert got == {**GOLDEN_FIELDS, "length": 67, "tx_follow_up": 0}
+
+
+def test_golden_vector_with_tx_follow_up():
+    fields = {**GOLDEN_FIELDS, "flags": ref.F_UNSYNC | ref.F_TXTIME, "tx_follow_up": -1234}
+    want = GOLDEN[:5] + b"\x0c" + GOLDEN[6:60] + bytes.fromhex("fffffb2e") + GOLDEN[64:]
+    assert push(fields, b"\xab\xcd\xef") == want
+    assert udpio.pull_header(want) == {**fields, "length": 67}
+    # the follow-up is written only with TXTIME, and without TXTIME offset 60 must be 0
+    assert push({**fields, "flags": ref.F_UNSYNC}, b"\xab\xcd\xef") == GOLDEN
+    with pytest.raises(udpio.DecodeError) as e:
+        udpio.pull_header(GOLDEN[:60] + bytes.fromhex("fffffb2e") + GOLDEN[64:])
+    assert "reserved" in str(e.value) and e.value.offset == 60
 
 
 def test_golden_vector_with_tag():
@@ -86,7 +100,8 @@ def test_encode_matches_reference_and_round_trips(fields, payload, key):
     assert data == ref.encode(fields, payload, key)
     got = udpio.pull_header(data, key)
     assert got == ref.decode(data, key)
-    assert {k: got[k] for k in fields if k != "flags"} == {k: v for k, v in fields.items() if k != "flags"}
+    sent = {**fields, "tx_follow_up": fields["tx_follow_up"] if fields["flags"] & ref.F_TXTIME else 0}
+    assert {k: got[k] for k in fields if k != "flags"} == {k: v for k, v in sent.items() if k != "flags"}
 
 
 @fast
@@ -211,6 +226,45 @@ def test_receiver_and_analysis_match_reference(case):
         # delays: every received packet was 5 us late, exactly
         if s["delay_n"]:
             assert s["delay_min"] == s["delay_max"] == 5000
+
+
+@fast
+@given(scenarios(), st.data())
+def test_tx_follow_ups_correct_exactly_the_preceding_packet(case, data):
+    """Each probe may carry a follow-up (the kernel TX time of its port's previous sequence
+    number); control records close each port. Through loss, duplicates and reordering, the
+    receiver's delays match the two-step rule of tests/reference/oneway.py."""
+    nports, nint, sent, arrivals = case
+    rnd = random.Random(data.draw(st.integers(0, 2**32)))
+    follow = [rnd.choice([None, rnd.randrange(-2**31, 2**31)]) for _ in sent]
+    delay = [rnd.randrange(10**9) for _ in sent]
+    ctl = []                      # one control record per port after the last interval
+    for p in range(nports):
+        last = max((s for q, s, *_ in sent if q == p), default=-1)
+        ctl.append((p, last + 1, nint - 1, rnd.choice([None, rnd.randrange(-5000, 5000)])))
+    rx = udpio.UdpProbeReceiver()
+    rx.add_session(SID, nports)
+    feed, stream = [], []
+    for i in arrivals:
+        p, seq, interval, index, prev = sent[i]
+        feed.append(({"flags": ref.F_TXTIME if follow[i] is not None else 0, "port": p, "seq": seq,
+                      "interval": interval, "index": index, "count": prev, "tx_follow_up": follow[i] or 0},
+                     delay[i]))
+        stream.append((p, seq, interval, False, follow[i], delay[i]))
+    for p, seq, interval, fu in ctl:
+        feed.append(({"flags": ref.F_CONTROL | (ref.F_TXTIME if fu is not None else 0), "port": p, "seq": seq,
+                      "interval": interval, "index": 0, "count": 0, "tx_follow_up": fu or 0}, 0))
+        stream.append((p, seq, interval, True, fu, 0))
+    for fields, d in feed:
+        rx.feed(push({**fields, "session": SID, "start_ns": T0, "send_ns": T0, "clock_err_us": 0}), T0 + d)
+    want = ref.follow_up_delays(stream)
+    for c in rx.close_through(SID, nint - 1):
+        for rec in c["ports"]:
+            w = want.get((rec["port"], c["interval"]), [])
+            assert (rec["n"], rec["n_tx"]) == (len(w), sum(f for _, f in w))
+            assert rec["sum"] == sum(d for d, _ in w)
+            if w:
+                assert (rec["min"], rec["max"]) == (min(d for d, _ in w), max(d for d, _ in w))
 
 
 @fast
@@ -408,6 +462,46 @@ def test_sender_refused_packets_keep_the_sequence_dense():
         assert tx.end_interval(1) == [got["sent"]]
     finally:
         socks[0].close()
+
+
+SO_TIMESTAMPNS = 35                    # <asm-generic/socket.h>; the socket module lacks it
+
+
+def test_tx_follow_ups_lie_between_the_send_stamp_and_the_kernel_receive_time():
+    """With tx_stamp each probe carries its port's previous packet's kernel TX time (as an
+    offset from that packet's send stamp). Causality is the oracle: the kernel sends after
+    the user-space stamp and before the receiving socket's kernel RX timestamp."""
+    rxs, socks = _loopback(4)
+    rxs.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    try:
+        tx = udpio.UdpProbeSender([s.fileno() for s in socks], SID, T0, 1_000_000, poisson=False, tx_stamp=True)
+        tx.run(500_000_000)
+        counts = tx.end_interval(1)
+        rxs.setblocking(False)
+        got = []
+        while True:
+            try:
+                data, anc, _, _ = rxs.recvmsg(2048, 64)
+            except BlockingIOError:
+                break
+            (sec, nsec), = [struct.unpack("qq", d[:16]) for lvl, typ, d in anc if typ == SO_TIMESTAMPNS]
+            got.append((udpio.pull_header(data), sec * 10**9 + nsec))
+    finally:
+        for s in socks + [rxs]:
+            s.close()
+    sent = {(h["port"], h["seq"]): (h["send_ns"], rx) for h, rx in got if not h["flags"] & ref.F_CONTROL}
+    assert len(sent) == sum(counts) > 400
+    checked = 0
+    for h, _ in got:
+        if h["flags"] & ref.F_TXTIME:
+            send, rx = sent[(h["port"], h["seq"] - 1)]
+            assert 0 <= h["tx_follow_up"] and send + h["tx_follow_up"] <= rx, h
+            checked += 1
+        else:
+            assert h["tx_follow_up"] == 0
+    # every packet but each port's first has one (a port's next probe is 4 ms later), and so
+    # does each port's control record
+    assert checked == len(got) - 4 and tx.tx_stamps == sum(counts)
 
 
 def test_sender_and_receiver_end_to_end_with_kernel_timestamps():

@@ -15,11 +15,12 @@ datagrams = st.one_of(
     st.binary(max_size=200),
     st.builds(lambda tail: bytes.fromhex("4e504f5702") + tail, st.binary(max_size=150)),
     st.builds(lambda head, tail: ref.encode(head, tail)[:64] + tail, st.fixed_dictionaries({
-        "flags": st.integers(0, 7), "port": st.integers(0, 3), "session": st.sampled_from([SID, 1]),
+        "flags": st.integers(0, 15), "port": st.integers(0, 3), "session": st.sampled_from([SID, 1]),
         "start_ns": st.integers(0, 2**64 - 1), "seq": st.integers(0, 2**64 - 1),
         "send_ns": st.integers(0, 2**64 - 1), "interval": st.integers(0, 2**32 - 1),
         "clock_err_us": st.integers(0, 2**32 - 1), "index": st.integers(0, 2**32 - 1),
-        "count": st.integers(0, 2**32 - 1)}), st.binary(max_size=64)),
+        "count": st.integers(0, 2**32 - 1), "tx_follow_up": st.integers(-2**31, 2**31 - 1)}),
+        st.binary(max_size=64)),
 )
 
 

@@ -286,3 +286,40 @@ def test_lab_raw_frames_to_next_hop_macs_rotate_per_port(make_lab, tmp_path):
     assert sum(r["sent"] for r in res) == len(data) > 600
     assert sum(r["received"] for r in res) == sum(1 for mac, _ in data if mac == lab.r_mac_facing_a)
     assert sum(r["lost"] for r in res) == sum(1 for mac, _ in data if mac == bogus)
+
+
+@pytest.mark.lab
+def test_lab_kernel_tx_times_leave_the_senders_own_delay_out(make_lab):
+    """Probes held 5 ms in A's own OUTPUT hook (NFQUEUE): a delay inside the sending host,
+    before its driver, not on the path. Delays from the kernel's TX times (the default)
+    leave it out; with --no-tx-timestamps the user-space send stamps include it, so the
+    medians differ by the injected 5 ms."""
+    lab = make_lab(offload="off")
+    helper = lab.popen("a", [PY, NFQDELAY, "--queue", "6", "--delay", "5", "--lifetime", "60", "--tag", lab.name])
+    assert helper.stdout.readline().startswith("READY")
+    lab.run("a", ["iptables", "-w", "-A", "OUTPUT", "-p", "udp", "--dport", str(UDP_PORT), "-j", "NFQUEUE",
+                  "--queue-num", "6"])
+    lp = LabProbe(lab)
+    p50 = {}
+    for flag in ("--tx-timestamps", "--no-tx-timestamps"):
+        lp.recs.clear()
+        # a port's next probe leaves 8 ms later, after its predecessor's TX stamp (5 ms) is back
+        lp.start("--ports", "41000-41003", "--schedule", "fixed", "--gap", "2ms", "--interval", "1s",
+                 "--grace", "300ms", flag, duration="3.5s")
+        res = [r for r in results(lp.finish()) if r["sent"] > 200]
+        assert len(res) >= 2 and all(r["lost"] == 0 for r in res), res
+        p50[flag] = statistics.median(r["delay_p50"] for r in res)
+        stamped = sum(r["delay_from_kernel_tx"] for r in res)
+        total = sum(r["delay_samples"] for r in res)
+        if flag == "--tx-timestamps":
+            assert stamped >= 0.98 * total, res      # only a port's last probes of an interval may miss one
+            assert p50[flag] < 1e-3, res
+        else:
+            assert stamped == 0 and p50[flag] >= 5e-3 * (1 - 2.0 ** -SESSION_SUB_BITS), res
+    assert abs(p50["--no-tx-timestamps"] - p50["--tx-timestamps"] - 5e-3) <= 0.5e-3, p50
+    # raw frames (AF_PACKET, which passes no OUTPUT hook) are stamped by the driver the same way
+    lp.recs.clear()
+    lp.start("--ports", "41000-41003", "--schedule", "fixed", "--gap", "2ms", "--interval", "1s", "--grace", "300ms",
+             "--next-hops", lab.r_mac_facing_a, "--interface", lab.if_a, duration="2.5s")
+    res = [r for r in results(lp.finish()) if r["sent"] > 200]
+    assert res and all(r["lost"] == 0 and r["delay_from_kernel_tx"] >= 0.98 * r["delay_samples"] for r in res), res

@@ -10,11 +10,11 @@ import struct
 from collections import defaultdict
 
 MAGIC, VERSION, HDR_LEN, TAG_LEN = 0x4E504F57, 2, 64, 32
-F_CONTROL, F_AUTH, F_UNSYNC = 0x01, 0x02, 0x04
-HEADER = struct.Struct("!IBBHQQQQIIHHIII")       # 64 bytes, network byte order
+F_CONTROL, F_AUTH, F_UNSYNC, F_TXTIME = 0x01, 0x02, 0x04, 0x08
+HEADER = struct.Struct("!IBBHQQQQIIHHIIi")       # 64 bytes, network byte order
 assert HEADER.size == HDR_LEN
 FIELDS = ("flags", "port", "session", "start_ns", "seq", "send_ns", "interval", "clock_err_us", "length",
-          "index", "count")
+          "index", "count", "tx_follow_up")
 
 
 def encode(fields, payload=b"", key=b""):
@@ -23,7 +23,7 @@ def encode(fields, payload=b"", key=b""):
     flags = fields["flags"] | (F_AUTH if key else 0)
     head = HEADER.pack(MAGIC, VERSION, flags, fields["port"], fields["session"], fields["start_ns"], fields["seq"],
                        fields["send_ns"], fields["interval"], fields["clock_err_us"], length, 0, fields["index"],
-                       fields["count"], 0)
+                       fields["count"], fields.get("tx_follow_up", 0) if flags & F_TXTIME else 0)
     body = head + payload
     return body + hmac.new(key, body, hashlib.sha256).digest() if key else body
 
@@ -33,18 +33,18 @@ def decode(data, key=b""):
     if len(data) < HDR_LEN:
         return ("short", len(data))
     (magic, version, flags, port, session, start_ns, seq, send_ns, interval, clock_err_us, length, res16, index,
-     count, res32) = HEADER.unpack_from(data)
+     count, follow_up) = HEADER.unpack_from(data)
     if magic != MAGIC:
         return ("magic", 0)
     if version != VERSION:
         return ("version", 4)
-    if flags & ~0x07:
+    if flags & ~0x0F:
         return ("flags", 5)
     if length != len(data) or (flags & F_AUTH and len(data) < HDR_LEN + TAG_LEN):
         return ("length", 48)
     if res16:
         return ("reserved", 50)
-    if res32:
+    if follow_up and not flags & F_TXTIME:
         return ("reserved", 60)
     if not key and flags & F_AUTH:
         return ("tag present but no key", 5)
@@ -55,7 +55,7 @@ def decode(data, key=b""):
         if not hmac.compare_digest(want, data[-TAG_LEN:]):
             return ("tag does not verify", len(data) - TAG_LEN)
     return dict(zip(FIELDS, (flags, port, session, start_ns, seq, send_ns, interval, clock_err_us, length, index,
-                             count), strict=True))
+                             count, follow_up), strict=True))
 
 
 class ReferenceReceiver:
@@ -94,6 +94,31 @@ def account(sent, arrivals):
         a = rx.acc[key]
         out[key] = {"expected": n, "received": a["received"], "lost": n - a["received"], "dup": a["dup"],
                     "reordered": a["reordered"]}
+    return out
+
+
+def follow_up_delays(arrivals):
+    """Two-step delays: arrivals are (port, seq, interval, control, follow_up or None, delay)
+    in arrival order. A data packet's delay waits until the next packet of its port with
+    another sequence number: a follow-up there for exactly seq + 1 corrects it (delay -
+    follow_up), anything else leaves it as stamped; what still waits at the end (the close)
+    is as stamped. Duplicates change nothing. -> {(port, interval): [(delay, corrected)]}."""
+    out = defaultdict(list)
+    waiting = {}
+    seen = defaultdict(set)
+    for port, seq, interval, control, follow_up, delay in arrivals:
+        if not control and seq in seen[port]:
+            continue
+        w = waiting.get(port)
+        if w is not None and w[0] != seq:
+            fixed = follow_up is not None and seq == w[0] + 1
+            out[(port, w[1])].append((w[2] - follow_up if fixed else w[2], fixed))
+            del waiting[port]
+        if not control:
+            seen[port].add(seq)
+            waiting[port] = (seq, interval, delay)
+    for port, (_, interval, delay) in waiting.items():
+        out[(port, interval)].append((delay, False))
     return out
 
 

@@ -165,7 +165,7 @@ def summarize(interval, sent=None):
         "loss_pct": 100.0 * lost / expected if expected else None,
         "dup": sum(p.dup for p in losses), "reordered": sum(p.reordered for p in losses),
         "stale": sum(p.stale for p in losses), "inconsistent": sum(p.inconsistent for p in losses),
-        "delay_n": n, "delay_mean": s / n if n else None,
+        "delay_n": n, "delay_n_tx": sum(r.get("n_tx", 0) for r in ports), "delay_mean": s / n if n else None,
         "delay_min": min((r["min"] for r in ports if r["n"]), default=None),
         "delay_max": max((r["max"] for r in ports if r["n"]), default=None),
         "delay_p50": p50, "delay_p90": p90, "delay_p99": p99, "delay_p999": p999,

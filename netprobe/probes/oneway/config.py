@@ -96,6 +96,10 @@ class Config(ProbeConfig):
                             "plus the 32-byte tag when probes are tagged)", min=HDR_LEN, max=MAX_LEN)
     size_max: int = setting(SIZE, 128, "largest probe, UDP payload bytes; sizes are uniform between "
                             "size_min and this, filled with random bytes", min=HDR_LEN, max=MAX_LEN)
+    tx_timestamps: bool = setting(BOOL, True, "measure from each probe's kernel TX time (software stamp at the "
+                                  "driver, carried in the port's next probe) instead of the user-space time "
+                                  "before the send call, so the sender's own stack and qdisc are not counted "
+                                  "as path delay; falls back to user-space times when the peer lacks it")
     spin: float = setting(DURATION, 0.0, "busy-wait this long before each send slot for a precise "
                           "schedule (costs CPU; 0 = sleep only)", min=0.0, max=0.1)
     grace: float = setting(DURATION, 0.5, "how long the receiver waits after an interval ends for "

@@ -89,7 +89,8 @@ def _serve_session(sock, udp, server, sid, nports, grace_ns, key, mode):
     rx.add_session(session, nports, key)
     serve.reply_ok(sock)
     sock.setblocking(False)
-    send_line(sock, {"udp_port": udp.getsockname()[1], "clock": clock_state(), "auth": mode})
+    send_line(sock, {"udp_port": udp.getsockname()[1], "clock": clock_state(), "auth": mode,
+                     "tx_follow_up": True})
     reader = LineReader(sock)
     pending = []                 # (due monotonic ns, interval id)
     bye = False

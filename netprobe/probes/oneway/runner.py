@@ -82,12 +82,17 @@ class Session:
                 self.port_numbers = raw["sports"]
             else:
                 self.port_numbers = self._open_ports(ports, nports, dst)
+            tx_stamp = cfg.tx_timestamps and first.get("tx_follow_up") is True
+            if cfg.tx_timestamps and not tx_stamp:
+                log.info("%s: peer %s takes no TX follow-ups; delays are from user-space send times",
+                         cfg.name, cfg.peer)
             clock = clock_state()
             self.sender = udpio.UdpProbeSender(
                 None if raw else [s.fileno() for s in self.socks], int(self.sid, 16), time.time_ns(),
                 round(cfg.gap * 1e9), min_len=cfg.min_len, max_len=cfg.max_len, poisson=cfg.schedule == "poisson",
                 spin_ns=round(cfg.spin * 1e9), key=udp_key, clock_err_us=_err_us(clock),
-                unsync=not clock["synced"], raw=raw)
+                unsync=not clock["synced"], raw=raw,
+                tx_stamp=tx_stamp)
         except BaseException:
             self.close()
             raise
@@ -322,6 +327,8 @@ class Runner(ProbeRunner):
                   "dup": s["dup"], "reordered": s["reordered"]}
         for k in ("delay_p50", "delay_p99", "delay_mean", "delay_min", "delay_max"):
             fields[k] = None if s[k] is None else seconds(s[k] / 1e9)
+        fields["delay_samples"] = s["delay_n"]
+        fields["delay_from_kernel_tx"] = s["delay_n_tx"]     # the rest: user-space send times
         fields["clock_synced"] = synced
         fields["delay_bound"] = None if bound is None else seconds(bound)
         for name, c in (("clock_error", clock), ("peer_clock_error", peer_clock)):
