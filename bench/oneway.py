@@ -3,11 +3,13 @@ receiver's memory over a long run: 1,000 ports, 10 min; 30 s with --quick):
 
 1. packet rate: netprobe._udpio sender and receiver flat out (64-128 byte probes,
    full per-packet accounting), packets per second of each thread's own CPU time,
-   and the self-inflicted loss; beside `sockperf tp` (64 B) and `irtt --timer=busy`
-   at a 10 us interval.
+   and the self-inflicted loss, also with kernel TX stamps (one error-queue read
+   per packet); beside `sockperf tp` (64 B) and `irtt --timer=busy` at a 10 us
+   interval.
 2. send-time error at a 1 ms interval (fixed gaps): each probe's send stamp minus
    its slot; beside irtt's own timer error (`irtt client -i 1ms --timer=busy`, and
-   its default comp timer), from its JSON.
+   its default comp timer), from its JSON; and how far the user-space send stamp
+   runs ahead of the kernel's TX time, the part kernel TX stamps take out.
 """
 import json
 import os
@@ -46,14 +48,14 @@ def _pair(nports):
     return rx, tx
 
 
-def ours_rate(duration, nports, gap_ns):
+def ours_rate(duration, nports, gap_ns, tx_stamp=False):
     """Sender and receiver on two threads (each releases the GIL); CPU time per thread."""
     rxs, txs = _pair(nports)
     try:
         rx = udpio.UdpProbeReceiver(rxs.fileno())
         rx.add_session(SID, nports)
         tx = udpio.UdpProbeSender([s.fileno() for s in txs], SID, time.time_ns(), gap_ns, min_len=64, max_len=128,
-                                  poisson=False)
+                                  poisson=False, tx_stamp=tx_stamp)
         cpu = {}
 
         def receive():
@@ -74,7 +76,8 @@ def ours_rate(duration, nports, gap_ns):
         for x in txs + [rxs]:
             x.close()
     sent = got["sent"]
-    return {"section": "rate", "tool": f"netprobe udpio {1e6 / gap_ns:g}k offered, {nports} port(s)",
+    stamps = ", kernel TX stamps" if tx_stamp else ""
+    return {"section": "rate", "tool": f"netprobe udpio {1e6 / gap_ns:g}k offered, {nports} port(s){stamps}",
             "sent_pps": sent / duration,
             "recv_pps": s["received"] / duration, "tx_kpps_per_core": sent / cpu["tx"] / 1e3,
             "rx_kpps_per_core": s["received"] / cpu["rx"] / 1e3,
@@ -145,6 +148,31 @@ def ours_timer(duration, spin_ns):
             "missed": got["missed"]}
 
 
+def ours_stamp_to_tx(duration):
+    """How far the user-space send stamp runs ahead of the kernel's TX time (what each
+    follow-up corrects): the follow-ups of 1 ms fixed probes, read from the datagrams."""
+    rxs, txs = _pair(1)
+    try:
+        tx = udpio.UdpProbeSender([txs[0].fileno()], SID, time.time_ns(), 1_000_000, min_len=64, max_len=128,
+                                  poisson=False, tx_stamp=True)
+        tx.run(round(duration * 1e9))
+        tx.end_interval(1)
+        rxs.setblocking(False)
+        follow = []
+        while True:
+            try:
+                h = udpio.pull_header(rxs.recv(2048))
+            except BlockingIOError:
+                break
+            if h["flags"] & udpio.F_TXTIME:
+                follow.append(h["tx_follow_up"])
+    finally:
+        for x in txs + [rxs]:
+            x.close()
+    return {"section": "timer", "tool": "netprobe send stamp -> kernel TX", **_pcts(np.array(follow)),
+            "n": len(follow), "missed": "-"}
+
+
 def irtt_timer(duration, timer):
     st = irtt_json("1ms", duration, timer)
     name = f"irtt -i 1ms --timer={timer}"
@@ -209,9 +237,10 @@ def _pcts(v):
 
 def run(quick=False):
     d = 2.0 if quick else 5.0
-    rows = [ours_rate(d, 1, 10_000), ours_rate(d, 8, 10_000), ours_rate(d, 1, 1_000), sockperf_rate(d),
-            irtt_rate(min(d, 3.0))]
-    rows += [ours_timer(d, 1_000_000), ours_timer(d, 0), irtt_timer(d, "busy"), irtt_timer(d, "comp")]
+    rows = [ours_rate(d, 1, 10_000), ours_rate(d, 8, 10_000), ours_rate(d, 8, 10_000, tx_stamp=True),
+            ours_rate(d, 1, 1_000), sockperf_rate(d), irtt_rate(min(d, 3.0))]
+    rows += [ours_timer(d, 1_000_000), ours_timer(d, 0), ours_stamp_to_tx(d), irtt_timer(d, "busy"),
+             irtt_timer(d, "comp")]
     rows.append(ours_rss(30.0 if quick else 600.0))
     return rows
 
@@ -219,25 +248,27 @@ def run(quick=False):
 def table(rows):
     def num(v, scale=1.0, fmt="9.1f"):
         return f"{'-':>9}" if v is None else f"{v / scale:{fmt}}"
-    lines = [f"{'packet rate, loopback, 64-128 B':40} {'sent kpps':>9} {'recv kpps':>9} {'tx kpps/cpu':>11} "
+    lines = [f"{'packet rate, loopback, 64-128 B':54} {'sent kpps':>9} {'recv kpps':>9} {'tx kpps/cpu':>11} "
              f"{'rx kpps/cpu':>11} {'loss %':>9}"]
     for r in (r for r in rows if r["section"] == "rate"):
         if "note" in r:
-            lines.append(f"{r['tool']:40} {r['note']}")
+            lines.append(f"{r['tool']:54} {r['note']}")
             continue
-        lines.append(f"{r['tool']:40} {num(r.get('sent_pps'), 1e3)} {num(r.get('recv_pps'), 1e3)} "
+        lines.append(f"{r['tool']:54} {num(r.get('sent_pps'), 1e3)} {num(r.get('recv_pps'), 1e3)} "
                      f"{num(r.get('tx_kpps_per_core')):>11} {num(r.get('rx_kpps_per_core')):>11} "
                      f"{num(r.get('loss_pct'), 1, '9.4f')}")
-    lines += ["", f"{'send-time error at 1 ms (us)':40} {'p50':>9} {'p99':>9} {'p99.99':>9} {'max':>9} {'mean':>9} "
+    lines += ["", f"{'send-time error at 1 ms (us)':54} {'p50':>9} {'p99':>9} {'p99.99':>9} {'max':>9} {'mean':>9} "
                   f"{'missed':>7}"]
     for r in (r for r in rows if r["section"] == "timer"):
         if "note" in r:
-            lines.append(f"{r['tool']:40} {r['note']}")
+            lines.append(f"{r['tool']:54} {r['note']}")
             continue
-        lines.append(f"{r['tool']:40} " + " ".join(num(r.get(k), 1e3) for k in ("p50", "p99", "p9999", "max", "mean"))
+        lines.append(f"{r['tool']:54} " + " ".join(num(r.get(k), 1e3) for k in ("p50", "p99", "p9999", "max", "mean"))
                      + f" {r.get('missed', '-')!s:>7}")
     lines.append("irtt's JSON gives the timer error's mean and max (median when it has one), not p99; irtt skips\n"
-                 "the sends it is late for ('missed') and leaves them out, netprobe sends them late and counts them.")
+                 "the sends it is late for ('missed') and leaves them out, netprobe sends them late and counts them.\n"
+                 "'send stamp -> kernel TX' is not a timer error: it is how much later than its user-space stamp\n"
+                 "each probe left the driver, which its follow-up takes out of the delay (tx_timestamps).")
     for r in (r for r in rows if r["section"] == "memory"):
         lines += ["", f"{r['tool']}: RSS {r['rss_start'] / 2**20:.1f} MiB after 10 % of the run, "
                       f"{r['rss_end'] / 2**20:.1f} MiB at the end ({r['growth_pct']:+.1f} %), "
