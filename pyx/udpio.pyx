@@ -1005,7 +1005,8 @@ cdef class UdpProbeReceiver:
             ss.unsync_seen += 1
         if h.flags & FLAG_CONTROL:
             ss.controls += 1
-            self._settle(ss, ps, &h)
+            if h.flags & FLAG_TXTIME:         # else the next data packet (same seq) may bring it
+                self._settle(ss, ps, &h)
             s = slot_claim(ss, ps, h.interval, self.pbins)
             if s == NULL:
                 ss.late_closed += 1

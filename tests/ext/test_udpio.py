@@ -498,10 +498,12 @@ def test_tx_follow_ups_lie_between_the_send_stamp_and_the_kernel_receive_time():
             assert 0 <= h["tx_follow_up"] and send + h["tx_follow_up"] <= rx, h
             checked += 1
         else:
-            assert h["tx_follow_up"] == 0
-    # every packet but each port's first has one (a port's next probe is 4 ms later), and so
-    # does each port's control record
-    assert checked == len(got) - 4 and tx.tx_stamps == sum(counts)
+            # only a port's first probe has none, or one that left in the same sendmmsg as its
+            # predecessor (the sender fell behind and batched them: one send stamp for both)
+            assert h["tx_follow_up"] == 0 and not h["flags"] & ref.F_CONTROL, h
+            assert h["seq"] == 0 or sent[(h["port"], h["seq"] - 1)][0] == h["send_ns"], h
+    # a port's next probe is 4 ms later: nearly all carry one, and every control record does
+    assert checked >= 0.95 * len(got) and tx.tx_stamps == sum(counts)
 
 
 def test_sender_and_receiver_end_to_end_with_kernel_timestamps():

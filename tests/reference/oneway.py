@@ -101,13 +101,14 @@ def follow_up_delays(arrivals):
     """Two-step delays: arrivals are (port, seq, interval, control, follow_up or None, delay)
     in arrival order. A data packet's delay waits until the next packet of its port with
     another sequence number: a follow-up there for exactly seq + 1 corrects it (delay -
-    follow_up), anything else leaves it as stamped; what still waits at the end (the close)
-    is as stamped. Duplicates change nothing. -> {(port, interval): [(delay, corrected)]}."""
+    follow_up), anything else leaves it as stamped; a control record without a follow-up
+    changes nothing (the next data packet carries the same seq); what still waits at the end
+    (the close) is as stamped. Duplicates change nothing. -> {(port, interval): [(delay, corrected)]}."""
     out = defaultdict(list)
     waiting = {}
     seen = defaultdict(set)
     for port, seq, interval, control, follow_up, delay in arrivals:
-        if not control and seq in seen[port]:
+        if (not control and seq in seen[port]) or (control and follow_up is None):
             continue
         w = waiting.get(port)
         if w is not None and w[0] != seq:
