@@ -6,12 +6,13 @@
 # random payload sizes and bytes, the send time stamped (CLOCK_REALTIME) just
 # before the batch is handed to the kernel; with tx_stamp, the kernel's TX
 # time of each packet (SO_TIMESTAMPING, from the error queue) rides in the
-# port's next packet as a follow-up. UdpProbeReceiver reads with
-# recvmmsg and SO_TIMESTAMPNS kernel RX times and keeps, per (session, port,
-# open interval), fixed-size accumulators: memory is O(1) per port whatever
-# the uptime; a delay waits in its port until the next packet says whether
-# a follow-up corrects it. Both loops release the GIL and never raise per packet: they
-# count and go on. Python sees one call per chunk (run) or interval.
+# port's next packet as a follow-up. UdpProbeReceiver reads with recvmmsg and
+# SO_TIMESTAMPNS kernel RX times and keeps, per (session, port, open
+# interval), fixed-size accumulators: memory is O(1) per port whatever the
+# uptime; a delay waits in its port until the next packet says whether a
+# follow-up corrects it. Both loops release the GIL and never raise per
+# packet: they count and go on. Python sees one call per chunk (run) or
+# interval.
 
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from libc.math cimport log
@@ -27,7 +28,8 @@ from linux cimport (errno, EINTR, EAGAIN, CLOCK_MONOTONIC, CLOCK_REALTIME, times
                     recvmsg, MSG_ERRQUEUE, SO_TIMESTAMPING, SCM_TIMESTAMPING, SOF_TIMESTAMPING_TX_SOFTWARE,
                     SOF_TIMESTAMPING_SOFTWARE)
 from wire cimport (udping_v1, push_udping_v1, pull_udping_v1, push_le64, V1_HDR_LEN, V1_GUID_MAX,
-                   probe_hdr, push_u16, push_u32, push_u64, pull_u16, pull_u32, pull_u64, WIRE_MAGIC, WIRE_VERSION, np_hmac_t, np_hmac_init, np_hmac, np_sha256_t, np_sha256_init,
+                   probe_hdr, push_u16, push_u32, push_u64, pull_u16, pull_u32, pull_u64, WIRE_MAGIC,
+                   WIRE_VERSION, np_hmac_t, np_hmac_init, np_hmac, np_sha256_t, np_sha256_init,
                    np_sha256_update, np_sha256_final, push_probe_hdr, push_tag, pull_probe_hdr,
                    pull_tag_check, WIRE_OK, WIRE_HDR_LEN, WIRE_TAG_LEN, WIRE_MAX_LEN,
                    WIRE_TAG_MISSING, WIRE_TAG_BAD, WIRE_TAG_UNEXPECTED, FLAG_CONTROL,
