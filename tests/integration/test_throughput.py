@@ -98,17 +98,26 @@ def test_ipv6_loopback(tmp_path):
             proc = one_shot("--peer", f"[::1]:{port}", "--rate", "100M", "--interval", "1s", "--window", "2s",
                             "--duration", "3.5s")
             assert proc.returncode == 0, proc.stderr
-            full = [r for r in records(proc.stdout) if r["type"] == "RESULT" and r.get("samples", 0) >= 15]
-            assert {r["dir"] for r in full} == {"a->b", "b->a"}
-            # a stall of this 2-vCPU VM shows as a dip in a 2 s window: such a run is taken again
-            off = [(r["dir"], r["rate"]) for r in full if abs(r["rate"] / 100e6 - 1) >= 0.02]
+            res = [r for r in records(proc.stdout) if r["type"] == "RESULT" and "samples" in r]
+            assert {r["dir"] for r in res if r["samples"] >= 15} == {"a->b", "b->a"}
+            # a stall of this 2-vCPU VM shows as a dip in a 2 s window: within 2 % but for the time
+            # the window's sender recorded as lost to stalls (1 ms timer overruns + EAGAIN ticks,
+            # never paid back with a burst); a run off by more is taken again
+            off = []
+            for d in ("a->b", "b->a"):
+                rows = [r for r in res if r["dir"] == d]
+                lost = [r.get("timer_overruns", 0) + r.get("eagain", 0) for r in rows]
+                for k, r in enumerate(rows):
+                    stalled = (lost[k] - (lost[k - 2] if k >= 2 else 0)) * 1e-3 / 2.0     # 2 s window
+                    if r["samples"] >= 15 and not 0.98 - stalled < r["rate"] / 100e6 < 1.02:
+                        off.append((d, r["rate"], round(stalled, 4)))
             if not off:
                 return
-            print(f"attempt {attempt + 1}: windows off by >= 2 %: {off}")
+            print(f"attempt {attempt + 1}: windows off by >= 2 % beyond their stalls: {off}")
     finally:
         srv.kill()
         srv.wait()
-    raise AssertionError(f"windows off by >= 2 % in all 3 runs, the last: {off}")
+    raise AssertionError(f"windows off by >= 2 % beyond their stalls in all 3 runs, the last: {off}")
 
 
 def test_peer_killed_breach_then_reconnect_and_clear(peer):
