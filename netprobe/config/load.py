@@ -128,7 +128,7 @@ def _load_peers(tables, file):
         raise ConfigError("must be tables: [peer.NAME]", file=file, path="peer")
     peers = {}
     for name, table in tables.items():
-        peers[name] = schema.build(PeerConfig, table, schema.Where(file, f"peer.{name}"))
+        peers[name] = schema.build(PeerConfig, table, schema.Where(file, f"peer.{schema.toml_key(name)}"))
     return peers
 
 

@@ -10,7 +10,9 @@ the annotated documentation, so there is one source of truth.
 import dataclasses
 import difflib
 import ipaddress
+import json
 import math
+import re
 
 from netprobe import units
 from netprobe.errors import ConfigError
@@ -35,6 +37,12 @@ def fields(cls):
     return [f for f in dataclasses.fields(cls) if "kind" in f.metadata]
 
 
+def toml_key(name):
+    """A key as a TOML path writes it: bare when it can be, else a quoted, escaped string
+    (so a key holding a newline cannot split an error line)."""
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+
+
 class Where:
     """Location of a table for error messages: file and TOML path prefix."""
 
@@ -43,6 +51,7 @@ class Where:
         self.path = path
 
     def key(self, key):
+        key = toml_key(str(key))
         return f"{self.path}.{key}" if self.path else key
 
     def error(self, key, message):

@@ -9,7 +9,7 @@ import difflib
 import os
 from dataclasses import dataclass
 
-from netprobe.config.schema import INT, STR_LIST, Where, build, setting
+from netprobe.config.schema import INT, STR_LIST, Where, build, setting, toml_key
 from netprobe.errors import ConfigError
 from netprobe.outputs.base import Sink, SinkRunner
 from netprobe.results import EVENT_TYPES
@@ -84,7 +84,7 @@ def validate_outputs(tables, file):
         raise ConfigError(f"{show(tables)} is not a table of [output.<name>] tables", file=file, path="output")
     configs = {}
     for name, table in tables.items():
-        where = Where(file, f"output.{name}")
+        where = Where(file, f"output.{toml_key(name)}")
         if not isinstance(table, dict):
             raise where.error(None, f"{show(table)} is not a table")
         cfg_cls, _ = SINK_TYPES[_sink_type(name, table, where)]
@@ -101,8 +101,8 @@ def _check_shared_files(configs, file):
         if isinstance(cfg, jsonfile_config):
             path = os.path.abspath(cfg.path)
             if path in seen:
-                raise ConfigError(f"{show(cfg.path)} is already the path of output.{seen[path]}",
-                                  file=file, path=f"output.{name}.path")
+                raise ConfigError(f"{show(cfg.path)} is already the path of output.{toml_key(seen[path])}",
+                                  file=file, path=f"output.{toml_key(name)}.path")
             seen[path] = name
 
 

@@ -51,6 +51,10 @@ BAD = [
      'probe[0].rate: "40G" is out of range (valid: 1kbit/s to 10Gbit/s)'),
     ("serve-bad-listen", "[serve]\nlisten = ['host:99999']\n", 'serve.listen: "host:99999" is not HOST:PORT'),
     ("missing-peer-address", "[peer.dc2]\nkey = 'k'\n", "peer.dc2.address: missing"),
+    # a key that is not bare is quoted, as TOML writes it: a newline in it cannot split the line
+    ("quoted-peer-name", '[peer."dc\\n2"]\nkey = "k"\n', 'peer."dc\\n2".address: missing'),
+    ("quoted-unknown-key", '[daemon]\n"log\\tlevel" = 1\n', 'daemon."log\\tlevel": unknown key'),
+    ("quoted-output-name", '[output."a b"]\ntype = "jsonfile"\n', 'output."a b".path: missing'),
     ("bad-peer-address", "[peer.dc2]\naddress = 'a b'\n", 'peer.dc2.address: "a b" is not HOST or HOST:PORT'),
     ("unknown-output-type", "[output.pager]\n", "output.pager"),
     ("bad-output-key", "[output.stdout]\nformt = 'json'\n", "output.stdout.formt: unknown key; did you mean 'format'?"),
