@@ -121,10 +121,13 @@ def test_outgoing_retransmits_per_direction_match_each_senders_kernel_count(make
     assert json.loads(out.stdout)["end"]["sum_sent"]["retransmits"] > 0
     assert sent["a"] > 40 and sent["b"] > (20 if offload == "off" else 10), sent
     own = {"a": f"{lab.a4}->{lab.b4}", "b": f"{lab.b4}->{lab.a4}"}
-    got = {h: sum(r["retrans"] + r["synack_retrans"] for r in recs[h]      # RetransSegs counts SYN-ACK resends
-                  if r["type"] == "RESULT" and r["dir"] == own[h]) for h in "ab"}
+    mine = {h: [r for r in recs[h] if r["type"] == "RESULT" and r["dir"] == own[h]] for h in "ab"}
+    got = {h: sum(r["retrans"] + r["synack_retrans"] for r in mine[h]) for h in "ab"}   # RetransSegs counts SYN-ACKs
+    # a resend whose socket closed before a dump read its tcp_info is counted as one segment and
+    # reported in retrans_at_close; a skb holds at most 64 KB / 1448 B = 45 segments
+    short = {h: 44 * sum(r["retrans_at_close"] for r in mine[h]) for h in "ab"}
     for h in "ab":
-        assert abs(got[h] - sent[h]) <= max(2, 0.02 * sent[h]), (got, sent)
+        assert -max(2, 0.02 * sent[h]) <= sent[h] - got[h] <= max(2, 0.02 * sent[h]) + short[h], (got, sent, short)
         assert all(r["events_lost"] == 0 for r in recs[h] if r["type"] == "RESULT" and r["dir"] == "out")
         breach = [r for r in recs[h] if r["type"] == "BREACH"]
         # its own direction breaches max_retrans = 5; the tracepoints are host-wide, so a probe may

@@ -74,12 +74,14 @@ def test_segments_come_from_the_sockets_count_and_events_only_for_closed_sockets
     f = recs[1].fields
     assert (f["dir"], f["retrans"], f["retrans_events"], f["flows_retransmitting"]) == \
         ("198.18.1.2->198.18.2.2", 6 + 1 + 3, 3, 2)
+    assert f["retrans_at_close"] == 1          # the event of the closed socket: a lower bound, and said so
     assert verdicts["198.18.1.2->198.18.2.2"] == \
         (True, 10, "198.18.1.2:38486->198.18.2.2:5298(7),198.18.1.2:40002->198.18.2.2:5298(3)")
     c.reset()
     c.add_dump([(8, other, 5), (9, (A, 40002, B, 5298), 3)], 103.0)
     recs, _ = c.records(name="n", interval_s=1.0, lost=0)      # the next interval: only what is new
-    assert [(r.fields["retrans"], r.fields["retrans_events"]) for r in recs[1:]] == [(1, 0)]
+    assert [(r.fields["retrans"], r.fields["retrans_events"], r.fields["retrans_at_close"]) for r in recs[1:]] \
+        == [(1, 0, 0)]
 
 
 def test_an_event_read_after_the_dump_that_counted_it_is_not_counted_again():

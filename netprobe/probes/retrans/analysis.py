@@ -154,7 +154,8 @@ class SegmentCounter:
     of each interval, and their increases become the flows' segments. Sockets in the
     first dump count from their value then; later ones started after us, from 0. A
     flow whose socket is gone by the next dump adds each event it had since its last
-    dump as one segment (a lower bound: its last resends may have been GSO skbs too).
+    dump as one segment (a lower bound: its last resends may have been GSO skbs too;
+    take() says how many such events it counted).
     An event read only after a dump that already counted it (its time is not after the
     end of the last dump that listed its socket) is not pending. Flows are (local
     address, local port, remote address, remote port), addresses as ipaddress objects;
@@ -167,6 +168,7 @@ class SegmentCounter:
         self.listed = {}           # flow -> end time of the last dump that listed its socket
         self.pending = {}          # flow -> events since the last dump that listed it
         self.segments = {}         # flow -> segments so far this interval
+        self.at_close = {}         # flow -> of those, events counted as one segment as its socket was gone
 
     def event(self, flow, ts):
         if ts > self.listed.get(flow, -math.inf):
@@ -185,14 +187,16 @@ class SegmentCounter:
         if self.base is not None:
             for flow, n in self.pending.items():      # closed since: each event is at least one segment
                 self.segments[flow] = self.segments.get(flow, 0) + n
+                self.at_close[flow] = self.at_close.get(flow, 0) + n
         self.pending = {}
         self.base = seen
         self.listed = {f: t for f, t in self.listed.items() if t >= t_end - self.KEEP_S}
 
     def take(self):
-        """This interval's segments per flow (from dumps only; events not yet dumped wait)."""
-        out, self.segments = self.segments, {}
-        return out
+        """This interval's segments per flow (from dumps only; events not yet dumped wait), and
+        per flow the events among them counted as one segment each (socket gone)."""
+        out, closed, self.segments, self.at_close = self.segments, self.at_close, {}, {}
+        return out, closed
 
 
 def _addr_text(ip):
@@ -267,21 +271,26 @@ class LiveCounter:
             "host_retrans_pct": percent(100.0 * retrans_segs / out_segs) if out_segs else None,
             "window": seconds(interval_s)}, ts)]
         verdicts = {}
-        segments = self.segs.take() if self.dumped else dict(self.events)
-        groups = {k: {**g, "retrans": 0, "retrans_events": 0, "flows": {}} for k, g in self.groups.items()}
+        segments, at_close = self.segs.take() if self.dumped else (dict(self.events), {})
+        groups = {k: {**g, "retrans": 0, "retrans_events": 0, "retrans_at_close": 0, "flows": {}}
+                  for k, g in self.groups.items()}
         for flow in set(segments) | set(self.events):
             lip, lp, rip, rp = flow
             g = groups.setdefault(self._key(lip, rip), {"synack_retrans": 0, "resets": 0, "retrans": 0,
-                                                        "retrans_events": 0, "flows": {}})
+                                                        "retrans_events": 0, "retrans_at_close": 0, "flows": {}})
             n = segments.get(flow, 0)
             g["retrans"] += n
             g["retrans_events"] += self.events.get(flow, 0)
+            g["retrans_at_close"] += at_close.get(flow, 0)
             g["flows"][f"{_endpoint(_addr_text(lip), lp)}->{_endpoint(_addr_text(rip), rp)}"] = n
         for (src, dst), g in sorted(groups.items()):
             flows = sorted(g["flows"].items(), key=lambda kv: (-kv[1], kv[0]))
             direction = f"{src}->{dst}"
             out.append(Record(RESULT, KIND, name, {
+                # retrans_at_close: resends of sockets that closed before a dump read their
+                # tcp_info, counted one segment each (a lower bound for a GSO skb)
                 "dir": direction, "retrans": g["retrans"], "retrans_events": g["retrans_events"],
+                "retrans_at_close": g["retrans_at_close"],
                 "synack_retrans": g["synack_retrans"], "resets": g["resets"], "flows_retransmitting": len(flows),
                 "window": seconds(interval_s)}, ts))
             if max_retrans is not None:
