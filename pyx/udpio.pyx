@@ -283,7 +283,6 @@ cdef class UdpProbeSender:
     cdef int64_t due[BATCH]
     cdef int port_of[BATCH]
     cdef int len_of[BATCH]
-    cdef uint64_t seq_of[BATCH]
     cdef bint running
     cdef readonly bint tx_stamp     # kernel TX times sent as follow-ups (FLAG_TXTIME)
     cdef readonly int64_t tx_stamps # kernel TX timestamps read back
@@ -506,7 +505,6 @@ cdef class UdpProbeSender:
             self._frame_headers(f, port, length)
         self.port_of[b] = port
         self.len_of[b] = length
-        self.seq_of[b] = seq
         if self.v1:
             v.start_s = <int64_t>(self.start_ns // 1000000000)
             memcpy(v.guid, self.guids + 21 * port, 21)
@@ -621,7 +619,7 @@ cdef class UdpProbeSender:
                 else:
                     push_u64(p + 32, <uint64_t>now_real)
                     q = self.port_of[j]          # its port (raw mode: a batch mixes them)
-                    if self.fu_seq[q] >= 0 and self.fu_seq[q] + 1 == <int64_t>self.seq_of[j]:
+                    if self.fu_seq[q] >= 0 and self.fu_seq[q] + 1 == <int64_t>pull_u64(p + 24):
                         p[5] |= FLAG_TXTIME
                         push_u32(p + 60, <uint32_t>self.fu_ns[q])
                 if self.keyed:
@@ -1053,9 +1051,13 @@ cdef class UdpProbeReceiver:
         if ps.pend_seq < 0 or <int64_t>h.seq == ps.pend_seq:
             return
         if h.flags & FLAG_TXTIME and <int64_t>h.seq == ps.pend_seq + 1:
-            self._account(ss, ps, ps.pend_interval, ps.pend_delay - h.tx_follow_up, True)
+            self._release(ss, ps, h.tx_follow_up, True)
         else:
-            self._account(ss, ps, ps.pend_interval, ps.pend_delay, False)
+            self._release(ss, ps, 0, False)
+
+    cdef void _release(self, session_t *ss, port_t *ps, int64_t follow_up, bint from_tx) noexcept nogil:
+        """Account the port's waiting delay less `follow_up`; nothing waits after."""
+        self._account(ss, ps, ps.pend_interval, ps.pend_delay - follow_up, from_tx)
         ps.pend_seq = -1
 
     cdef void _account(self, session_t *ss, port_t *ps, int64_t interval, int64_t d,
@@ -1177,8 +1179,7 @@ cdef class UdpProbeReceiver:
             raise ValueError(f"cannot close {interval - ss.last_closed} intervals at once (at most {MAX_CLOSE})")
         for p in range(ss.nports):             # waiting delays of these intervals: no follow-up now
             if ss.ports[p].pend_seq >= 0 and ss.ports[p].pend_interval <= interval:
-                self._account(ss, &ss.ports[p], ss.ports[p].pend_interval, ss.ports[p].pend_delay, False)
-                ss.ports[p].pend_seq = -1
+                self._release(ss, &ss.ports[p], 0, False)
         out = []
         i = ss.last_closed + 1
         while i <= interval:

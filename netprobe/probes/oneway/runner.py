@@ -91,8 +91,7 @@ class Session:
                 None if raw else [s.fileno() for s in self.socks], int(self.sid, 16), time.time_ns(),
                 round(cfg.gap * 1e9), min_len=cfg.min_len, max_len=cfg.max_len, poisson=cfg.schedule == "poisson",
                 spin_ns=round(cfg.spin * 1e9), key=udp_key, clock_err_us=_err_us(clock),
-                unsync=not clock["synced"], raw=raw,
-                tx_stamp=tx_stamp)
+                unsync=not clock["synced"], raw=raw, tx_stamp=tx_stamp)
         except BaseException:
             self.close()
             raise
