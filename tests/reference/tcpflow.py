@@ -415,3 +415,46 @@ def analyse(data, reorder_ns=0):
         flags.append(fl)
         where.append(w)
     return flags, where, a.order
+
+
+def path_resends(upstream, downstream):
+    """Segments resent across a lossy hop seen from capture points before and after it (pcap
+    images of one sender's data): (resent, lost_again, unrecognisable).
+
+    resent: upstream, data below the highest sequence seen there, sent after the segment
+    that raised it (later IPv4 ID; without IDs, later in the capture). lost_again: resends
+    that never arrived downstream. unrecognisable: resends that arrived downstream at or above
+    everything seen there (their original and all after it lost): no capture after the loss
+    can tell them from new data. Counted in segments (a GSO frame holds several), of the MSS
+    in the sender's SYN; one per frame without it."""
+    def segments(image):
+        frames, linktype = read_pcap(image)
+        mss, out = {}, []
+        for _, frame, wirelen in frames:
+            t = decode(frame, wirelen, linktype)
+            if t is None:
+                continue
+            if t["flags"] & SYN:
+                mss[t["src"], t["dst"]] = options(t["opts"], t["ack"])[2]
+            elif t["seglen"]:
+                k = (t["src"], t["dst"])
+                m = mss.get(k) or t["seglen"]
+                out.append((k, t["seq"], t["seglen"], t["ipid"], -(-t["seglen"] // m)))
+        return out
+
+    hi, resends = {}, {}
+    for k, seq, n, ipid, segs in segments(upstream):
+        top = hi.get(k)
+        if top is not None and lt(seq, top[0]) and (ipid is None or top[1] is None or id_after(ipid, top[1])):
+            resends[k, seq, ipid] = segs
+        if top is None or gt(seq + n, top[0]):
+            hi[k] = ((seq + n) & M32, ipid)
+    hi, arrived, blind = {}, set(), set()
+    for k, seq, n, ipid, _ in segments(downstream):
+        arrived.add((k, seq, ipid))
+        if k in hi and not lt(seq, hi[k]):
+            blind.add((k, seq, ipid))
+        if k not in hi or gt(seq + n, hi[k]):
+            hi[k] = (seq + n) & M32
+    return (sum(resends.values()), sum(s for r, s in resends.items() if r not in arrived),
+            sum(s for r, s in resends.items() if r in blind))
