@@ -21,8 +21,9 @@ Then the cost of live monitoring: iperf3 A -> B and B -> A (-R) at full speed in
 probe, with the live probe (tracefs instance only), with the probe plus
 its header capture (--capture-iface), and with the capture of arriving data
 only (--capture-direction in: A sends, so little arrives), the probe running
-in A. Rows give the
-median receiver rate and its ratio to the run without the probe.
+in A; and the floor of any capture of arriving packets: a packet socket in A
+whose filter keeps nothing (what the tap and a filter cost before any copy).
+Rows give the median receiver rate and its ratio to the run without the probe.
 """
 import os
 import re
@@ -141,6 +142,21 @@ def run(quick=False):
     return rows + _live_cost(quick)
 
 
+# The least any capture of arriving packets can cost: a packet socket on veth-a that the kernel
+# does not offer what the host sends (as `--capture-direction in`) and whose filter keeps nothing,
+# so each arriving packet costs only the tap and the filter, no copy and no analysis.
+FLOOR = """
+import socket, struct, ctypes, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(3))
+s.setsockopt(263, 23, 1)                                # SOL_PACKET, PACKET_IGNORE_OUTGOING
+keep_nothing = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))      # BPF: ret #0
+s.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HxxxxxxP", 1, ctypes.addressof(keep_nothing)))
+s.bind(("veth-a", 0))
+print("up", flush=True)
+time.sleep(120)
+"""
+
+
 def _live_cost(quick):
     """iperf3 rate without and with the live probe (same lab, alternating rounds), offload off then on."""
     if os.geteuid() != 0:
@@ -150,9 +166,11 @@ def _live_cost(quick):
     import signal
 
     from tests.lab import netlab
-    modes = {"no probe": None, "probe (tracefs)": [],
-             "probe (tracefs + capture)": ["--capture-iface", "veth-a"],
-             "probe (tracefs + capture in)": ["--capture-iface", "veth-a", "--capture-direction", "in"]}
+    probe = [sys.executable, "-m", "netprobe", "probe", "retrans", "--ports", "5201", "--interval", "1s", "--json"]
+    modes = {"no probe": None, "probe (tracefs)": probe,
+             "probe (tracefs + capture)": probe + ["--capture-iface", "veth-a"],
+             "probe (tracefs + capture in)": probe + ["--capture-iface", "veth-a", "--capture-direction", "in"],
+             "capture floor (filter keeps nothing)": [sys.executable, "-c", FLOOR]}
     ways = {"A -> B": [], "B -> A": ["-R"]}           # the probe's host sending, then receiving
     rows = []
     for offload in ("off", "on"):
@@ -164,19 +182,18 @@ def _live_cost(quick):
             time.sleep(0.3)
             for _ in range(1 if quick else 5):
                 for way, reverse in ways.items():
-                    for mode, extra in modes.items():
-                        probe = None
-                        if extra is not None:
-                            probe = lab.popen("a", [sys.executable, "-m", "netprobe", "probe", "retrans", "--ports",
-                                                    "5201", "--interval", "1s", "--json"] + extra, cwd=str(ROOT))
-                            if not select.select([probe.stdout], [], [], 20)[0]:
-                                raise RuntimeError("probe did not start")
-                            probe.stdout.readline()
+                    for mode, argv in modes.items():
+                        proc = None
+                        if argv is not None:
+                            proc = lab.popen("a", argv, cwd=str(ROOT))
+                            if not select.select([proc.stdout], [], [], 20)[0]:
+                                raise RuntimeError(f"{mode} did not start")
+                            proc.stdout.readline()
                         out = lab.run("a", ["iperf3", "-c", lab.b4, "-t", "3", "-J", *reverse], timeout=60)
                         rates[way, mode].append(json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"])
-                        if probe is not None:
-                            probe.send_signal(signal.SIGTERM)
-                            probe.communicate(timeout=20)
+                        if proc is not None:
+                            proc.send_signal(signal.SIGTERM)
+                            proc.communicate(timeout=20)
         finally:
             lab.down()
         rows += [{"mode": f"{w}: {m}", "offload": offload, "rate_bps": statistics.median(r), "runs": len(r),
