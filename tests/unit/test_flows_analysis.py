@@ -11,7 +11,7 @@ from netprobe.errors import load_extension
 from netprobe.probes.flows import analysis
 from netprobe.probes.flows.tracker import Tracker
 from netprobe.results import Quantity
-from tests.reference.flows_stats import weighted_inverted_cdf
+from tests.reference.flows_stats import gonum_quantile, weighted_inverted_cdf
 
 nl = load_extension("_nldiag")
 S = 1_000_000_000
@@ -92,6 +92,31 @@ def test_native_fields_against_numpy():
     assert f["send_throughput"].value == pytest.approx((acked[-1] - acked[0]) * 8 / (times[-1] - times[0]))
     assert (f["src"], f["dst"], f["sport"], f["dport"], f["ca"]) == ("192.0.2.1", "198.51.100.2", 50000, 443, "cubic")
     assert f["ts"] and f["sack"] and not f["ecn"] and "nulls" not in f
+    assert not any(k.startswith("bbr_") for k in f)        # cubic: no BBR model, no BBR fields
+
+
+def test_bbr_model_fields_against_numpy():
+    rng = np.random.default_rng(5)
+    n = 30
+    bw = rng.integers(10**5, 10**7, n)                    # bytes/s, as the kernel's tcp_bbr_info
+    mrtt = rng.integers(100, 20000, n)                    # us
+    samples = [{"tcpi_rtt": 1000 + i, "tcpi_snd_cwnd": 10, "bbr_bw": int(bw[i]), "bbr_min_rtt": int(mrtt[i]),
+                "has_bbr": 1} for i in range(n)]
+    times = list(np.cumsum(rng.uniform(0.5, 3.0, n)))
+    f = analysis.summarize(flow_of(samples, times), NATIVE)
+    w = np.r_[np.diff(times), 1.0]                        # each estimate held until the next
+    want = weighted_inverted_cdf(bw * 8.0, w, [0.5])[0]   # the weighted median, empirical kind
+    emp = analysis.summarize(flow_of(samples, times), analysis.Options(interval=1.0, cumulant_kind="empirical"))
+    assert emp["bbr_bw_p50"].value == pytest.approx(want, rel=1e-12)
+    order = np.argsort(bw, kind="stable")                # the default kind: gonum's lininterp
+    assert f["bbr_bw_p50"].value == pytest.approx(gonum_quantile(0.5, "lininterp", bw[order] * 8.0, w[order]),
+                                                  rel=1e-9)      # the tracker keeps times in whole ns
+    assert f["bbr_bw"] == Quantity(float(bw[-1] * 8), "bit/s")
+    assert f["bbr_min_rtt"] == Quantity(mrtt[-1] / 1e6, "s")
+    # a flow that switched to bbr after connect() (iperf3 -C does): only its bbr samples count
+    first = [{"tcpi_rtt": 900 + i, "tcpi_snd_cwnd": 10} for i in range(3)]
+    f = analysis.summarize(flow_of(first + samples[:1]), NATIVE)
+    assert f["bbr_bw_p50"] == Quantity(float(bw[0] * 8), "bit/s")
 
 
 def test_degenerate_flows_give_nulls_with_reasons_and_cgmon_sentinels():

@@ -174,6 +174,14 @@ def summarize(ended, opts):
         "rtt_summary": [round(v / 1000.0, 9) for v in rtt_sum],
         "rttvar_summary": [round(v / 1000.0, 9) for v in rttvar_sum],
     }
+    bbr = s[:, COL["bbr_bw"]] > 0
+    if bbr.any():                  # as ss shows bbr:(bw,mrtt): only for flows that ran bbr
+        bw = s[bbr, COL["bbr_bw"]]
+        # the estimate most of the flow ran on (its maximum is startup's, often a burst the
+        # bottleneck's buffer let through at line rate)
+        p50 = weighted_quantiles(bw.astype(np.float64), None if wq is None else wq[bbr], [0.5], opts.cumulant_kind)[0]
+        fields.update(bbr_bw=rate(int(bw[-1]) * 8), bbr_bw_p50=rate(p50 * 8),
+                      bbr_min_rtt=seconds(int(s[bbr, COL["bbr_min_rtt"]][-1]) / 1e6))
     if max_pacing is None:
         nulls["max_pacing_rate"] = "pacing_unset"
     if kernel_max_pacing < 0:

@@ -35,7 +35,8 @@ class Config(ProbeConfig):
                                      "beyond it the biggest flows are written early", min=100, max=100_000_000)
     idle_timeout: float = setting(DURATION, 0.0, "write a flow whose values have not changed for this long "
                                   "and continue it as a new segment (s, 0 = never)", min=0.0, max=86400)
-    congestion_info: bool = setting(BOOL, True, "also dump the congestion control name and BBR's model")
+    congestion_info: bool = setting(BOOL, True, "also dump the congestion control name and BBR's model "
+                                  "(a bbr flow's record gains bbr_bw, bbr_bw_p50 and bbr_min_rtt)")
     memory_info: bool = setting(BOOL, False, "also dump socket memory (skmem_*)")
     write_flows: bool = setting(BOOL, True, "write a record per ended flow (per segment)")
     flow_format: str = setting(CHOICE, "native", "per-flow record fields: native (base units, nulls with "

@@ -42,6 +42,7 @@ SAMPLE_FIELDS = (
     "tcpi_max_pacing_rate", "tcpi_total_retrans", "tcpi_bytes_acked", "tcpi_bytes_received",
     "tcpi_bytes_retrans", "tcpi_options", "tcpi_delivered", "tcpi_delivered_ce", "tcpi_rcv_ooopack",
     "tcpi_dsack_dups", "tcpi_segs_out", "tcpi_segs_in", "tcpi_ca_state",
+    "bbr_bw", "bbr_min_rtt",          # BBR's model (0 when the socket does not run bbr)
 )
 COL = {name: i for i, name in enumerate(SAMPLE_FIELDS)}
 NCOLS = len(SAMPLE_FIELDS)
