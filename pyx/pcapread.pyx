@@ -782,9 +782,11 @@ cdef class TcpAnalyser:
         fwd.lastacktime = ts
         fwd.lastsegflags = fl
         # ---- netprobe's own classification of data (and SYN/FIN) segments
+        # (a SYN's IPv4 ID is not from the connection's counter: Linux sends a listener's SYN-ACK
+        # with ID 0 and starts the new socket's counter at random, so it would count as a bad step)
         span = seglen + (1 if tflags & TH_SYN else 0) + (1 if tflags & TH_FIN else 0)
         if span and not (fl & (F_KEEPALIVE | F_ZWP)):
-            fl |= self._classify(f, fwd, ts, seq, span, ipid, tsval)
+            fl |= self._classify(f, fwd, ts, seq, span, -1 if tflags & TH_SYN else ipid, tsval)
         if tflags & TH_ACK:
             drop_acked_holes(rev, ack)
             if dsack:

@@ -125,6 +125,24 @@ def test_retransmission_overtaken_by_many_new_segments_is_a_retransmission():
     assert (ab["retrans"], ab["lost_retrans"], ab["seen_retrans"], ab["ooo"]) == (2, 1, 1, 0)
 
 
+def test_a_syns_unrelated_ip_id_does_not_delay_trust_in_the_data_ids():
+    # A lab run (offload on, 16 KB skbs, B sending): B's SYN-ACK had ID 0 (Linux, DF) and its data
+    # IDs started at random; a skb lost among the first few was resent 61 us after the next one
+    # arrived, in the same TSval tick. Counting the SYN's ID step as a bad one left the IDs
+    # untrusted (6 good, 1 bad: fewer than 8 good per bad), so the fill fell to the reorder
+    # window and read out-of-order. A SYN's ID is not a step of the data's counter.
+    script = [("send", 0)] * 5 + [("lose", 0), ("send", 0), ("retrans", 5)]
+    frames = gen.conversation(script, syn_id=20100, retrans_ts_step=0)
+    r = run(frames)
+    assert names(int(r.flags[-1])) & {"np_retrans", "np_lost_retrans", "np_ooo"} == {"np_retrans", "np_lost_retrans"}
+    assert (r.flows[0].ab["lost_retrans"], r.flows[0].ab["ooo"]) == (1, 0)
+    want, _, _ = ref(frames)
+    assert [names(int(f)) for f in r.flags] == want
+    # the same with the SYN's ID in the data's sequence: trusted either way
+    r = run(gen.conversation(script, syn_id=100, retrans_ts_step=0))
+    assert r.flows[0].ab["lost_retrans"] == 1
+
+
 def test_short_connection_original_overtaken_by_its_own_retransmission():
     # iperf3's control connection in a lab run: 6 data segments, then the last one
     # (ID 0x8c82) held on R while its resend (0x8c84) came through; same TSvals. Its

@@ -23,8 +23,12 @@ OPS = ("send", "lose", "retrans", "hold", "hold_retrans", "release", "ack", "dup
        "wait")
 
 
-def conversation(ops, v6=False, isn_a=1000, isn_b=5000, t0_ns=1_700_000_000 * 10**9):
-    """[(ts_ns, ip_bytes)] for a script of (op, arg) pairs (arg: an int >= 0)."""
+def conversation(ops, v6=False, isn_a=1000, isn_b=5000, t0_ns=1_700_000_000 * 10**9, syn_id=None,
+                 retrans_ts_step=1):
+    """[(ts_ns, ip_bytes)] for a script of (op, arg) pairs (arg: an int >= 0). syn_id: the IPv4 ID of
+    A's SYN when it is not from A's counter (Linux sends a listener's SYN-ACK with ID 0, then starts
+    the socket's counter at random); retrans_ts_step: how far a resend's TSval moves (0: within the
+    same millisecond tick, as on a sub-millisecond path)."""
     src, dst = (A6, B6) if v6 else (A4, B4)
     out = []
     st = {"t": t0_ns, "ida": 100, "idb": 7000, "ts": 50_000, "sent": [], "next": isn_a + 1,
@@ -56,7 +60,7 @@ def conversation(ops, v6=False, isn_a=1000, isn_b=5000, t0_ns=1_700_000_000 * 10
         st["sent"].append((seq, st["ida"], st["ts"]))
         return seq, st["ida"], st["ts"]
 
-    emit(True, isn_a, 0, "S")
+    emit(True, isn_a, 0, "S", ipid=syn_id)
     emit(False, isn_b, isn_a + 1, "SA")
     emit(True, isn_a + 1, isn_b + 1, "A")
     for op, arg in ops:
@@ -72,7 +76,7 @@ def conversation(ops, v6=False, isn_a=1000, isn_b=5000, t0_ns=1_700_000_000 * 10
             emit(True, seq, isn_b + 1, "PA", MSS, ipid, ts)
         elif op == "retrans" and st["sent"]:
             seq = st["sent"][arg % len(st["sent"])][0]
-            st["ts"] += 1
+            st["ts"] += retrans_ts_step
             emit(True, seq, isn_b + 1, "PA", MSS, None, st["ts"])
         elif op == "hold_retrans" and st["sent"]:
             seq = st["sent"][arg % len(st["sent"])][0]

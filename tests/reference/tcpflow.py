@@ -278,7 +278,7 @@ class Analyser:
         fwd.lastsegflags = set(fl)
         span = seglen + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
         if span and not fl & {"keep_alive", "zero_window_probe"}:
-            fl |= self.classify(f, fwd, ts, seq, span, t["ipid"], tsval)
+            fl |= self.classify(f, fwd, ts, seq, span, None if flags & SYN else t["ipid"], tsval)
         if flags & ACK:
             rev.holes = [[max(h[0], ack, key=lambda x: s32(x - ack)), h[1], h[2]]
                          for h in rev.holes if not le(h[1], ack)]
