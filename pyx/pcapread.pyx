@@ -150,6 +150,7 @@ ctypedef struct dir_t:
     uint8_t seen_valid
     uint8_t last_has_id          # IPv4 ID and TSval of the segment that last advanced seen_hi
     uint8_t last_has_ts
+    uint8_t last_syn             # ... was a SYN: its ID need not be from the data's counter
     uint16_t last_id
     uint32_t last_ts
     uint32_t id_good             # in-order segments whose ID followed the previous one's
@@ -782,11 +783,9 @@ cdef class TcpAnalyser:
         fwd.lastacktime = ts
         fwd.lastsegflags = fl
         # ---- netprobe's own classification of data (and SYN/FIN) segments
-        # (a SYN's IPv4 ID is not from the connection's counter: Linux sends a listener's SYN-ACK
-        # with ID 0 and starts the new socket's counter at random, so it would count as a bad step)
         span = seglen + (1 if tflags & TH_SYN else 0) + (1 if tflags & TH_FIN else 0)
         if span and not (fl & (F_KEEPALIVE | F_ZWP)):
-            fl |= self._classify(f, fwd, ts, seq, span, -1 if tflags & TH_SYN else ipid, tsval)
+            fl |= self._classify(f, fwd, ts, seq, span, ipid, tsval, tflags & TH_SYN)
         if tflags & TH_ACK:
             drop_acked_holes(rev, ack)
             if dsack:
@@ -835,7 +834,7 @@ cdef class TcpAnalyser:
         return fl & 0xffff
 
     cdef uint32_t _classify(self, flow_t *f, dir_t *fwd, int64_t ts, uint32_t seq,
-                            uint32_t span, int32_t ipid, int64_t tsval) noexcept nogil:
+                            uint32_t span, int32_t ipid, int64_t tsval, bint syn) noexcept nogil:
         """netprobe's verdict on a segment covering [seq, seq+span) of one direction.
 
         0 for new data. A segment below the highest captured byte was either
@@ -899,10 +898,11 @@ cdef class TcpAnalyser:
                 idd = <uint16_t>(<uint16_t>ipid - fwd.last_id)
                 if 0 < idd <= MAX_ID_STEP:
                     fwd.id_good += 1
-                else:
-                    fwd.id_bad += 1
+                elif not fwd.last_syn:       # Linux: a listener's SYN-ACK has ID 0, and the new
+                    fwd.id_bad += 1          # socket's counter starts at random: no evidence against
             fwd.seen_valid = 1
             fwd.seen_hi = end
+            fwd.last_syn = syn
             fwd.last_has_id = ipid >= 0
             fwd.last_id = <uint16_t>ipid
             fwd.last_has_ts = tsval >= 0

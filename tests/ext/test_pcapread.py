@@ -130,7 +130,8 @@ def test_a_syns_unrelated_ip_id_does_not_delay_trust_in_the_data_ids():
     # IDs started at random; a skb lost among the first few was resent 61 us after the next one
     # arrived, in the same TSval tick. Counting the SYN's ID step as a bad one left the IDs
     # untrusted (6 good, 1 bad: fewer than 8 good per bad), so the fill fell to the reorder
-    # window and read out-of-order. A SYN's ID is not a step of the data's counter.
+    # window and read out-of-order. A SYN's ID out of sequence is no evidence against the
+    # counter (one in sequence, as a client's SYN has, still counts for it).
     script = [("send", 0)] * 5 + [("lose", 0), ("send", 0), ("retrans", 5)]
     frames = gen.conversation(script, syn_id=20100, retrans_ts_step=0)
     r = run(frames)

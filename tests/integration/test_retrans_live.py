@@ -6,7 +6,6 @@ the tracefs instances directory for setup and cleanup.
 """
 import json
 import os
-import re
 import select
 import signal
 import subprocess
@@ -18,6 +17,7 @@ import pytest
 
 from netprobe.probes.retrans import tracefs
 from tests.conftest import IS_ROOT, NOT_ROOT_REASON
+from tests.lab import netlab
 from tests.reference import tcpflow
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,22 +140,6 @@ def test_outgoing_retransmits_per_direction_match_each_senders_kernel_count(make
                    for n in instances())
 
 
-def start_dump(lab, host, dev, direction, path, expr):
-    """tcpdump in `host` on `dev` (-Q `direction`), once it is listening."""
-    dump = lab.popen(host, ["tcpdump", "-n", "--immediate-mode", "-i", dev, "-Q", direction, "-s", "128", "-B", "16384",
-                           "-U", "-w", str(path), expr])
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and "listening" not in dump.stderr.readline():
-        pass
-    return dump
-
-
-def stop_dump(dump):
-    dump.send_signal(signal.SIGINT)
-    err = dump.communicate(timeout=10)[1]
-    assert re.search(r"^0 packets dropped by kernel", err, re.M), err
-
-
 @pytest.mark.lab
 @pytest.mark.parametrize("direction, offload", [("both", "off"), ("in", "off"), ("in", "on")])
 def test_incoming_retransmits_from_capture_match_the_peers_kernel_count(make_lab, direction, offload, tmp_path):
@@ -165,14 +149,16 @@ def test_incoming_retransmits_from_capture_match_the_peers_kernel_count(make_lab
     sends and where A receives (tcpdump at both ends of the path, tcpflow.path_resends)
     name the ones lost on the way (R dropped them again, or a busy host's backlog did) and
     those whose original and everything after it were lost (a tail loss: its resend arrives
-    as new data). Outgoing a->b ones (tracepoint, and capture unless it takes
-    only what arrives) match A's, which without loss that way is near zero. Offload on: B's
-    multi-segment skbs arrive whole (lost whole), and the capture counts their segments."""
+    as new data); a resend that fills a hole among a flow's first segments, before B's IPv4
+    IDs are trusted, may count either way (no send-order evidence in the same TSval tick).
+    Outgoing a->b ones (tracepoint, and capture unless it takes only what arrives) match
+    A's, which without loss that way is near zero. Offload on: B's multi-segment skbs
+    arrive whole (lost whole), and the capture counts their segments."""
     lab = make_lab(offload=offload, loss_ba=1)
     lab.popen("b", ["iperf3", "-s", "-1", "-B", lab.b4, "-p", PORT])
     expr = f"tcp and src host {lab.b4} and port {PORT}"
-    dumps = [start_dump(lab, "b", lab.if_b, "out", tmp_path / "up.pcap", expr),   # what B sent
-             start_dump(lab, "a", lab.if_a, "in", tmp_path / "down.pcap", expr)]  # what reached the probe's tap
+    dumps = [lab.tcpdump("b", lab.if_b, tmp_path / "up.pcap", expr, "out"),    # what B sent
+             lab.tcpdump("a", lab.if_a, tmp_path / "down.pcap", expr, "in")]   # what reached the probe's tap
     before = {h: retrans_segs(lab, h) for h in "ab"}
     probe = start_probe(lab, "a", "--capture-iface", lab.if_a, "--interval", "500ms",   # tracefs and capture up
                         "--capture-direction", direction)
@@ -184,7 +170,7 @@ def test_incoming_retransmits_from_capture_match_the_peers_kernel_count(make_lab
     finally:
         recs, err = stop_probe(*probe)
         for d in dumps:
-            stop_dump(d)
+            netlab.stop_tcpdump(d)
     cap = {"a": 0, "b": 0}
     trace = {"a": 0, "b": 0}
     for r in recs:
@@ -198,11 +184,12 @@ def test_incoming_retransmits_from_capture_match_the_peers_kernel_count(make_lab
         else:
             trace[h] += r["retrans"]
     assert sent["b"] > 30, sent
-    resent, lost, unseen = tcpflow.path_resends((tmp_path / "up.pcap").read_bytes(),
-                                                (tmp_path / "down.pcap").read_bytes())
+    resent, lost, unseen, unordered = tcpflow.path_resends((tmp_path / "up.pcap").read_bytes(),
+                                                           (tmp_path / "down.pcap").read_bytes())
     tol = max(2, 0.02 * sent["b"])
     assert abs(resent - sent["b"]) <= tol, (resent, sent)           # the oracle sees B's resends
-    assert abs(cap["b"] - (sent["b"] - lost - unseen)) <= tol, (cap, sent, lost, unseen, err)
+    seen = sent["b"] - lost - unseen        # resends that reached A as such; a few may be unordered
+    assert seen - unordered - tol <= cap["b"] <= seen + tol, (cap, sent, lost, unseen, unordered, err)
     # a -> b has no loss: A's own count (resends after lost ACKs, or after veth reordering under
     # load) is what both the tracepoint side (segments from tcp_info: on a throttled VM A once
     # resent 184 segments in 140 skbs) and the capture must show

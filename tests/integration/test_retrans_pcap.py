@@ -30,6 +30,7 @@ import pytest
 
 from netprobe.probes.retrans import pcapfile
 from tests.lab import netlab
+from tests.reference import tcpflow
 
 WS = ("retransmission", "fast_retransmission", "spurious_retransmission", "out_of_order", "duplicate_ack",
       "zero_window", "lost_segment", "ack_lost_segment", "keep_alive", "window_update", "zero_window_probe")
@@ -50,21 +51,14 @@ def capture(lab, path, where, seconds=1.5, rate="60M", reorder_pct=0.0, bidir=Fa
                       "--mode", "random", "--probability", "%.4f" % (reorder_pct / 100), "-j", "NFQUEUE",
                       "--queue-num", "7"])
     lab.popen("b", ["iperf3", "-s", "-1", "-B", lab.b4, "-p", PORT])
-    dev = lab.if_a if where == "a" else lab.if_b
-    dump = lab.popen(where, ["tcpdump", "-n", "--immediate-mode", "-i", dev, "-s", "128", "-B", "16384", "-U",
-                             "-w", path, f"tcp port {PORT}"])
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and "listening" not in dump.stderr.readline():
-        pass
+    dump = lab.tcpdump(where, lab.if_a if where == "a" else lab.if_b, path, f"tcp port {PORT}")
     time.sleep(0.2)                  # iperf3 -s listening (a probe connection would use up its -1)
     out = lab.run("a", ["iperf3", "-c", lab.b4, "-p", PORT, "-t", seconds, "-b", rate, "-J"]
                   + (["--bidir"] if bidir else []), timeout=30)
     time.sleep(0.5)
     if before_stop:
         before_stop()
-    dump.send_signal(signal.SIGINT)
-    err = dump.communicate(timeout=10)[1]
-    assert re.search(r"^0 packets dropped by kernel", err, re.M), err
+    netlab.stop_tcpdump(dump)
     return json.loads(out.stdout)["end"]["sum_sent"]["retransmits"]
 
 
@@ -204,23 +198,27 @@ def late_originals(path):
 
 
 def data_ids(path):
-    """[(frame number, (A's port, IP ID), at the tip, seq, end)] of the A -> B data segments, read
-    by tshark. Each socket numbers its own packets, so the iperf3 control and data
-    connections reuse each other's IDs: the port tells them apart. At the tip: no byte
+    """[(frame number, (A's port, IP ID), at the tip, seq, end, raised)] of the A -> B data
+    segments, read by tshark. Each socket numbers its own packets, so the iperf3 control and
+    data connections reuse each other's IDs: the port tells them apart. At the tip: no byte
     at or above the segment's first one was captured before it (its sequence number is
-    not below the highest one of its connection so far, SYN and FIN counted)."""
+    not below the highest one of its connection so far, SYN and FIN counted). raised: how
+    many data or FIN segments of its connection had raised that highest one before it."""
     out = subprocess.run(["tshark", "-n", "-r", path, "-Y", f"tcp.dstport == {PORT}",
                           "-T", "fields", "-e", "frame.number", "-e", "ip.id", "-e", "tcp.srcport",
                           "-e", "tcp.seq", "-e", "tcp.len", "-e", "tcp.flags.syn", "-e", "tcp.flags.fin"],
                          capture_output=True, text=True, check=True, timeout=60).stdout
-    res, hi = [], {}
+    res, hi, raised = [], {}, {}
     for line in out.splitlines():
         n, i, port, seq, ln, syn, fin = line.split("\t")
         seq, ln = int(seq), int(ln)
         if ln:
-            res.append((int(n), (int(port), int(i, 16)), port not in hi or seq >= hi[port], seq, seq + ln))
+            res.append((int(n), (int(port), int(i, 16)), port not in hi or seq >= hi[port], seq, seq + ln,
+                        raised.get(port, 0)))
         end = seq + ln + (syn in ("1", "True")) + (fin in ("1", "True"))
         if end > seq:
+            if syn not in ("1", "True") and end > hi.get(port, end - 1):
+                raised[port] = raised.get(port, 0) + 1
             hi[port] = max(hi.get(port, end), end)
     return res
 
@@ -238,11 +236,9 @@ def test_downstream_capture_with_reordering_tells_ooo_from_retransmission(make_l
     packet must be classified as in A."""
     lab = make_lab(offload="off", loss_ab=1)
     pa, pb = str(tmp_path / "a.pcap"), str(tmp_path / "b.pcap")
-    dump_a = lab.popen("a", ["tcpdump", "-n", "--immediate-mode", "-i", lab.if_a, "-s", "128", "-B", "16384",
-                             "-U", "-w", pa, f"tcp port {PORT}"])
+    dump_a = lab.tcpdump("a", lab.if_a, pa, f"tcp port {PORT}")
     capture(lab, pb, "b", reorder_pct=2)
-    dump_a.send_signal(signal.SIGINT)
-    assert re.search(r"^0 packets dropped by kernel", dump_a.communicate(timeout=10)[1], re.M)
+    netlab.stop_tcpdump(dump_a)
     ra = pcapfile.analyse_file(pa, keep_frames=True)
     rb = pcapfile.analyse_file(pb, keep_frames=True)
     share, diff, n = agreement(rb.flags, tshark_flags(pb))
@@ -259,18 +255,23 @@ def test_downstream_capture_with_reordering_tells_ooo_from_retransmission(make_l
     # after at least NSENT - 1 = 63 segments sent later with bytes above it may have
     # outlived the analyser's send-order marks (a memory bound, counted apart)
     newer, overtaken = {}, set()
-    for _, (port, i), _, seq, end in ids_b:
+    for _, (port, i), _, seq, end, _ in ids_b:
         newer.setdefault(port, []).append((i, seq, end))
     for port, segs in newer.items():
         for n, (i, seq, _) in enumerate(segs):
             if (port, i) in want and sum(1 for j, _, e in segs[:n] if e > seq and 0 < (j - i) % 65536 < 32768) >= 63:
                 overtaken.add((port, i))
+    # retrans-notes.md, "No send-order evidence": a resend B captured before the sender's IDs
+    # could be trusted (at most ID_TRUST segments had raised its connection's highest sequence)
+    # may be counted either way in the same TSval tick; a lab run lost the 4-byte second write
+    # of iperf3's control connection
+    unordered = want & {i for _, i, _, _, _, raised in ids_b if raised <= tcpflow.ID_TRUST}
     f = bulk(rb)
     assert f.ab["lost_segment"] > 10 and f.ab["lost_retrans"] > 10 and f.ab["ooo"] > 10
-    assert len(want - tip - overtaken) > 30
+    assert len(want - tip - overtaken - unordered) > 30
     assert not got & tip, sorted(got & tip)
-    assert got - overtaken == want - tip - overtaken, (sorted(got - want)[:10], sorted(want - tip - got)[:10],
-                                                       len(tip), len(overtaken))
+    assert got - overtaken - unordered == want - tip - overtaken - unordered, (
+        sorted(got - want)[:10], sorted(want - tip - got)[:10], len(tip), len(overtaken), len(unordered))
     # Wireshark's timing rule also calls the overtaken originals retransmissions
     assert f.ab["ws_retrans"] - len(want) > max(10, 0.25 * f.ab["ooo"]), (f.ab, len(want))
 

@@ -44,6 +44,14 @@ class LabError(RuntimeError):
     """A lab command failed, or a tool it needs is missing."""
 
 
+def stop_tcpdump(dump):
+    """Stop a Lab.tcpdump() capture; LabError unless the kernel dropped none of its packets."""
+    dump.send_signal(signal.SIGINT)
+    err = dump.communicate(timeout=10)[1]
+    if not re.search(r"^0 packets dropped by kernel", err, re.M):
+        raise LabError(f"tcpdump lost packets or failed: {err.strip()[-300:]}")
+
+
 def require(*tools):
     """Raise LabError naming the apt package of every missing tool."""
     missing = [t for t in tools if shutil.which(t) is None]
@@ -251,6 +259,16 @@ class Lab:
     def run(self, host, argv, check=True, timeout=30, **kw):
         """Run argv in host's namespace to completion (bounded by timeout)."""
         return sh(self.argv(host, argv), check=check, timeout=timeout, **kw)
+
+    def tcpdump(self, host, dev, path, expr, direction=None, snaplen=128):
+        """tcpdump -w path on dev in host's namespace (-Q direction: in/out), once it listens;
+        stop it with stop_tcpdump()."""
+        dump = self.popen(host, ["tcpdump", "-n", "--immediate-mode", "-i", dev, "-s", str(snaplen), "-B", "16384",
+                                 "-U", "-w", str(path)] + (["-Q", direction] if direction else []) + [expr])
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "listening" not in dump.stderr.readline():
+            pass
+        return dump
 
     # -- build / tear down -------------------------------------------------
     def up(self, offload="on", mtu=1500, **impairments):

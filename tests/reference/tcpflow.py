@@ -56,6 +56,7 @@ class Dir:
     sent: list = field(default_factory=list)      # [end, IPv4 ID] of captured segments
     last_id: int = None
     last_ts: int = None
+    last_syn: bool = False
     id_good: int = 0
     id_bad: int = 0
     counts: dict = field(default_factory=dict)
@@ -278,7 +279,7 @@ class Analyser:
         fwd.lastsegflags = set(fl)
         span = seglen + (1 if flags & SYN else 0) + (1 if flags & FIN else 0)
         if span and not fl & {"keep_alive", "zero_window_probe"}:
-            fl |= self.classify(f, fwd, ts, seq, span, None if flags & SYN else t["ipid"], tsval)
+            fl |= self.classify(f, fwd, ts, seq, span, t["ipid"], tsval, bool(flags & SYN))
         if flags & ACK:
             rev.holes = [[max(h[0], ack, key=lambda x: s32(x - ack)), h[1], h[2]]
                          for h in rev.holes if not le(h[1], ack)]
@@ -305,7 +306,7 @@ class Analyser:
             fwd.count("ooo")
         return fl
 
-    def classify(self, f, fwd, ts, seq, span, ipid, tsval):
+    def classify(self, f, fwd, ts, seq, span, ipid, tsval, syn=False):
         end = (seq + span) & M32
         out = set()
         if fwd.seen_hi is not None and lt(seq, fwd.seen_hi):
@@ -344,9 +345,9 @@ class Analyser:
             if ipid is not None and fwd.last_id is not None:
                 if 0 < (ipid - fwd.last_id) % 65536 <= 1024:
                     fwd.id_good += 1
-                else:
+                elif not fwd.last_syn:          # a SYN's ID need not be from the data's counter
                     fwd.id_bad += 1
-            fwd.seen_hi, fwd.last_id, fwd.last_ts = end, ipid, tsval
+            fwd.seen_hi, fwd.last_id, fwd.last_ts, fwd.last_syn = end, ipid, tsval, syn
         if ipid is not None:
             self.add_sent(fwd, end, ipid)
         return out
@@ -419,14 +420,20 @@ def analyse(data, reorder_ns=0):
 
 def path_resends(upstream, downstream):
     """Segments resent across a lossy hop seen from capture points before and after it (pcap
-    images of one sender's data): (resent, lost_again, unrecognisable).
+    images of one sender's data): (resent, lost_again, unrecognisable, unordered).
 
     resent: upstream, data below the highest sequence seen there, sent after the segment
     that raised it (later IPv4 ID; without IDs, later in the capture). lost_again: resends
     that never arrived downstream. unrecognisable: resends that arrived downstream at or above
     everything seen there (their original and all after it lost): no capture after the loss
-    can tell them from new data. Counted in segments (a GSO frame holds several), of the MSS
-    in the sender's SYN; one per frame without it."""
+    can tell them from new data. unordered: resends that filled a hole before ID_TRUST + 1
+    segments had raised the highest sequence downstream, so before the analyser trusts the
+    sender's IPv4 IDs: without a TSval step or the reorder window it cannot tell them from
+    overtaken originals (retrans-notes.md, "No send-order evidence"), so they may be counted
+    either way. A FIN takes a sequence number, so one captured after lost
+    data opens a hole as data would. Counted in segments: a GSO frame holds as many as its
+    data needs at the MSS in the sender's SYN less its options (one per frame without it);
+    a FIN alone is one."""
     def segments(image):
         frames, linktype = read_pcap(image)
         mss, out = {}, []
@@ -434,12 +441,13 @@ def path_resends(upstream, downstream):
             t = decode(frame, wirelen, linktype)
             if t is None:
                 continue
+            k = (t["src"], t["dst"])
             if t["flags"] & SYN:
-                mss[t["src"], t["dst"]] = options(t["opts"], t["ack"])[2]
-            elif t["seglen"]:
-                k = (t["src"], t["dst"])
-                m = mss.get(k) or t["seglen"]
-                out.append((k, t["seq"], t["seglen"], t["ipid"], -(-t["seglen"] // m)))
+                mss[k] = options(t["opts"], t["ack"])[2]
+            elif t["seglen"] or t["flags"] & FIN:
+                m = mss.get(k, 0) - (t["doff"] - 20)
+                segs = -(-t["seglen"] // m) if t["seglen"] and m > 0 else 1
+                out.append((k, t["seq"], t["seglen"] + (1 if t["flags"] & FIN else 0), t["ipid"], segs))
         return out
 
     hi, resends = {}, {}
@@ -449,12 +457,15 @@ def path_resends(upstream, downstream):
             resends[k, seq, ipid] = segs
         if top is None or gt(seq + n, top[0]):
             hi[k] = ((seq + n) & M32, ipid)
-    hi, arrived, blind = {}, set(), set()
+    hi, raised, arrived, blind, early = {}, {}, set(), set(), set()
     for k, seq, n, ipid, _ in segments(downstream):
         arrived.add((k, seq, ipid))
         if k in hi and not lt(seq, hi[k]):
             blind.add((k, seq, ipid))
+        elif raised.get(k, 0) <= ID_TRUST:
+            early.add((k, seq, ipid))
         if k not in hi or gt(seq + n, hi[k]):
             hi[k] = (seq + n) & M32
-    return (sum(resends.values()), sum(s for r, s in resends.items() if r not in arrived),
-            sum(s for r, s in resends.items() if r in blind))
+            raised[k] = raised.get(k, 0) + 1
+    return tuple(sum(s for r, s in resends.items() if keep(r))
+                 for keep in (lambda r: True, lambda r: r not in arrived, lambda r: r in blind, lambda r: r in early))
