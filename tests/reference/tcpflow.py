@@ -419,21 +419,20 @@ def analyse(data, reorder_ns=0):
 
 
 def path_resends(upstream, downstream):
-    """Segments resent across a lossy hop seen from capture points before and after it (pcap
-    images of one sender's data): (resent, lost_again, unrecognisable, unordered).
+    """Segments resent across a lossy path seen from capture points before and after it (pcap
+    images of one sender's data): (resent, lost, unrecognisable, unordered).
 
     resent: upstream, data below the highest sequence seen there, sent after the segment
-    that raised it (later IPv4 ID; without IDs, later in the capture). lost_again: resends
-    that never arrived downstream. unrecognisable: resends that arrived downstream at or above
+    that raised it (later IPv4 ID; without IDs, later in the capture). lost: resends that
+    never arrived downstream. unrecognisable: resends that arrived downstream at or above
     everything seen there (their original and all after it lost): no capture after the loss
     can tell them from new data. unordered: resends that filled a hole before ID_TRUST + 1
     segments had raised the highest sequence downstream, so before the analyser trusts the
     sender's IPv4 IDs: without a TSval step or the reorder window it cannot tell them from
     overtaken originals (retrans-notes.md, "No send-order evidence"), so they may be counted
-    either way. A FIN takes a sequence number, so one captured after lost
-    data opens a hole as data would. Counted in segments: a GSO frame holds as many as its
-    data needs at the MSS in the sender's SYN less its options (one per frame without it);
-    a FIN alone is one."""
+    either way. A FIN takes a sequence number, so one captured after lost data opens a hole
+    as data would. Counted in segments: a GSO frame holds as many as its data needs at the
+    MSS in the sender's SYN less its options (one per frame without it); a FIN alone is one."""
     def segments(image):
         frames, linktype = read_pcap(image)
         mss, out = {}, []
