@@ -21,8 +21,9 @@ Then the cost of live monitoring: iperf3 A -> B and B -> A (-R) at full speed in
 probe, with the live probe (tracefs instance only), with the probe plus
 its header capture (--capture-iface), and with the capture of arriving data
 only (--capture-direction in: A sends, so little arrives), the probe running
-in A; and the floor of any capture of arriving packets: a packet socket in A
-whose filter keeps nothing (what the tap and a filter cost before any copy).
+in A; and the floor of any capture of arriving packets: the capture's packet
+ring in A with a filter that keeps nothing (what the tap and a filter cost
+before any copy).
 Rows give the median receiver rate and its ratio to the run without the probe.
 """
 import os
@@ -142,16 +143,15 @@ def run(quick=False):
     return rows + _live_cost(quick)
 
 
-# The least any capture of arriving packets can cost: a packet socket on veth-a that the kernel
-# does not offer what the host sends (as `--capture-direction in`) and whose filter keeps nothing,
-# so each arriving packet costs only the tap and the filter, no copy and no analysis.
+# The least any capture of arriving packets can cost: the capture's own packet ring on veth-a
+# (netprobe._pcapread.PacketRing, not offered what the host sends, as `--capture-direction in`)
+# with a filter that keeps nothing, so each arriving packet costs only the tap and the filter.
 FLOOR = """
-import socket, struct, ctypes, time
-s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(3))
-s.setsockopt(263, 23, 1)                                # SOL_PACKET, PACKET_IGNORE_OUTGOING
-keep_nothing = ctypes.create_string_buffer(struct.pack("HBBI", 0x06, 0, 0, 0))      # BPF: ret #0
-s.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HxxxxxxP", 1, ctypes.addressof(keep_nothing)))
-s.bind(("veth-a", 0))
+import socket, struct, time
+from netprobe.errors import load_extension
+keep_nothing = struct.pack("HBBI", 0x06, 0, 0, 0)      # BPF: ret #0
+ring = load_extension("_pcapread").PacketRing(keep_nothing, socket.if_nametoindex("veth-a"),
+                                              socket.if_nametoindex("lo"), ignore_outgoing=True)
 print("up", flush=True)
 time.sleep(120)
 """

@@ -272,12 +272,11 @@ class LiveCounter:
             "window": seconds(interval_s)}, ts)]
         verdicts = {}
         segments, at_close = self.segs.take() if self.dumped else (dict(self.events), {})
-        groups = {k: {**g, "retrans": 0, "retrans_events": 0, "retrans_at_close": 0, "flows": {}}
-                  for k, g in self.groups.items()}
+        counts = {"retrans": 0, "retrans_events": 0, "retrans_at_close": 0}
+        groups = {k: {**g, **counts, "flows": {}} for k, g in self.groups.items()}
         for flow in set(segments) | set(self.events):
             lip, lp, rip, rp = flow
-            g = groups.setdefault(self._key(lip, rip), {"synack_retrans": 0, "resets": 0, "retrans": 0,
-                                                        "retrans_events": 0, "retrans_at_close": 0, "flows": {}})
+            g = groups.setdefault(self._key(lip, rip), {"synack_retrans": 0, "resets": 0, **counts, "flows": {}})
             n = segments.get(flow, 0)
             g["retrans"] += n
             g["retrans_events"] += self.events.get(flow, 0)
