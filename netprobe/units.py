@@ -6,6 +6,7 @@ Durations are seconds (100ms, 15s, 2m). Sizes are bytes (1400, 64K = 65536).
 Parsers raise ValueError with a message that shows valid examples; config
 and CLI code wrap it with the location.
 """
+import json
 import math
 import re
 
@@ -25,9 +26,10 @@ SIZE_EXAMPLES = "examples: 1400, 64K, 1M"
 
 
 def show(value):
-    """A value as the user wrote it in TOML: strings in double quotes."""
+    """A value as the user wrote it in TOML: strings as basic strings, quoted and escaped (so a
+    newline in a value cannot split a one-line error)."""
     if isinstance(value, str):
-        return f'"{value}"'
+        return json.dumps(value, ensure_ascii=False)
     if isinstance(value, bool):
         return "true" if value else "false"
     return repr(value)

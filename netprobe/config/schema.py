@@ -10,7 +10,6 @@ the annotated documentation, so there is one source of truth.
 import dataclasses
 import difflib
 import ipaddress
-import json
 import math
 import re
 
@@ -40,7 +39,7 @@ def fields(cls):
 def toml_key(name):
     """A key as a TOML path writes it: bare when it can be, else a quoted, escaped string
     (so a key holding a newline cannot split an error line)."""
-    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else json.dumps(name)
+    return name if re.fullmatch(r"[A-Za-z0-9_-]+", name) else show(name)
 
 
 class Where:

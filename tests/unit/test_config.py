@@ -55,6 +55,8 @@ BAD = [
     ("quoted-peer-name", '[peer."dc\\n2"]\nkey = "k"\n', 'peer."dc\\n2".address: missing'),
     ("quoted-unknown-key", '[daemon]\n"log\\tlevel" = 1\n', 'daemon."log\\tlevel": unknown key'),
     ("quoted-output-name", '[output."a b"]\ntype = "jsonfile"\n', 'output."a b".path: missing'),
+    # and so is a value: Hypothesis found a newline splitting this one
+    ("escaped-value", '[peer]\nkind = "\\n"\n', 'peer.kind: "\\n" is not a table'),
     ("bad-peer-address", "[peer.dc2]\naddress = 'a b'\n", 'peer.dc2.address: "a b" is not HOST or HOST:PORT'),
     ("unknown-output-type", "[output.pager]\n", "output.pager"),
     ("bad-output-key", "[output.stdout]\nformt = 'json'\n", "output.stdout.formt: unknown key; did you mean 'format'?"),
