@@ -23,7 +23,9 @@ its header capture (--capture-iface), and with the capture of arriving data
 only (--capture-direction in: A sends, so little arrives), the probe running
 in A; and the floor of any capture of arriving packets: the capture's packet
 ring in A with a filter that keeps nothing (what the tap and a filter cost
-before any copy).
+before any copy); and the floor of a stateful in-kernel filter that would thin
+the capture (bench/ebpf_floor.py: one per-flow hash lookup and update per
+arriving packet, nothing kept).
 Rows give the median receiver rate and its ratio to the run without the probe.
 """
 import os
@@ -170,7 +172,8 @@ def _live_cost(quick):
     modes = {"no probe": None, "probe (tracefs)": probe,
              "probe (tracefs + capture)": probe + ["--capture-iface", "veth-a"],
              "probe (tracefs + capture in)": probe + ["--capture-iface", "veth-a", "--capture-direction", "in"],
-             "capture floor (filter keeps nothing)": [sys.executable, "-c", FLOOR]}
+             "capture floor (filter keeps nothing)": [sys.executable, "-c", FLOOR],
+             "eBPF per-flow filter floor": [sys.executable, "-m", "bench.ebpf_floor", "veth-a"]}
     ways = {"A -> B": [], "B -> A": ["-R"]}           # the probe's host sending, then receiving
     rows = []
     for offload in ("off", "on"):
@@ -220,10 +223,10 @@ def table(rows):
         if not part:
             continue
         lines.append("")
-        lines.append(f"{f'iperf3 (probe in A), offload {offload}':40} {'Gbit/s':>9} {'vs none':>8} {'runs':>5}")
+        lines.append(f"{f'iperf3 (probe in A), offload {offload}':44} {'Gbit/s':>9} {'vs none':>8} {'runs':>5}")
         for r in part:
             if "skipped" in r:
                 lines.append(f"live cost skipped: {r['skipped']}")
                 continue
-            lines.append(f"{r['mode']:40} {r['rate_bps'] / 1e9:>9.3f} {r['ratio']:>8.3f} {r['runs']:>5}")
+            lines.append(f"{r['mode']:44} {r['rate_bps'] / 1e9:>9.3f} {r['ratio']:>8.3f} {r['runs']:>5}")
     return "\n".join(lines)
