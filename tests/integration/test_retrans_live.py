@@ -28,12 +28,6 @@ WRITES = {"off": [], "on": ["-l", "16K"]}
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason=NOT_ROOT_REASON)
 
 
-def retrans_segs(lab, host):
-    lines = [line.split() for line in lab.run(host, ["cat", "/proc/net/snmp"]).stdout.splitlines()
-             if line.startswith("Tcp:")]
-    return int(lines[1][lines[0].index("RetransSegs")])
-
-
 def instances():
     return set(os.listdir(os.path.join(tracefs.find_root(), "instances")))
 
@@ -90,7 +84,7 @@ def wait_quiet(lab):
     and FINs, and the probes must see the same resends as nstat."""
     last, end = None, time.monotonic() + 15
     while time.monotonic() < end:
-        now = {h: retrans_segs(lab, h) for h in "ab"}
+        now = {h: lab.nstat(h, "TcpRetransSegs") for h in "ab"}
         if now == last:
             break
         last = now
@@ -111,13 +105,13 @@ def test_outgoing_retransmits_per_direction_match_each_senders_kernel_count(make
     time.sleep(0.3)
     probes = {h: start_probe(lab, h, "--interval", "1s", "--poll", "50ms", "--peers", "198.18.0.0/15",
                              "--max-retrans", "5", "--breach-after", "1") for h in "ab"}
-    before = {h: retrans_segs(lab, h) for h in "ab"}
+    before = {h: lab.nstat(h, "TcpRetransSegs") for h in "ab"}
     try:
         # offload on: 4 s, as 2 s of ~64 KB skbs (~300 a way) lost none of A's in one CI run
         out = lab.run("a", ["iperf3", "-c", lab.b4, "-p", PORT, "-t", "2" if offload == "off" else "4", "-b", "80M",
                             "--bidir", "-J"], timeout=30)
         wait_quiet(lab)
-        sent = {h: retrans_segs(lab, h) - before[h] for h in "ab"}
+        sent = {h: lab.nstat(h, "TcpRetransSegs") - before[h] for h in "ab"}
     finally:
         recs = {h: stop_probe(*probes[h])[0] for h in "ab"}
     assert json.loads(out.stdout)["end"]["sum_sent"]["retransmits"] > 0
@@ -159,14 +153,14 @@ def test_incoming_retransmits_from_capture_match_the_peers_kernel_count(make_lab
     expr = f"tcp and src host {lab.b4} and port {PORT}"
     dumps = [lab.tcpdump("b", lab.if_b, tmp_path / "up.pcap", expr, "out"),    # what B sent
              lab.tcpdump("a", lab.if_a, tmp_path / "down.pcap", expr, "in")]   # what reached the probe's tap
-    before = {h: retrans_segs(lab, h) for h in "ab"}
+    before = {h: lab.nstat(h, "TcpRetransSegs") for h in "ab"}
     probe = start_probe(lab, "a", "--capture-iface", lab.if_a, "--interval", "500ms",   # tracefs and capture up
                         "--capture-direction", direction)
     try:
         lab.run("a", ["iperf3", "-c", lab.b4, "-p", PORT, "-t", "2", "-b", "80M", "--bidir", *WRITES[offload]],
                 timeout=30)
         wait_quiet(lab)
-        sent = {h: retrans_segs(lab, h) - before[h] for h in "ab"}
+        sent = {h: lab.nstat(h, "TcpRetransSegs") - before[h] for h in "ab"}
     finally:
         recs, err = stop_probe(*probe)
         for d in dumps:

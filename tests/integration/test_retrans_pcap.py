@@ -62,13 +62,6 @@ def capture(lab, path, where, seconds=1.5, rate="60M", reorder_pct=0.0, bidir=Fa
     return json.loads(out.stdout)["end"]["sum_sent"]["retransmits"]
 
 
-def retrans_segs(lab, host):
-    """The Tcp RetransSegs counter of host's namespace (what nstat reports)."""
-    lines = [line.split() for line in lab.run(host, ["cat", "/proc/net/snmp"]).stdout.splitlines()
-             if line.startswith("Tcp:")]
-    return int(lines[1][lines[0].index("RetransSegs")])
-
-
 def tshark_flags(path):
     args = []
     for n in WS:
@@ -142,8 +135,8 @@ def test_upstream_capture_offload_off_agrees_with_tshark_and_tcptrace(make_lab, 
     """1 % loss both ways, a bulk flow each way (iperf3 --bidir), capture in A."""
     lab = make_lab(offload="off", loss=1)
     path = str(tmp_path / "a.pcap")
-    counts = [retrans_segs(lab, "a")]
-    capture(lab, path, "a", bidir=True, before_stop=lambda: counts.append(retrans_segs(lab, "a")))
+    counts = [lab.nstat("a", "TcpRetransSegs")]
+    capture(lab, path, "a", bidir=True, before_stop=lambda: counts.append(lab.nstat("a", "TcpRetransSegs")))
     sent_retrans = counts[1] - counts[0]
     res = pcapfile.analyse_file(path, keep_frames=True)
     assert res.error is None and res.counters["malformed"] == 0

@@ -249,21 +249,16 @@ def test_lab_rate_limit_one_way_breaches_that_direction_then_clears(lab):
     assert _ts(events[1]["ts"]) - freed <= window + hyst + 1 + 2, "CLEAR within window + hysteresis"
 
 
-def nstat(lab, host, counter):
-    out = lab.run(host, ["nstat", "-az", "--json", counter]).stdout
-    return json.loads(out)["kernel"][counter]
-
-
 @pytest.mark.lab
 @pytest.mark.parametrize("lab", [{"offload": "off"}], indirect=True)
 def test_lab_loss_retransmits_agree_with_nstat(lab):
     lab_peer(lab)
     lab.set(loss_ab=2.0)
-    before = nstat(lab, "a", "TcpRetransSegs")
+    before = lab.nstat("a", "TcpRetransSegs")
     probe = lab_probe(lab, "--rate", "40M", "--rate-down", "0", "--interval", "1s", "--window", "3s",
                       "--duration", "8s")
     out, err = probe.communicate(timeout=60)
-    after = nstat(lab, "a", "TcpRetransSegs")
+    after = lab.nstat("a", "TcpRetransSegs")
     results = [r for r in records(out) if r["type"] == "RESULT" and "retrans_total" in r]
     ours = results[-1]["retrans_total"]
     kernel = after - before

@@ -429,6 +429,10 @@ class Lab:
             del self._helpers[d]
 
     # -- counters ----------------------------------------------------------
+    def nstat(self, host, counter):
+        """A kernel SNMP counter of host's namespace, absolute (nstat's name: TcpRetransSegs ...)."""
+        return json.loads(self.run(host, ["nstat", "-az", "--json", counter]).stdout)["kernel"][counter]
+
     def drops(self, direction, family=None):
         """Packets dropped so far by the loss rules of direction "ab"/"ba"
         (IPv4 + IPv6, or only family 4 or 6)."""
