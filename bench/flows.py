@@ -11,11 +11,13 @@ the same dump without INET_DIAG_INFO, the kernel's floor; "+ tracker": the dump 
 tracker's update), `ss -tin` (fork + dump + text), the plain-Python dump; then the CPU share of one
 core that the flows probe's sampling takes at 10 Hz and at 1 Hz with its default settings (the
 runner's own per-dump path: dump with congestion info, tracker, groups, interval aggregates;
-getrusage over the run).
+getrusage over the run), and the same share for our dump alone, with and without tcp_info, at 10 Hz
+(a dump from cold caches costs the kernel more than one of many back to back).
 
 The fd limit here is 20,000 and cannot be raised, so the client ends live in a forked child.
 `python -m bench.flows child N REPS SECONDS` is what runs inside the namespace.
 """
+import functools
 import json
 import os
 import resource
@@ -62,6 +64,18 @@ def _timed(fn, reps):
         fn()
         ts.append(time.perf_counter() - t0)
     return ts
+
+
+def _cpu_share(step, hz, seconds):
+    """Percent of one core this process uses running step() hz times a second for seconds."""
+    ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    nxt = t0
+    while time.monotonic() - t0 < seconds:
+        step()
+        nxt += 1 / hz
+        time.sleep(max(0.0, nxt - time.monotonic()))
+    ru1, el = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - t0
+    return 100 * ((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)) / el
 
 
 def _raw_dump():
@@ -119,23 +133,18 @@ def child(n, reps, seconds):
                "python_s": _timed(ref.dump, reps),
                "raw_s": _timed(_raw_dump, reps)}
         assert len(ref.dump()) == sockets
-        for hz in (10, 1):
-            if seconds <= 0:
-                break
-            # the probe's own sampling path with its default settings (tcp_info, congestion control
-            # and BBR model, every connected state, the tracker, groups and interval aggregates)
-            runner = Runner(build(Config, {"name": "bench", "sample_interval": f"{1 / hz}s",
-                                           "max_sockets": 4 * n}, Where("bench", "flows")), lambda rec: None)
-            st = runner._new_interval()
-            ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
-            nxt = t0
-            while time.monotonic() - t0 < seconds:
-                runner._sample(st)
-                nxt += 1 / hz
-                time.sleep(max(0.0, nxt - time.monotonic()))
-            ru1, el = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - t0
-            row[f"cpu_{hz}hz_pct"] = 100 * ((ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)) / el
-            runner.dumper.close()
+        if seconds > 0:
+            # the dumps alone (no tracker, no runner) at 10 Hz: how much of the probe's figure is the kernel's
+            row["dump_10hz_pct"] = _cpu_share(lambda: dumper.dump(records), 10, seconds)
+            row["no_info_10hz_pct"] = _cpu_share(lambda: bare.dump(records), 10, seconds)
+            for hz in (10, 1):
+                # the probe's own sampling path with its default settings (tcp_info, congestion control
+                # and BBR model, every connected state, the tracker, groups and interval aggregates)
+                runner = Runner(build(Config, {"name": "bench", "sample_interval": f"{1 / hz}s",
+                                               "max_sockets": 4 * n}, Where("bench", "flows")), lambda rec: None)
+                st = runner._new_interval()
+                row[f"cpu_{hz}hz_pct"] = _cpu_share(functools.partial(runner._sample, st), hz, seconds)
+                runner.dumper.close()
         print(json.dumps(row))
     finally:
         os.kill(pid, 9)
@@ -167,13 +176,14 @@ def _ms(ts):
 def table(rows):
     out = ["connections (sockets) | ours: dump+parse ms | its CPU ms user+sys | ours without tcp_info ms "
            "| ours + tracker ms | ss -tin ms | plain-Python dump ms | raw Python dump, no parse ms | ours / raw "
-           "| probe CPU @10 Hz | @1 Hz"]
+           "| probe CPU @10 Hz | @1 Hz | dump alone @10 Hz | without tcp_info @10 Hz"]
     for r in rows:
         out.append(f"{r['connections']} ({r['sockets']}) | {_ms(r['ours_s'])} | "
                    f"{1e3 * r['ours_user_s']:.1f}+{1e3 * r['ours_sys_s']:.1f} | {_ms(r['no_info_s'])} | "
                    f"{_ms(r['ours_tracked_s'])} | {_ms(r['ss_tin_s'])} | {_ms(r['python_s'])} | "
                    f"{_ms(r['raw_s'])} | {_median(r['ours_s']) / _median(r['raw_s']):.2f} | "
-                   f"{r.get('cpu_10hz_pct', float('nan')):.1f} % | {r.get('cpu_1hz_pct', float('nan')):.1f} %")
+                   + " | ".join(f"{r.get(k, float('nan')):.1f} %"
+                                for k in ("cpu_10hz_pct", "cpu_1hz_pct", "dump_10hz_pct", "no_info_10hz_pct")))
     out.append("median [min, max]; netlink bytes per dump: "
                + ", ".join(f"{r['connections']}: {r['netlink_bytes'] / 1e6:.1f} MB in {r['recvs']} recvs"
                            for r in rows))
