@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from netprobe import cli
+from netprobe import cli, probes
+from netprobe.config import schema
 
 
 def run(*args, timeout=60):
@@ -29,6 +30,17 @@ def test_probe_help_lists_every_setting_once_with_its_default(capsys):
     assert "--timer-interval DURATION" in out and "(default: 1ms)" in out
     assert "--max-steal FLOAT" in out and "(default: 10.0)" in out
     assert "default 1ms" not in out, "the default is stated once, by the generator"
+
+
+@pytest.mark.parametrize("kind", probes.KINDS)
+def test_every_probe_kinds_help_shows_each_settings_text_as_written(kind, capsys):
+    """argparse expands %-formats in help: a doc with a literal % must still print."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["probe", kind, "--help"])
+    assert exc.value.code == 0
+    out = "".join(capsys.readouterr().out.split())         # argparse wraps lines, also at hyphens
+    for name, _, _, doc in schema.describe(probes.load(kind).Config):
+        assert "".join(doc.split()) in out, name
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -9,7 +9,7 @@ post-rotate hook (`netprobe-pcap`) and a directory watcher.
 from netprobe.probes.retrans.config import Config
 from netprobe.probes.retrans.runner import Runner
 
-SUMMARY = "outgoing TCP retransmits per direction and flow from kernel tracepoints (live)"
+SUMMARY = "TCP retransmits per direction and flow: outgoing from tracepoints, incoming from a header capture"
 EXAMPLE = "netprobe probe retrans --ports 443,5201 --interval 10s --max-retrans 100"
 
 __all__ = ["SUMMARY", "EXAMPLE", "Config", "Runner"]
