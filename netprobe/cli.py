@@ -46,7 +46,6 @@ def _add_probe_options(sub, kind):
                        epilog=f"example:\n  {module.EXAMPLE}\n")
 
     def helptext(name, kind_, default, doc):
-        doc = doc.replace("%", "%%")            # argparse %-formats help; a doc's % is literal
         if name in required:
             return f"{doc} (required)"
         if "default:" in doc:                 # the doc states a derived default itself
@@ -55,8 +54,9 @@ def _add_probe_options(sub, kind):
 
     for name, kind_, default, doc in rows:
         opt = "--" + name.replace("_", "-")
+        doc = doc.replace("%", "%%")            # argparse %-formats help; a doc's % is literal
         if name == "name":
-            p.add_argument(opt, default=kind, help=f"{doc} (default: {kind})".replace("%", "%%"))
+            p.add_argument(opt, default=kind, help=f"{doc} (default: {kind})")
         elif kind_ == schema.BOOL:
             p.add_argument(opt, dest=name, default=None, action=argparse.BooleanOptionalAction,
                            help=helptext(name, kind_, default, doc))
