@@ -6,6 +6,8 @@ weight on fewer than 2; "constant_series": one side does not vary). cgmon
 encoded these as -3 and -2; netprobe.probes.flows.analysis maps them back
 for its cgmon-compatible output.
 """
+import math
+
 import numpy as np
 
 TOO_FEW = "too_few_samples"
@@ -35,10 +37,11 @@ def weighted_pearson(x, y, w=None):
     sw = w.sum()
     dx = x - (w * x).sum() / sw
     dy = y - (w * y).sum() / sw
-    sxx, syy = (w * dx * dx).sum(), (w * dy * dy).sum()
+    sxx, syy = float((w * dx * dx).sum()), float((w * dy * dy).sum())
     if not (sxx > 0 and syy > 0):
         return None, CONSTANT
-    r = float((w * dx * dy).sum() / np.sqrt(sxx * syy))
+    prod = sxx * syy                # one root where representable (r = -1.0 stays -1.0), else one each
+    r = float((w * dx * dy).sum()) / (math.sqrt(prod) if 0.0 < prod < math.inf else math.sqrt(sxx) * math.sqrt(syy))
     if not np.isfinite(r):
         return None, CONSTANT
     return max(-1.0, min(1.0, r)), None

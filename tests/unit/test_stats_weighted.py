@@ -93,6 +93,16 @@ def test_weighted_pearson_against_numpy(xyw):
     assert r1 == pytest.approx(scipy.stats.pearsonr(x, y).statistic, abs=1e-9)
 
 
+@pytest.mark.parametrize("scale", [1e-100, 1e100])
+def test_weighted_pearson_is_scale_free_where_the_product_of_the_variances_is_not_representable(scale):
+    """Pearson's r does not change with the units; sxx * syy would underflow to 0 (or overflow
+    to inf) at these scales, though each of them is an ordinary double."""
+    x, y, w = np.array([1.0, 2.0, 4.0, 3.0]), np.array([2.0, 1.0, 5.0, 4.0]), np.array([1.0, 3.0, 2.0, 1.0])
+    want = np.corrcoef(np.repeat(x, w.astype(int)), np.repeat(y, w.astype(int)))[0, 1]
+    r, why = correlation.weighted_pearson(x * scale, y * scale, w)
+    assert why is None and r == pytest.approx(want, abs=1e-12)
+
+
 @settings(max_examples=150, deadline=None)
 @given(pairs)
 def test_spearman_against_scipy(xyw):
