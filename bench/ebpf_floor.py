@@ -27,6 +27,7 @@ BPF_MAP_TYPE_HASH, BPF_PROG_TYPE_SOCKET_FILTER = 1, 1
 FN_MAP_LOOKUP_ELEM, FN_MAP_UPDATE_ELEM = 1, 2
 SO_ATTACH_BPF, SOL_PACKET, PACKET_IGNORE_OUTGOING, ETH_P_ALL = 50, 263, 23, 0x0003
 R0, R1, R2, R3, R4, R6, R7, FP = 0, 1, 2, 3, 4, 6, 7, 10
+W, B, DW = 0x00, 0x10, 0x18                     # size codes: 32, 8, 64 bits
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -79,7 +80,8 @@ def ld_map_fd(dst, fd):                         # two slots: 64-bit immediate, t
     return _insn(0x18, dst, 1, imm=fd) + _insn(0)
 
 
-W, B, DW = 0x00, 0x10, 0x18                     # size codes: 32, 8, 64 bits
+def _slots(insns):
+    return sum(len(i) for i in insns) // 8
 
 
 def program(map_fd):
@@ -95,10 +97,6 @@ def program(map_fd):
             jne_imm(R0, 0, _slots(insert) + 1)] + insert + [ja(_slots(found))] + found
     head = [mov_reg(R6, R1), ld_abs(B, 9), jne_imm(R0, 6, _slots(body))]            # TCP only
     return b"".join(head + body + drop)
-
-
-def _slots(insns):
-    return sum(len(i) for i in insns) // 8
 
 
 def attach(iface):
