@@ -197,6 +197,39 @@ def test_incoming_retransmits_from_capture_match_the_peers_kernel_count(make_lab
     assert host and all(r["events_lost"] == 0 for r in host)
 
 
+@pytest.mark.lab
+def test_a_capture_that_falls_behind_reports_its_ring_drops_per_interval(make_lab):
+    """The probe's worker is stopped (SIGSTOP) for 3 s while A sends at 200 Mbit/s, offload off,
+    so its 8 MB ring overflows. Over the run, the frames it analysed plus those the kernel dropped
+    (capture_frames + capture_drops of the host lines) are every TCP segment through veth-a:
+    A's own InSegs + OutSegs (nstat), the namespace having no other TCP."""
+    lab = make_lab(offload="off")
+    lab.popen("b", ["iperf3", "-s", "-1", "-B", lab.b4, "-p", PORT])
+    before = {c: lab.nstat("a", c) for c in ("TcpInSegs", "TcpOutSegs")}
+    probe = start_probe(lab, "a", "--capture-iface", lab.if_a, "--interval", "500ms")
+    worker = subprocess.run(["pgrep", "-P", str(probe[0].pid), "-f", "netprobe.supervisor.worker"],
+                            capture_output=True, text=True).stdout.split()
+    assert len(worker) == 1, worker
+    client = lab.popen("a", ["iperf3", "-c", lab.b4, "-p", PORT, "-t", "4", "-b", "200M"])
+    try:
+        time.sleep(0.5)
+        os.kill(int(worker[0]), signal.SIGSTOP)
+        time.sleep(3)
+    finally:
+        os.kill(int(worker[0]), signal.SIGCONT)
+    try:
+        assert client.wait(timeout=30) == 0
+        time.sleep(1)
+        segs = sum(lab.nstat("a", c) - before[c] for c in before)
+    finally:
+        recs, err = stop_probe(*probe)
+    host = [r for r in recs if r["type"] == "RESULT" and r["dir"] == "out"]
+    frames, drops = (sum(r[k] for r in host) for k in ("capture_frames", "capture_drops"))
+    assert drops > 0.1 * segs, (drops, segs)
+    assert abs(frames + drops - segs) <= max(2, 0.002 * segs), (frames, drops, segs)
+    assert "capture's ring overflowed" in err and "lost %d packets" % drops in err, err
+
+
 KILLED_RUN = """
 import threading
 from netprobe.config.schema import Where, build

@@ -45,6 +45,9 @@ def test_counter_groups_filters_and_judges():
                                now=1.0)
     host = recs[0].fields
     assert (host["dir"], host["events_lost"], host["unparsed"], host["host_retrans_pct"].value) == ("out", 2, 1, 0.4)
+    assert "capture_drops" not in host             # no capture, no capture counters
+    host = c.records(name="n", interval_s=1.0, lost=0, capture=(900, 12), now=2.0)[0][0].fields
+    assert (host["capture_frames"], host["capture_drops"]) == (900, 12)
     by = {r.fields["dir"]: r.fields for r in recs[1:]}
     assert set(by) == {"198.18.1.2->198.18.2.2", "198.18.2.2->198.18.1.2"}   # V6, SYNACK: other peers
     assert by["198.18.1.2->198.18.2.2"]["retrans"] == 3 and by["198.18.2.2->198.18.1.2"]["resets"] == 1

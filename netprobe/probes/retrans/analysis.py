@@ -260,16 +260,21 @@ class LiveCounter:
     def _key(self, lip, rip):
         return (_prefix(lip, self.v4len, self.v6len), _prefix(rip, self.v4len, self.v6len))
 
-    def records(self, *, name, interval_s, lost, out_segs=None, retrans_segs=None, max_retrans=None, now=None):
+    def records(self, *, name, interval_s, lost, out_segs=None, retrans_segs=None, max_retrans=None, now=None,
+                capture=None):
         """(RESULT records, verdicts). One RESULT per group (dir=local->remote) and one
         host RESULT (dir=out) with the events lost and the kernel's own segment counters
-        over the interval; verdicts {dir: (bad, retrans, worst flows)} for max_retrans."""
+        over the interval, and with a capture (frames, drops) the packets it analysed and
+        those the kernel dropped from its ring; verdicts {dir: (bad, retrans, worst flows)}
+        for max_retrans."""
         ts = now if now is not None else time.time()
-        out = [Record(RESULT, KIND, name, {
-            "dir": "out", "events_lost": lost, "unparsed": self.unparsed,
-            "host_out_segs": out_segs, "host_retrans_segs": retrans_segs,
-            "host_retrans_pct": percent(100.0 * retrans_segs / out_segs) if out_segs else None,
-            "window": seconds(interval_s)}, ts)]
+        host = {"dir": "out", "events_lost": lost, "unparsed": self.unparsed,
+                "host_out_segs": out_segs, "host_retrans_segs": retrans_segs,
+                "host_retrans_pct": percent(100.0 * retrans_segs / out_segs) if out_segs else None}
+        if capture is not None:
+            host["capture_frames"], host["capture_drops"] = capture
+        host["window"] = seconds(interval_s)
+        out = [Record(RESULT, KIND, name, host, ts)]
         verdicts = {}
         segments, at_close = self.segs.take() if self.dumped else (dict(self.events), {})
         counts = {"retrans": 0, "retrans_events": 0, "retrans_at_close": 0}

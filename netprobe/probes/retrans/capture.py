@@ -107,6 +107,7 @@ class LiveCapture:
         self.max_flows = max_flows
         self.analyser = pcapfile.new_analyser(max_flows=max_flows)
         self.kernel_drops = None
+        self._stats_last = (0, 0)           # (frames analysed, kernel drops) at the last interval_stats()
         self._last = {}                     # flow index -> (ab, ba) counters at the last snapshot
         self.tables_renewed = 0
         self._lock = threading.Lock()       # the analyser: drain thread vs interval reads
@@ -146,6 +147,14 @@ class LiveCapture:
         if renew:
             self._last = {}
         return out
+
+    def interval_stats(self):
+        """(frames analysed, packets the kernel dropped for want of ring space) since the
+        previous call: with drops, the interval's counts are lower bounds."""
+        st = self.ring.stats()
+        frames, drops = st["frames"] - self._stats_last[0], st["drops"] - self._stats_last[1]
+        self._stats_last = (st["frames"], st["drops"])
+        return frames, drops
 
     def counters(self):
         with self._lock:

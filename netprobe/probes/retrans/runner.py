@@ -145,6 +145,7 @@ class Runner(ProbeRunner):
             dumps = SocketDumps(cfg.port_numbers)
             try:
                 seen = set()
+                warned_drops = False
                 lost0 = inst.lost()
                 snmp0 = tcp_snmp()
                 dumps.feed(counter)                # each socket's count before us
@@ -157,15 +158,22 @@ class Runner(ProbeRunner):
                             dumps.feed(counter)    # while the sockets that resent are still there
                     counter.add_lines(inst.read())
                     dumps.feed(counter)
+                    capstats = None
                     if cap is not None:
                         cap.pump(settle=stop.is_set())      # at stop, nothing captured is left out
+                        capstats = cap.interval_stats()
+                        if capstats[1] and not warned_drops:
+                            warned_drops = True
+                            log.warning("%s: the capture's ring overflowed (%d packets dropped in one interval):"
+                                        " its counts are lower bounds; see capture_drops", cfg.name, capstats[1])
                     now = time.monotonic()
                     lost, snmp = inst.lost(), tcp_snmp()
                     delta = {k: snmp[k] - snmp0[k] for k in ("OutSegs", "RetransSegs") if k in snmp and k in snmp0}
                     recs, verdicts = counter.records(name=cfg.name, interval_s=now - t0, lost=lost - lost0,
                                                      out_segs=delta.get("OutSegs"),
                                                      retrans_segs=delta.get("RetransSegs"),
-                                                     max_retrans=cfg.max_retrans, now=time.time())
+                                                     max_retrans=cfg.max_retrans, now=time.time(),
+                                                     capture=capstats)
                     for r in recs:
                         self.emit(r)
                     if cfg.max_retrans is not None:
