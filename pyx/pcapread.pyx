@@ -107,7 +107,8 @@ GLOBAL_COUNTERS = ("frames", "tcp", "ipv4", "ipv6", "non_ip", "non_tcp", "fragme
 
 cdef enum:
     NHOLES = 16                  # sequence holes tracked per direction
-    NSENT = 64                   # send-order marks (end, IPv4 ID) kept per direction
+    NSENT = 64                   # runs of send-order marks (end, IPv4 ID) kept per direction
+    RUN_MAX = 4096               # marks per run
     MAX_ID_STEP = 1024           # IPv4 IDs this far apart, in order, count as one sender's counter
     ID_TRUST = 4                 # ... once this many (and 8 times the others) did: random IDs
                                  # pass 4 in a row once in 64**4
@@ -128,9 +129,12 @@ ctypedef struct hole_t:
     int64_t t_ns                 # capture time the hole opened
 
 ctypedef struct sent_t:
+    # a run of send-order marks: the top one is (end, id), each one below it ends `step`
+    # lower and has the previous ID (in-order data from one counter makes runs of thousands)
     uint32_t end                 # a captured segment ended here (exclusive)
+    uint32_t step
     uint16_t id                  # ... and carried this IPv4 ID
-    uint16_t pad
+    uint16_t n                   # marks in the run
 
 ctypedef struct dir_t:
     # Wireshark's tcp_analyze_seq_flow_info_t and tcp_flow_t fields
@@ -158,9 +162,9 @@ ctypedef struct dir_t:
     uint8_t nholes
     hole_t holes[NHOLES]         # gaps below seen_hi, oldest first
     uint8_t nsent
-    sent_t sent[NSENT]           # by end ascending, IDs ascending in send order: for any
-                                 # sequence number s, the first mark with end > s holds the
-                                 # earliest-sent ID of the captured segments with bytes >= s
+    sent_t sent[NSENT]           # marks by end ascending, IDs ascending in send order: for
+                                 # any sequence number s, the first mark with end > s holds
+                                 # the earliest-sent ID of the captured segments with bytes >= s
     uint64_t c[NCOUNTERS]
 
 ctypedef struct flow_key_t:
@@ -216,7 +220,7 @@ cdef class TcpAnalyser:
     reorder_ns: how soon a segment filling a sequence hole must come to count
     as out-of-order rather than as a retransmission (0: the flow's handshake
     RTT seen at the capture point, or 3 ms without a handshake, as Wireshark).
-    max_flows bounds memory (about 2.1 KB per flow); packets of flows
+    max_flows bounds memory (about 2.7 KB per flow); packets of flows
     beyond it are counted in flows_dropped.
     """
     cdef flow_t *ftab
@@ -846,7 +850,7 @@ cdef class TcpAnalyser:
         the IPv4 ID when this sender numbers packets in sequence (Linux does,
         per socket), else from TCP timestamps when they differ. The IPv4 ID is
         compared with the earliest-sent ID of the captured segments holding
-        bytes at or above seq (kept in fwd.sent), not only with the highest
+        bytes at or above seq (kept in fwd.sent, in runs), not only with the highest
         segment's: a retransmission that was itself held back and overtaken by
         new data still went out after the originals above it. Without IDs or
         timestamps: bytes captured before make it a retransmission, and a hole
@@ -1015,52 +1019,115 @@ cdef inline bint id_after(uint16_t a, uint16_t b) noexcept nogil:
     return 0 < dd < 32768
 
 
+cdef inline uint32_t run_above(const sent_t *r, uint32_t s) noexcept nogil:
+    """Offset from the top of run r of its lowest mark that ends above s (r's top must)."""
+    cdef uint32_t c
+    if r.n == 1:
+        return 0
+    c = (<uint32_t>(r.end - s) + r.step - 1) // r.step
+    return (c if c < r.n else r.n) - 1
+
+
 cdef inline int sent_order(dir_t *d, uint32_t seq, uint16_t ipid) noexcept nogil:
     """1 if a captured segment with bytes at or above seq was sent before (or is) the
     packet with ID ipid, which so cannot be the first transmission of byte seq (originals
     go out in sequence order); -1 if every one was sent after it (an overtaken original).
     Without a mark above seq (forgotten), the segment that last raised seen_hi decides."""
     cdef int i
+    cdef uint16_t ref = d.last_id
     for i in range(d.nsent):
         if seq_gt(d.sent[i].end, seq):
-            return -1 if id_after(d.sent[i].id, ipid) else 1
-    return -1 if id_after(d.last_id, ipid) else 1
+            ref = <uint16_t>(d.sent[i].id - run_above(&d.sent[i], seq))
+            break
+    return -1 if id_after(ref, ipid) else 1
+
+
+cdef inline void run_piece(sent_t *out, const sent_t *r, uint32_t top, uint32_t bottom) noexcept nogil:
+    """The marks of run r from offset `top` down to offset `bottom` (offsets from r's top)."""
+    out.end = r.end - top * r.step
+    out.id = <uint16_t>(r.id - top)
+    out.step = r.step
+    out.n = <uint16_t>(bottom - top + 1)
+
+
+cdef inline bint continues(const sent_t *r, uint32_t end, uint16_t ipid) noexcept nogil:
+    """Whether a mark (end, ipid) just above run r's top extends the run: the next ID, and
+    the run's step (any step for a run of one)."""
+    return (r.n < RUN_MAX and <uint16_t>(r.id + 1) == ipid
+            and (r.n == 1 or <uint32_t>(end - r.end) == r.step))
+
+
+cdef inline void extend(sent_t *r, uint32_t end, uint16_t ipid) noexcept nogil:
+    r.step = end - r.end
+    r.end = end
+    r.id = ipid
+    r.n += 1
 
 
 cdef inline void add_sent(dir_t *d, uint32_t end, uint16_t ipid) noexcept nogil:
     """Record that a segment ending at `end` had ID ipid, keeping only the marks no other
-    mark dominates (one with an end as high and an ID as early); with NSENT kept, the
-    lowest is forgotten."""
-    cdef int k = d.nsent, j, k2, i, n = d.nsent
-    while k > 0 and not seq_lt(d.sent[k - 1].end, end):     # from the top: new data goes there
-        k -= 1
-    if k < n and not id_after(d.sent[k].id, ipid):
+    mark dominates (one with an end as high and an ID as early); with more than NSENT
+    runs, the lowest is forgotten. A mark extends the run just below it while its ends and
+    IDs keep the run's steps (new data, in order, at the top: the fast path); otherwise it
+    is a run of its own, and splits the run it lands in. Positions are (run, offset from
+    its top)."""
+    cdef int n = d.nsent, m = 0, i, rk = 0, rp, ru
+    cdef uint32_t tk = 0, tp, tu
+    cdef sent_t tmp[NSENT + 2]
+    if n and seq_gt(end, d.sent[n - 1].end) and continues(&d.sent[n - 1], end, ipid):
+        extend(&d.sent[n - 1], end, ipid)                           # new data, in order
         return
-    j = k
-    while j > 0 and not id_after(ipid, d.sent[j - 1].id):
-        j -= 1
-    k2 = k + 1 if k < n and d.sent[k].end == end else k
-    # replace marks [j, k2) by the new one
-    if k2 == j:
-        if n == NSENT:
-            if j == 0:
-                return
-            for i in range(j - 1):
-                d.sent[i] = d.sent[i + 1]
-            j -= 1
+    # k, the first mark ending at or above `end`: (rk, tk); rk == n: none
+    while rk < n and seq_lt(d.sent[rk].end, end):
+        rk += 1
+    if rk < n:
+        tk = run_above(&d.sent[rk], end - 1)
+        if not id_after(<uint16_t>(d.sent[rk].id - tk), ipid):
+            return                                                  # dominated
+    # the kept marks above: from k, or from the one above k when k ends at `end` (replaced)
+    ru, tu = rk, tk
+    if rk < n and d.sent[rk].end - tk * d.sent[rk].step == end:
+        if tk > 0:
+            tu = tk - 1
         else:
-            i = n
-            while i > j:
-                d.sent[i] = d.sent[i - 1]
-                i -= 1
-            d.nsent = n + 1
+            ru += 1
+            if ru < n:
+                tu = d.sent[ru].n - 1
+    # the kept marks below: down from the one under k, past those with IDs not before ipid
+    if rk < n and tk + 1 < d.sent[rk].n:
+        rp, tp = rk, tk + 1
     else:
-        for i in range(k2, n):
-            d.sent[j + 1 + i - k2] = d.sent[i]
-        d.nsent = n - (k2 - j) + 1
-    d.sent[j].end = end
-    d.sent[j].id = ipid
-    d.sent[j].pad = 0
+        rp = rk - 1
+        tp = 0
+    while rp >= 0 and not id_after(ipid, <uint16_t>(d.sent[rp].id - tp)):
+        if tp + 1 < d.sent[rp].n:
+            tp += 1
+        else:
+            rp -= 1
+            tp = 0
+    for i in range(rp):
+        tmp[m] = d.sent[i]
+        m += 1
+    if rp >= 0:
+        run_piece(&tmp[m], &d.sent[rp], tp, d.sent[rp].n - 1)
+        m += 1
+    if m and continues(&tmp[m - 1], end, ipid):       # a held-back run arriving late stays one
+        extend(&tmp[m - 1], end, ipid)
+    else:
+        tmp[m].end = end
+        tmp[m].step = 0
+        tmp[m].id = ipid
+        tmp[m].n = 1
+        m += 1
+    if ru < n:
+        run_piece(&tmp[m], &d.sent[ru], 0, tu)
+        m += 1
+    for i in range(ru + 1, n):
+        tmp[m] = d.sent[i]
+        m += 1
+    i = m - NSENT if m > NSENT else 0                               # forget the lowest runs
+    memcpy(d.sent, &tmp[i], (m - i) * sizeof(sent_t))
+    d.nsent = m - i
 
 
 cdef inline void remove_hole(dir_t *d, int i) noexcept nogil:

@@ -10,6 +10,7 @@ sent), cumulative and duplicate ACKs, zero
 windows, D-SACK blocks. The writers wrap the same IP packets in any link type
 and file format the analyser reads.
 """
+import random
 import struct
 
 from scapy.layers.inet import IP, TCP
@@ -24,15 +25,21 @@ OPS = ("send", "lose", "retrans", "hold", "hold_retrans", "release", "ack", "dup
 
 
 def conversation(ops, v6=False, isn_a=1000, isn_b=5000, t0_ns=1_700_000_000 * 10**9, syn_id=None,
-                 retrans_ts_step=1):
+                 retrans_ts_step=1, id_noise=0, seed=0):
     """[(ts_ns, ip_bytes)] for a script of (op, arg) pairs (arg: an int >= 0). syn_id: the IPv4 ID of
     A's SYN when it is not from A's counter (Linux sends a listener's SYN-ACK with ID 0, then starts
     the socket's counter at random); retrans_ts_step: how far a resend's TSval moves (0: within the
-    same millisecond tick, as on a sub-millisecond path)."""
+    same millisecond tick, as on a sub-millisecond path); id_noise: each of A's IDs is its counter
+    plus or minus up to this much (seeded by `seed`): IDs now and then out of send order or repeated."""
     src, dst = (A6, B6) if v6 else (A4, B4)
     out = []
     st = {"t": t0_ns, "ida": 100, "idb": 7000, "ts": 50_000, "sent": [], "next": isn_a + 1,
           "held": [], "acked": isn_a + 1, "win": 500}
+    rnd = random.Random(seed)
+
+    def next_id(key):
+        st[key] = (st[key] + 1) & 0xFFFF
+        return (st[key] + (rnd.randint(-id_noise, id_noise) if key == "ida" else 0)) & 0xFFFF
 
     def emit(from_a, seq, ack, flags, n=0, ipid=None, tsval=None, sack=None, win=None):
         st["t"] += 20_000                          # 20 us between frames
@@ -47,8 +54,7 @@ def conversation(ops, v6=False, isn_a=1000, isn_b=5000, t0_ns=1_700_000_000 * 10
             ip = IPv6(src=src if from_a else dst, dst=dst if from_a else src)
         else:
             if ipid is None:
-                key = "ida" if from_a else "idb"
-                ipid = st[key] = (st[key] + 1) & 0xFFFF
+                ipid = next_id("ida" if from_a else "idb")
             ip = IP(src=src if from_a else dst, dst=dst if from_a else src, id=ipid, flags="DF")
         pkt = ip / tcp / Raw(b"x" * n) if n else ip / tcp
         out.append((st["t"], bytes(pkt)))
@@ -56,9 +62,9 @@ def conversation(ops, v6=False, isn_a=1000, isn_b=5000, t0_ns=1_700_000_000 * 10
     def new_segment(record):
         seq = st["next"]
         st["next"] += MSS
-        st["ida"] = (st["ida"] + 1) & 0xFFFF
-        st["sent"].append((seq, st["ida"], st["ts"]))
-        return seq, st["ida"], st["ts"]
+        ipid = next_id("ida")
+        st["sent"].append((seq, ipid, st["ts"]))
+        return seq, ipid, st["ts"]
 
     emit(True, isn_a, 0, "S", ipid=syn_id)
     emit(False, isn_b, isn_a + 1, "SA")
@@ -81,8 +87,7 @@ def conversation(ops, v6=False, isn_a=1000, isn_b=5000, t0_ns=1_700_000_000 * 10
         elif op == "hold_retrans" and st["sent"]:
             seq = st["sent"][arg % len(st["sent"])][0]
             st["ts"] += 1
-            st["ida"] = (st["ida"] + 1) & 0xFFFF
-            st["held"].append((seq, st["ida"], st["ts"]))
+            st["held"].append((seq, next_id("ida"), st["ts"]))
         elif op == "ack":
             st["acked"] = min(st["next"], st["acked"] + MSS * (1 + arg % 4))
             emit(False, isn_b + 1, st["acked"], "A")
@@ -146,3 +151,51 @@ def pcapng(frames, linktype=1, big_endian=False, tsresol=9, snaplen=65535):
         cap = fr[:snaplen]
         out.append(block(6, struct.pack(e + "IIIII", 0, units >> 32, units & 0xFFFFFFFF, len(cap), len(fr)) + cap))
     return b"".join(out)
+
+
+def lossy_path(seed, segments=3000, loss=0.01, burst=0.002, spurious=0.0, stall=0.0, rtt=40):
+    """A's data across a path that loses and reorders it, as capture points before and after the
+    path record it: (upstream, downstream), each [(ts_ns, ip_bytes)] from A's SYN on. One slot
+    (10 us) per packet sent; every packet has the next IPv4 ID and the TSval of its millisecond.
+    Loss: each packet with probability `loss`, and bursts of 2-8 from one with `burst`; the
+    sender resends a lost packet an `rtt` of slots later (a resend can be lost too), and with
+    probability `spurious` resends one that arrived (a timer that fired early). Reordering: a
+    vCPU stall, from one packet with probability `stall`, holds the next 1-30 back for 100-600
+    slots in a host's backlog while the ones after it pass."""
+    rnd = random.Random(seed)
+    t0 = 1_700_000_000 * 10**9
+    syn = IP(src=A4, dst=B4, id=99, flags="DF") / TCP(sport=40000, dport=5201, seq=999, flags="S",
+                                                      options=[("MSS", 1460)])
+    up, down, due = [(t0, bytes(syn))], [], []
+    slot, nxt, ipid, lose_run, held, until = 0, 0, 100, 0, 0, 0
+    while (nxt < segments or due) and slot < 10 * segments:
+        slot += 1
+        if due and due[0][0] <= slot:
+            seg = due.pop(0)[1]
+        elif nxt < segments:
+            seg, nxt = nxt, nxt + 1
+        else:
+            continue
+        ipid = (ipid + 1) & 0xFFFF
+        pkt = bytes(IP(src=A4, dst=B4, id=ipid, flags="DF") /
+                    TCP(sport=40000, dport=5201, seq=1000 + seg * MSS, ack=5001, flags="PA",
+                        options=[("NOP", None), ("NOP", None), ("Timestamp", (slot // 100, 1))]) /
+                    Raw(b"x" * MSS))
+        up.append((t0 + slot * 10_000, pkt))
+        if lose_run == 0 and rnd.random() < burst:
+            lose_run = rnd.randint(2, 8)
+        if lose_run or rnd.random() < loss:
+            lose_run = max(lose_run - 1, 0)
+            due.append((slot + rtt, seg))
+            continue
+        if held == 0 and rnd.random() < stall:
+            held, until = rnd.randint(1, 30), slot + rnd.randint(100, 600)
+        arrive = slot + 5
+        if held:
+            held, arrive = held - 1, until
+        down.append((arrive, slot, pkt))
+        if rnd.random() < spurious:
+            due.append((slot + rtt, seg))
+        due.sort()
+    down.sort()
+    return up, [(t0, bytes(syn))] + [(t0 + a * 10_000, p) for a, _, p in down]

@@ -14,7 +14,8 @@ FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 M32 = 0xFFFFFFFF
 NHOLES = 16          # sequence holes tracked per direction, as pyx/pcapread.pyx
 ID_TRUST = 4         # in-order IPv4 ID steps before IDs are trusted, as pyx/pcapread.pyx
-NSENT = 64           # send-order marks (end, IPv4 ID) kept per direction, as pyx/pcapread.pyx
+NSENT = 64           # runs of send-order marks (end, IPv4 ID) kept per direction, as pyx/pcapread.pyx
+RUN_MAX = 4096       # marks per run
 
 
 def s32(x):
@@ -53,7 +54,8 @@ class Dir:
     mss: int = 0
     seen_hi: int = None
     holes: list = field(default_factory=list)     # [start, end, t_ns], oldest first
-    sent: list = field(default_factory=list)      # [end, IPv4 ID] of captured segments
+    sent: list = field(default_factory=list)      # [end, IPv4 ID, run] of captured segments
+    runs: int = 0                                 # run tags handed out
     last_id: int = None
     last_ts: int = None
     last_syn: bool = False
@@ -358,22 +360,40 @@ class Analyser:
         IPv4 ID ipid (so ipid cannot be the first transmission of byte seq: originals go
         out in sequence order), -1 if all were sent after it (an overtaken original).
         The marks' IDs rise with their ends: the first mark above seq has the earliest."""
-        ref = next((i for e, i in fwd.sent if gt(e, seq)), fwd.last_id)   # none: what last raised seen_hi
+        ref = next((i for e, i, _ in fwd.sent if gt(e, seq)), fwd.last_id)   # none: what last raised seen_hi
         return -1 if id_after(ref, ipid) else 1
 
     @staticmethod
     def add_sent(fwd, end, ipid):
         """Keep the marks no other mark dominates (an end as high, an ID as early), sorted
-        by end; with NSENT kept the lowest end is forgotten."""
+        by end, each tagged with its run: marks whose ends and IDs step evenly (the next ID
+        each time), as new data appended at the top makes them. A mark joins the run just
+        below it when it continues it that way; otherwise it is a run of its own, and splits
+        the run it lands in. With more than NSENT runs the lowest is forgotten."""
         m = fwd.sent
-        k = next((n for n, (e, _) in enumerate(m) if not lt(e, end)), len(m))
+        k = next((n for n, (e, _, _) in enumerate(m) if not lt(e, end)), len(m))
         if k < len(m) and not id_after(m[k][1], ipid):
             return
         j = k
         while j > 0 and not id_after(ipid, m[j - 1][1]):
             j -= 1
         k2 = k + 1 if k < len(m) and m[k][0] == end else k
-        fwd.sent = (m[:j] + [[end, ipid]] + m[k2:])[-NSENT:]
+        if 0 < j and k2 < len(m) and m[j - 1][2] == m[k2][2]:      # inside a run: its lower part is one now
+            split, fwd.runs = m[j - 1][2], fwd.runs + 1
+            for x in m[:j]:
+                if x[2] == split:
+                    x[2] = fwd.runs
+        fwd.runs += 1
+        tag = fwd.runs
+        if j:                                                       # the run below, its top at j - 1
+            run = [x for x in m[:j] if x[2] == m[j - 1][2]]
+            if len(run) < RUN_MAX and ipid == (m[j - 1][1] + 1) % 65536 and \
+                    (len(run) == 1 or (end - m[j - 1][0]) & M32 == (m[j - 1][0] - m[j - 2][0]) & M32):
+                tag = m[j - 1][2]
+        m = m[:j] + [[end, ipid, tag]] + m[k2:]
+        while len({x[2] for x in m}) > NSENT:
+            m = [x for x in m if x[2] != m[0][2]]
+        fwd.sent = m
 
     @staticmethod
     def fill(fwd, lo, hi):
