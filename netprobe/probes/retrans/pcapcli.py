@@ -46,7 +46,7 @@ def add_arguments(p):
                         "hole this soon after it opened is out-of-order, later a retransmission "
                         "(default: the flow's handshake RTT, or 3ms)")
     p.add_argument("--max-flows", type=int, default=262144, metavar="N",
-                   help="flows analysed per file, about 2.1 KB each as they appear (the table doubles as it "
+                   help="flows analysed per file, about 2.7 KB each as they appear (the table doubles as it "
                         "fills); packets of further flows are counted, not analysed (default 262144)")
     p.add_argument("--name", default="pcap", help="name= on every line (default pcap)")
     p.add_argument("--watch", metavar="DIR", help="analyse each new capture file appearing in DIR, until signalled")
