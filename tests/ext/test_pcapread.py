@@ -10,8 +10,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, TCP
-from scapy.packet import Raw
 
 from netprobe.probes.retrans import pcapfile
 from tests.reference import retrans_gen as gen
@@ -33,11 +31,11 @@ def names(flag):
 
 
 def run(frames, **kw):
-    return pcapfile.analyse_bytes(gen.pcap([(t, gen.link(ip, 1)) for t, ip in frames]), **kw)
+    return pcapfile.analyse_bytes(gen.ether_pcap(frames), **kw)
 
 
 def ref(frames, reorder_ns=0):
-    return tcpflow.analyse(gen.pcap([(t, gen.link(ip, 1)) for t, ip in frames]), reorder_ns)
+    return tcpflow.analyse(gen.ether_pcap(frames), reorder_ns)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -140,7 +138,7 @@ def test_resends_overtaken_by_hundreds_of_segments_are_counted(path, seed):
     kw = {"stalls": {"stall": 0.01, "spurious": 0.03}, "bursts": {"burst": 0.01, "stall": 0.005}}[path]
     up, down = gen.lossy_path(seed, **kw)
     resent, lost, unseen, unordered = tcpflow.path_resends(
-        *(gen.pcap([(t, gen.link(ip, 1)) for t, ip in fr]) for fr in (up, down)))
+        gen.ether_pcap(up), gen.ether_pcap(down))
     seen = resent - lost - unseen
     r = run(down)
     assert seen - unordered <= r.flows[0].ab["retrans_segs"] <= seen, (resent, lost, unseen, unordered)
@@ -157,12 +155,9 @@ def test_send_order_inside_a_split_run_of_marks(probe_id, want):
     # then fills its hole: with ID 106 it was sent before mark 7 (ID 107, the lowest of
     # 7-8): an overtaken original; with ID 113 after it: a retransmission.
     def data(first, n, ipid):
-        return bytes(IP(src=gen.A4, dst=gen.B4, id=ipid, flags="DF") /
-                     TCP(sport=40000, dport=5201, seq=1000 + first * gen.MSS, ack=5001, flags="PA") /
-                     Raw(b"x" * (n * gen.MSS)))
+        return gen.a_packet(1000 + first * gen.MSS, ipid, n * gen.MSS)
 
-    syn = IP(src=gen.A4, dst=gen.B4, id=100, flags="DF") / TCP(sport=40000, dport=5201, seq=999, flags="S")
-    pkts = [bytes(syn)] + [data(k, 1, 100 + k) for k in range(1, 13) if k != 6]
+    pkts = [gen.a_packet(999, 100, flags="S")] + [data(k, 1, 100 + k) for k in range(1, 13) if k != 6]
     pkts += [data(8, 3, 109), data(6, 1, probe_id)]
     frames = [(1_700_000_000 * 10**9 + i * 20_000, p) for i, p in enumerate(pkts)]
     r = run(frames)
@@ -266,7 +261,7 @@ def test_snaplen_64_keeps_the_sequence_analysis():
     # analysing, we do not: only the option-based evidence (TSval, D-SACK) is lost
     frames = gen.conversation(SCRIPT)
     full = run(frames)
-    cut = pcapfile.analyse_bytes(gen.pcap([(t, gen.link(ip, 1)) for t, ip in frames], snaplen=64))
+    cut = pcapfile.analyse_bytes(gen.ether_pcap(frames, snaplen=64))
     ws = sum(BITS[n] for n in ("retransmission", "fast_retransmission", "spurious_retransmission",
                                "out_of_order", "duplicate_ack", "zero_window", "lost_segment"))
     np.testing.assert_array_equal(cut.flags & ws, full.flags & ws)
@@ -276,7 +271,7 @@ def test_snaplen_64_keeps_the_sequence_analysis():
 
 def test_truncated_file_gives_partial_result_and_one_line_error():
     frames = gen.conversation(SCRIPT)
-    data = gen.pcap([(t, gen.link(ip, 1)) for t, ip in frames])
+    data = gen.ether_pcap(frames)
     whole = pcapfile.analyse_bytes(data)
     cut = pcapfile.analyse_bytes(data[:-30])
     assert cut.counters["frames"] == whole.counters["frames"] - 1
@@ -296,7 +291,7 @@ def test_unreadable_files_raise_one_line(data, msg):
 
 def test_chunked_runs_equal_one_run():
     frames = gen.conversation(SCRIPT * 3)
-    data = gen.pcap([(t, gen.link(ip, 1)) for t, ip in frames])
+    data = gen.ether_pcap(frames)
     whole = pcapfile.analyse_bytes(data)
     a = pcapfile.new_analyser()
     off = a.open(data)
@@ -316,7 +311,7 @@ def test_flow_table_limit_counts_dropped_packets():
     # a second connection on other ports
     second = [(t, ip[:20] + b"\x9c\x41" + ip[22:]) if ip[9] == 6 and ip[12:16] == bytes([198, 18, 1, 2])
               else (t, ip[:22] + b"\x9c\x41" + ip[24:]) for t, ip in frames[6:]]
-    got = pcapfile.analyse_bytes(gen.pcap([(t, gen.link(ip, 1)) for t, ip in frames[:6] + second]), max_flows=1)
+    got = pcapfile.analyse_bytes(gen.ether_pcap(frames[:6] + second), max_flows=1)
     assert got.counters["flows"] == 1 and got.counters["flows_dropped"] == 6
 
 

@@ -19,7 +19,7 @@ SCRIPT = ([("send", 0)] * 19 + [("lose", 0), ("send", 0), ("ack", 0), ("dupack",
 
 def write(path, script=SCRIPT):
     frames = gen.conversation(script)
-    data = gen.pcap([(t, gen.link(ip, 1)) for t, ip in frames])
+    data = gen.ether_pcap(frames)
     path.write_bytes(data)
     return data
 

@@ -51,7 +51,7 @@ def test_scripted_conversations_agree_with_tshark_frame_for_frame(script, v6):
     """Loss, reordering, resends, dup and zero-window ACKs, D-SACK: every Wireshark-compatible
     flag equals tshark's (found this way: tshark 4.0 calls an already-ACKed resend spurious
     before its out-of-order timing test, and flags an ACKed-unseen ACK twice, not on every ACK)."""
-    data = gen.pcap([(t, gen.link(ip, 1)) for t, ip in gen.conversation(script, v6=v6)])
+    data = gen.ether_pcap(gen.conversation(script, v6=v6))
     with tempfile.NamedTemporaryFile(suffix=".pcap") as fh:
         fh.write(data)
         fh.flush()

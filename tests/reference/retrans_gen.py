@@ -10,6 +10,7 @@ sent), cumulative and duplicate ACKs, zero
 windows, D-SACK blocks. The writers wrap the same IP packets in any link type
 and file format the analyser reads.
 """
+import heapq
 import random
 import struct
 
@@ -133,6 +134,11 @@ def pcap(frames, linktype=1, big_endian=False, ns=False, snaplen=65535):
     return b"".join(out)
 
 
+def ether_pcap(frames, **kw):
+    """A classic pcap image of [(ts_ns, ip_bytes)] on Ethernet (pcap's keywords)."""
+    return pcap([(t, link(ip, 1)) for t, ip in frames], **kw)
+
+
 def pcapng(frames, linktype=1, big_endian=False, tsresol=9, snaplen=65535):
     """A pcapng image: SHB, one IDB (if_tsresol), one EPB per frame."""
     e = ">" if big_endian else "<"
@@ -153,6 +159,14 @@ def pcapng(frames, linktype=1, big_endian=False, tsresol=9, snaplen=65535):
     return b"".join(out)
 
 
+def a_packet(seq, ipid, nbytes=0, flags="PA", options=()):
+    """One of A's packets to B (port 40000 -> 5201), IPv4 with ID ipid, nbytes of data."""
+    pkt = IP(src=A4, dst=B4, id=ipid, flags="DF") / TCP(sport=40000, dport=5201, seq=seq,
+                                                         ack=0 if "S" in flags else 5001, flags=flags,
+                                                         options=list(options))
+    return bytes(pkt / Raw(b"x" * nbytes) if nbytes else pkt)
+
+
 def lossy_path(seed, segments=3000, loss=0.01, burst=0.002, spurious=0.0, stall=0.0, rtt=40):
     """A's data across a path that loses and reorders it, as capture points before and after the
     path record it: (upstream, downstream), each [(ts_ns, ip_bytes)] from A's SYN on. One slot
@@ -164,29 +178,26 @@ def lossy_path(seed, segments=3000, loss=0.01, burst=0.002, spurious=0.0, stall=
     slots in a host's backlog while the ones after it pass."""
     rnd = random.Random(seed)
     t0 = 1_700_000_000 * 10**9
-    syn = IP(src=A4, dst=B4, id=99, flags="DF") / TCP(sport=40000, dport=5201, seq=999, flags="S",
-                                                      options=[("MSS", 1460)])
-    up, down, due = [(t0, bytes(syn))], [], []
+    syn = (t0, a_packet(999, 99, flags="S", options=[("MSS", 1460)]))
+    up, down, due = [syn], [], []            # due: a heap of (slot, segment) resends
     slot, nxt, ipid, lose_run, held, until = 0, 0, 100, 0, 0, 0
     while (nxt < segments or due) and slot < 10 * segments:
         slot += 1
         if due and due[0][0] <= slot:
-            seg = due.pop(0)[1]
+            seg = heapq.heappop(due)[1]
         elif nxt < segments:
             seg, nxt = nxt, nxt + 1
         else:
             continue
         ipid = (ipid + 1) & 0xFFFF
-        pkt = bytes(IP(src=A4, dst=B4, id=ipid, flags="DF") /
-                    TCP(sport=40000, dport=5201, seq=1000 + seg * MSS, ack=5001, flags="PA",
-                        options=[("NOP", None), ("NOP", None), ("Timestamp", (slot // 100, 1))]) /
-                    Raw(b"x" * MSS))
+        pkt = a_packet(1000 + seg * MSS, ipid, MSS,
+                       options=[("NOP", None), ("NOP", None), ("Timestamp", (slot // 100, 1))])
         up.append((t0 + slot * 10_000, pkt))
         if lose_run == 0 and rnd.random() < burst:
             lose_run = rnd.randint(2, 8)
         if lose_run or rnd.random() < loss:
             lose_run = max(lose_run - 1, 0)
-            due.append((slot + rtt, seg))
+            heapq.heappush(due, (slot + rtt, seg))
             continue
         if held == 0 and rnd.random() < stall:
             held, until = rnd.randint(1, 30), slot + rnd.randint(100, 600)
@@ -195,7 +206,6 @@ def lossy_path(seed, segments=3000, loss=0.01, burst=0.002, spurious=0.0, stall=
             held, arrive = held - 1, until
         down.append((arrive, slot, pkt))
         if rnd.random() < spurious:
-            due.append((slot + rtt, seg))
-        due.sort()
+            heapq.heappush(due, (slot + rtt, seg))
     down.sort()
-    return up, [(t0, bytes(syn))] + [(t0 + a * 10_000, p) for a, _, p in down]
+    return up, [syn] + [(t0 + a * 10_000, p) for a, _, p in down]
