@@ -5,7 +5,7 @@
 # pathrate's warm-up packet), then the loop sleeps (clock_nanosleep on
 # CLOCK_MONOTONIC) for the gap the plan asks for. TrainReceiver takes every
 # packet off a UDP socket with recvmmsg() and writes one row per packet, with
-# the kernel's RX timestamp (SO_TIMESTAMPNS), into a Python-owned int64 array.
+# the kernel's RX timestamp (SO_TIMESTAMPING), into a Python-owned int64 array.
 # Both release the GIL around their loops and never raise per packet: a bad
 # packet is counted (malformed, truncated, foreign) and dropped.
 #
@@ -33,11 +33,11 @@ import numpy as _np
 from wire cimport pull_u16, pull_u32, push_u16, push_u32
 
 from linux cimport (errno, EINTR, EAGAIN, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME,
-                    clock_ns, mono_ns, ns_to_timespec, timespec_to_ns, strerror, poll,
+                    clock_ns, mono_ns, ns_to_timespec, strerror, poll,
                     pollfd, POLLIN, SOL_SOCKET, setsockopt, getsockopt, socklen_t,
-                    MSG_DONTWAIT, MSG_TRUNC, MSG_CTRUNC, SO_TIMESTAMPNS, SCM_TIMESTAMPNS, SO_RCVBUF,
+                    MSG_DONTWAIT, MSG_TRUNC, MSG_CTRUNC, rx_stamps_on, sw_stamp_ns, SO_RCVBUF,
                     SO_SNDBUF, SO_RCVBUFFORCE, SO_SNDBUFFORCE, SO_TYPE, SOCK_DGRAM, iovec, msghdr,
-                    mmsghdr, cmsghdr, CMSG_FIRSTHDR, CMSG_NXTHDR, CMSG_DATA, CMSG_SPACE, sendmmsg,
+                    mmsghdr, sendmmsg,
                     recvmmsg, TIMER_ABSTIME, clock_nanosleep)
 
 
@@ -337,8 +337,9 @@ cdef class TrainSender:
 cdef class TrainReceiver:
     """Receives train packets of one session (token) from a UDP socket the caller owns.
 
-    Turns on SO_TIMESTAMPNS: each accepted packet's row carries the kernel's
-    RX time (CLOCK_REALTIME ns; differences are what matter). Counters since
+    Turns on kernel RX software stamps (SO_TIMESTAMPING): each accepted
+    packet's row carries the kernel's RX time (CLOCK_REALTIME ns; differences
+    are what matter). Counters since
     construction: packets (accepted), malformed (bad header, size field not
     the length), truncated (longer than MAX_SIZE), foreign (another session's
     token), user_ts (no kernel timestamp came: rx_ns is user space and
@@ -360,12 +361,11 @@ cdef class TrainReceiver:
         self.iov = NULL
 
     def __init__(self, int fd, uint32_t token, int rcvbuf=8 << 20):
-        cdef int one = 1
         _check_udp(fd)
         self.fd = fd
         self.token = token
-        if setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) != 0:
-            raise OSError(errno, f"SO_TIMESTAMPNS: {strerror(errno).decode()}")
+        if rx_stamps_on(fd) != 0:
+            raise OSError(errno, f"SO_TIMESTAMPING: {strerror(errno).decode()}")
         if rcvbuf > 0:             # as for the sender: beyond rmem_max with CAP_NET_ADMIN only
             if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf)) != 0:
                 setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf))
@@ -410,8 +410,6 @@ cdef class TrainReceiver:
         cdef unsigned int flags
         cdef header_t h
         cdef pollfd pfd
-        cdef cmsghdr *cm
-        cdef timespec *tsp
         cdef msghdr *mh
         if rows.shape[1] != RX_NCOLS:
             raise ValueError(f"rows needs {RX_NCOLS} columns")
@@ -473,14 +471,7 @@ cdef class TrainReceiver:
                             continue
                         if nrows >= cap:
                             continue                # counted in datagrams, not stored: rows is full
-                        ts_ns = -1
-                        cm = CMSG_FIRSTHDR(mh)
-                        while cm != NULL:
-                            if cm.cmsg_level == SOL_SOCKET and cm.cmsg_type == SCM_TIMESTAMPNS:
-                                tsp = <timespec *>CMSG_DATA(cm)
-                                ts_ns = timespec_to_ns(tsp)
-                                break
-                            cm = CMSG_NXTHDR(mh, cm)
+                        ts_ns = sw_stamp_ns(mh)
                         flags = 1 if h.flags & 1 else 0
                         if ts_ns < 0:
                             ts_ns = user_now

@@ -7,7 +7,7 @@
 # before the batch is handed to the kernel; with tx_stamp, the kernel's TX
 # time of each packet (SO_TIMESTAMPING, from the error queue) rides in the
 # port's next packet as a follow-up. UdpProbeReceiver reads with recvmmsg and
-# SO_TIMESTAMPNS kernel RX times and keeps, per (session, port, open
+# kernel RX times (SO_TIMESTAMPING) and keeps, per (session, port, open
 # interval), fixed-size accumulators: memory is O(1) per port whatever the
 # uptime; a delay waits in its port until the next packet says whether a
 # follow-up corrects it. Both loops release the GIL and never raise per
@@ -22,10 +22,9 @@ from libc.string cimport memcpy, memset
 
 from linux cimport (errno, EINTR, EAGAIN, CLOCK_MONOTONIC, CLOCK_REALTIME, timespec,
                     clock_ns, mono_ns, ns_to_timespec, strerror, setsockopt, socklen_t,
-                    SOL_SOCKET, MSG_DONTWAIT, poll, pollfd, POLLIN, MSG_TRUNC, SO_TIMESTAMPNS,
-                    SCM_TIMESTAMPNS, iovec, msghdr, mmsghdr, cmsghdr, CMSG_FIRSTHDR, CMSG_NXTHDR,
-                    CMSG_DATA, sendmmsg, recvmmsg, TIMER_ABSTIME, clock_nanosleep, prctl, PR_SET_TIMERSLACK,
-                    recvmsg, MSG_ERRQUEUE, SO_TIMESTAMPING, SCM_TIMESTAMPING, SOF_TIMESTAMPING_TX_SOFTWARE,
+                    SOL_SOCKET, MSG_DONTWAIT, poll, pollfd, POLLIN, MSG_TRUNC, rx_stamps_on, sw_stamp_ns,
+                    iovec, msghdr, mmsghdr, sendmmsg, recvmmsg, TIMER_ABSTIME, clock_nanosleep, prctl,
+                    PR_SET_TIMERSLACK, recvmsg, MSG_ERRQUEUE, SO_TIMESTAMPING, SOF_TIMESTAMPING_TX_SOFTWARE,
                     SOF_TIMESTAMPING_SOFTWARE)
 from wire cimport (udping_v1, push_udping_v1, pull_udping_v1, push_le64, V1_HDR_LEN, V1_GUID_MAX,
                    probe_hdr, push_u16, push_u32, push_u64, pull_u16, pull_u32, pull_u64, WIRE_MAGIC,
@@ -551,8 +550,6 @@ cdef class UdpProbeSender:
         stamped send time becomes its port's follow-up (when it fits 32 bits of ns)."""
         cdef msghdr m
         cdef iovec v
-        cdef cmsghdr *c
-        cdef timespec *ts
         cdef const uint8_t *p
         cdef int64_t kts, diff
         cdef ssize_t r
@@ -568,15 +565,9 @@ cdef class UdpProbeSender:
             r = recvmsg(fd, &m, MSG_ERRQUEUE | MSG_DONTWAIT)
             if r < 0:
                 return
-            kts = -1
-            c = CMSG_FIRSTHDR(&m)
-            while c != NULL:
-                if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPING:
-                    ts = <timespec *>CMSG_DATA(c)          # [0]: software, [2]: hardware
-                    kts = <int64_t>ts[0].tv_sec * 1000000000 + ts[0].tv_nsec
-                c = CMSG_NXTHDR(&m, c)
+            kts = sw_stamp_ns(&m)
             p = self._probe_in(<int>r)
-            if kts <= 0 or p == NULL or p[5] & FLAG_CONTROL:
+            if kts < 0 or p == NULL or p[5] & FLAG_CONTROL:
                 continue
             port = pull_u16(p + 6)
             diff = kts - <int64_t>pull_u64(p + 32)
@@ -868,13 +859,13 @@ cdef class UdpProbeReceiver:
         self.bufs = NULL
 
     def __init__(self, int fd=-1, int max_sessions=64, int bufsize=2048):
-        cdef int one = 1, i
+        cdef int i
         if not 1 <= max_sessions <= 4096:
             raise ValueError(f"max_sessions must be 1 to 4096 (got {max_sessions})")
         if not WIRE_HDR_LEN <= bufsize <= 65536:
             raise ValueError(f"bufsize must be {WIRE_HDR_LEN} to 65536 (got {bufsize})")
         self.fd = fd
-        if fd >= 0 and setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) != 0:
+        if fd >= 0 and rx_stamps_on(fd) != 0:
             PyErr_SetFromErrno(OSError)
         self.max_sessions = max_sessions
         self.sessions = <session_t **>calloc(max_sessions, sizeof(session_t *))
@@ -1099,8 +1090,6 @@ cdef class UdpProbeReceiver:
         cdef int64_t t0, now, end, before = self.datagrams
         cdef int r, i, timeout, err = 0
         cdef pollfd pfd
-        cdef cmsghdr *c
-        cdef timespec *kts
         cdef int64_t rx
         if self.fd < 0:
             raise ValueError("this receiver has no socket (feed() only)")
@@ -1135,13 +1124,7 @@ cdef class UdpProbeReceiver:
                         if r <= 0:
                             break
                         for i in range(r):
-                            rx = -1
-                            c = CMSG_FIRSTHDR(&self.msgs[i].msg_hdr)
-                            while c != NULL:
-                                if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
-                                    kts = <timespec *>CMSG_DATA(c)
-                                    rx = <int64_t>kts.tv_sec * 1000000000 + kts.tv_nsec
-                                c = CMSG_NXTHDR(&self.msgs[i].msg_hdr, c)
+                            rx = sw_stamp_ns(&self.msgs[i].msg_hdr)
                             if rx < 0:
                                 self.no_kernel_ts += 1
                                 rx = clock_ns(CLOCK_REALTIME)
@@ -1302,8 +1285,8 @@ cdef class UdpingV1Receiver:
         self.bufs = NULL
 
     def __init__(self, int fd):
-        cdef int one = 1, i
-        if setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one)) != 0:
+        cdef int i
+        if rx_stamps_on(fd) != 0:
             PyErr_SetFromErrno(OSError)
         self.fd = fd
         self.bufs = <uint8_t *>malloc(<size_t>BATCH * 2048)
@@ -1363,8 +1346,6 @@ cdef class UdpingV1Receiver:
         cdef int64_t t0, now, end, rx
         cdef int r, i, timeout, err = 0
         cdef pollfd pfd
-        cdef cmsghdr *c
-        cdef timespec *kts
         if rows.shape[1] != 8:
             raise ValueError("rows must have 8 columns (V1_COLUMNS)")
         pfd.fd = self.fd
@@ -1396,13 +1377,7 @@ cdef class UdpingV1Receiver:
                     continue
                 for i in range(r):
                     self.datagrams += 1
-                    rx = -1
-                    c = CMSG_FIRSTHDR(&self.msgs[i].msg_hdr)
-                    while c != NULL:
-                        if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPNS:
-                            kts = <timespec *>CMSG_DATA(c)
-                            rx = <int64_t>kts.tv_sec * 1000000000 + kts.tv_nsec
-                        c = CMSG_NXTHDR(&self.msgs[i].msg_hdr, c)
+                    rx = sw_stamp_ns(&self.msgs[i].msg_hdr)
                     if rx < 0:
                         self.no_kernel_ts += 1
                         rx = clock_ns(CLOCK_REALTIME)

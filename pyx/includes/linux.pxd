@@ -104,8 +104,6 @@ cdef extern from "<sys/socket.h>" nogil:
         SO_SNDBUF
         SO_RCVBUFFORCE
         SO_SNDBUFFORCE
-        SO_TIMESTAMPNS
-        SCM_TIMESTAMPNS
         SO_TIMESTAMPING
         SCM_TIMESTAMPING
         SOCK_DGRAM
@@ -148,12 +146,40 @@ cdef extern from "<sys/socket.h>" nogil:
     int sendmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags)
     int recvmmsg(int sockfd, mmsghdr *msgvec, unsigned int vlen, int flags, timespec *timeout)
 
-# Kernel TX timestamps (udpio.pyx): software stamps from the driver, read from
-# the socket's error queue with the packet they belong to.
+# Kernel software timestamps (udpio.pyx, train.pyx). TX: from the driver, read
+# from the socket's error queue with the packet they belong to. RX: taken as
+# the packet enters the stack, read with the packet.
 cdef extern from "<linux/net_tstamp.h>" nogil:
     enum:
         SOF_TIMESTAMPING_TX_SOFTWARE
+        SOF_TIMESTAMPING_RX_SOFTWARE
         SOF_TIMESTAMPING_SOFTWARE
+
+# RX stamps are asked for with SO_TIMESTAMPING, not SO_TIMESTAMPNS. The kernel
+# turns RX stamping on for the whole host only when the first socket asks, and
+# from a deferred work item: a packet that arrives before that work has run is
+# not stamped. Under SO_TIMESTAMPNS recvmsg then stamps it with the time of
+# the read, indistinguishable from a real arrival time (a CI run saw a train's
+# first two packets stamped after the two trains sent later); under
+# SO_TIMESTAMPING it comes with no stamp, so the caller sees that and counts it.
+cdef inline int rx_stamps_on(int fd) noexcept nogil:
+    """Ask for kernel RX software stamps on fd; 0, or -1 with errno."""
+    cdef int flags = SOF_TIMESTAMPING_RX_SOFTWARE | SOF_TIMESTAMPING_SOFTWARE
+    return setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPING, &flags, sizeof(flags))
+
+
+cdef inline int64_t sw_stamp_ns(msghdr *mh) noexcept nogil:
+    """The kernel software stamp (CLOCK_REALTIME ns) in a message's SCM_TIMESTAMPING control
+    data: its RX time, or for one read from the error queue its TX time; -1 if none."""
+    cdef cmsghdr *c = CMSG_FIRSTHDR(mh)
+    cdef timespec *ts
+    while c != NULL:
+        if c.cmsg_level == SOL_SOCKET and c.cmsg_type == SCM_TIMESTAMPING:
+            ts = <timespec *>CMSG_DATA(c)              # [0] software, [2] hardware
+            if ts[0].tv_sec or ts[0].tv_nsec:
+                return timespec_to_ns(ts)
+        c = CMSG_NXTHDR(mh, c)
+    return -1
 
 cdef extern from "<netinet/in.h>" nogil:
     enum:

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netprobe.errors import load_extension
+from tests.ext.rx_stamps import wait_until_stamped
 from tests.reference import capacity_wire as ref
 
 T = load_extension("_train")
@@ -68,6 +69,7 @@ def test_every_truncation_is_a_decode_error():
 def test_trains_arrive_whole_with_kernel_timestamps(pair):
     tx, rx = pair
     sender, receiver = T.TrainSender(tx.fileno(), 0xfeedbeef), T.TrainReceiver(rx.fileno(), 0xfeedbeef)
+    wait_until_stamped(tx, rx)
     # train, count, size, primers, primer_size, gap
     plan = plan_of([[10, 2, 600, 0, 0, 200_000], [11, 9, 1472, 1, 1472, 200_000], [12, 33, 100, 2, 1000, 0]])
     sent = np.zeros((3, T.SENT_NCOLS), dtype=np.int64)

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from netprobe.errors import load_extension
 from netprobe.probes.oneway import analysis
+from tests.ext.rx_stamps import wait_until_stamped
 from tests.reference import oneway as ref
 
 udpio = load_extension("_udpio")
@@ -511,6 +512,7 @@ def test_sender_and_receiver_end_to_end_with_kernel_timestamps():
     rxs, socks = _loopback(3)
     try:
         rx = udpio.UdpProbeReceiver(rxs.fileno())
+        wait_until_stamped(socks[0], rxs)
         rx.add_session(SID, 3, b"k")
         tx = udpio.UdpProbeSender([s.fileno() for s in socks], SID, time.time_ns(), 50_000, min_len=96,
                                   max_len=128, key=b"k")
