@@ -38,9 +38,20 @@ $(VENV)/.deps: pyproject.toml | build-deps
 
 venv: $(VENV)/.deps
 
-# Editable install: compiles pyx/*.pyx into netprobe/_*.so in place.
-build: $(VENV)/.deps
+# Editable install: compiles pyx/*.pyx into netprobe/_*.so in place. Redone only when the
+# venv, a build file or an extension's source changed, or an extension is missing: a ready
+# checkout starts `make run` without pip's ~25 s.
+EXTENSIONS  := $(patsubst pyx/%.pyx,%,$(wildcard pyx/*.pyx))
+EXT_MISSING := $(strip $(foreach e,$(EXTENSIONS),$(if $(wildcard netprobe/_$(e).*.so),,$(e))))
+$(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(wildcard pyx/*.pyx pyx/includes/*.pxd) \
+		$(if $(EXT_MISSING),FORCE)
 	$(PIP) install -q --no-build-isolation --no-deps -e .
+	touch $@
+
+build: $(VENV)/.built
+
+.PHONY: FORCE
+FORCE:
 
 # DURATION takes a unit (30s, 2m); a bare number is seconds.
 run: build
@@ -79,5 +90,5 @@ test-package: package-deps venv
 	NETPROBE_PACKAGE_TESTS=1 $(PY) -m pytest tests/package $(PYTEST_ARGS)
 
 clean:
-	rm -rf build dist *.egg-info netprobe/_*.so netprobe/_*.c .pytest_cache
+	rm -rf build dist *.egg-info netprobe/_*.so netprobe/_*.c .pytest_cache $(VENV)/.built
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
