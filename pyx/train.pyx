@@ -37,8 +37,7 @@ from linux cimport (errno, EINTR, EAGAIN, timespec, CLOCK_MONOTONIC, CLOCK_REALT
                     pollfd, POLLIN, SOL_SOCKET, setsockopt, getsockopt, socklen_t,
                     MSG_DONTWAIT, MSG_TRUNC, MSG_CTRUNC, rx_stamps_on, sw_stamp_ns, SO_RCVBUF,
                     SO_SNDBUF, SO_RCVBUFFORCE, SO_SNDBUFFORCE, SO_TYPE, SOCK_DGRAM, iovec, msghdr,
-                    mmsghdr, sendmmsg,
-                    recvmmsg, TIMER_ABSTIME, clock_nanosleep)
+                    mmsghdr, sendmmsg, recvmmsg, TIMER_ABSTIME, clock_nanosleep)
 
 
 HEADER_LEN = 20
@@ -339,11 +338,11 @@ cdef class TrainReceiver:
 
     Turns on kernel RX software stamps (SO_TIMESTAMPING): each accepted
     packet's row carries the kernel's RX time (CLOCK_REALTIME ns; differences
-    are what matter). Counters since
-    construction: packets (accepted), malformed (bad header, size field not
-    the length), truncated (longer than MAX_SIZE), foreign (another session's
-    token), user_ts (no kernel timestamp came: rx_ns is user space and
-    flagged).
+    are what matter). Counters since construction: packets (accepted),
+    malformed (bad header, size field not the length), truncated (longer than
+    MAX_SIZE), foreign (another session's token), user_ts (no kernel timestamp
+    came, as for a packet that arrived before the kernel turned stamping on:
+    rx_ns is user space and flagged).
     """
     cdef int fd
     cdef readonly uint32_t token
