@@ -9,7 +9,6 @@ import struct
 import time
 
 SO_TIMESTAMPING = 37                    # <asm-generic/socket.h>; the socket module lacks it
-RX_SOFTWARE, SOFTWARE = 1 << 3, 1 << 4  # SOF_TIMESTAMPING_* of <linux/net_tstamp.h>
 
 
 def stamp_of(anc):
