@@ -43,7 +43,8 @@ venv: $(VENV)/.deps
 # checkout starts `make run` without pip's ~25 s.
 EXTENSIONS  := $(patsubst pyx/%.pyx,%,$(wildcard pyx/*.pyx))
 EXT_MISSING := $(strip $(foreach e,$(EXTENSIONS),$(if $(wildcard netprobe/_$(e).*.so),,$(e))))
-$(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(wildcard pyx/*.pyx pyx/includes/*.pxd) \
+PYX_SOURCES := $(shell find pyx -name "*.pyx" -o -name "*.pxd" -o -name "*.pxi" -o -name "*.h")
+$(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(PYX_SOURCES) \
 		$(if $(EXT_MISSING),FORCE)
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	touch $@

@@ -9,7 +9,8 @@ from pathlib import Path
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-EXTENSIONS = ["pacer", "train", "nldiag", "pcapread", "udpio"]
+# Top-level pyx/*.pyx only: pyx/<mechanism>/ holds files an extension `include`s.
+EXTENSIONS = sorted(p.stem for p in (Path(__file__).parent / "pyx").glob("*.pyx"))
 ONLY = [n for n in os.environ.get("NETPROBE_EXTENSIONS", "").split(",") if n]
 
 setup(
@@ -21,7 +22,7 @@ setup(
         ],
         compiler_directives={"language_level": "3", "boundscheck": False,
                              "wraparound": False, "cdivision": True},
-        include_path=[str(Path(__file__).parent / "pyx" / "includes")],
+        include_path=[str(Path(__file__).parent / "pyx" / "includes"), str(Path(__file__).parent / "pyx")],
         build_dir="build/cython",
     ),
 )
