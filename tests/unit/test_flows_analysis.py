@@ -91,7 +91,7 @@ def test_native_fields_against_numpy():
     assert f["duration"].value == pytest.approx(times[-1] - times[0])
     assert f["send_throughput"].value == pytest.approx((acked[-1] - acked[0]) * 8 / (times[-1] - times[0]))
     assert (f["src"], f["dst"], f["sport"], f["dport"], f["ca"]) == ("192.0.2.1", "198.51.100.2", 50000, 443, "cubic")
-    assert f["ts"] and f["sack"] and not f["ecn"] and "nulls" not in f
+    assert f["timestamps"] and f["sack"] and not f["ecn"] and "nulls" not in f
     assert not any(k.startswith("bbr_") for k in f)        # cubic: no BBR model, no BBR fields
 
 

@@ -165,7 +165,7 @@ def summarize(ended, opts):
         "ca": flow.ca_name or None, "segment": flow.segment, "end_reason": ended.reason,
         "partial": flow.partial, "start": iso_time(flow.start_wall), "end": iso_time(ended.end_wall),
         "duration": seconds(duration), "samples": n, "samples_deduped": flow.deduped,
-        "ts": bool(opt_bits & TCPI_OPT_TIMESTAMPS), "sack": bool(opt_bits & TCPI_OPT_SACK),
+        "timestamps": bool(opt_bits & TCPI_OPT_TIMESTAMPS), "sack": bool(opt_bits & TCPI_OPT_SACK),
         "ecn": bool(opt_bits & TCPI_OPT_ECN), "ecn_seen": bool(opt_bits & TCPI_OPT_ECN_SEEN),
         "min_rtt_kernel": seconds(last[COL["tcpi_min_rtt"]] / 1e6),
         "min_rtt_observed": seconds(s[:, COL["tcpi_rtt"]].min() / 1e6),
