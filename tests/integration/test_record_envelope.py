@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -32,7 +32,7 @@ def check_envelope(line, t0, t1):
     rec = json.loads(line)
     assert ISO.fullmatch(str(rec.get("ts"))), f"ts is not an ISO-8601 time: {line[:300]}"
     t = datetime.strptime(rec["ts"].rstrip("Z").split(".")[0], "%Y-%m-%dT%H:%M:%S")
-    t = t.replace(tzinfo=timezone.utc).timestamp()
+    t = t.replace(tzinfo=UTC).timestamp()
     assert t0 - 1 <= t <= t1 + 1, f"ts {rec['ts']} outside the run: {line[:300]}"
     assert isinstance(rec.get("type"), str) and isinstance(rec.get("probe"), str), line[:300]
     assert isinstance(rec.get("name"), str), line[:300]
