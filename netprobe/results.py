@@ -1,7 +1,8 @@
 """Records every probe emits, how they print, and breach hysteresis.
 
 A Record is one line of output: an interval RESULT, a BREACH or CLEAR event,
-a probe ERROR, or a sink DROPS report. Text form (one line, grep-able):
+a probe ERROR, a sink DROPS report, or a GAP (a span a probe did not measure,
+with the reason: restart, crash, reload, a frozen or stale worker). Text form (one line, grep-able):
 
   2026-11-23T03:25:04.123Z BREACH probe=throughput name=dc1-dc2 dir=a->b metric=rate \
       value=812.4Mbit/s sla=>=950Mbit/s window=15s
@@ -16,8 +17,8 @@ from dataclasses import dataclass, field
 
 from netprobe import units
 
-RESULT, BREACH, CLEAR, ERROR, DROPS = "RESULT", "BREACH", "CLEAR", "ERROR", "DROPS"
-EVENT_TYPES = (RESULT, BREACH, CLEAR, ERROR, DROPS)
+RESULT, BREACH, CLEAR, ERROR, DROPS, GAP = "RESULT", "BREACH", "CLEAR", "ERROR", "DROPS", "GAP"
+EVENT_TYPES = (RESULT, BREACH, CLEAR, ERROR, DROPS, GAP)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,13 @@ class DaemonConfig:
     drops_interval: float = setting(DURATION, 60.0, "how often dropped-record counts of slow sinks "
                                     "are reported (s)", min=1, max=86400)
     max_probes: int = setting(INT, 64, "most [[probe]] tables one file may hold", min=1, max=4096)
+    stale_grace: float = setting(DURATION, 5.0, "slack before a late interval counts as missing (s): a probe "
+                                 "is stale (BREACH metric=stale) when no interval arrived within its interval "
+                                 "plus the larger of its interval and this", min=0.1, max=3600)
+    watchdog_stale_limit: float = setting(DURATION, 0.0, "under systemd, stop feeding the watchdog (so systemd "
+                                          "restarts the daemon) once a probe has been stale this long (s); 0: "
+                                          "never (a probe whose peer is down is stale too, and a restart does "
+                                          "not bring the peer back)", min=0, max=86400)
 
     def check(self, where):
         if self.restart_backoff > self.restart_backoff_max:

@@ -25,7 +25,7 @@ from netprobe import units
 from netprobe.config.schema import CHOICE, STR, setting
 from netprobe.outputs import SinkConfig
 from netprobe.outputs.base import Sink
-from netprobe.results import BREACH, CLEAR, DROPS, ERROR, RESULT, iso_time
+from netprobe.results import BREACH, CLEAR, DROPS, ERROR, GAP, RESULT, iso_time
 from netprobe.units import show
 
 log = logging.getLogger("netprobe.outputs")
@@ -35,7 +35,7 @@ FACILITIES = {
     "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "ntp": 12,
     **{f"local{i}": 16 + i for i in range(8)},
 }
-SEVERITIES = {ERROR: 3, BREACH: 4, DROPS: 4, CLEAR: 5, RESULT: 6}
+SEVERITIES = {ERROR: 3, BREACH: 4, DROPS: 4, GAP: 4, CLEAR: 5, RESULT: 6}
 APP_NAME = "netprobe"
 SD_ID = "netprobe@32473"      # 32473: the enterprise number RFC 5612 reserves for examples
 

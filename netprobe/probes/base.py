@@ -3,6 +3,7 @@ import abc
 import re
 import threading
 from dataclasses import dataclass
+from typing import ClassVar
 
 from netprobe.config.schema import DURATION, INT, STR, setting
 from netprobe.results import RESULT, Hysteresis, Record, event
@@ -13,6 +14,8 @@ NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 @dataclass(frozen=True)
 class ProbeConfig:
     """Settings common to every probe kind (the [[probe]] table, besides `kind`)."""
+    # a RESULT every `interval`: the supervisor reports the probe stale when one is missing
+    periodic: ClassVar[bool] = True
     name: str = setting(STR, "", "instance name, unique in the file; printed as name= on every line",
                         required=True)
     interval: float = setting(DURATION, 10.0, "time between interval results (s)", min=0.1, max=86400)

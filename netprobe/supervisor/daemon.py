@@ -1,6 +1,11 @@
 """The supervisor: starts a worker per probe, restarts failures with backoff,
 fans records out to the sinks, and handles signals.
 
+Liveness (supervisor/liveness.py): a periodic probe whose interval is overdue is
+`BREACH metric=stale` until results resume; a worker silent past its heartbeat is
+killed and restarted; every span a probe did not measure (restart, crash, reload,
+frozen or stale worker) is written as a GAP record.
+
 Signals: SIGTERM/SIGINT stop the probes (each writes its final interval),
 flush every sink and exit 0; a second one exits 3 at once. SIGHUP re-reads
 the file: an invalid file keeps the running config (and says why); probes
@@ -23,13 +28,15 @@ from netprobe import __version__, outputs
 from netprobe.config.load import ProbeSpec, load_file
 from netprobe.errors import EXIT_OK, EXIT_RUNTIME, EXIT_SIGNAL, ConfigError
 from netprobe.log import OnceFilter
-from netprobe.results import DROPS, ERROR, Record
+from netprobe.results import CLEAR, DROPS, ERROR, GAP, RESULT, Record, event, iso_time, seconds
+from netprobe.supervisor.liveness import Liveness
 from netprobe.supervisor.sdnotify import Notifier
 
 log = logging.getLogger("netprobe.supervisor")
 
 
 SERVE_NAME = "(serve)"        # the [serve] worker's name; probe names cannot contain parentheses
+CHECK_EVERY = 0.25            # s between liveness checks
 
 
 def specs(config):
@@ -44,9 +51,13 @@ def specs(config):
 class Worker:
     """Book-keeping for one probe instance's process."""
 
-    def __init__(self, spec, file):
+    def __init__(self, spec, file, grace):
         self.spec = spec
         self.file = file
+        cfg = spec.config
+        self.live = Liveness(getattr(cfg, "interval", 10.0), grace,
+                             periodic=spec.kind != "serve" and getattr(cfg, "periodic", False))
+        self.kill_reason = None       # why the supervisor killed it (a frozen worker)
         self.proc = None
         self.buf = b""
         self.failures = 0
@@ -149,7 +160,9 @@ class Supervisor:
         self.sel.register(w.proc.stdout, selectors.EVENT_READ, w)
         w.buf = b""
         w.stopping = False
+        w.kill_reason = None
         w.started_at = time.monotonic()
+        w.live.started(w.started_at, time.time())
         if w.name == SERVE_NAME:
             log.info("started the peer side ([serve]) pid=%d", w.proc.pid)
         else:
@@ -166,6 +179,7 @@ class Supervisor:
             else:
                 return
         if chunk:
+            w.live.beat(time.monotonic())
             w.buf += chunk
             *lines, w.buf = w.buf.split(b"\n")
             for line in lines:
@@ -174,6 +188,8 @@ class Supervisor:
         self._reap(w)
 
     def _handle_line(self, w, line):
+        if not line:
+            return                                # the worker's heartbeat
         try:
             rec = Record.from_wire(line.decode())
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
@@ -186,6 +202,8 @@ class Supervisor:
             if not self.once.first(("error", w.name, msg)):
                 return                            # the same error again: logged and published once
             log.error("probe %s: %s", w.name, msg)
+        elif rec.type == RESULT and self.restart:
+            self._resumed(w, rec)
         self.publish(rec)
 
     def _reap(self, w):
@@ -202,7 +220,7 @@ class Supervisor:
             w.finished = True
             log.info("probe %s finished", w.name)
             return
-        how = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        how = w.kill_reason or (f"killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}")
         if not self.restart:
             log.info("probe %s %s", w.name, how)
             self.probe_errors += 1
@@ -214,11 +232,56 @@ class Supervisor:
         delay = min(self.config.daemon.restart_backoff * 2 ** (w.failures - 1),
                     self.config.daemon.restart_backoff_max)
         w.next_start = time.monotonic() + delay
+        w.live.lost(time.time(), f"worker {how}")
         if self.once.first(("exit", w.name, how)):
             log.error("probe %s %s; restarting in %.3gs (logged once; later restarts back off up to %.3gs)",
                       w.name, how, delay, self.config.daemon.restart_backoff_max)
+            self.publish(Record(ERROR, w.spec.kind, w.name, {"error": f"worker {how}; restarting in {delay:.3g}s"}))
         else:
             log.debug("probe %s %s again; restarting in %.3gs", w.name, how, delay)
+
+    # ---- liveness ----------------------------------------------------------------------
+    def _gap(self, w, start, end, reasons):
+        self.publish(Record(GAP, w.spec.kind, w.name, {
+            "reason": "; ".join(reasons), "start": iso_time(start), "end": iso_time(end),
+            "duration": seconds(round(end - start, 3))}))
+
+    def _resumed(self, w, rec):
+        """A RESULT arrived: close a stale stretch and the gap before it."""
+        cleared, gap = w.live.result(time.monotonic(), rec.ts)
+        if gap is not None:
+            self._gap(w, *gap)
+        if cleared is not None:
+            log.info("probe %s: results resumed after %.1fs", w.name, cleared)
+            self.publish(self._stale_event(CLEAR, w, cleared))
+
+    def _stale_event(self, kind, w, age):
+        return event(kind, w.spec.kind, w.name, metric="stale", value=seconds(round(age, 3)), op="<=",
+                     threshold=seconds(w.live.allowed))
+
+    def _check_liveness(self, now):
+        wall = time.time()
+        for w in self.workers.values():
+            running = w.proc is not None and not w.stopping and w.kill_reason is None
+            v = w.live.check(now, wall, running)
+            if v.stale:
+                log.warning("probe %s: no interval for %.1fs (due every %.3gs)", w.name, v.age, w.live.interval)
+                self.publish(self._stale_event("BREACH", w, v.age))
+            if v.frozen and running:
+                w.kill_reason = f"frozen (no output for {now - w.live.last_beat:.1f}s); killed"
+                try:
+                    w.proc.kill()
+                except OSError:
+                    pass          # it exited just now: reaped on the next turn
+
+    def _watchdog_ok(self, now):
+        limit = self.config.daemon.watchdog_stale_limit
+        if not limit:
+            return True
+        worst = max((w.live.stale_for(now) for w in self.workers.values()), default=0.0)
+        if worst > limit and self.once.first(("watchdog", "stale")):
+            log.error("a probe has been stale for more than %.3gs: no longer feeding the watchdog", limit)
+        return worst <= limit
 
     def _stop_worker(self, w):
         if w.proc is not None and w.proc.poll() is None:
@@ -286,8 +349,10 @@ class Supervisor:
             if w is not None and not w.retired:
                 w.spec, w.file = spec, new.file       # same table; index may have moved
                 continue
-            self.workers[name] = nw = Worker(spec, new.file)
+            self.workers[name] = nw = Worker(spec, new.file, new.daemon.stale_grace)
             nw.next_start = 0.0
+            if w is not None:       # the same name, restarted with changed settings: the old
+                nw.live.lost(time.time(), "reload: settings changed")   # one measures until now
         kept = sum(1 for n in new_specs if n in old_specs and old_specs[n].table == new_specs[n].table)
         log.info("reloaded %s: %d probes kept, %d started, %d stopped", new.file, kept,
                  len(new_specs) - kept, len(old_specs) - kept)
@@ -299,7 +364,7 @@ class Supervisor:
         self._install_signals()
         self.sinks = self._start_sinks(self.config)
         for name, spec in specs(self.config).items():
-            self.workers[name] = Worker(spec, self.config.file)
+            self.workers[name] = Worker(spec, self.config.file, self.config.daemon.stale_grace)
         if not self.workers:
             log.warning("%s has no [[probe]] tables; nothing to run", self.config.file)
         t0 = time.monotonic()
@@ -307,6 +372,7 @@ class Supervisor:
         wd = self.notifier.watchdog_interval()
         next_wd = t0
         next_drops = t0 + self.config.daemon.drops_interval
+        next_check = t0 + CHECK_EVERY
         ready = False
         while self.signals == 0:
             now = time.monotonic()
@@ -327,13 +393,18 @@ class Supervisor:
                 ready = True
                 self.notifier.notify("READY=1", f"MAINPID={os.getpid()}",
                                      f"STATUS=running {len(self.workers)} probes")
+            if self.restart and now >= next_check:
+                self._check_liveness(now)
+                next_check = now + CHECK_EVERY
             if wd and now >= next_wd:
-                self.notifier.notify("WATCHDOG=1")
+                if self._watchdog_ok(now):
+                    self.notifier.notify("WATCHDOG=1")
                 next_wd = now + wd
             if now >= next_drops:
                 self._report_drops()
                 next_drops = now + self.config.daemon.drops_interval
-            timeout = self._next_timeout(now, deadline, next_wd if wd else None, next_drops)
+            timeout = self._next_timeout(now, deadline, next_wd if wd else None, next_drops,
+                                         next_check if self.restart else None)
             for key, _ in self.sel.select(timeout):
                 if key.data is None:
                     self._drain_wakeup()
@@ -367,8 +438,15 @@ class Supervisor:
         for w in self._running():
             log.error("probe %s did not stop within %.3gs; killed (its last interval is lost)",
                       w.name, self.config.daemon.stop_timeout)
+            w.live.lost(time.time(), f"did not stop within {self.config.daemon.stop_timeout:.3g}s; killed")
             w.proc.kill()
             self._read_until_eof(w)
+        if self.restart:
+            wall = time.time()
+            for w in self.workers.values():
+                gap = w.live.pending(wall)
+                if gap is not None:
+                    self._gap(w, *gap)
         self._report_drops()
         self._close_sinks(self.sinks)
         if not self.restart and self.probe_errors:

@@ -3,7 +3,8 @@
 Started by the supervisor as `python -m netprobe.supervisor.worker` with a
 JSON job on stdin ({"kind", "table", "file", "index"}). It validates the
 table again (cheap, and the worker trusts nothing), runs the probe, and
-writes each record as one wire-format JSON line on stdout. SIGTERM asks it
+writes each record as one wire-format JSON line on stdout, and an empty
+line every second as a heartbeat. SIGTERM asks it
 to stop: the runner emits its final interval and the worker exits 0.
 SIGINT is ignored so that a terminal's Ctrl-C reaches only the supervisor,
 which decides the shutdown order.
@@ -22,6 +23,7 @@ from netprobe.config import schema
 from netprobe.config.load import build_probe_config
 from netprobe.errors import NetprobeError
 from netprobe.results import ERROR, Record
+from netprobe.supervisor.liveness import HEARTBEAT
 
 PR_SET_PDEATHSIG = 1
 SERVE = "serve"          # the job kind of the peer side ([serve] table), run like a probe
@@ -43,13 +45,21 @@ class LineEmitter:
         self.lock = threading.Lock()
 
     def __call__(self, record):
-        line = record.to_wire() + "\n"
+        self.write(record.to_wire() + "\n")
+
+    def write(self, line):
         with self.lock:
             try:
                 self.stream.write(line)
                 self.stream.flush()
             except (BrokenPipeError, ValueError):
                 self.stop.set()
+
+    def heartbeat(self):
+        """An empty line every HEARTBEAT s, so the supervisor can tell a frozen process (stopped,
+        wedged, holding the interpreter) from a probe that has nothing to say."""
+        while not self.stop.wait(HEARTBEAT):
+            self.write("\n")
 
 
 def run_job(job, out):
@@ -59,6 +69,7 @@ def run_job(job, out):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)      # a probe that acts on it installs its own handler
     emit = LineEmitter(out, stop)
+    threading.Thread(target=emit.heartbeat, name="heartbeat", daemon=True).start()
     kind, table = job["kind"], job["table"]
     name = str(table.get("name", "?"))
     try:

@@ -257,7 +257,8 @@ FACILITIES = ('"kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news"
     ({"stdout": {"fromat": "json"}},
      "netprobe.toml: output.stdout.fromat: unknown key; did you mean 'format'?"),
     ({"stdout": {"types": ["BREACH", "BREAK"]}},
-     'netprobe.toml: output.stdout.types: "BREAK" is not a record type (valid: RESULT, BREACH, CLEAR, ERROR, DROPS)'),
+     'netprobe.toml: output.stdout.types: "BREAK" is not a record type '
+     '(valid: RESULT, BREACH, CLEAR, ERROR, DROPS, GAP)'),
     ({"stdout": {"queue": 5}},
      "netprobe.toml: output.stdout.queue: 5 is out of range (valid: 10 to 1000000)"),
     ({"alerts": {"type": "syslg"}},

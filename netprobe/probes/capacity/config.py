@@ -1,5 +1,6 @@
 """Settings of the `capacity` probe: bottleneck capacity of the path from a peer to this host."""
 from dataclasses import dataclass
+from typing import ClassVar
 
 from netprobe.config.schema import CHOICE, DURATION, FLOAT, INT, RATE, SIZE, STR, setting
 from netprobe.probes.base import ProbeConfig
@@ -11,6 +12,7 @@ MODES = ("quick", "full")
 class Config(ProbeConfig):
     """The [[probe]] table with kind = "capacity". The peer sends packet pairs and trains, this
     host timestamps them in the kernel and estimates the capacity of the path peer -> here."""
+    periodic: ClassVar[bool] = False      # one RESULT per estimate, `every` apart, not per interval
     peer: str = setting(STR, "", "a [peer.NAME] table or HOST[:PORT] running `netprobe serve`", required=True)
     key: str = setting(STR, "", "shared key if the peer asks for one (default: the [peer.NAME] key)")
     mode: str = setting(CHOICE, "quick", "quick: stop once the estimate is stable; full: pathrate's "
