@@ -132,3 +132,90 @@ def test_units_and_defaults_are_applied():
 
 def test_no_outputs_means_stdout():
     assert list(load_text(GOOD_HOST).outputs) == ["stdout"]
+
+
+# --- keys never leave the process ----------------------------------------------------------------
+
+def _keyed_config(tmp_path):
+    """A config with a distinct random key in every place one can go; returns (path, keys)."""
+    import os
+    keys = {n: os.urandom(16).hex() for n in ("serve", "peer", "probe", "oneway", "key_file")}
+    key_file = tmp_path / "peer.key"
+    key_file.write_text(keys["key_file"] + "\n")
+    key_file.chmod(0o600)
+    path = tmp_path / "keyed.toml"
+    path.write_text(f"""
+[serve]
+listen = ["127.0.0.1:7171"]
+key = "{keys['serve']}"
+
+[peer.far]
+address = "127.0.0.1:7171"
+key = "{keys['peer']}"
+
+[[probe]]
+kind = "throughput"
+name = "tp"
+peer = "far"
+rate = "10M"
+interval = "1s"
+key = "{keys['probe']}"
+
+[[probe]]
+kind = "oneway"
+name = "ow"
+peer = "far"
+interval = "1s"
+key = "{keys['oneway']}"
+""")
+    return path, keys, key_file
+
+
+def test_check_config_json_redacts_every_key(tmp_path):
+    import json
+    path, keys, _ = _keyed_config(tmp_path)
+    p = subprocess.run([sys.executable, "-m", "netprobe", "check-config", "--json", str(path)],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    for k in keys.values():
+        assert k.encode() not in p.stdout + p.stderr
+    eff = json.loads(p.stdout)
+    assert eff["serve"]["key"] == eff["peer"]["far"]["key"] == "<redacted>"
+    assert [pr["key"] for pr in eff["probe"]] == ["<redacted>", "<redacted>"]
+
+
+def test_supplied_config_is_kept_with_keys_redacted(tmp_path):
+    path, keys, _ = _keyed_config(tmp_path)
+    cfg = load_file(path)
+    assert cfg.supplied["serve"] == {"listen": ["127.0.0.1:7171"], "key": "<redacted>"}
+    assert cfg.supplied["peer"]["far"] == {"address": "127.0.0.1:7171", "key": "<redacted>"}
+    assert cfg.probes[0].table["key"] == keys["probe"]          # the worker still gets its key
+
+
+@pytest.mark.parametrize("value", ['["s3cr3t-k3y-value-in-a-list"]', '{x = "s3cr3t-k3y-value-in-a-table"}', "4242424242"])
+def test_config_error_on_a_key_never_quotes_it(tmp_path, capsys, value):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[serve]\nkey = {value}\n')
+    assert cli.main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"netprobe: error: {path}: serve.key: <redacted> is not a string\n"
+
+
+def test_logs_and_records_are_scrubbed_of_configured_keys(tmp_path, caplog):
+    """A key quoted by some error deep in a probe (here: a log line and an ERROR record carrying
+    it, and the contents of a key file) comes out as <redacted>."""
+    import logging
+
+    from netprobe.results import ERROR, Record
+    path, keys, key_file = _keyed_config(tmp_path)
+    text = path.read_text().replace('key = "' + keys["serve"] + '"', f'key_file = "{key_file}"')
+    path.write_text(text)
+    del keys["serve"]                                # now in the key file instead
+    load_file(path)
+    caplog.set_level(logging.INFO)
+    for k in keys.values():
+        logging.getLogger("netprobe.test").error("peer said %s", k)
+        rec = Record(ERROR, "throughput", "tp", {"error": f"refused: {k}", "detail": {"k": [k]}})
+        assert k not in rec.to_text() and k not in rec.to_json() and "<redacted>" in rec.to_text()
+    assert caplog.records and all("<redacted>" in r.getMessage() for r in caplog.records)
+    assert not any(k in caplog.text for k in keys.values())
