@@ -192,7 +192,8 @@ def test_supplied_config_is_kept_with_keys_redacted(tmp_path):
     assert cfg.probes[0].table["key"] == keys["probe"]          # the worker still gets its key
 
 
-@pytest.mark.parametrize("value", ['["s3cr3t-k3y-value-in-a-list"]', '{x = "s3cr3t-k3y-value-in-a-table"}', "4242424242"])
+@pytest.mark.parametrize("value", ['["s3cr3t-k3y-value-in-a-list"]', '{x = "s3cr3t-k3y-value-in-a-table"}',
+                                   "4242424242"])
 def test_config_error_on_a_key_never_quotes_it(tmp_path, capsys, value):
     path = tmp_path / "bad.toml"
     path.write_text(f'[serve]\nkey = {value}\n')
