@@ -16,6 +16,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.ext.test_pcapread_cli import SCRIPT, lost_and_resent
 from tests.reference import retrans_gen as gen
@@ -190,3 +192,28 @@ def test_truncated_file_error_names_the_offset_in_the_file(tmp_path):
         o += 16 + int.from_bytes(data[o + 8:o + 12], "little")
     assert res.counters["frames"] == frames - 1
     assert f"offset {starts[-1]}" in res.error, res.error
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(read_size=st.integers(1, 5000), cut=st.integers(0, 3000), ng=st.booleans(), corrupt=st.booleans())
+def test_chunked_file_reads_equal_one_whole_buffer(tmp_path, read_size, cut, ng, corrupt):
+    """Whatever the read size (records and headers split across reads, the buffer grown for a
+    record longer than it), a file gives the frames, counters and error text, offsets included,
+    of the whole image analysed at once; also cut short and with a corrupt record length mid-file."""
+    from netprobe.probes.retrans import pcapfile
+    frames = gen.conversation(lost_and_resent(SCRIPT[:48]))
+    data = bytearray((gen.pcapng if ng else gen.pcap)([(t, gen.link(ip, 1)) for t, ip in frames]))
+    if corrupt:                                 # the length field of the record in the middle
+        o, field = (0, 4) if ng else (24, 8)
+        while o < len(data) // 2:
+            length = int.from_bytes(data[o + field:o + field + 4], "little")
+            o += length if ng else 16 + length
+        data[o + field:o + field + 4] = b"\xf0\xff\xff\x7f"
+    data = bytes(data[:len(data) - cut])
+    path = tmp_path / f"f-{read_size}-{cut}-{ng}-{corrupt}.pcap"
+    path.write_bytes(data)
+    whole = pcapfile.analyse_bytes(data)
+    got = pcapfile.analyse_file(str(path), keep_frames=True, read_size=read_size)
+    assert got.error == whole.error
+    assert got.counters == whole.counters
+    assert (got.flags == whole.flags).all() and len(got.flags) == len(whole.flags)

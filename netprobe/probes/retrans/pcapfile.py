@@ -87,24 +87,25 @@ def open_regular(path, follow=True):
     return open(fd, "rb", buffering=0)
 
 
-def feed(analyser, path, keep_frames=False, follow=True):
+def feed(analyser, path, keep_frames=False, follow=True, read_size=READ_SIZE):
     """Analyse one file with `analyser`; returns (error or None, flags, flowdir)."""
     with open_regular(path, follow) as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise PcapError(f"{path}: empty file, not a capture")
-        got = 0
+        got, ended = 0, False
 
         def readinto(b):
-            nonlocal got
+            nonlocal got, ended
             n = f.readinto(b)
             got += n or 0
+            ended = not n
             return n
         try:
-            error, flags, flowdir = _feed_reader(analyser, path, readinto, keep_frames, stream=False)
+            error, flags, flowdir = _feed_reader(analyser, path, readinto, keep_frames, False, read_size)
         except OSError as exc:
             raise PcapError(f"{path}: {exc.strerror or exc}") from None
-    if got < size:                  # truncated under us: what was read is analysed, and said so
+    if ended and got < size:        # truncated under us: what was read is analysed, and said so
         error = f"the file shrank while it was read ({got} of {size} bytes)"
     return error, flags, flowdir
 
@@ -114,11 +115,11 @@ def _file_offsets(message, base):
     return re.sub(r"offset (\d+)", lambda m: f"offset {int(m.group(1)) + base}", message) if base else message
 
 
-def _feed_reader(analyser, name, readinto, keep_frames, stream):
+def _feed_reader(analyser, name, readinto, keep_frames, stream, read_size=READ_SIZE):
     """Read with `readinto` to the end, analysing as the bytes come: (error, flags, flowdir).
     At the end, a record cut short is the extension's error for a file (stream=False),
     "the stream ended inside a record" for a stream."""
-    buf = bytearray(READ_SIZE)
+    buf = bytearray(read_size)
     filled = base = 0                  # bytes held; file offset of buf[0]
     opened, error = False, None
     flags = np.zeros(CHUNK, np.uint16)
@@ -136,7 +137,7 @@ def _feed_reader(analyser, name, readinto, keep_frames, stream):
                 try:
                     off = analyser.open(view)
                 except ValueError as exc:
-                    if stream and not eof and filled < CHUNK:     # the file header may still be arriving
+                    if not eof and filled < CHUNK:      # the file header may still be arriving
                         continue
                     raise PcapError(f"{name}: {exc}") from None
                 opened = True
@@ -200,10 +201,10 @@ def flows_of(analyser):
     return out
 
 
-def analyse_file(path, keep_frames=False, max_flows=262144, reorder_ns=0, follow=True):
+def analyse_file(path, keep_frames=False, max_flows=262144, reorder_ns=0, follow=True, read_size=READ_SIZE):
     """One file, one analyser: a PcapResult (error set if the file ended in a bad record)."""
     a = new_analyser(max_flows, reorder_ns)
-    error, flags, flowdir = feed(a, path, keep_frames, follow)
+    error, flags, flowdir = feed(a, path, keep_frames, follow, read_size)
     return PcapResult(os.fspath(path), a.counters(), flows_of(a), error, flags, flowdir)
 
 
