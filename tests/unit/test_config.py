@@ -220,3 +220,42 @@ def test_logs_and_records_are_scrubbed_of_configured_keys(tmp_path, caplog):
         assert k not in rec.to_text() and k not in rec.to_json() and "<redacted>" in rec.to_text()
     assert caplog.records and all("<redacted>" in r.getMessage() for r in caplog.records)
     assert not any(k in caplog.text for k in keys.values())
+
+
+def _toml_docs():
+    from hypothesis import strategies as st
+    names = st.sampled_from(["key", "api_key", "Key", "peer", "listen", "keep", "key_file", "name", "monkey_business"])
+    scalars = st.one_of(st.text(min_size=1, max_size=20), st.integers(), st.booleans())
+    return st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(names, inner, max_size=5)), max_leaves=30)
+
+
+def _walk(doc, path=()):
+    """(path, name, value) of every dict entry in a nested document."""
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield path, k, v
+            yield from _walk(v, path + (k,))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _walk(v, path + (i,))
+
+
+def test_redact_hides_every_key_and_keeps_the_rest():
+    from hypothesis import given, settings
+
+    from netprobe import redact
+
+    @settings(max_examples=300, deadline=None)
+    @given(doc=_toml_docs())
+    def check(doc):
+        out = redact.redact(doc)
+        got = {(p, k): v for p, k, v in _walk(out)}
+        for p, k, v in _walk(doc):
+            if any(redact.is_secret_name(x) for x in p if isinstance(x, str)):
+                continue                        # inside a redacted value: gone with it
+            if k.lower().endswith("key") and v not in ("", None):
+                assert got[(p, k)] == "<redacted>"
+            elif not isinstance(v, (dict, list)):
+                assert got[(p, k)] == v
+    check()
