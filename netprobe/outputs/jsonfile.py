@@ -249,6 +249,8 @@ class JsonFileSink(Sink):
             raise OSError(f"{_kind(st.st_mode)} is in the way (never followed; "
                           "remove it or point path at a plain file)")
         if st.st_size == 0:
+            if st.st_uid != os.geteuid() or st.st_nlink != 1:
+                os.unlink(self._path)             # holds nothing, and is not ours to append to
             return
         if st.st_uid == os.geteuid() and st.st_nlink == 1 and stat.S_IMODE(st.st_mode) != self._mode:
             self._tighten()                       # an older version's 0644 file

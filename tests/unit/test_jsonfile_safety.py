@@ -194,3 +194,16 @@ def test_header_redacts_keys_at_any_depth(tmp_path):
         assert got["peer"]["far"] == {"address": "192.0.2.1", "key": "<redacted>"}
         assert got["probe"][0]["key"] == got["probe"][0]["extra"]["api_key"] == "<redacted>"
         assert got["output"]["x"]["key"] == ""          # no key set: nothing to hide
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a file to another user needs root")
+def test_empty_file_of_another_user_is_replaced_not_appended_to(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_bytes(b"")
+    os.chown(path, 65534, 65534)
+    os.chmod(path, 0o666)
+    runner = _run(tmp_path)
+    st = os.stat(path)
+    assert runner.failed == 0 and os.listdir(tmp_path) == ["r.json"]
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (os.geteuid(), 0o600)    # a new file: _own never chowns
+    assert len(path.read_bytes().splitlines()) == 6
