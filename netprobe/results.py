@@ -87,7 +87,7 @@ class Record:
         return redact.scrub_obj(out)
 
     def to_json(self):
-        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
+        return redact.scrub(json.dumps(self.to_dict(), separators=(",", ":"), default=str))
 
     def to_wire(self):
         """Lossless form for the worker -> supervisor pipe."""
