@@ -4,7 +4,7 @@ import json
 import os
 import sys
 
-from netprobe import __version__, probes
+from netprobe import __version__, probes, redact
 from netprobe.config import schema
 from netprobe.errors import EXIT_OK, EXIT_USAGE, NetprobeError, UsageError
 from netprobe.units import parse_duration
@@ -266,7 +266,7 @@ def main(argv=None):
             return EXIT_USAGE
         return COMMANDS[args.cmd](args)
     except NetprobeError as exc:
-        print(f"netprobe: error: {exc}", file=sys.stderr)
+        print(f"netprobe: error: {redact.scrub(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

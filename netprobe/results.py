@@ -9,13 +9,14 @@ with the reason: restart, crash, reload, a frozen or stale worker). Text form (o
 
 JSON form (one object per line): the same keys, Quantity values as plain
 numbers in base units (bit/s, s, B) with their unit under "units".
+Both forms are scrubbed of the configured keys (netprobe.redact).
 """
 import json
 import math
 import time
 from dataclasses import dataclass, field
 
-from netprobe import units
+from netprobe import redact, units
 
 RESULT, BREACH, CLEAR, ERROR, DROPS, GAP = "RESULT", "BREACH", "CLEAR", "ERROR", "DROPS", "GAP"
 EVENT_TYPES = (RESULT, BREACH, CLEAR, ERROR, DROPS, GAP)
@@ -71,7 +72,7 @@ class Record:
             if k == "threshold" and "sla_op" in self.fields:
                 k, v = "sla", self.fields["sla_op"] + _text_value(v)
             parts.extend(f"{key}={text}" for key, text in _text_items(k, v))
-        return " ".join(parts)
+        return redact.scrub(" ".join(parts))
 
     def to_dict(self):
         out = {"ts": iso_time(self.ts), "type": self.type, "probe": self.probe, "name": self.name}
@@ -84,10 +85,10 @@ class Record:
                 out[k] = _json_number(v) if isinstance(v, float) else v
         if unit_map:
             out["units"] = unit_map
-        return out
+        return redact.scrub_obj(out)
 
     def to_json(self):
-        return json.dumps(self.to_dict(), separators=(",", ":"), default=str)
+        return redact.scrub(json.dumps(self.to_dict(), separators=(",", ":"), default=str))
 
     def to_wire(self):
         """Lossless form for the worker -> supervisor pipe."""

@@ -10,7 +10,7 @@ import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 
-from netprobe import outputs, probes
+from netprobe import outputs, probes, redact
 from netprobe.config import schema
 from netprobe.config.defaults import DEFAULT_OUTPUTS, DaemonConfig
 from netprobe.errors import ConfigError
@@ -59,18 +59,17 @@ class Config:
     peers: dict                    # peer name -> PeerConfig
     serve: object = None           # serve.ServeConfig when the file has a [serve] table
     serve_table: dict = None
-    supplied: dict = field(repr=False, default_factory=dict)
+    supplied: dict = field(repr=False, default_factory=dict)     # the document as written, keys redacted
 
     def effective(self):
         """Every setting with defaults filled in, JSON-serialisable (for run headers)."""
-        return {
+        return redact.redact({
             "daemon": _plain(dataclasses.asdict(self.daemon)),
             "probe": [{"kind": p.kind, **_plain(dataclasses.asdict(p.config))} for p in self.probes],
             "output": {n: _plain(dataclasses.asdict(c)) for n, c in self.outputs.items()},
-            "peer": {n: {"address": c.address, "key": "***" if c.key else ""} for n, c in self.peers.items()},
-            "serve": None if self.serve is None else
-            {**_plain(dataclasses.asdict(self.serve)), "key": "***" if self.serve.key else ""},
-        }
+            "peer": {n: _plain(dataclasses.asdict(c)) for n, c in self.peers.items()},
+            "serve": None if self.serve is None else _plain(dataclasses.asdict(self.serve)),
+        })
 
 
 def _plain(d):
@@ -120,7 +119,7 @@ def load_dict(doc, file="<config>"):
         from netprobe.serve import ServeConfig
         serve_cfg = schema.build(ServeConfig, doc["serve"], schema.Where(file, "serve"))
     return Config(file, daemon, tuple(probe_specs), out_cfgs, copy.deepcopy(out_tables), peers,
-                  serve_cfg, copy.deepcopy(doc.get("serve")), copy.deepcopy(doc))
+                  serve_cfg, copy.deepcopy(doc.get("serve")), redact.redact(doc))
 
 
 def _load_peers(tables, file):

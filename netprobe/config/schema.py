@@ -13,7 +13,7 @@ import ipaddress
 import math
 import re
 
-from netprobe import units
+from netprobe import redact, units
 from netprobe.errors import ConfigError
 from netprobe.units import show
 
@@ -61,6 +61,7 @@ def convert(f, value, where):
     """Check and convert one value for field `f` (a dataclasses.Field)."""
     m = f.metadata
     kind = m["kind"]
+    shown = redact.REDACTED if redact.is_secret_name(f.name) else show(value)   # errors never quote a key
     try:
         if kind == RATE:
             out = units.parse_rate(value)
@@ -70,36 +71,36 @@ def convert(f, value, where):
             out = units.parse_size(value)
         elif kind == INT:
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{show(value)} is not an integer")
+                raise ValueError(f"{shown} is not an integer")
             out = value
         elif kind == FLOAT:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"{show(value)} is not a number")
+                raise ValueError(f"{shown} is not a number")
             out = float(value)
         elif kind == BOOL:
             if not isinstance(value, bool):
-                raise ValueError(f"{show(value)} is not true or false")
+                raise ValueError(f"{shown} is not true or false")
             out = value
         elif kind == STR:
             if not isinstance(value, str) or (m["required"] and not value):
-                raise ValueError(f"{show(value)} is not a{' non-empty' if m['required'] else ''} string")
+                raise ValueError(f"{shown} is not a{' non-empty' if m['required'] else ''} string")
             out = value
         elif kind == CHOICE:
             if value not in m["choices"]:
                 valid = ", ".join(show(c) for c in m["choices"])
-                raise ValueError(f"{show(value)} is not one of {valid}")
+                raise ValueError(f"{shown} is not one of {valid}")
             out = value
         elif kind == STR_LIST:
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
-                raise ValueError(f"{show(value)} is not a list of strings")
+                raise ValueError(f"{shown} is not a list of strings")
             out = tuple(value)
         elif kind == PREFIX_LIST:
             if not isinstance(value, (list, tuple)):
-                raise ValueError(f"{show(value)} is not a list of prefixes (example: [\"127.0.0.0/8\", \"::1/128\"])")
+                raise ValueError(f"{shown} is not a list of prefixes (example: [\"127.0.0.0/8\", \"::1/128\"])")
             try:
                 out = tuple(ipaddress.ip_network(v, strict=False) for v in value)
             except (ValueError, TypeError):
-                raise ValueError(f"{show(value)} is not a list of prefixes "
+                raise ValueError(f"{shown} is not a list of prefixes "
                                  '(example: ["10.0.0.0/8", "::1/128"])') from None
         else:
             raise AssertionError(kind)
@@ -107,7 +108,7 @@ def convert(f, value, where):
         raise where.error(f.name, str(exc)) from None
     lo, hi = m["min"], m["max"]
     if kind in (RATE, DURATION, SIZE, INT, FLOAT) and ((lo is not None and out < lo) or (hi is not None and out > hi)):
-        raise where.error(f.name, f"{show(value)} is out of range ({_range_text(kind, lo, hi)})")
+        raise where.error(f.name, f"{shown} is out of range ({_range_text(kind, lo, hi)})")
     return out
 
 
@@ -147,6 +148,7 @@ def build(cls, table, where, *, ignore=()):
     for name, f in known.items():
         if name in table:
             values[name] = convert(f, table[name], where)
+            redact.register_config({name: values[name]})
         elif f.metadata["required"]:
             raise where.error(name, f"missing (required: {f.metadata['doc']})")
         else:

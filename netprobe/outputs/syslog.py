@@ -21,7 +21,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from netprobe import units
+from netprobe import redact, units
 from netprobe.config.schema import CHOICE, STR, setting
 from netprobe.outputs import SinkConfig
 from netprobe.outputs.base import Sink
@@ -130,8 +130,8 @@ def structured_data(record):
 def format_message(record, facility, hostname, procid):
     """The RFC 5424 message for `record` (str, without transport framing)."""
     pri = FACILITIES[facility] * 8 + SEVERITIES.get(record.type, 6)
-    return (f"<{pri}>1 {iso_time(record.ts)} {hostname} {APP_NAME} {procid} {record.type} "
-            f"{structured_data(record)} {record.to_text()}")
+    return redact.scrub(f"<{pri}>1 {iso_time(record.ts)} {hostname} {APP_NAME} {procid} {record.type} "
+                        f"{structured_data(record)} {record.to_text()}")
 
 
 def _hostname():

@@ -33,19 +33,21 @@ def instances():
 
 
 def test_stale_instance_is_removed_and_ours_is_removed_on_exit():
-    dead = subprocess.Popen(["true"])
+    dead = subprocess.Popen(["sleep", "60"])
+    dead_token = tracefs.owner_token(dead.pid)
+    dead.kill()
     dead.wait()
     root = tracefs.find_root()
-    stale = os.path.join(root, "instances", f"netprobe-{dead.pid}-killed")
+    stale = os.path.join(root, "instances", f"netprobe-{dead_token}-killed")
     os.mkdir(stale)
     with open(os.path.join(stale, "events", "tcp", "tcp_retransmit_skb", "enable"), "w") as f:
         f.write("1")
-    alive = os.path.join(root, "instances", f"netprobe-{os.getpid()}-other")   # a live process's: kept
+    alive = os.path.join(root, "instances", f"netprobe-{tracefs.owner_token()}-other")   # a live process's: kept
     os.mkdir(alive)
     try:
         inst = tracefs.Instance("t1", ports=(PORT,), buffer_kb=256)
         try:
-            assert f"netprobe-{dead.pid}-killed" in inst.stale_removed
+            assert f"netprobe-{dead_token}-killed" in inst.stale_removed
             assert not os.path.exists(stale) and os.path.isdir(alive)
             assert inst.name in instances()
             with open(os.path.join(inst.path, "events", "tcp", "tcp_retransmit_skb", "filter")) as f:
@@ -264,7 +266,7 @@ def test_killed_run_leaves_no_capture_and_its_instance_is_removed_at_next_start(
         assert select.select([p.stdout], [], [], 20)[0] and p.stdout.readline()     # running
         ours = socket_inodes(p.pid) & packet_socket_inodes()
         assert len(ours) == 1, ours       # the capture ring, in the probe's own process
-        name = f"netprobe-{p.pid}-killed"
+        name = f"netprobe-{tracefs.owner_token(p.pid)}-killed"
         assert name in instances()
     finally:
         p.kill()

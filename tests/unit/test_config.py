@@ -132,3 +132,130 @@ def test_units_and_defaults_are_applied():
 
 def test_no_outputs_means_stdout():
     assert list(load_text(GOOD_HOST).outputs) == ["stdout"]
+
+
+# --- keys never leave the process ----------------------------------------------------------------
+
+def _keyed_config(tmp_path):
+    """A config with a distinct random key in every place one can go; returns (path, keys)."""
+    import os
+    keys = {n: os.urandom(16).hex() for n in ("serve", "peer", "probe", "oneway", "key_file")}
+    key_file = tmp_path / "peer.key"
+    key_file.write_text(keys["key_file"] + "\n")
+    key_file.chmod(0o600)
+    path = tmp_path / "keyed.toml"
+    path.write_text(f"""
+[serve]
+listen = ["127.0.0.1:7171"]
+key = "{keys['serve']}"
+
+[peer.far]
+address = "127.0.0.1:7171"
+key = "{keys['peer']}"
+
+[[probe]]
+kind = "throughput"
+name = "tp"
+peer = "far"
+rate = "10M"
+interval = "1s"
+key = "{keys['probe']}"
+
+[[probe]]
+kind = "oneway"
+name = "ow"
+peer = "far"
+interval = "1s"
+key = "{keys['oneway']}"
+""")
+    return path, keys, key_file
+
+
+def test_check_config_json_redacts_every_key(tmp_path):
+    import json
+    path, keys, _ = _keyed_config(tmp_path)
+    p = subprocess.run([sys.executable, "-m", "netprobe", "check-config", "--json", str(path)],
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    for k in keys.values():
+        assert k.encode() not in p.stdout + p.stderr
+    eff = json.loads(p.stdout)
+    assert eff["serve"]["key"] == eff["peer"]["far"]["key"] == "<redacted>"
+    assert [pr["key"] for pr in eff["probe"]] == ["<redacted>", "<redacted>"]
+
+
+def test_supplied_config_is_kept_with_keys_redacted(tmp_path):
+    path, keys, _ = _keyed_config(tmp_path)
+    cfg = load_file(path)
+    assert cfg.supplied["serve"] == {"listen": ["127.0.0.1:7171"], "key": "<redacted>"}
+    assert cfg.supplied["peer"]["far"] == {"address": "127.0.0.1:7171", "key": "<redacted>"}
+    assert cfg.probes[0].table["key"] == keys["probe"]          # the worker still gets its key
+
+
+@pytest.mark.parametrize("value", ['["s3cr3t-k3y-value-in-a-list"]', '{x = "s3cr3t-k3y-value-in-a-table"}',
+                                   "4242424242"])
+def test_config_error_on_a_key_never_quotes_it(tmp_path, capsys, value):
+    path = tmp_path / "bad.toml"
+    path.write_text(f'[serve]\nkey = {value}\n')
+    assert cli.main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"netprobe: error: {path}: serve.key: <redacted> is not a string\n"
+
+
+def test_logs_and_records_are_scrubbed_of_configured_keys(tmp_path, caplog):
+    """A key quoted by some error deep in a probe (here: a log line and an ERROR record carrying
+    it, and the contents of a key file) comes out as <redacted>."""
+    import logging
+
+    from netprobe.results import ERROR, Record
+    path, keys, key_file = _keyed_config(tmp_path)
+    text = path.read_text().replace('key = "' + keys["serve"] + '"', f'key_file = "{key_file}"')
+    path.write_text(text)
+    del keys["serve"]                                # now in the key file instead
+    load_file(path)
+    caplog.set_level(logging.INFO)
+    for k in keys.values():
+        logging.getLogger("netprobe.test").error("peer said %s", k)
+        rec = Record(ERROR, "throughput", "tp", {"error": f"refused: {k}", "detail": {"k": [k]}})
+        assert k not in rec.to_text() and k not in rec.to_json() and "<redacted>" in rec.to_text()
+    assert caplog.records and all("<redacted>" in r.getMessage() for r in caplog.records)
+    assert not any(k in caplog.text for k in keys.values())
+
+
+def _toml_docs():
+    from hypothesis import strategies as st
+    names = st.sampled_from(["key", "api_key", "Key", "peer", "listen", "keep", "key_file", "name", "monkey_business"])
+    scalars = st.one_of(st.text(min_size=1, max_size=20), st.integers(), st.booleans())
+    return st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                         st.dictionaries(names, inner, max_size=5)), max_leaves=30)
+
+
+def _walk(doc, path=()):
+    """(path, name, value) of every dict entry in a nested document."""
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield path, k, v
+            yield from _walk(v, path + (k,))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _walk(v, path + (i,))
+
+
+def test_redact_hides_every_key_and_keeps_the_rest():
+    from hypothesis import given, settings
+
+    from netprobe import redact
+
+    @settings(max_examples=300, deadline=None)
+    @given(doc=_toml_docs())
+    def check(doc):
+        out = redact.redact(doc)
+        got = {(p, k): v for p, k, v in _walk(out)}
+        for p, k, v in _walk(doc):
+            if any(redact.is_secret_name(x) for x in p if isinstance(x, str)):
+                continue                        # inside a redacted value: gone with it
+            if k.lower().endswith("key") and v not in ("", None):
+                assert got[(p, k)] == "<redacted>"
+            elif not isinstance(v, (dict, list)):
+                assert got[(p, k)] == v
+    check()

@@ -600,3 +600,14 @@ keep = 3
         "archive": JsonFileConfig(path=f"{tmp_path}/r.json", rotate_size=1024 ** 2, rotate_interval=3600.0,
                                   gzip=False, keep=3),
     }
+
+
+def test_syslog_message_is_scrubbed_of_registered_keys():
+    """The structured data carries fields as they are; a key quoted in one (a peer's refusal,
+    say) is replaced there too, not only in the text part."""
+    from netprobe import redact
+    key = os.urandom(16).hex()
+    redact.register(key)
+    rec = Record(ERROR, "throughput", "tp", {"error": f"peer refused key {key}"}, TS)
+    msg = format_message(rec, "daemon", "h", 1)
+    assert key not in msg and msg.count("<redacted>") == 2

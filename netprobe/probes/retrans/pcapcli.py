@@ -13,6 +13,7 @@ ends in a bad record is analysed up to it and an ERROR line says where.
 import argparse
 import os
 import signal
+import stat
 import sys
 import threading
 
@@ -75,14 +76,14 @@ def _check(args):
         raise UsageError("give capture files, or --watch DIR")
 
 
-def file_records(path, args):
+def file_records(path, args, follow=True):
     """Records for one file ("-": the stream on stdin): RESULT per direction group, BREACHes,
-    ERROR if it ended badly."""
+    ERROR if it ended badly. follow=False: a symlink is refused (PcapError)."""
     kw = {"max_flows": args.max_flows, "reorder_ns": round(args.reorder_window * 1e9)}
     if path == "-":
         res = pcapfile.analyse_stream(sys.stdin.buffer, **kw)
     else:
-        res = pcapfile.analyse_file(path, **kw)
+        res = pcapfile.analyse_file(path, follow=follow, **kw)
     groups = analysis.group_directions(res.flows, args.prefix_v4, args.prefix_v6)
     recs = analysis.records(groups, name=args.name, source=os.path.basename(path),
                             max_retrans_pct=args.max_retrans_pct, min_data_pkts=args.min_packets)
@@ -151,7 +152,9 @@ def run(args):
 def watch(directory, args, stop, out=None):
     """Analyse each capture file in `directory` once its size has stopped changing
     for one poll (tcpdump has rotated away from it). Files present at start are
-    analysed too; a file is never analysed twice."""
+    analysed too; a file is never analysed twice. Only regular files are read: a
+    symlink, FIFO or other special file under a capture name gets one line on
+    stderr and is passed over (the directory may be writable by others)."""
     if not os.path.isdir(directory):
         raise NetprobeError(f"{directory}: not a directory")
     done, sizes = set(), {}
@@ -163,16 +166,25 @@ def watch(directory, args, stop, out=None):
         for n in names:
             path = os.path.join(directory, n)
             try:
-                size = os.stat(path).st_size
+                st = os.lstat(path)
             except FileNotFoundError:
                 continue
+            if not stat.S_ISREG(st.st_mode):
+                done.add(n)
+                sizes.pop(n, None)
+                kind = "a symbolic link" if stat.S_ISLNK(st.st_mode) else \
+                    "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
+                print(f"netprobe: error: {path}: {kind}, skipped (--watch reads regular files only)",
+                      file=sys.stderr, flush=True)
+                continue
+            size = st.st_size
             if sizes.get(n) == size and size > 0:
                 done.add(n)
                 sizes.pop(n)
                 try:
-                    emit(file_records(path, args), args, out)
+                    emit(file_records(path, args, follow=False), args, out)
                 except NetprobeError as exc:
-                    print(f"netprobe: error: {exc}", file=sys.stderr)
+                    print(f"netprobe: error: {exc}", file=sys.stderr, flush=True)
             else:
                 sizes[n] = size
         stop.wait(args.poll)

@@ -1,14 +1,19 @@
 """Run the compiled pcap analyser (netprobe._pcapread) over capture files and streams.
 
-A file is memory-mapped and handed to the extension in one buffer (a stream
-on stdin is read in chunks, records cut between them kept for the next); the
-extension writes per-frame flags into a fixed-size chunk of preallocated
+Files and streams alike are read in chunks into one buffer (a record cut
+between reads is kept for the next), never memory-mapped: a file truncated
+while it is read just ends early, where a mapping would die of SIGBUS. Only
+regular files are read, opened O_NONBLOCK so that a FIFO cannot block the
+open (and with follow=False, O_NOFOLLOW: `--watch` never follows a symlink).
+The extension writes per-frame flags into a fixed-size chunk of preallocated
 arrays, so memory stays bounded whatever the file size. Callers that want
 every frame's flags (the oracle tests) pass `keep_frames=True`.
 """
+import errno
 import ipaddress
-import mmap
 import os
+import re
+import stat
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +21,7 @@ import numpy as np
 from netprobe.errors import NetprobeError, load_extension
 
 CHUNK = 1 << 16
+READ_SIZE = 1 << 20          # bytes per read; the buffer doubles only for a record longer than this
 
 
 class PcapError(NetprobeError):
@@ -64,26 +70,99 @@ def new_analyser(max_flows=262144, reorder_ns=0):
     return _ext().TcpAnalyser(max_flows=max_flows, reorder_ns=reorder_ns)
 
 
-def feed(analyser, path, keep_frames=False):
-    """Analyse one file with `analyser`; returns (error or None, flags, flowdir)."""
+def open_regular(path, follow=True):
+    """A binary reader of the regular file `path`; PcapError (one line) for anything else:
+    a FIFO or device (never blocks), a directory, or with follow=False a symlink."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, flags)
     except OSError as exc:
-        raise PcapError(f"{path}: {exc.strerror}") from None
-    try:
-        size = os.fstat(fd).st_size
+        why = "a symbolic link (not followed)" if exc.errno == errno.ELOOP and not follow else exc.strerror
+        raise PcapError(f"{path}: {why}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "a special file"
+        raise PcapError(f"{path}: {kind}, not a regular capture file")
+    return open(fd, "rb", buffering=0)
+
+
+def feed(analyser, path, keep_frames=False, follow=True, read_size=READ_SIZE):
+    """Analyse one file with `analyser`; returns (error or None, flags, flowdir)."""
+    with open_regular(path, follow) as f:
+        size = os.fstat(f.fileno()).st_size
         if size == 0:
             raise PcapError(f"{path}: empty file, not a capture")
+        got, ended = 0, False
+
+        def readinto(b):
+            nonlocal got, ended
+            n = f.readinto(b)
+            got += n or 0
+            ended = not n
+            return n
         try:
-            mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
-        except (OSError, ValueError) as exc:
-            raise PcapError(f"{path}: cannot map: {exc}") from None
-    finally:
-        os.close(fd)
-    try:
-        return _feed_buffer(analyser, path, mm, keep_frames)
-    finally:
-        mm.close()
+            error, flags, flowdir = _feed_reader(analyser, path, readinto, keep_frames, False, read_size)
+        except OSError as exc:
+            raise PcapError(f"{path}: {exc.strerror or exc}") from None
+    if ended and got < size:        # truncated under us: what was read is analysed, and said so
+        error = f"the file shrank while it was read ({got} of {size} bytes)"
+    return error, flags, flowdir
+
+
+def _file_offsets(message, base):
+    """The extension's error names offsets in the buffer it was given; say them in the file."""
+    return re.sub(r"offset (\d+)", lambda m: f"offset {int(m.group(1)) + base}", message) if base else message
+
+
+def _feed_reader(analyser, name, readinto, keep_frames, stream, read_size=READ_SIZE):
+    """Read with `readinto` to the end, analysing as the bytes come: (error, flags, flowdir).
+    At the end, a record cut short is the extension's error for a file (stream=False),
+    "the stream ended inside a record" for a stream."""
+    buf = bytearray(read_size)
+    filled = base = 0                  # bytes held; file offset of buf[0]
+    opened, error = False, None
+    flags = np.zeros(CHUNK, np.uint16)
+    flowdir = np.zeros(CHUNK, np.int32)
+    kept_f, kept_d = [], []
+    while error is None:
+        if filled == len(buf):
+            buf.extend(bytes(len(buf)))
+        with memoryview(buf) as mv:
+            n = readinto(mv[filled:])
+        filled += n or 0
+        eof = not n
+        with memoryview(buf) as mv, mv[:filled] as view:
+            if not opened:
+                try:
+                    off = analyser.open(view)
+                except ValueError as exc:
+                    if not eof and filled < CHUNK:      # the file header may still be arriving
+                        continue
+                    raise PcapError(f"{name}: {exc}") from None
+                opened = True
+            else:
+                off = 0
+            while True:
+                st, off, k = analyser.run(view, off, flags, flowdir, stream or not eof)
+                if keep_frames and k:
+                    kept_f.append(flags[:k].copy())
+                    kept_d.append(flowdir[:k].copy())
+                if st != 0:
+                    break
+        if st == 2:
+            error = _file_offsets(analyser.error, base)
+        elif eof:
+            if stream and off < filled:
+                error = f"the stream ended inside a record ({filled - off} bytes left)"
+            break
+        buf[:filled - off] = buf[off:filled]      # keep the unfinished record for the next read
+        base, filled = base + off, filled - off
+    if keep_frames:
+        f = np.concatenate(kept_f) if kept_f else np.zeros(0, np.uint16)
+        d = np.concatenate(kept_d) if kept_d else np.zeros(0, np.int32)
+        return error, f, d
+    return error, None, None
 
 
 def _feed_buffer(analyser, path, buf, keep_frames):
@@ -122,10 +201,10 @@ def flows_of(analyser):
     return out
 
 
-def analyse_file(path, keep_frames=False, max_flows=262144, reorder_ns=0):
+def analyse_file(path, keep_frames=False, max_flows=262144, reorder_ns=0, follow=True, read_size=READ_SIZE):
     """One file, one analyser: a PcapResult (error set if the file ended in a bad record)."""
     a = new_analyser(max_flows, reorder_ns)
-    error, flags, flowdir = feed(a, path, keep_frames)
+    error, flags, flowdir = feed(a, path, keep_frames, follow, read_size)
     return PcapResult(os.fspath(path), a.counters(), flows_of(a), error, flags, flowdir)
 
 
@@ -134,33 +213,8 @@ def analyse_stream(f, max_flows=262144, reorder_ns=0, name="-"):
     `tcpdump -w - | netprobe pcap -`, or the same over ssh from another host) to its end:
     a PcapResult, with error set if a record was bad or the stream ended inside one."""
     a = new_analyser(max_flows, reorder_ns)
-    flags = np.zeros(CHUNK, np.uint16)
-    flowdir = np.zeros(CHUNK, np.int32)
-    buf = bytearray()
-    opened, error = False, None
-    read = getattr(f, "read1", f.read)       # what the pipe holds, not a full megabyte
-    while error is None:
-        chunk = read(1 << 20)
-        buf += chunk
-        if not opened:
-            try:
-                del buf[:a.open(bytes(buf))]
-            except ValueError as exc:
-                if chunk and len(buf) < CHUNK:          # the file header may still be arriving
-                    continue
-                raise PcapError(f"{name}: {exc}") from None
-            opened = True
-        while buf:
-            st, off, _ = a.run(buf, 0, flags, flowdir, True)
-            del buf[:off]
-            if st == 2:
-                error = a.error
-            if st:
-                break
-        if not chunk:
-            if buf and error is None:
-                error = f"the stream ended inside a record ({len(buf)} bytes left)"
-            break
+    readinto = getattr(f, "readinto1", f.readinto)       # what the pipe holds, not a full megabyte
+    error, _, _ = _feed_reader(a, name, readinto, False, stream=True)
     return PcapResult(name, a.counters(), flows_of(a), error)
 
 

@@ -1,12 +1,22 @@
 """The probe's own tracefs instance: tcp tracepoints without touching the global buffer.
 
-An instance is a private ring buffer (instances/netprobe-<pid>-<name>) with
-its own event enables and filters, so other tracing users and other
-netprobe probes are left alone. The kernel filters by port before an event
-reaches the buffer; the buffer is sized for bursts; events the kernel had to
-drop because we read too slowly ("overrun", "dropped events" in
-per_cpu/cpu*/stats) are summed and reported. The instance is removed on
-close; one left by a killed run (its pid gone) is removed at the next start.
+An instance is a private ring buffer with its own event enables and
+filters, so other tracing users and other netprobe probes are left alone.
+The kernel filters by port before an event reaches the buffer; the buffer is
+sized for bursts; events the kernel had to drop because we read too slowly
+("overrun", "dropped events" in per_cpu/cpu*/stats) are summed and reported.
+
+tracefs is shared by every container on the host, so an instance's name says
+whose it is: instances/netprobe-<pid ns inode>.<pid>.<start time>-<name>,
+unique within the boot (the start time, in clock ticks since boot from
+/proc/PID/stat, tells a reused pid apart). The instance is removed on close;
+one left by a killed run is removed at a later start only when its owner is
+provably gone: in our own PID namespace, no process with that pid and start
+time; in another one, seen from the initial namespace (which sees every
+process), no process left in that namespace at all. An instance of a
+namespace we cannot see into is never touched. Removal is rmdir alone: the
+kernel refuses it (EBUSY) while a reader holds trace_pipe, and nothing is ever
+written into an instance that may be another daemon's.
 """
 import errno
 import os
@@ -18,7 +28,8 @@ from netprobe.errors import ProbeError
 
 ROOTS = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 PREFIX = "netprobe-"
-_STALE_RE = re.compile(r"netprobe-(\d+)-")
+_OWNER_RE = re.compile(r"netprobe-(\d+)\.(\d+)\.(\d+)-")
+INIT_PID_NS = 0xEFFFFFFC          # the initial PID namespace's inode (PROC_PID_INIT_INO)
 # events we enable when the kernel has them: retransmits, SYN-ACK retransmits, resets sent
 EVENTS = ("tcp/tcp_retransmit_skb", "tcp/tcp_retransmit_synack", "tcp/tcp_send_reset")
 
@@ -36,38 +47,84 @@ def find_root(mount=True):
                      "and run as root")
 
 
-def _pid_alive(pid):
+def pid_ns():
+    """This process's PID namespace inode."""
+    return os.stat("/proc/self/ns/pid").st_ino
+
+
+def start_time(pid):
+    """A process's start time (clock ticks since boot, /proc/PID/stat field 22), None if gone."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    try:
+        return int(stat[stat.rindex(b")") + 2:].split()[19])   # fields after the command name
+    except (ValueError, IndexError):
+        return None
+
+
+def owner_token(pid=None):
+    """<pid ns inode>.<pid>.<start time> of a process of our namespace (default: this one)."""
+    if pid is None:
+        return f"{pid_ns()}.{os.getpid()}.{start_time('self')}"
+    return f"{pid_ns()}.{pid}.{start_time(pid)}"
+
+
+def _proc_is_ours():
+    """/proc shows our PID namespace (a container may have the host's mounted): pids read there
+    mean what they mean to us."""
+    try:
+        return os.readlink("/proc/self") == str(os.getpid())
+    except OSError:
         return False
-    except PermissionError:
-        return True
-    return True
+
+
+def live_pid_namespaces():
+    """Inodes of the PID namespaces some visible process is in."""
+    out = set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                out.add(os.stat(f"/proc/{entry}/ns/pid").st_ino)
+            except OSError:
+                pass                        # exited while we looked
+    return out
 
 
 def remove_instance(path):
-    """Disable every event of an instance and remove it (EBUSY while a reader holds trace_pipe)."""
-    try:
-        with open(os.path.join(path, "events", "enable"), "w") as f:
-            f.write("0")
-    except OSError:
-        pass
+    """rmdir an instance; the kernel refuses (EBUSY) while a reader holds its trace_pipe."""
     os.rmdir(path)
 
 
 def cleanup_stale(root):
-    """Remove instances named netprobe-<pid>-... whose pid is gone; returns their names."""
+    """Remove netprobe instances whose owner is provably gone; returns their names."""
     gone = []
     inst = os.path.join(root, "instances")
+    if not _proc_is_ours():
+        return gone
+    own_ns = pid_ns()
+    live_ns = None
     for name in sorted(os.listdir(inst)):
-        m = _STALE_RE.match(name)
-        if m and not _pid_alive(int(m.group(1))):
+        m = _OWNER_RE.match(name)
+        if not m:
+            continue
+        ns, pid, start = (int(g) for g in m.groups())
+        if ns == own_ns:
+            dead = start_time(pid) != start
+        elif own_ns == INIT_PID_NS:
+            if live_ns is None:
+                live_ns = live_pid_namespaces()
+            dead = ns not in live_ns
+        else:
+            dead = False                     # a namespace we cannot see into: not ours to judge
+        if dead:
             try:
                 remove_instance(os.path.join(inst, name))
                 gone.append(name)
             except OSError:
-                pass
+                pass                         # EBUSY: someone still reads it
     return gone
 
 
@@ -98,7 +155,7 @@ class Instance:
     def __init__(self, name, ports=(), buffer_kb=4096, root=None):
         self.root = root or find_root()
         self.stale_removed = cleanup_stale(self.root)
-        self.name = f"{PREFIX}{os.getpid()}-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}"[:64]
+        self.name = f"{PREFIX}{owner_token()}-{re.sub(r'[^A-Za-z0-9._-]', '_', name)}"[:96]
         self.path = os.path.join(self.root, "instances", self.name)
         self.events, self.missing = [], []
         self._fd = None
@@ -106,8 +163,11 @@ class Instance:
         try:
             os.mkdir(self.path)
         except FileExistsError:
-            remove_instance(self.path)              # our own pid: a previous runner in this process
-            os.mkdir(self.path)
+            try:
+                remove_instance(self.path)          # ours: a previous runner in this process
+                os.mkdir(self.path)
+            except OSError as exc:
+                raise ProbeError(f"cannot create tracefs instance {self.path}: {exc.strerror}") from None
         except OSError as exc:
             raise ProbeError(f"cannot create tracefs instance {self.path}: {exc.strerror}") from None
         try:
