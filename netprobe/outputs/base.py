@@ -44,6 +44,7 @@ class SinkRunner:
         self.name = sink.name
         self.dropped = 0          # records refused because the queue was full
         self.failed = 0           # records the sink raised on
+        self.last_error = ""      # the latest failure, "what: error" (reported with the failed count)
         self._reported_errors = set()
         self._q = queue.Queue(maxsize)
         self._thread = threading.Thread(target=self._loop, name=f"sink-{self.name}", daemon=True)
@@ -89,8 +90,9 @@ class SinkRunner:
             fn(*args)
             return True
         except Exception as exc:  # a broken sink must not stop the others
+            self.last_error = f"{what}: {exc}"
             key = (what, type(exc).__name__, str(exc))
-            if key not in self._reported_errors:
+            if key not in self._reported_errors and len(self._reported_errors) < 100:
                 self._reported_errors.add(key)
                 log.error("sink %s: %s failed: %s", self.name, what, exc)
             return False

@@ -132,13 +132,23 @@ class Supervisor:
             s.submit(record)
 
     def _report_drops(self):
+        """Records a sink lost since the last report, told to the other sinks: DROPS for a full
+        queue (too slow), ERROR for writes that failed (a read-only or full disk, a dead server)."""
         for s in self.sinks:
-            total = s.dropped
-            if total > self._drops_seen.get(s, 0):
-                new = total - self._drops_seen.get(s, 0)
-                self._drops_seen[s] = total
-                log.warning("sink %s is too slow: dropped %d records (%d in all)", s.name, new, total)
-                rec = Record(DROPS, "daemon", s.name, {"sink": s.name, "dropped": new, "dropped_total": total})
+            dropped, failed = s.dropped, s.failed
+            seen_dropped, seen_failed = self._drops_seen.get(s, (0, 0))
+            self._drops_seen[s] = (dropped, failed)
+            recs = []
+            if dropped > seen_dropped:
+                new = dropped - seen_dropped
+                log.warning("sink %s is too slow: dropped %d records (%d in all)", s.name, new, dropped)
+                recs.append(Record(DROPS, "daemon", s.name, {"sink": s.name, "dropped": new,
+                                                             "dropped_total": dropped}))
+            if failed > seen_failed:
+                recs.append(Record(ERROR, "daemon", s.name, {
+                    "sink": s.name, "error": f"{failed - seen_failed} records not written: {s.last_error}",
+                    "failed": failed - seen_failed, "failed_total": failed}))
+            for rec in recs:
                 for other in self.sinks:
                     if other is not s:
                         other.submit(rec)
