@@ -340,7 +340,9 @@ class Supervisor:
         try:
             new = load_file(self.config.file)
         except ConfigError as exc:
-            log.error("reload failed, keeping the running config: %s", exc)
+            why = f"reload failed, keeping the running config: {exc}"
+            log.error("%s", why)
+            self.publish(Record(ERROR, "daemon", "reload", {"error": why}))
             self.notifier.notify("READY=1", "STATUS=reload failed; running the previous config")
             return False
         old_specs = {w.name: w.spec for w in self.workers.values()}

@@ -7,7 +7,8 @@ The supervisor feeds every worker's lines, starts and exits in here. This module
   CLEAR when results resume. It judges from the outside, by the clock, whatever the
   probe's own code believes.
 - **frozen**: the worker wrote no line, not even the heartbeat its process writes every
-  HEARTBEAT seconds, for as long as a stale interval would take: it is stopped
+  HEARTBEAT seconds, for as long as a stale interval would take (START_ALLOWANCE before
+  its first line): it is stopped
   (SIGSTOP), wedged or holding the interpreter, so the supervisor kills it and the
   restart path takes over.
 - **gaps**: a restart, a crash, a reload, a frozen worker or a stale stretch opens a gap at
@@ -21,6 +22,8 @@ time, like every record's ts).
 from dataclasses import dataclass, field
 
 HEARTBEAT = 1.0         # s between a worker's heartbeat lines
+START_ALLOWANCE = 30.0  # s a new worker may take to its first line (interpreter start-up and imports
+                        # on a loaded host took over 4 s): silence before it is not yet frozen
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Liveness:
         self.periodic = periodic
         self.base = None              # monotonic time the next interval is counted from
         self.last_beat = None
+        self.spoke = False            # the current worker has written a line
         self.last_result_wall = None
         self.started_wall = None
         self.stale_since = None       # monotonic, while stale
@@ -66,11 +70,13 @@ class Liveness:
         """A worker (re)started: its first interval is due after the start allowance."""
         self.base = now + self.grace
         self.last_beat = now
+        self.spoke = False
         self.started_wall = wall
 
     def beat(self, now):
         """Any line from the worker shows its process runs."""
         self.last_beat = now
+        self.spoke = True
 
     def lost(self, wall, reason, explicit=True):
         """Measurement stopped (exit, kill, reload, stale): open a gap or add the reason."""
@@ -108,7 +114,7 @@ class Liveness:
         """The verdict at `now` for a worker that is `running` (has a live process)."""
         if not running or self.base is None:
             return Verdict()
-        frozen = now - self.last_beat > self.hang
+        frozen = now - self.last_beat > (self.hang if self.spoke else max(self.hang, START_ALLOWANCE))
         if not self.periodic:
             return Verdict(frozen=frozen, age=now - self.last_beat)
         age = now - self.base

@@ -128,6 +128,9 @@ def test_sighup_with_broken_file_keeps_running_and_good_reload_applies(tmp_path,
     assert re.search(r'reload failed, keeping the running config: .*n\.toml: probe\[0\]\.interval: '
                      r'"soon" is not a duration', stderr), stderr
     assert "reloaded" in stderr and "name=renamed" in stdout
+    # the sinks hear of it too, not only stderr: an ERROR record naming the bad setting
+    assert re.search(r'ERROR probe=daemon name=reload error="reload failed, keeping the running config: .*'
+                     r'probe\[0\]\.interval', stdout), stdout
 
 
 def test_sighup_unchanged_probe_keeps_its_worker(tmp_path, procs):

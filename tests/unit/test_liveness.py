@@ -55,6 +55,7 @@ def test_a_late_interval_that_covers_its_time_is_not_a_gap():
 
 def test_frozen_needs_silence_not_just_a_missing_interval():
     lv = started(interval=1.0, grace=1.0)           # allowed 2, hang max(2, 3) = 3
+    lv.beat(0.5)
     lv.result(1.5, WALL0 + 1.5)
     lv.beat(3.0)
     v = lv.check(3.6, WALL0 + 3.6, True)
@@ -86,6 +87,17 @@ def test_non_periodic_kinds_are_never_stale_but_can_be_frozen():
     lv = started(interval=1.0, grace=1.0, periodic=False)
     v = lv.check(100.0, WALL0 + 100.0, True)
     assert not v.stale and v.frozen
+
+
+def test_a_slow_start_is_not_frozen_until_the_start_allowance():
+    """Before its first line a worker gets START_ALLOWANCE (30 s): interpreter start-up and
+    imports on a loaded host; after it, the usual 3 s here."""
+    lv = started(interval=1.0, grace=1.0)
+    assert not lv.check(29.9, WALL0 + 29.9, True).frozen
+    assert lv.check(30.1, WALL0 + 30.1, True).frozen
+    lv = started(interval=1.0, grace=1.0)
+    lv.beat(0.1)
+    assert lv.check(3.2, WALL0 + 3.2, True).frozen
 
 
 def test_a_stopped_worker_is_not_judged():
