@@ -30,6 +30,7 @@ import numpy as np
 
 from netprobe.errors import load_extension
 from netprobe.probes.oneway.config import parse_ports
+from netprobe.probes.oneway.responder import RCVBUF, SO_RCVBUFFORCE
 
 EXIT_USAGE = 2
 MAXBUF = 2000
@@ -45,7 +46,7 @@ SERVER_USAGE = ("Usage: udping_server -l <local hostname> -p <port number> -k <k
                 "-s: statsd host:port (default port 8125)\n-t: statsd host:port, tagged metrics (default port 8125)\n"
                 "-m: metric name prefix for -t (default udping)\n-v: verbose\n-q: quiet\n"
                 "--allow: count only packets from these IPv4 prefixes (default: any)\n"
-                "--max-sessions: sessions kept, least recently used ended first (default 50000)\n"
+                "--max-sessions: sessions kept, least recently used ended first (default 16384)\n"
                 "--max-series: statsd series created, the rest summed into _overflow (default 20000)\n"
                 "--no-dns: name peers by address, without reverse DNS\n")
 SERVER_LONG = ("allow=", "max-sessions=", "max-series=", "no-dns")
@@ -228,7 +229,7 @@ def name_of(text):
 
 SEEN_WINDOW = 16384         # sequence numbers below a session's highest whose duplicates are found (as v2)
 _WINDOW_MASK = (1 << SEEN_WINDOW) - 1
-MAX_SESSIONS = 50_000       # sessions kept; a new one beyond ends the least recently used
+MAX_SESSIONS = 16384        # sessions kept (<= 3 KB each with a full window); beyond, the LRU one ends
 MAX_SERIES = 20_000         # statsd series (name prefixes) created; the rest summed into OVERFLOW
 SERIES_IDLE_S = 3600        # a series unused this long gives its place to a new one
 OVERFLOW = "_overflow"      # from_host (and from_port) of the summed series
@@ -260,37 +261,29 @@ class Session:
     def guid(self):
         return guid_of(self.hi, self.lo)
 
-    def add(self, seqs, lat_ms, now):
-        """Count one batch of this session's packets (int64 sequence numbers in arrival order)."""
+    def add(self, seq, lat, now):
+        """Count one packet: its sequence number and latency (ms)."""
         self.last = now
-        top = -1 if self.max_seq is None else self.max_seq
-        before = np.maximum.accumulate(np.concatenate(([top], seqs)))[:-1]     # highest seen before each
-        live = np.flatnonzero(seqs > before - SEEN_WINDOW)
-        self.stale += len(seqs) - len(live)
-        uniq, first = np.unique(seqs[live], return_index=True)
-        dup = uniq <= top                                  # in the window: its bit says if it was seen
-        if dup.any():
-            seen = np.unpackbits(np.frombuffer(self.bits.to_bytes(SEEN_WINDOW // 8, "little"), np.uint8),
-                                 bitorder="little")
-            dup[dup] = seen[top - uniq[dup]].astype(bool)
-        fresh, keep = uniq[~dup], live[first[~dup]]
-        self.dups += len(live) - len(fresh)
-        if not len(fresh):
+        top = self.max_seq
+        if top is None or seq > top:
+            gap = SEEN_WINDOW if top is None else seq - top
+            self.bits = (self.bits << gap) & _WINDOW_MASK | 1 if gap < SEEN_WINDOW else 1
+            self.max_seq = seq
+        elif top - seq >= SEEN_WINDOW:
+            self.stale += 1
             return
-        lat = lat_ms[keep]
-        self.count += len(fresh)
-        self.sum += float(lat.sum())
-        self.sumsq += float((lat * lat).sum())
-        self.max = max(self.max, float(lat.max()))
-        self.min_seq = int(fresh[0]) if self.min_seq is None else min(self.min_seq, int(fresh[0]))
-        if fresh[-1] > top:
-            shift = int(fresh[-1]) - top
-            self.bits = (self.bits << shift) & _WINDOW_MASK if shift < SEEN_WINDOW else 0
-            top = self.max_seq = int(fresh[-1])
-        offs = top - fresh[fresh > top - SEEN_WINDOW]
-        mark = np.zeros(int(offs.max()) + 1, dtype=bool)
-        mark[offs] = True
-        self.bits |= int.from_bytes(np.packbits(mark, bitorder="little").tobytes(), "little")
+        elif self.bits >> (top - seq) & 1:
+            self.dups += 1
+            return
+        else:
+            self.bits |= 1 << (top - seq)
+        self.count += 1
+        if self.min_seq is None or seq < self.min_seq:
+            self.min_seq = seq
+        self.sum += lat
+        self.sumsq += lat * lat
+        if lat > self.max:
+            self.max = lat
 
     def target(self):
         """Sequence numbers the client sent in this GUID: min..max, extended to the successor's
@@ -321,29 +314,21 @@ class Sessions:
     def add_rows(self, rows, now):
         """Count a batch of rows; returns the sessions ended to make room for new ones."""
         ended = []
-        if not len(rows):
-            return ended
-        keys, first, inverse = np.unique(rows[:, 0:4], axis=0, return_index=True, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        order = np.argsort(inverse, kind="stable")
-        bounds = np.searchsorted(inverse[order], np.arange(len(keys) + 1))
-        for g in np.argsort(first, kind="stable"):     # in order of arrival: successors link oldest first
-            k = tuple(int(x) for x in keys[g])
-            idx = order[bounds[g]:bounds[g + 1]]
+        for ip, port, hi, lo, start_s, seq, sent_ns, rx_ns in rows.tolist():
+            k = (ip, port, hi, lo)
             s = self.by_key.get(k)
             if s is None:
                 if len(self.by_key) >= self.cap:
                     ended.append(self._drop(next(iter(self.by_key.values()))))
                     self.evicted += 1
-                ip, port, hi, lo = k
-                s = self.by_key[k] = Session(ip, port, hi, lo, int(rows[idx[0], 4]))
+                s = self.by_key[k] = Session(ip, port, hi, lo, start_s)
                 prev = self.latest.get((ip, port))
-                if prev is not None and prev.start_s == s.start_s and (prev.hi, prev.lo) != (hi, lo):
+                if prev is not None and prev.start_s == start_s:
                     prev.successor = s
                 self.latest[(ip, port)] = s
             else:
                 self.by_key.move_to_end(k)
-            s.add(rows[idx, 5], (rows[idx, 7] - rows[idx, 6]) / 1e6, now)
+            s.add(seq, (rx_ns - sent_ns) / 1e6, now)
         return ended
 
     def _drop(self, s):
@@ -365,7 +350,7 @@ class Sessions:
 
 def literal_name(ip):
     """An address as UDPing names a peer without a PTR record: 192_0_2_1."""
-    return str(ipaddress.IPv4Address(ip)).replace(".", "_")
+    return socket.inet_ntoa(ip.to_bytes(4, "big")).replace(".", "_")
 
 
 class PeerNames:
@@ -395,15 +380,12 @@ class PeerNames:
         with self.lock:
             if ip in self.cache:
                 self.cache.move_to_end(ip)
-                return
-            if ip in self.pending:
-                return
-            try:
-                self.queue.put_nowait(ip)
-            except queue.Full:
-                self.dropped += 1
-                return
-            self.pending.add(ip)
+            elif ip not in self.pending:
+                if len(self.pending) >= self.queue.maxsize:
+                    self.dropped += 1
+                else:
+                    self.pending.add(ip)
+                    self.queue.put_nowait(ip)
 
     def __call__(self, ip):
         with self.lock:
@@ -455,10 +437,9 @@ def allowed(ips, ranges):
 
 def json_line(s, from_host, to_host, to_port):
     """UDPing's console line: every value a quoted string, ms with %lf."""
-    fields = [("from_host", from_host), ("from_port", str(s.port)), ("to_host", to_host), ("to_port", str(to_port)),
-              ("guid", s.guid), ("count", str(s.count)), ("targetCount", str(s.target())),
-              ("sum", f"{s.sum:f}"), ("sumOfSquares", f"{s.sumsq:f}"), ("max", f"{s.max:f}")]
-    return "{" + ",".join(f"{json.dumps(k)}:{json.dumps(v)}" for k, v in fields) + "}"
+    return (f'{{"from_host":{json.dumps(from_host)},"from_port":"{s.port}","to_host":{json.dumps(to_host)},'
+            f'"to_port":"{to_port}","guid":"{s.guid}","count":"{s.count}","targetCount":"{s.target()}",'
+            f'"sum":"{s.sum:f}","sumOfSquares":"{s.sumsq:f}","max":"{s.max:f}"}}')
 
 
 def _num(x):
@@ -536,10 +517,9 @@ class Overflow:
         return self._target
 
 
-def bounded_statsd(done, names, series, now):
+def bounded_statsd(done, name, series, now):
     """One sweep's statsd rows within the series cap: [(from_host, session)] and host_aggregates
     rows; what has no series of its own is summed into one OVERFLOW row of each kind."""
-    name = {s.ip: names(s.ip) for s in done}.__getitem__     # one name per peer in this sweep
     rows, spilled = [], []
     for s in done:
         h = name(s.ip)
@@ -550,10 +530,13 @@ def bounded_statsd(done, names, series, now):
     if spilled:
         rows.append((OVERFLOW, Overflow(spilled)))
         series.overflow += len(spilled)
-    agg = host_aggregates(done, name)
-    kept = {a[0] for a in agg if series.admit((a[0],), now)}
-    rest = [s for s in done if name(s.ip) not in kept]
-    return rows, [a for a in agg if a[0] in kept] + host_aggregates(rest, lambda _: OVERFLOW)
+    agg, rest = [], []
+    for a in host_aggregates(done, name):
+        (agg if series.admit((a[0],), now) else rest).append(a)
+    if rest:
+        _, count, target, total, sumsq, mx = zip(*rest, strict=True)
+        agg.append((OVERFLOW, sum(count), sum(target), sum(total), sum(sumsq), max(mx)))
+    return rows, agg
 
 
 # -- entry points ----------------------------------------------------------------------------
@@ -574,6 +557,10 @@ def server_main(argv=None):
     udpio = load_extension("_udpio")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
+        try:                     # a deep buffer rides out the loop's absences (output, a stall) under a flood
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except PermissionError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         sock.bind((socket.gethostbyname(o["listen"]), o["port"]))
     except (OSError, OverflowError) as exc:
         return _fail(f"udping_server: Failed to create socket: {getattr(exc, 'strerror', None) or exc}\n")
@@ -625,13 +612,16 @@ def server_main(argv=None):
 
 
 def _emit(done, o, names, series, to_host, out, now):
-    lp = o["port"]
-    if not o["quiet"]:
-        for s in done:
-            print(json_line(s, names(s.ip), to_host, lp), flush=True)
-    if out is None or not done:
+    if not done:
         return
-    rows, agg = bounded_statsd(done, names, series, now)
+    lp = o["port"]
+    name = {s.ip: names(s.ip) for s in done}.__getitem__     # one name per peer in this output
+    if not o["quiet"]:
+        sys.stdout.write("".join(json_line(s, name(s.ip), to_host, lp) + "\n" for s in done))
+        sys.stdout.flush()
+    if out is None:
+        return
+    rows, agg = bounded_statsd(done, name, series, now)
     for h, s in rows:
         if o["statsd"]:
             _send(out, o["statsd"], statsd_lines(s, h, to_host, lp))
