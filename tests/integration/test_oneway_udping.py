@@ -116,3 +116,42 @@ def test_lab_client_raw_frames_through_r_are_counted_by_the_server(make_lab):
     assert len({x["guid"] for x in lines}) >= 8                    # new GUIDs at every wall-clock second
     assert all(x["count"] == x["targetCount"] for x in lines), [(x["count"], x["targetCount"]) for x in lines]
     assert sum(int(x["count"]) for x in lines) > 1000              # ~1,000 probes/s for 2.5 s
+
+
+def test_server_allow_list_session_cap_and_no_dns(tmp_path):
+    """--allow drops (and counts) packets from elsewhere; --max-sessions 1 ends the older
+    session when another begins, reported as if idle; --no-dns names peers by address."""
+    port = free_udp_port()
+    srv = subprocess.Popen(entry("server_main", "-l", "127.0.0.1", "-p", port, "-k", "30", "--allow", "127.0.0.1/32",
+                                 "--max-sessions", "1", "--no-dns"),
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    socks = []
+    try:
+        time.sleep(1.0)
+        for src in ("127.0.0.1", "127.0.0.1", "127.0.0.2"):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind((src, 0))
+            s.connect(("127.0.0.1", port))
+            socks.append(s)
+        a, b, outsider = socks
+        pa, pb = (str(s.getsockname()[1]) for s in (a, b))
+        guid = "abcdef0123456789abcd"
+        for s, seqs in ((a, range(0, 5)), (outsider, range(0, 7)), (b, range(0, 3)), (a, range(5, 9))):
+            for seq in seqs:
+                now = time.time_ns()
+                s.send(udpio.push_udping(start_s=1, guid=guid, seq=seq, sent_sec=now // 10**9, sent_nsec=now % 10**9))
+            time.sleep(0.05)
+        time.sleep(0.3)
+        srv.send_signal(signal.SIGTERM)
+        out, err = srv.communicate(timeout=10)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+        for s in socks:
+            s.close()
+    assert srv.returncode == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert [(x["from_host"], x["from_port"], x["count"], x["targetCount"]) for x in lines] == [
+        ("127_0_0_1", pa, "5", "5"), ("127_0_0_1", pb, "3", "3"), ("127_0_0_1", pa, "4", "4")]
+    summary = dict(x.split("=") for x in err.strip().splitlines()[-1].split()[1:])
+    assert (summary["datagrams"], summary["not_allowed"], summary["evicted"]) == ("19", "7", "2")

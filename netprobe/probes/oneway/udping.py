@@ -10,8 +10,18 @@ are random bytes, receive times come from the kernel. The statsd host-level
 aggregate that UDPing's README promised (and no version had) is sent too:
 `<peer>.<recvhost>.<listenport>.<metric>` per sweep, summed over the peer's ports.
 
+Anyone can send the server packets from any source, so its state is bounded: at
+most --max-sessions sessions (the least recently used is ended first, and
+reported as an idle one is), duplicates found in a window of SEEN_WINDOW
+sequence numbers as in the v2 receiver, peer names resolved by a rate-limited
+worker thread into a bounded cache (never in the receive loop; --no-dns: not at
+all), at most --max-series statsd series (the rest summed into `_overflow`), and
+an optional --allow list of prefixes. What was dropped is counted and printed
+to stderr at exit (and after every sweep with -v).
+
 The per-packet work is netprobe._udpio's: the client is UdpProbeSender in raw
-v1 mode, the server UdpingV1Receiver, which hands over rows in batches.
+v1 mode, the server UdpingV1Receiver, which hands over rows in batches; the
+session table counts them row by row (about 1.5 us a packet, 3 us a new source).
 """
 import fcntl
 import ipaddress
