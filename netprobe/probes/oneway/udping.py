@@ -420,9 +420,10 @@ class PeerNames:
                     self.cache.popitem(last=False)
 
     def close(self):
+        """Stop the worker; one stuck in a lookup is left behind (a daemon thread)."""
         self.stop.set()
         if self.thread is not None:
-            self.thread.join()
+            self.thread.join(timeout=1.0)
 
 
 def parse_allow(text):
