@@ -324,7 +324,8 @@ class Sessions:
     def add_rows(self, rows, now):
         """Count a batch of rows; returns the sessions ended to make room for new ones."""
         ended = []
-        for ip, port, hi, lo, start_s, seq, sent_ns, rx_ns in rows.tolist():
+        # by column: zip reuses its tuple, where rows.tolist() would make a list per row for the GC to track
+        for ip, port, hi, lo, start_s, seq, sent_ns, rx_ns in zip(*rows.T.tolist(), strict=True):
             k = (ip, port, hi, lo)
             s = self.by_key.get(k)
             if s is None:
