@@ -287,7 +287,7 @@ def test_reverse_dns_is_rate_limited():
         n = len(calls)
     finally:
         names.close()
-    assert 0.7 * 20 * elapsed <= n <= 2 + 20 * elapsed
+    assert 10 <= n <= 2 + 20 * elapsed                    # working, and never faster than 20 a second
     assert min(b - a for a, b in zip(calls, calls[1:], strict=False)) >= 0.045
 
 
