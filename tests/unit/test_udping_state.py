@@ -291,6 +291,21 @@ def test_reverse_dns_is_rate_limited():
     assert min(b - a for a, b in zip(calls, calls[1:], strict=False)) >= 0.045
 
 
+def not_ipv4(text):
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return True
+    return False
+
+
+@given(st.text(max_size=40).filter(not_ipv4))                # (an address would be looked up)
+def test_names_carry_nothing_that_could_break_a_statsd_line(text):
+    name = u.name_of(text)
+    assert len(name) == len(text) and all(c.isascii() and (c.isalnum() or c in "-_") for c in name)
+    assert name == text.replace(".", "_") or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in text)
+
+
 def test_without_dns_peers_are_named_by_address():
     names = u.PeerNames(resolve=None)
     names.want(0x7F000001)

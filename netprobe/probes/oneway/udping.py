@@ -28,6 +28,7 @@ import ipaddress
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import struct
@@ -61,6 +62,7 @@ SERVER_USAGE = ("Usage: udping_server -l <local hostname> -p <port number> -k <k
                 "--no-dns: name peers by address, without reverse DNS\n")
 SERVER_LONG = ("allow=", "max-sessions=", "max-series=", "no-dns")
 LIMIT_MAX = 10_000_000
+NAME_UNSAFE = re.compile(r"[^A-Za-z0-9-]")
 
 
 class UsageExit(Exception):
@@ -223,16 +225,18 @@ def _statsd_address(text):
 
 
 def name_of(text):
-    """UDPing's names: an IPv4 literal is reverse-resolved (else kept); dots become "_"."""
+    """UDPing's names: an IPv4 literal is reverse-resolved (else kept); dots become "_", and so
+    does anything else that is not a letter, digit or "-" (a PTR record is the peer's to write,
+    and the name goes into statsd lines)."""
     try:
         ipaddress.IPv4Address(text)
         try:
             text = socket.gethostbyaddr(text)[0]
-        except OSError:
+        except (OSError, UnicodeError):
             pass
     except ValueError:
         pass
-    return text.replace(".", "_")
+    return NAME_UNSAFE.sub("_", text)
 
 
 # -- server: sans-IO session accounting ------------------------------------------------------
