@@ -61,6 +61,11 @@ run: build
 test: test-deps build
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# udping_server under a longer spoofed flood than make test's (1,000,000 sources in 10 min; root)
+.PHONY: soak-udping
+soak-udping: test-deps build
+	UDPING_SPOOF_SOURCES=1000000 UDPING_SPOOF_SECONDS=600 $(PY) -m pytest tests/integration/test_udping_spoof.py $(PYTEST_ARGS)
+
 bench: bench-deps build
 	$(PY) -m bench $(BENCH_ARGS)
 

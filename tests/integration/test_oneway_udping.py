@@ -29,6 +29,34 @@ def free_udp_port():
         return s.getsockname()[1]
 
 
+def sender(src, port):
+    """A UDP socket from src to the server on 127.0.0.1:port."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((src, 0))
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def probe(s, guid, seq, start_s=None, length=0):
+    now = time.time_ns()
+    s.send(udpio.push_udping(start_s=now // 10**9 if start_s is None else start_s, guid=guid, seq=seq,
+                             sent_sec=now // 10**9, sent_nsec=now % 10**9, length=length))
+
+
+def finish(srv, socks):
+    """Let the last packets arrive, stop the server (killed if it hangs), close the senders;
+    the server's (stdout, stderr)."""
+    try:
+        time.sleep(0.3)
+        srv.send_signal(signal.SIGTERM)
+        return srv.communicate(timeout=10)
+    finally:
+        if srv.poll() is None:
+            srv.kill()
+        for s in socks:
+            s.close()
+
+
 def test_server_prints_udping_json_and_sends_statsd(tmp_path):
     statsd = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     tagged = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -40,30 +68,18 @@ def test_server_prints_udping_json_and_sends_statsd(tmp_path):
                                  "-s", f"127.0.0.1:{statsd.getsockname()[1]}",
                                  "-t", f"127.0.0.1:{tagged.getsockname()[1]}", "-m", "ping"),
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
     senders = []
-    try:
-        time.sleep(1.0)
-        for guid in ("aaaaaaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbbbbb"):
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            s.bind(("127.0.0.1", 0))
-            s.connect(("127.0.0.1", port))
-            senders.append((s, guid, s.getsockname()[1]))
-        for seq in range(40):
-            for s, guid, _ in senders:
-                if guid.startswith("b") and 10 <= seq < 30:
-                    continue                                     # 20 in a row lost on one port
-                now = time.time_ns()
-                s.send(udpio.push_udping(start_s=now // 10**9, guid=guid, seq=seq, sent_sec=now // 10**9,
-                                         sent_nsec=now % 10**9, length=100))
-        senders[0][0].send(b"\x01garbage")
-        time.sleep(0.3)
-        srv.send_signal(signal.SIGTERM)
-        out, err = srv.communicate(timeout=10)
-    finally:
-        if srv.poll() is None:
-            srv.kill()
-        for s, _, _ in senders:
-            s.close()
+    for guid in ("aaaaaaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbbbbb"):
+        s = sender("127.0.0.1", port)
+        senders.append((s, guid, s.getsockname()[1]))
+    for seq in range(40):
+        for s, guid, _ in senders:
+            if guid.startswith("b") and 10 <= seq < 30:
+                continue                                     # 20 in a row lost on one port
+            probe(s, guid, seq, length=100)
+    senders[0][0].send(b"\x01garbage")
+    out, err = finish(srv, [s for s, _, _ in senders])
     assert srv.returncode == 0, err
     lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
     by_guid = {x["guid"]: x for x in lines}
@@ -116,3 +132,26 @@ def test_lab_client_raw_frames_through_r_are_counted_by_the_server(make_lab):
     assert len({x["guid"] for x in lines}) >= 8                    # new GUIDs at every wall-clock second
     assert all(x["count"] == x["targetCount"] for x in lines), [(x["count"], x["targetCount"]) for x in lines]
     assert sum(int(x["count"]) for x in lines) > 1000              # ~1,000 probes/s for 2.5 s
+
+
+def test_server_allow_list_session_cap_and_no_dns(tmp_path):
+    """--allow drops (and counts) packets from elsewhere; --max-sessions 1 ends the older
+    session when another begins, reported as if idle; --no-dns names peers by address."""
+    port = free_udp_port()
+    srv = subprocess.Popen(entry("server_main", "-l", "127.0.0.1", "-p", port, "-k", "30", "--allow", "127.0.0.1/32",
+                                 "--max-sessions", "1", "--no-dns"),
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    a, b, outsider = (sender(src, port) for src in ("127.0.0.1", "127.0.0.1", "127.0.0.2"))
+    pa, pb = (str(s.getsockname()[1]) for s in (a, b))
+    for s, seqs in ((a, range(0, 5)), (outsider, range(0, 7)), (b, range(0, 3)), (a, range(5, 9))):
+        for seq in seqs:
+            probe(s, "abcdef0123456789abcd", seq, start_s=1)
+        time.sleep(0.05)
+    out, err = finish(srv, (a, b, outsider))
+    assert srv.returncode == 0, err
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert [(x["from_host"], x["from_port"], x["count"], x["targetCount"]) for x in lines] == [
+        ("127_0_0_1", pa, "5", "5"), ("127_0_0_1", pb, "3", "3"), ("127_0_0_1", pa, "4", "4")]
+    summary = dict(x.split("=") for x in err.strip().splitlines()[-1].split()[1:])
+    assert (summary["datagrams"], summary["not_allowed"], summary["evicted"]) == ("19", "7", "2")
