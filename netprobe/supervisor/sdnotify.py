@@ -8,7 +8,9 @@ class Notifier:
         self.address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
         self._sock = None
         if self.address:
-            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            # non-blocking: a receiver that stops reading must not stall the supervisor's loop
+            # (a full queue once hung the daemon in sendto); such a datagram is dropped
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
 
     def watchdog_interval(self):
         """Half of $WATCHDOG_USEC in seconds when the watchdog is for us, else None."""
@@ -30,4 +32,4 @@ class Notifier:
         try:
             self._sock.sendto("\n".join(lines).encode(), addr)
         except OSError:
-            pass   # systemd gone or socket not ours: nothing useful to do
+            pass   # systemd gone, not reading, or the socket not ours: nothing useful to do

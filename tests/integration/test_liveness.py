@@ -222,3 +222,20 @@ def test_liveness_settings_are_validated(tmp_path):
     out = subprocess.run([sys.executable, "-m", "netprobe", "check-config", str(bad)], capture_output=True,
                          text=True, cwd=ROOT)
     assert out.returncode == 2 and "daemon.stale_grace" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_notify_socket_nobody_reads_never_stalls_the_daemon(tmp_path, procs):  # noqa: F811
+    """systemd reads every datagram, but a NOTIFY_SOCKET whose reader stopped (a full queue:
+    net.unix.max_dgram_qlen, 10 by default) once blocked the supervisor in sendto: no more
+    liveness checks, no reload, no stop. Results and the stop must go on."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    addr = str(tmp_path / "notify.sock")
+    sock.bind(addr)                     # bound, never read
+    try:
+        p, recs = run(config(tmp_path / "n.toml", interval="0.5s"), procs,
+                      env={"NOTIFY_SOCKET": addr, "WATCHDOG_USEC": "20000"})
+        assert wait_for(lambda: len(recs.of("RESULT")) >= 8, timeout=30), "results stopped"
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=15) == 0
+    finally:
+        sock.close()
