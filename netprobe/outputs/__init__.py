@@ -51,12 +51,14 @@ class TypedSinkRunner(SinkRunner):
 def _registry():
     # Imported here, after SinkConfig exists: each sink module subclasses it.
     from netprobe.outputs.jsonfile import JsonFileConfig, JsonFileSink
+    from netprobe.outputs.prometheus import PrometheusConfig, PrometheusSink
     from netprobe.outputs.stdout import StdoutConfig, StdoutSink
     from netprobe.outputs.syslog import SyslogConfig, SyslogSink
     return {
         "stdout": (StdoutConfig, StdoutSink),
         "syslog": (SyslogConfig, SyslogSink),
         "jsonfile": (JsonFileConfig, JsonFileSink),
+        "prometheus": (PrometheusConfig, PrometheusSink),
     }
 
 
