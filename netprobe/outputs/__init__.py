@@ -50,6 +50,7 @@ class TypedSinkRunner(SinkRunner):
 
 def _registry():
     # Imported here, after SinkConfig exists: each sink module subclasses it.
+    from netprobe.outputs.alertmanager import AlertmanagerConfig, AlertmanagerSink
     from netprobe.outputs.jsonfile import JsonFileConfig, JsonFileSink
     from netprobe.outputs.prometheus import PrometheusConfig, PrometheusSink
     from netprobe.outputs.stdout import StdoutConfig, StdoutSink
@@ -59,6 +60,7 @@ def _registry():
         "syslog": (SyslogConfig, SyslogSink),
         "jsonfile": (JsonFileConfig, JsonFileSink),
         "prometheus": (PrometheusConfig, PrometheusSink),
+        "alertmanager": (AlertmanagerConfig, AlertmanagerSink),
     }
 
 

@@ -122,7 +122,7 @@ class Supervisor:
 
     def _report_drops(self):
         for s in self.sinks:
-            total = s.dropped
+            total = s.dropped + getattr(s.sink, "dropped", 0)     # a sink that delivers on its own threads
             if total > self._drops_seen.get(s, 0):
                 new = total - self._drops_seen.get(s, 0)
                 self._drops_seen[s] = total
