@@ -53,6 +53,7 @@ def _registry():
     from netprobe.outputs.alertmanager import AlertmanagerConfig, AlertmanagerSink
     from netprobe.outputs.jsonfile import JsonFileConfig, JsonFileSink
     from netprobe.outputs.prometheus import PrometheusConfig, PrometheusSink
+    from netprobe.outputs.statsd import StatsdConfig, StatsdSink
     from netprobe.outputs.stdout import StdoutConfig, StdoutSink
     from netprobe.outputs.syslog import SyslogConfig, SyslogSink
     return {
@@ -61,6 +62,7 @@ def _registry():
         "jsonfile": (JsonFileConfig, JsonFileSink),
         "prometheus": (PrometheusConfig, PrometheusSink),
         "alertmanager": (AlertmanagerConfig, AlertmanagerSink),
+        "statsd": (StatsdConfig, StatsdSink),
     }
 
 
