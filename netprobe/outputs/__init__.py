@@ -51,6 +51,7 @@ class TypedSinkRunner(SinkRunner):
 def _registry():
     # Imported here, after SinkConfig exists: each sink module subclasses it.
     from netprobe.outputs.alertmanager import AlertmanagerConfig, AlertmanagerSink
+    from netprobe.outputs.elasticsearch import ElasticsearchConfig, ElasticsearchSink
     from netprobe.outputs.jsonfile import JsonFileConfig, JsonFileSink
     from netprobe.outputs.prometheus import PrometheusConfig, PrometheusSink
     from netprobe.outputs.statsd import StatsdConfig, StatsdSink
@@ -63,6 +64,7 @@ def _registry():
         "prometheus": (PrometheusConfig, PrometheusSink),
         "alertmanager": (AlertmanagerConfig, AlertmanagerSink),
         "statsd": (StatsdConfig, StatsdSink),
+        "elasticsearch": (ElasticsearchConfig, ElasticsearchSink),
     }
 
 
