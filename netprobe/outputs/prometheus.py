@@ -31,6 +31,7 @@ from wsgiref.simple_server import WSGIRequestHandler
 
 from prometheus_client.core import CollectorRegistry, Metric
 from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
+from prometheus_client.utils import floatToGoString
 
 from netprobe import __version__
 from netprobe.config.schema import DURATION, STR, setting
@@ -46,7 +47,8 @@ SUM, TOTAL, SKIP = "sum", "total", "skip"
 # the metric (None: the field's own name). Fields not listed are gauges of the latest interval.
 SPEC = {
     ("host", None): {"ticks": (SUM, None), "overruns": (SUM, None), "missed": (SUM, None)},
-    ("throughput", None): {"retrans": (None, "window_retrans"), "retrans_total": (TOTAL, "retrans"),
+    ("throughput", None): {"rtt": (None, "rtt_mean"), "retrans": (None, "window_retrans"),
+                           "retrans_total": (TOTAL, "retrans"),
                            "timer_overruns": (TOTAL, None), "late_ticks": (TOTAL, None), "eagain": (TOTAL, None)},
     ("oneway", None): {f: (SUM, None) for f in (
         "sent", "received", "lost", "dup", "reordered", "delay_samples", "delay_from_kernel_tx", "late_arrivals",
@@ -133,13 +135,25 @@ def _number(v):
     return float(value) / DIVISOR.get(unit, 1.0), unit
 
 
+def _histogram(v):
+    """(bounds, cumulative counts, count, sum) of a histogram field ({"le", "n", "count", "sum"}), or None."""
+    if not isinstance(v, dict) or set(v) != {"le", "n", "count", "sum"}:
+        return None
+    le, n, count, total = v["le"], v["n"], v["count"], v["sum"]
+    if not (isinstance(le, list) and isinstance(n, list) and len(le) == len(n)
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (*le, *n, count, total))):
+        return None
+    return tuple(float(x) for x in le), [int(x) for x in n], int(count), float(total)
+
+
 class _Series:
     """The latest interval of one (kind, scope, labels) and its running counters."""
-    __slots__ = ("gauges", "counters", "end", "seen")
+    __slots__ = ("gauges", "counters", "hists", "end", "seen")
 
     def __init__(self):
         self.gauges = {}          # name -> value of the latest interval
         self.counters = {}        # name -> running total
+        self.hists = {}           # name -> [bounds, cumulative counts, count, sum] over the intervals
         self.end = 0.0            # the latest interval's end (the record's time)
         self.seen = 0.0           # monotonic time of the latest record
 
@@ -201,9 +215,13 @@ class RecordCollector:
             return                       # per-flow records: one label set per TCP connection
         if "port" in record.fields:
             scope = "port"
-        gauges, sums, totals = {}, {}, {}
+        gauges, sums, totals, hists = {}, {}, {}, {}
         for field, v in record.fields.items():
             if field in LABEL_FIELDS or field == "scope":
+                continue
+            hist = _histogram(v) if field.endswith("_hist") else None
+            if hist is not None:
+                hists[f"netprobe_{kind}_{field[:-5]}_seconds"] = hist
                 continue
             num = _number(v)
             if num is None:
@@ -219,6 +237,13 @@ class RecordCollector:
             for name, v in sums.items():
                 s.counters[name] = s.counters.get(name, 0.0) + v
             s.counters.update(totals)
+            for name, (le, n, count, total) in hists.items():
+                h = s.hists.get(name)
+                if h is None or h[0] != le:         # new, or its bounds were changed by a reload
+                    h = s.hists[name] = [le, [0] * len(le), 0, 0.0]
+                h[1] = [a + b for a, b in zip(h[1], n, strict=True)]
+                h[2] += count
+                h[3] += total
             s.end, s.seen = record.ts, self.clock()
 
     def collect(self):
@@ -244,6 +269,13 @@ class RecordCollector:
                     family(name, "gauge", f"latest {kind} interval's {name}").add_sample(name, lab, v)
                 for name, v in s.counters.items():
                     family(name, "counter", f"{kind} {name[:-6]} summed over intervals").add_sample(name, lab, v)
+                for name, (le, n, count, total) in s.hists.items():
+                    m = family(name, "histogram", f"{kind} {name[9:]} samples, over the intervals")
+                    for bound, c in zip(le, n, strict=True):
+                        m.add_sample(name + "_bucket", dict(lab, le=floatToGoString(bound)), c)
+                    m.add_sample(name + "_bucket", dict(lab, le="+Inf"), count)
+                    m.add_sample(name + "_count", lab, count)
+                    m.add_sample(name + "_sum", lab, total)
             for labels, v in self.breach.items():
                 family("netprobe_breach", "gauge", "1 while an SLA is in BREACH (after hysteresis), 0 after CLEAR"
                        ).add_sample("netprobe_breach", dict(labels), v)

@@ -56,6 +56,11 @@ EXPECTED = {
 }
 
 
+BUCKETS = ["100us", "1ms", "5ms", "20ms", "100ms"]
+HISTOGRAMS = {("throughput", "rtt_hist"): "netprobe_throughput_rtt_seconds",
+              ("oneway", "delay_hist"): "netprobe_oneway_delay_seconds"}
+
+
 def _config(lab):
     peer = f"{lab.b4}:{PEER_PORT}"
     return f"""
@@ -71,6 +76,8 @@ peer = "{peer}"
 rate = "30M"
 interval = "2s"
 window = "2s"
+breach_after = 1
+rtt_buckets = {json.dumps(BUCKETS)}
 
 [[probe]]
 kind = "oneway"
@@ -80,6 +87,7 @@ ecmp_width = 2
 gap = "2ms"
 interval = "2s"
 per_port = true
+delay_buckets = {json.dumps(BUCKETS)}
 
 [[probe]]
 kind = "flows"
@@ -190,6 +198,28 @@ def test_prometheus_values_equal_result_fields_for_each_kind(make_lab, tmp_path)
                     want = float(v) / div
                 assert _close(got, want), f"{name}{labels} at {t}: Prometheus {got!r}, RESULT {want!r}"
                 checked[kind, scope, field] = checked.get((kind, scope, field), 0) + 1
+        for (hkind, field), name in HISTOGRAMS.items():
+            if hkind != kind or scope is not None:
+                continue
+            for t, got_count in samples.get((name + "_count", labels), []):
+                upto = [r for r in rs if _unix(r) <= ends[t] + 0.0006]
+                hs = [r[field] for r in upto]
+                assert got_count == sum(h["count"] for h in hs)
+                total = 0.0
+                for h in hs:
+                    total += h["sum"]
+                assert _close(dict(samples[name + "_sum", labels])[t], total)
+                for i, le in enumerate(["0.0001", "0.001", "0.005", "0.02", "0.1"]):
+                    bucket = dict(samples[name + "_bucket", tuple(sorted(dict(labels, le=le).items()))])[t]
+                    assert bucket == sum(h["n"][i] for h in hs), (name, le)
+                assert dict(samples[name + "_bucket", tuple(sorted(dict(labels, le="+Inf").items()))])[t] == got_count
+                checked[kind, field] = checked.get((kind, field), 0) + 1
+    assert all(checked.get(k, 0) >= 2 for k in HISTOGRAMS), checked
+    breach = [r for r in recs if r["type"] == "BREACH" and r["probe"] == "throughput" and r["metric"] == "rate"]
+    assert breach, "the rate limit below the SLA gave no BREACH"
+    key = ("netprobe_breach", tuple(sorted({"probe": "tp", "kind": "throughput", "metric": "rate",
+                                            "dir": breach[0]["dir"], "peer": peers["tp"]}.items())))
+    assert samples[key][-1][1] == 1.0
     for (kind, scope), fields in EXPECTED.items():
         for field in fields:
             assert checked.get((kind, scope, field), 0) >= 2, f"{kind}/{scope}/{field}: too few scraped intervals"
