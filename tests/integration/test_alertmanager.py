@@ -23,6 +23,7 @@ import pytest
 from netprobe.config.schema import Where, build
 from netprobe.outputs.alertmanager import AlertmanagerConfig, AlertmanagerSink
 from netprobe.results import BREACH, CLEAR, event, percent, seconds
+from tests.integration.test_oneway import netprobe, wait_listening
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 AM = shutil.which("prometheus-alertmanager")
@@ -238,3 +239,140 @@ give_up = "1s"
     assert any(r["type"] == "BREACH" and r["metric"] == "timer_p99" for r in recs)
     drops = [r for r in recs if r["type"] == "DROPS" and r["sink"] == "am"]
     assert drops and sum(d["dropped"] for d in drops) == drops[-1]["dropped_total"] > 0
+
+
+POLLER = """
+import json, sys, time, urllib.request
+url, end = sys.argv[1], time.time() + float(sys.argv[2])
+last = None
+while time.time() < end:
+    try:
+        with urllib.request.urlopen(url + "/api/v2/alerts?active=true&silenced=false&inhibited=false", timeout=2) as r:
+            now = [a["labels"] for a in json.loads(r.read()) if a["status"]["state"] == "active"]
+    except OSError:
+        now = None                                  # down (restarting)
+    if now != last:
+        print(json.dumps({"t": time.time(), "alerts": now}), flush=True)
+        last = now
+    time.sleep(0.02)
+"""
+HOOK = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with open(sys.argv[2], "ab") as f:
+            f.write(body.replace(b"\\n", b" ") + b"\\n")
+        self.send_response(200)
+        self.end_headers()
+    def log_message(self, *a):
+        pass
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+
+
+def _lines_into(stream, out):
+    def read():
+        for line in stream:
+            out.append(line)
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.mark.lab
+@pytest.mark.slow
+def test_lab_loss_breach_is_an_alert_within_one_interval_and_resolves_on_clear(make_lab, tmp_path):
+    """A oneway probe (1 s intervals, breach_after = clear_after = 1) through R; 50 % loss injected
+    on R makes the BREACH, removing it the CLEAR. Alertmanager, its webhook receiver and a poller
+    of its API run in A beside the daemon; the poller stamps every change of the active alerts."""
+    assert AM, "prometheus-alertmanager missing: apt-get install -y prometheus-alertmanager"
+    lab = make_lab(offload="off")
+    py = sys.executable
+    serve = lab.popen("b", netprobe("serve", "--listen", f"{lab.b4}:7171", "--allow", "198.18.0.0/15",
+                                    "--duration", "90s"), cwd=ROOT)
+    wait_listening(lab.b4, 7171, lab=lab)
+    am_port, hook_port, hook_file = 19093, 19094, tmp_path / "hook.jsonl"
+    lab.popen("a", ["timeout", "90", py, "-c", HOOK, str(hook_port), str(hook_file)])
+    am_cfg = Alertmanager(tmp_path, hook_port).cfg
+
+    def start_am():
+        return lab.popen("a", ["timeout", "90", AM, f"--config.file={am_cfg}", f"--storage.path={tmp_path / 'am'}",
+                               f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="])
+    am = start_am()
+    cfg = tmp_path / "netprobe.toml"
+    cfg.write_text(f"""
+[[probe]]
+kind = "oneway"
+name = "ow"
+peer = "{lab.b4}:7171"
+ecmp_width = 2
+gap = "2ms"
+interval = "1s"
+breach_after = 1
+clear_after = 1
+max_loss_pct = 5.0
+
+[output.stdout]
+format = "json"
+
+[output.am]
+type = "alertmanager"
+urls = ["http://127.0.0.1:{am_port}"]
+resend = "1s"
+""")
+    poll = lab.popen("a", ["timeout", "80", py, "-c", POLLER, f"http://127.0.0.1:{am_port}", "75"])
+    changes, out = [], []
+    _lines_into(poll.stdout, changes)
+    daemon = lab.popen("a", netprobe("run", "-c", cfg, "--duration", "60s"), cwd=ROOT)
+    _lines_into(daemon.stdout, out)
+
+    def recs(kind):
+        return [json.loads(x) for x in list(out) if x.startswith("{") and json.loads(x)["type"] == kind]
+
+    def unix(r):
+        return datetime.datetime.fromisoformat(r["ts"].replace("Z", "+00:00")).timestamp()
+
+    def state_at(t):
+        """The active alerts the poller saw at wall time t (None: Alertmanager down)."""
+        seen = [json.loads(c) for c in list(changes)]
+        before = [c for c in seen if c["t"] <= t]
+        return before[-1]["alerts"] if before else None
+
+    try:
+        wait(lambda: len(recs("RESULT")) >= 2, 20, "no RESULT lines")
+        lab.set(loss_ab=50)
+        (breach,) = wait(lambda: recs("BREACH"), 10, "no BREACH line under 50 % loss")
+        assert breach["metric"] == "loss"
+        t_b = unix(breach)
+        wait(lambda: state_at(time.time() - 0.1), 10, "no active alert")
+        alerts = state_at(t_b + 1.0)                   # one interval after the BREACH line
+        assert alerts and alerts[0] == {"alertname": "NetprobeBreach", "probe": "ow", "kind": "oneway",
+                                        "metric": "loss", "peer": f"{lab.b4}:7171",
+                                        "host": socket.gethostname()}, alerts
+        t_stop = time.time()
+        am.terminate()
+        am.wait(timeout=10)
+
+        def since(t):
+            return [c for c in (json.loads(x) for x in list(changes)) if c["t"] > t]
+        wait(lambda: any(c["alerts"] is None for c in since(t_stop)), 10, "the poller did not see it down")
+        am = start_am()                                # it keeps alerts in memory only: netprobe re-posts
+        back = wait(lambda: [c for c in since(t_stop) if c["alerts"]], 15, "the alert did not come back")
+        assert back[0]["alerts"] == alerts
+        lab.clear()
+        (clear,) = wait(lambda: recs("CLEAR"), 10, "no CLEAR once the loss stopped")
+        t_c = unix(clear)
+        wait(lambda: state_at(time.time() - 0.1) == [], 10, "the alert did not resolve")
+        assert state_at(t_c + 1.0) == [], "not resolved within one interval of the CLEAR line"
+        notes = wait(lambda: [json.loads(x) for x in hook_file.read_text().splitlines()]
+                     if hook_file.exists() else [], 15, "the webhook got nothing")
+        wait(lambda: any(json.loads(x)["status"] == "resolved" for x in hook_file.read_text().splitlines()), 15,
+             "the webhook got no resolved notification")
+        assert notes[0]["status"] == "firing" and notes[0]["alerts"][0]["labels"]["metric"] == "loss"
+    finally:
+        daemon.terminate()
+        daemon.wait(timeout=30)
+        for p in (poll, am, serve):
+            p.terminate()
+            p.wait(timeout=10)
