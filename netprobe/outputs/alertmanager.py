@@ -17,8 +17,6 @@ import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 from netprobe.config.schema import DURATION, INT, STR_LIST, setting
@@ -135,6 +133,7 @@ class _Target:
         self.sink.dropped += len(late)
 
     def _post(self, alerts):
+        import urllib.request  # here: every worker imports this module's config
         body = json.dumps(alerts, separators=(",", ":")).encode()
         req = urllib.request.Request(self.url, data=body, method="POST",
                                      headers={"Content-Type": "application/json"})

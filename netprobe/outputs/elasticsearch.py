@@ -19,8 +19,6 @@ import json
 import logging
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 
 from netprobe.config.schema import DURATION, INT, STR, setting
@@ -54,6 +52,7 @@ def bulk_body(recs, index_prefix):
 
 def _request(url, body, timeout, auth=None):
     """POST an NDJSON body; the parsed answer. urllib errors pass through."""
+    import urllib.request  # here: every worker imports this module's config
     headers = {"Content-Type": "application/x-ndjson"}
     if auth:
         headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
@@ -65,6 +64,7 @@ def _request(url, body, timeout, auth=None):
 def post_bulk(url, recs, index_prefix, timeout=10.0):
     """One _bulk request of `recs` to the full endpoint `url`; NetprobeError on any failure
     (HTTP error, unreachable, not JSON, or an answer with errors=true)."""
+    import urllib.error
     try:
         answer = _request(url, bulk_body(recs, index_prefix).encode(), timeout)
     except urllib.error.HTTPError as exc:
@@ -207,6 +207,7 @@ class ElasticsearchSink(Sink):
 
     def _send(self, batch):
         """Post one batch; the items to try again (all of them if the request failed as a whole)."""
+        import urllib.error
         body = "".join(f"{a}\n{d}\n" for a, d, _ in batch).encode()
         try:
             answer = _request(self.endpoint, body, self.cfg.timeout, self.auth)

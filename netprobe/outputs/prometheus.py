@@ -23,15 +23,9 @@ import logging
 import math
 import re
 import socket
-import ssl
 import threading
 import time
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIRequestHandler
-
-from prometheus_client.core import CollectorRegistry, Metric
-from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
-from prometheus_client.utils import floatToGoString
 
 from netprobe import __version__
 from netprobe.config.schema import DURATION, STR, setting
@@ -247,6 +241,8 @@ class RecordCollector:
             s.end, s.seen = record.ts, self.clock()
 
     def collect(self):
+        from prometheus_client.core import Metric  # here: every worker imports this module's config
+        from prometheus_client.utils import floatToGoString
         now = self.clock()
         families = {}
 
@@ -294,13 +290,6 @@ class RecordCollector:
         return list(families.values())
 
 
-class _QuietHandler(WSGIRequestHandler):
-    timeout = 10.0            # a client that stalls (TLS handshake included) holds only its own thread
-
-    def log_message(self, *args):
-        pass
-
-
 def _guarded_app(app, user, password):
     """/metrics only; with a user, HTTP basic auth compared in constant time."""
     expected = base64.b64encode(f"{user}:{password}".encode()).decode() if user else None
@@ -324,10 +313,16 @@ class MetricsServer:
     """HTTP(S) listener serving one registry at /metrics from daemon threads."""
 
     def __init__(self, listen, registry, *, cert_file="", key_file="", user="", password=""):
+        import ssl
+        from wsgiref.simple_server import WSGIRequestHandler
+
+        from prometheus_client.exposition import ThreadingWSGIServer, make_wsgi_app
         host, port = parse_listen(listen)
         cls = type("Server", (ThreadingWSGIServer,), {
             "address_family": socket.AF_INET6 if ":" in host else socket.AF_INET, "daemon_threads": True})
-        self.server = cls((host, port), _QuietHandler)
+        # a client that stalls (TLS handshake included) holds only its own thread, for at most 10 s
+        handler = type("Handler", (WSGIRequestHandler,), {"timeout": 10.0, "log_message": lambda *a: None})
+        self.server = cls((host, port), handler)
         if cert_file:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(cert_file, key_file)
@@ -349,6 +344,7 @@ class MetricsServer:
 
 
 def registry_of(collector):
+    from prometheus_client.core import CollectorRegistry
     reg = CollectorRegistry(auto_describe=False)
     reg.register(collector)
     return reg

@@ -5,8 +5,6 @@ A daemon exports the same counters through [output.prometheus] from the sampler'
 RESULT records; this listener serves the worker's running totals under the same
 names (netprobe_flows_*, label probe=<probe name>), through the same HTTP code.
 """
-from prometheus_client.core import Metric
-
 from netprobe.errors import ProbeError
 from netprobe.outputs.prometheus import MetricsServer as _HttpServer
 from netprobe.outputs.prometheus import parse_listen, registry_of
@@ -40,6 +38,7 @@ class _Collector:
         self.name, self.snapshot = name, snapshot
 
     def collect(self):
+        from prometheus_client.core import Metric  # only a probe with http_listen needs it
         values = self.snapshot()
         out = []
         for key, (kind, doc) in METRICS.items():
