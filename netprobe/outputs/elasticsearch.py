@@ -25,6 +25,7 @@ from netprobe.config.schema import DURATION, INT, STR, setting
 from netprobe.errors import NetprobeError
 from netprobe.outputs import SinkConfig
 from netprobe.outputs.base import Sink
+from netprobe.outputs.httpauth import check_pair, read_password
 from netprobe.units import show
 
 log = logging.getLogger("netprobe.outputs")
@@ -123,9 +124,7 @@ class ElasticsearchConfig(SinkConfig):
                 or set(self.index) & _INDEX_BAD:
             raise where.error("index", f"{show(self.index)} is not an index name (lowercase, not starting "
                                        'with - _ +, none of \\ / * ? " < > | , # : or space)')
-        if bool(self.basic_auth_user) != bool(self.basic_auth_password_file):
-            raise where.error("basic_auth_password_file" if self.basic_auth_user else "basic_auth_user",
-                              "basic_auth_user and basic_auth_password_file go together (set both or neither)")
+        check_pair(self, where, "basic_auth_user", "basic_auth_password_file")
 
 
 class ElasticsearchSink(Sink):
@@ -143,12 +142,8 @@ class ElasticsearchSink(Sink):
         self._logged = set()
 
     def start(self, run_info):
-        if self.cfg.basic_auth_password_file:
-            try:
-                with open(self.cfg.basic_auth_password_file, encoding="utf-8") as fh:
-                    self.auth = f"{self.cfg.basic_auth_user}:{fh.readline().rstrip(chr(13) + chr(10))}"
-            except OSError as exc:
-                raise OSError(f"{self.name}: cannot read basic_auth_password_file: {exc.strerror or exc}") from None
+        if self.cfg.basic_auth_user:
+            self.auth = f"{self.cfg.basic_auth_user}:{read_password(self.cfg.basic_auth_password_file, self.name)}"
         self.thread.start()
 
     def write(self, record):

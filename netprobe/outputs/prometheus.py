@@ -31,6 +31,7 @@ from netprobe import __version__
 from netprobe.config.schema import DURATION, STR, setting
 from netprobe.outputs import SinkConfig
 from netprobe.outputs.base import Sink
+from netprobe.outputs.httpauth import check_pair, read_password
 from netprobe.results import BREACH, CLEAR, DROPS, ERROR, RESULT, Quantity
 
 log = logging.getLogger("netprobe.outputs")
@@ -95,12 +96,8 @@ class PrometheusConfig(SinkConfig):
             parse_listen(self.listen)
         except ValueError as exc:
             raise where.error("listen", str(exc)) from None
-        if bool(self.tls_cert_file) != bool(self.tls_key_file):
-            raise where.error("tls_key_file" if self.tls_cert_file else "tls_cert_file",
-                              "tls_cert_file and tls_key_file go together (set both or neither)")
-        if bool(self.basic_auth_user) != bool(self.basic_auth_password_file):
-            raise where.error("basic_auth_password_file" if self.basic_auth_user else "basic_auth_user",
-                              "basic_auth_user and basic_auth_password_file go together (set both or neither)")
+        check_pair(self, where, "tls_cert_file", "tls_key_file")
+        check_pair(self, where, "basic_auth_user", "basic_auth_password_file")
 
 
 def metric_name(kind, scope, field, unit):
@@ -363,13 +360,7 @@ class PrometheusSink(Sink):
 
     def start(self, run_info):
         self.collector.set_run_info(run_info)
-        password = ""
-        if self.cfg.basic_auth_password_file:
-            try:
-                with open(self.cfg.basic_auth_password_file, encoding="utf-8") as fh:
-                    password = fh.readline().rstrip("\r\n")
-            except OSError as exc:
-                raise OSError(f"{self.name}: cannot read basic_auth_password_file: {exc.strerror or exc}") from None
+        password = read_password(self.cfg.basic_auth_password_file, self.name) if self.cfg.basic_auth_user else ""
         deadline = time.monotonic() + self.BIND_WAIT
         while True:
             try:
