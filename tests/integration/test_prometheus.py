@@ -301,3 +301,45 @@ def test_config_errors_name_the_key(tmp_path, table, message):
     with pytest.raises(ConfigError) as exc:
         _sink(tmp_path, **table)
     assert message in str(exc.value)
+
+
+def test_reload_with_a_changed_output_table_keeps_the_listener(tmp_path):
+    """A SIGHUP that changes [output.prometheus] starts the new sink while the old one still
+    holds the port: the new one waits for it, and the scrapes go on."""
+    import signal
+    import threading
+    import urllib.request
+    port = _free_port()
+    cfg = tmp_path / "n.toml"
+    text = (f'[[probe]]\nkind = "host"\nname = "self"\ninterval = "500ms"\n\n[output.prometheus]\n'
+            f'listen = "127.0.0.1:{port}"\nexpire = "10m"\n')
+    cfg.write_text(text)
+    p = subprocess.Popen([PY, "-m", "netprobe", "run", "-c", str(cfg), "--duration", "30s"], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = []
+    threading.Thread(target=lambda: err.extend(p.stderr), daemon=True).start()
+
+    def scrape():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            return ""
+
+    def until(pred, timeout):
+        end = time.monotonic() + timeout
+        while not pred() and time.monotonic() < end:
+            time.sleep(0.05)
+        return pred()
+    try:
+        assert until(lambda: "netprobe_host_ticks_total" in scrape(), 15)
+        cfg.write_text(text.replace('expire = "10m"', 'expire = "20m"'))
+        p.send_signal(signal.SIGHUP)
+        assert until(lambda: any("reloaded" in line for line in err), 15), err
+        # the old sink is closed once the reload logged: what answers now is the new one
+        assert until(lambda: "netprobe_host_ticks_total" in scrape(), 10)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=20)
+    assert p.returncode == 0
+    assert not any("cannot listen" in line or "Traceback" in line for line in err), err
