@@ -109,7 +109,8 @@ class _Target:
                     self.pending.clear()
                     return
                 if not self.pending or now < next_try:
-                    self.wake.wait(max(0.01, next_try - now) if self.pending else None)
+                    until = min(next_try, self.sink.closing_deadline) if self.sink.stopping else next_try
+                    self.wake.wait(max(0.01, until - now) if self.pending else None)
                     continue
                 batch = dict(self.pending)
                 self.wake.release()

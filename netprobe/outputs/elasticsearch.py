@@ -137,6 +137,7 @@ class ElasticsearchSink(Sink):
         self.queue = collections.deque()      # [action, document, attempts]
         self.cond = threading.Condition()
         self.stopping = False
+        self.deadline = 0.0            # set by close(): what is still queued then is dropped
         self.auth = None
         self.thread = threading.Thread(target=self._loop, name=f"sink-{name}-bulk", daemon=True)
         self._logged = set()
