@@ -343,3 +343,47 @@ def test_reload_with_a_changed_output_table_keeps_the_listener(tmp_path):
         p.wait(timeout=20)
     assert p.returncode == 0
     assert not any("cannot listen" in line or "Traceback" in line for line in err), err
+
+
+def test_both_formats_parse_with_histograms_counters_and_breach(tmp_path):
+    """The text format passes promtool; the OpenMetrics form parses with prometheus_client's
+    OpenMetrics parser, histogram and counter semantics included."""
+    import urllib.request
+
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    from netprobe.results import BREACH, RESULT, Record, event, percent, seconds
+    port = _free_port()
+    sink = _sink(tmp_path, listen=f"127.0.0.1:{port}")
+    sink.start({"host": {"hostname": "h", "kernel": "6.1", "clocksource": "tsc"}})
+    hist = {"le": [0.001, 0.01], "n": [3, 9], "count": 10, "sum": 0.05}
+    try:
+        for _ in range(2):
+            sink.write(Record(RESULT, "oneway", "ow", {"peer": "p:1", "sent": 10, "lost": 1, "loss": percent(10),
+                                                      "delay_p99": seconds(0.02), "delay_hist": hist}))
+        sink.write(event(BREACH, "oneway", "ow", metric="loss", value=percent(10), op="<=",
+                         threshold=percent(1), peer="p:1"))
+
+        def get(accept):
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/metrics", headers={"Accept": accept})
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.read().decode()
+        text = get("text/plain")
+        om = get("application/openmetrics-text; version=0.0.1")
+    finally:
+        sink.close()
+    lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    fams = {f.name: f for f in text_string_to_metric_families(om)}
+    h = fams["netprobe_oneway_delay_seconds"]
+    assert h.type == "histogram"
+    got = {(s.name, s.labels.get("le")): s.value for s in h.samples}
+    assert got[("netprobe_oneway_delay_seconds_bucket", "0.001")] == 6
+    assert got[("netprobe_oneway_delay_seconds_bucket", "0.01")] == 18
+    assert got[("netprobe_oneway_delay_seconds_bucket", "+Inf")] == 20
+    assert got[("netprobe_oneway_delay_seconds_count", None)] == 20
+    assert got[("netprobe_oneway_delay_seconds_sum", None)] == 0.1
+    assert fams["netprobe_oneway_lost"].type == "counter"
+    assert [s.value for s in fams["netprobe_oneway_lost"].samples if s.name.endswith("_total")] == [2]
+    (b,) = fams["netprobe_breach"].samples
+    assert b.value == 1 and b.labels == {"probe": "ow", "peer": "p:1", "kind": "oneway", "metric": "loss"}
