@@ -10,11 +10,12 @@ Names are netprobe_<kind>_<field>[_<unit>] in base units: a field in seconds
 ends in _seconds, bytes in _bytes, a rate in bit/s becomes _bytes_per_second
 (Prometheus' base unit is the byte), a percentage becomes a 0..1 _ratio. A
 field that counts events within its interval is a counter (_total) summed
-over the intervals this sink has seen; a field the
-probe already keeps as a running total is a counter as it is; everything
-else is a gauge of the latest interval. Per-flow records (flows scope=flow)
-are never exported: their label values are unbounded. docs/metrics.md lists
-the cardinality bound.
+over the intervals this sink has seen; a field the probe already keeps as a
+running total is a counter as it is; a `<name>_hist` field (a probe's delay
+or RTT buckets) is accumulated into the histogram
+netprobe_<kind>_<name>_seconds; everything else is a gauge of the latest
+interval. Per-flow records (flows scope=flow) are never exported: their label
+values are unbounded. docs/metrics.md lists the cardinality bound.
 """
 import base64
 import errno
