@@ -35,10 +35,17 @@ _INDEX_BAD = set('\\/*?"<>| ,#:')
 
 
 def bulk_lines(recs, index_prefix):
-    """(action line, document line) per record, without newlines."""
+    """(action line, document line) per record, without newlines.
+
+    An index maps each field to one type: a yes/no SLA's value and threshold (clock_sync=no)
+    become 0/1 like every other SLA's numbers, with the yes/no kept in <field>_text."""
     out = []
     for r in recs:
         doc = r.to_dict()
+        for key in ("value", "threshold"):
+            if isinstance(doc.get(key), bool):
+                doc[key + "_text"] = "yes" if doc[key] else "no"
+                doc[key] = float(doc[key])
         doc["@timestamp"] = int(round(r.ts * 1000))
         day = time.strftime("%Y.%m.%d", time.gmtime(r.ts))
         out.append((json.dumps({"index": {"_index": f"{index_prefix}-{day}"}}, separators=(",", ":")),

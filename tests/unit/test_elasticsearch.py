@@ -164,6 +164,17 @@ def test_partial_failures_and_429s_are_retried_and_mapping_errors_dropped(tmp_pa
             assert doc == {**r.to_dict(), "@timestamp": int(round(r.ts * 1000))}
 
 
+def test_a_yes_no_sla_is_a_number_like_the_others():
+    """One index holds every kind's BREACH lines: value must map to one type (a number)."""
+    from netprobe.outputs.elasticsearch import bulk_lines
+    from netprobe.results import BREACH, event
+    recs = [event(BREACH, "host", "self", metric="clock_sync", value=False, op="", threshold=True),
+            event(BREACH, "host", "self", metric="steal", value=percent(12.0), op="<=", threshold=percent(10))]
+    docs = [json.loads(d) for _, d in bulk_lines(recs, "np")]
+    assert [(d["value"], d["threshold"]) for d in docs] == [(0.0, 1.0), (12.0, 10.0)]
+    assert (docs[0]["value_text"], docs[0]["threshold_text"]) == ("no", "yes")
+
+
 def test_unreachable_endpoint_drops_the_oldest_beyond_pending_and_the_rest_at_close():
     with socket.socket() as s:                 # a port nobody listens on
         s.bind(("127.0.0.1", 0))
