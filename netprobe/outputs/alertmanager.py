@@ -59,6 +59,11 @@ class AlertmanagerConfig(SinkConfig):
                 raise where.error("types", f"{show(t)}: this sink takes only BREACH and CLEAR records")
 
 
+def _text(v):
+    """A field as the BREACH line prints it (yes/no, 812.4Mbit/s, 15s)."""
+    return ("yes" if v else "no") if isinstance(v, bool) else str(v)
+
+
 def alert_of(record, host):
     """(key, alert body without endsAt) of a BREACH/CLEAR record."""
     f = record.fields
@@ -68,11 +73,11 @@ def alert_of(record, host):
             labels[k] = str(f[k])
     if host:
         labels["host"] = host
-    annotations = {"value": str(f.get("value", ""))}
+    annotations = {"value": _text(f.get("value", ""))}
     if "threshold" in f:
-        annotations["sla"] = f.get("sla_op", "") + str(f["threshold"])
+        annotations["sla"] = f.get("sla_op", "") + _text(f["threshold"])
     if "window" in f:
-        annotations["window"] = str(f["window"])
+        annotations["window"] = _text(f["window"])
     if "detail" in f:
         annotations["detail"] = str(f["detail"])
     return tuple(sorted(labels.items())), {"labels": labels, "annotations": annotations}

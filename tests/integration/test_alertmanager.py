@@ -376,3 +376,12 @@ resend = "1s"
         for p in (poll, am, serve):
             p.terminate()
             p.wait(timeout=10)
+
+
+def test_annotations_read_like_the_breach_line():
+    from netprobe.outputs.alertmanager import alert_of
+    rec = event(BREACH, "host", "self", metric="clock_sync", value=False, op="", threshold=True,
+                window=seconds(5))
+    _, alert = alert_of(rec, "h")
+    assert alert["annotations"] == {"value": "no", "sla": "yes", "window": "5s"}
+    assert "value=no sla=yes window=5s" in rec.to_text()
