@@ -13,7 +13,8 @@ BENCH_ARGS  ?=
 # Debian packages: to build (BUILD_DEBS), for the tests' oracles and lab (TEST_DEBS), and the
 # benchmarks' peer tools (BENCH_DEBS).
 BUILD_DEBS := gcc python3-dev python3-venv
-TEST_DEBS  := adjtimex cython3 python3-setuptools python3-numpy libpcap0.8 iproute2 iptables ethtool iputils-ping procps irtt iperf3 rsyslog tshark tcptrace tcpdump
+TEST_DEBS  := adjtimex cython3 python3-setuptools python3-numpy libpcap0.8 iproute2 iptables ethtool iputils-ping procps irtt iperf3 rsyslog tshark tcptrace tcpdump \
+             prometheus prometheus-alertmanager
 BENCH_DEBS := sockperf
 
 .PHONY: all build-deps test-deps bench-deps venv build run test bench lint clean
@@ -33,7 +34,7 @@ bench-deps:
 $(VENV)/.deps: pyproject.toml | build-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q "Cython>=3.0" numpy scipy python-daemon pytest hypothesis scapy ruff
+	$(PIP) install -q "Cython>=3.0" numpy scipy python-daemon "prometheus-client==0.16.0" pytest hypothesis scapy ruff
 	touch $@
 
 venv: $(VENV)/.deps
@@ -76,7 +77,7 @@ lint: $(VENV)/.deps
 # the container image (podman, base made with mmdebstrap; no registry), and
 # their tests (chroot install/upgrade/purge, systemd-nspawn boot, podman run).
 PACKAGE_DEBS := debhelper dh-python pybuild-plugin-pyproject python3-all-dev python3-setuptools cython3 \
-                python3-numpy python3-scipy python3-daemon python3-pytest python3-hypothesis lintian fakeroot help2man \
+                python3-numpy python3-scipy python3-daemon python3-prometheus-client python3-pytest python3-hypothesis lintian fakeroot help2man \
                 build-essential mmdebstrap systemd-container rsyslog podman runc
 VERSION      := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' netprobe/__init__.py)
 DEB          := dist/netprobe_$(VERSION)_$(shell dpkg --print-architecture).deb

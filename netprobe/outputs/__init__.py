@@ -50,13 +50,21 @@ class TypedSinkRunner(SinkRunner):
 
 def _registry():
     # Imported here, after SinkConfig exists: each sink module subclasses it.
+    from netprobe.outputs.alertmanager import AlertmanagerConfig, AlertmanagerSink
+    from netprobe.outputs.elasticsearch import ElasticsearchConfig, ElasticsearchSink
     from netprobe.outputs.jsonfile import JsonFileConfig, JsonFileSink
+    from netprobe.outputs.prometheus import PrometheusConfig, PrometheusSink
+    from netprobe.outputs.statsd import StatsdConfig, StatsdSink
     from netprobe.outputs.stdout import StdoutConfig, StdoutSink
     from netprobe.outputs.syslog import SyslogConfig, SyslogSink
     return {
         "stdout": (StdoutConfig, StdoutSink),
         "syslog": (SyslogConfig, SyslogSink),
         "jsonfile": (JsonFileConfig, JsonFileSink),
+        "prometheus": (PrometheusConfig, PrometheusSink),
+        "alertmanager": (AlertmanagerConfig, AlertmanagerSink),
+        "statsd": (StatsdConfig, StatsdSink),
+        "elasticsearch": (ElasticsearchConfig, ElasticsearchSink),
     }
 
 

@@ -135,7 +135,8 @@ class Supervisor:
         """Records a sink lost since the last report, told to the other sinks: DROPS for a full
         queue (too slow), ERROR for writes that failed (a read-only or full disk, a dead server)."""
         for s in self.sinks:
-            dropped, failed = s.dropped, s.failed
+            # a sink that delivers on its own threads (Alertmanager, Elasticsearch) counts its own drops
+            dropped, failed = s.dropped + getattr(s.sink, "dropped", 0), s.failed
             seen_dropped, seen_failed = self._drops_seen.get(s, (0, 0))
             self._drops_seen[s] = (dropped, failed)
             recs = []

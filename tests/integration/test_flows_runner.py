@@ -223,7 +223,7 @@ def test_internal_metrics_endpoint():
         for line in page.splitlines():
             if not line.startswith("#"):
                 key, val = line.rsplit(" ", 1)
-                assert key.endswith('{name="t"}')
+                assert key.endswith('{probe="t"}')
                 out[key.split("{")[0]] = float(val)
         return out
     first, second = values(pages[0]), values(pages[1])

@@ -213,7 +213,8 @@ def test_factory_builds_named_sinks_of_each_type(tmp_path):
         ("stdout", "StdoutSink"), ("alerts", "SyslogSink"), ("syslog", "SyslogSink"), ("archive", "JsonFileSink")]
     assert runners[1].types == {"BREACH", "CLEAR"} and runners[1]._q.maxsize == 50
     assert runners[2].sink.cfg == SyslogConfig()          # defaults: /dev/log, daemon, all types
-    assert set(SINK_TYPES) == {"stdout", "syslog", "jsonfile"}
+    assert set(SINK_TYPES) == {"stdout", "syslog", "jsonfile", "prometheus", "alertmanager",
+                               "statsd", "elasticsearch"}
     cfgs = validate_outputs(tables, "netprobe.toml")
     assert cfgs["archive"] == JsonFileConfig(path=str(tmp_path / "r.json"))
     assert cfgs["archive"].rotate_size == 64 * 1024 * 1024 and cfgs["archive"].keep == 10
@@ -262,10 +263,12 @@ FACILITIES = ('"kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news"
     ({"stdout": {"queue": 5}},
      "netprobe.toml: output.stdout.queue: 5 is out of range (valid: 10 to 1000000)"),
     ({"alerts": {"type": "syslg"}},
-     ('netprobe.toml: output.alerts.type: "syslg" is not a sink type (valid: jsonfile, stdout, syslog); '
+     ('netprobe.toml: output.alerts.type: "syslg" is not a sink type '
+      '(valid: alertmanager, elasticsearch, jsonfile, prometheus, statsd, stdout, syslog); '
       'did you mean "syslog"?')),
     ({"alerts": {}},
-     ('netprobe.toml: output.alerts: "alerts" is not a sink type (valid: jsonfile, stdout, syslog); '
+     ('netprobe.toml: output.alerts: "alerts" is not a sink type '
+      '(valid: alertmanager, elasticsearch, jsonfile, prometheus, statsd, stdout, syslog); '
       'name the table after one or set type = "..." in it')),
     ({"stdout": "yes"},
      'netprobe.toml: output.stdout: "yes" is not a table'),

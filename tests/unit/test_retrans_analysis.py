@@ -1,6 +1,7 @@
 """Retransmit verdicts (netprobe.probes.retrans.analysis) on synthetic flow counters."""
 import json
 
+from netprobe.outputs.elasticsearch import bulk_body
 from netprobe.probes.retrans import analysis
 from netprobe.probes.retrans.pcapfile import Flow
 
@@ -64,7 +65,7 @@ def test_rate_is_over_wire_segments():
 
 def test_es_bulk_is_action_then_document():
     recs = analysis.records(analysis.group_directions(FLOWS), name="x", source="f", max_retrans_pct=1.5)
-    lines = analysis.es_bulk(recs).splitlines()
+    lines = bulk_body(recs, "netprobe-retrans").splitlines()
     assert len(lines) == 2 * len(recs)
     for action, doc in zip(lines[::2], lines[1::2], strict=True):
         assert json.loads(action) == {"index": {"_index": "netprobe-retrans-2027.01.15"}}

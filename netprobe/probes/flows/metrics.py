@@ -1,14 +1,13 @@
-"""The flows probe's internal metrics over HTTP (cgmon's -run-http-server): GET /metrics in the
-Prometheus text format (version 0.0.4), names netprobe_flows_*, label name="<probe name>".
+"""The flows probe's sampler counters on a listener of its own (`http_listen`, cgmon's
+-run-http-server), for a `netprobe probe flows` run that has no [output.prometheus].
 
-Served from a daemon thread of the probe's worker; a request reads a snapshot of the counters
-the sampling loop keeps, so it never blocks a dump.
+A daemon exports the same counters through [output.prometheus] from the sampler's
+RESULT records; this listener serves the worker's running totals under the same
+names (netprobe_flows_*, label probe=<probe name>), through the same HTTP code.
 """
-import http.server
-import socket
-import threading
-
 from netprobe.errors import ProbeError
+from netprobe.outputs.prometheus import MetricsServer as _HttpServer
+from netprobe.outputs.prometheus import parse_listen, registry_of
 
 # counter/gauge name -> (type, help)
 METRICS = {
@@ -31,66 +30,37 @@ METRICS = {
     "late_total": ("counter", "dump slots skipped because a dump or write ran late"),
 }
 
-
-def parse_listen(text):
-    """HOST:PORT or [V6]:PORT -> (host, port); ValueError with an example."""
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f'"{text}" is not HOST:PORT (example: 127.0.0.1:9465, [::1]:9465)')
-    return host, int(port)
+__all__ = ["METRICS", "MetricsServer", "parse_listen"]
 
 
-def exposition(name, values):
-    """The text body: one HELP, TYPE and sample line per metric."""
-    label = name.replace("\\", "\\\\").replace('"', '\\"')
-    lines = []
-    for key, (kind, doc) in METRICS.items():
-        full = f"netprobe_flows_{key}"
-        lines += [f"# HELP {full} {doc}", f"# TYPE {full} {kind}",
-                  f'{full}{{name="{label}"}} {float(values.get(key, 0)):.9g}']
-    return "\n".join(lines) + "\n"
+class _Collector:
+    def __init__(self, name, snapshot):
+        self.name, self.snapshot = name, snapshot
+
+    def collect(self):
+        from prometheus_client.core import Metric  # only a probe with http_listen needs it
+        values = self.snapshot()
+        out = []
+        for key, (kind, doc) in METRICS.items():
+            full = f"netprobe_flows_{key}"
+            m = Metric(full[:-6] if kind == "counter" else full, doc, kind)
+            m.add_sample(full, {"probe": self.name}, float(values.get(key, 0)))
+            out.append(m)
+        return out
 
 
 class MetricsServer:
-    """GET /metrics over HTTP from a daemon thread; `snapshot()` supplies the values."""
+    """GET /metrics over HTTP from daemon threads; `snapshot()` supplies the values."""
 
     def __init__(self, listen, name, snapshot):
-        host, port = parse_listen(listen)
-
-        def body_of():
-            return exposition(name, snapshot()).encode()
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                if self.path.split("?", 1)[0] != "/metrics":
-                    self.send_error(404, "only /metrics here")
-                    return
-                body = body_of()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args):
-                pass
-
-        cls = type("Server", (http.server.ThreadingHTTPServer,), {"daemon_threads": True})
-        if ":" in host:
-            cls.address_family = socket.AF_INET6
         try:
-            self.server = cls((host, port), Handler)
+            self._http = _HttpServer(listen, registry_of(_Collector(name, snapshot)))
         except OSError as exc:
             raise ProbeError(f"http_listen {listen}: {exc.strerror or exc}") from None
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.2},
-                                       daemon=True)
-        self.thread.start()
 
     @property
     def port(self):
-        return self.server.server_address[1]
+        return self._http.port
 
     def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._http.close()

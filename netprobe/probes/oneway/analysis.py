@@ -73,6 +73,14 @@ def percentiles(hist, sub, qs):
     return out
 
 
+def counts_le(hist, sub, bounds_ns):
+    """Samples <= each bound of a sparse histogram; a bin is counted under a bound only when it
+    ends at or below it, so a bin straddling a bound (< 0.6 % wide at sub 7) goes to the next."""
+    his = np.array([bin_range(b, sub)[1] for b, _ in hist], dtype=np.float64)
+    counts = np.array([c for _, c in hist], dtype=np.int64)
+    return [int(counts[his <= b].sum()) for b in bounds_ns]
+
+
 @dataclass(frozen=True)
 class PortLoss:
     port: int                  # port index in the session
@@ -169,7 +177,8 @@ def summarize(interval, sent=None):
         "delay_min": min((r["min"] for r in ports if r["n"]), default=None),
         "delay_max": max((r["max"] for r in ports if r["n"]), default=None),
         "delay_p50": p50, "delay_p90": p90, "delay_p99": p99, "delay_p999": p999,
-        "worst": worst, "ports": losses, "sources": sources,
+        "worst": worst, "ports": losses, "sources": sources, "hist": interval["hist"],
+        "delay_sum": sum(r["sum"] for r in ports),
     }
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from netprobe.config.schema import BOOL, CHOICE, DURATION, FLOAT, INT, SIZE, STR, STR_LIST, setting
 from netprobe.probes.base import ProbeConfig
+from netprobe.stats.buckets import parse_bounds
 
 HDR_LEN, TAG_LEN, MAX_LEN = 64, 32, 65507       # wire.pxd: header, HMAC tag, largest UDP payload
 MAX_PORTS = 5000                                 # UDPing's limit, and the receiver's per session
@@ -112,10 +113,16 @@ class Config(ProbeConfig):
     blackhole_pct: float = setting(FLOAT, 90.0, "BREACH metric=path_blackhole for a port losing at least "
                                    "this share while the other ports are clean (percent)", min=1.0, max=100.0)
     per_port: bool = setting(BOOL, False, "also print a RESULT line per source port each interval")
+    delay_buckets: tuple = setting(STR_LIST, [], "add the interval's one-way delay histogram (delay_hist=) with "
+                                   'these bucket bounds, e.g. ["1ms", "5ms", "20ms"] (default: none)')
     connect_timeout: float = setting(DURATION, 5.0, "TCP connect and handshake timeout (s)", min=0.1, max=120)
 
     def check(self, where):
         super().check(where)
+        try:
+            parse_bounds(self.delay_buckets)
+        except ValueError as exc:
+            raise where.error("delay_buckets", str(exc)) from None
         if self.ports != "auto":
             try:
                 parse_ports(self.ports, self.port_count)

@@ -28,6 +28,7 @@ from netprobe.probes.oneway.config import ports_for_ecmp
 from netprobe.probes.oneway.protocol import LineReader, send_line, session_key
 from netprobe.probes.oneway.responder import clock_state
 from netprobe.results import BREACH, CLEAR, Record, percent, seconds
+from netprobe.stats.buckets import hist_field, parse_bounds
 
 log = logging.getLogger("netprobe.probes.oneway")
 
@@ -327,6 +328,10 @@ class Runner(ProbeRunner):
         for k in ("delay_p50", "delay_p99", "delay_mean", "delay_min", "delay_max"):
             fields[k] = None if s[k] is None else seconds(s[k] / 1e9)
         fields["delay_samples"] = s["delay_n"]
+        if cfg.delay_buckets:
+            bounds = parse_bounds(cfg.delay_buckets)
+            le = analysis.counts_le(s["hist"], analysis.SESSION_SUB_BITS, [b * 1e9 for b in bounds])
+            fields["delay_hist"] = hist_field(bounds, le, s["delay_n"], s["delay_sum"] / 1e9)
         fields["delay_from_kernel_tx"] = s["delay_n_tx"]     # the rest: user-space send times
         fields["clock_synced"] = synced
         fields["delay_bound"] = None if bound is None else seconds(bound)

@@ -12,7 +12,6 @@ TcpRetransSegs whatever the offload settings. A group whose rate exceeds the thr
 names the direction and its worst flows.
 """
 import ipaddress
-import json
 import math
 import re
 import time
@@ -100,19 +99,6 @@ def records(groups, *, name, source, max_retrans_pct=None, min_data_pkts=100, no
                              threshold=percent(max_retrans_pct), ts=ts, dir=direction, source=source,
                              flows=named))
     return out
-
-
-def es_bulk(recs, index_prefix="netprobe-retrans"):
-    """NDJSON for Elasticsearch's _bulk API: an action line, then the document, per record.
-    The index is dated by the record's UTC day; @timestamp is epoch milliseconds."""
-    lines = []
-    for r in recs:
-        doc = r.to_dict()
-        doc["@timestamp"] = int(round(r.ts * 1000))
-        day = time.strftime("%Y.%m.%d", time.gmtime(r.ts))
-        lines.append(json.dumps({"index": {"_index": f"{index_prefix}-{day}"}}, separators=(",", ":")))
-        lines.append(json.dumps(doc, separators=(",", ":"), default=str))
-    return "".join(line + "\n" for line in lines)
 
 
 # ---- live mode: tcp tracepoint lines from the probe's tracefs instance

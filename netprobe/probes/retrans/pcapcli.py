@@ -18,11 +18,13 @@ import sys
 import threading
 
 from netprobe.errors import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, NetprobeError, UsageError
+from netprobe.outputs import elasticsearch
 from netprobe.probes.retrans import analysis, pcapfile
 from netprobe.results import ERROR, Record
 from netprobe.units import parse_duration
 
 SUFFIXES = (".pcap", ".pcapng", ".cap")
+ES_INDEX = "netprobe-retrans"          # documents go to netprobe-retrans-YYYY.MM.DD
 
 
 def add_arguments(p):
@@ -96,40 +98,17 @@ def file_records(path, args, follow=True):
     return recs
 
 
-def post_bulk(url, recs, timeout=10.0):
-    """POST the records as one Elasticsearch _bulk request; raises NetprobeError on failure
-    (HTTP error, unreachable, or a bulk response with errors=true)."""
-    import json
-    import urllib.error
-    import urllib.request
-    body = analysis.es_bulk(recs).encode()
-    req = urllib.request.Request(url, data=body, method="POST",
-                                 headers={"Content-Type": "application/x-ndjson"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            answer = resp.read()
-    except urllib.error.HTTPError as exc:
-        raise NetprobeError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError) as exc:
-        raise NetprobeError(f"{url}: {getattr(exc, 'reason', exc)}") from None
-    try:
-        if json.loads(answer).get("errors"):
-            raise NetprobeError(f"{url}: the bulk request was accepted with item errors")
-    except ValueError:
-        raise NetprobeError(f"{url}: the answer is not JSON") from None
-
-
 def emit(recs, args, out=None):
     """Print the records, then (with --es-url) post them; a failed post raises NetprobeError."""
     out = out or sys.stdout
     if args.ndjson:
-        out.write(analysis.es_bulk(recs))
+        out.write(elasticsearch.bulk_body(recs, ES_INDEX))
     else:
         for r in recs:
             out.write((r.to_json() if args.json else r.to_text()) + "\n")
     out.flush()
     if getattr(args, "es_url", None) and recs:
-        post_bulk(args.es_url, recs)
+        elasticsearch.post_bulk(args.es_url, recs, ES_INDEX)
 
 
 def run(args):

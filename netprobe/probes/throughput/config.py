@@ -7,8 +7,9 @@ their a->b value.
 import math
 from dataclasses import dataclass
 
-from netprobe.config.schema import BOOL, DURATION, FLOAT, RATE, STR, setting
+from netprobe.config.schema import BOOL, DURATION, FLOAT, RATE, STR, STR_LIST, setting
 from netprobe.probes.base import ProbeConfig
+from netprobe.stats.buckets import parse_bounds
 
 MAX_RATE = 10e9          # per direction: what the paced sender is built and tested for
 DEFAULT_PORT = 7171
@@ -47,9 +48,15 @@ class Config(ProbeConfig):
                               "(default: the host's)")
     pacing: bool = setting(BOOL, False, "also set SO_MAX_PACING_RATE to the rate (kernel pacing under ours)")
     connect_timeout: float = setting(DURATION, 5.0, "TCP connect and handshake timeout (s)", min=0.1, max=120)
+    rtt_buckets: tuple = setting(STR_LIST, [], "add a histogram of the RTT samples taken since the previous "
+                                 'interval (rtt_hist=) with these bucket bounds, e.g. ["1ms", "10ms"] (default: none)')
 
     def check(self, where):
         super().check(where)
+        try:
+            parse_bounds(self.rtt_buckets)
+        except ValueError as exc:
+            raise where.error("rtt_buckets", str(exc)) from None
         if self.window < 3 * self.sample_interval:
             raise where.error("window", "must hold at least 3 samples (window >= 3 x sample_interval)")
 

@@ -25,6 +25,7 @@ from netprobe.probes.base import ProbeRunner
 from netprobe.probes.throughput import analysis
 from netprobe.probes.throughput.samples import COL, NCOLS, SAMPLE_COLUMNS
 from netprobe.results import BREACH, CLEAR, Record, percent, rate, seconds
+from netprobe.stats.buckets import cumulative, hist_field, parse_bounds
 
 log = logging.getLogger("netprobe.probes.throughput")
 
@@ -215,6 +216,8 @@ class Runner(ProbeRunner):
         if tuple(self.pacer.SAMPLE_COLUMNS) != SAMPLE_COLUMNS:
             raise ProbeError("netprobe._pacer was built for another sample layout: rebuild it (make build)")
         self.windows = {d: analysis.SampleWindow.for_window(cfg.window, cfg.sample_interval) for d in DIRECTIONS}
+        self.rtt_bounds = parse_bounds(cfg.rtt_buckets)
+        self.new_rtts = {d: [] for d in DIRECTIONS}     # RTT samples (s) since the last interval, for rtt_hist
         self.ack_guard = analysis.AckPathGuard(cfg.window)
         self.active = [d for d in DIRECTIONS if d == "a->b" or cfg.down_rate]
         self.epoch = 0
@@ -285,6 +288,9 @@ class Runner(ProbeRunner):
             except queue.Empty:
                 return
             self.windows[direction].add(rows)
+            if self.rtt_bounds:
+                rtt_us = rows[:, COL["rtt_us"]]
+                self.new_rtts[direction].append(rtt_us[rtt_us > 0] / 1e6)
 
     def _interval(self, conn, judge=True):
         """RESULT per direction; SLA verdicts unless `judge` is False (the window cut short at
@@ -302,6 +308,11 @@ class Runner(ProbeRunner):
             fields = _result_fields(d, m, sla, self.cfg.window)
             if saturated_by:     # see AckPathGuard: delivery verdicts withheld this interval
                 fields["ack_path_saturated_by"] = saturated_by
+            if self.rtt_bounds:
+                rtts = np.concatenate(self.new_rtts[d]) if self.new_rtts[d] else np.empty(0)
+                self.new_rtts[d] = []
+                fields["rtt_hist"] = hist_field(self.rtt_bounds, cumulative(rtts, self.rtt_bounds), rtts.size,
+                                                rtts.sum())
             if len(rows):       # the sender's count since this connection opened (nstat-comparable)
                 fields["retrans_total"] = int(rows[-1, COL["total_retrans"]])
             if conn is not None:   # measure the measurer: how well each end's pacer kept its schedule
