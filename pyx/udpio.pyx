@@ -16,7 +16,7 @@
 
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
 from libc.math cimport log
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
@@ -55,8 +55,12 @@ cdef enum:
     TX_SCAN = TX_PEEK - WIRE_HDR_LEN   # where a probe header may start in that copy
     FU_MAX = 0x7fffffff     # largest follow-up, ns (2.1 s)
 
+cdef int64_t MAX_RUN_NS = 86_400_000_000_000   # longest run() call: a day (end and poll timeouts fit)
+cdef uint64_t SEND_NS_MAX = <uint64_t>1 << 63  # a send time must be a positive int64 (ns before 2262)
+
 cdef extern from *:
     int __builtin_clzll(unsigned long long x) nogil
+    bint __builtin_sub_overflow(int64_t a, int64_t b, int64_t *r) nogil
 
 # the layout the Python side (analysis.py, config.py) must agree with; tests compare them
 PORT_SUB_BITS = SUB_PORT
@@ -82,7 +86,7 @@ cdef inline int hist_bins(int sub) noexcept nogil:
 cdef inline int hist_index(int64_t d, int sub) noexcept nogil:
     """Signed log-linear bin of `d` ns: [0, bins) for d < 0, [bins, 2 bins) for d >= 0."""
     cdef int nb = hist_bins(sub), m, i
-    cdef uint64_t v = <uint64_t>(-d) if d < 0 else <uint64_t>d
+    cdef uint64_t v = 0 - <uint64_t>d if d < 0 else <uint64_t>d      # |INT64_MIN| without overflow
     if v < (<uint64_t>1 << sub):
         i = <int>v
     else:
@@ -96,7 +100,23 @@ cdef inline int hist_index(int64_t d, int sub) noexcept nogil:
 
 def hist_bin(int64_t delay_ns, int sub):
     """Test hook: the histogram bin of `delay_ns` with 2**sub sub-buckets per octave."""
+    if not 0 <= sub <= 16:
+        raise ValueError(f"sub must be 0 to 16 (got {sub})")
     return hist_index(delay_ns, sub)
+
+
+cdef inline int64_t sat_sub(int64_t a, int64_t b) noexcept nogil:
+    """a - b, saturated to the int64 range (peers choose b)."""
+    cdef int64_t r
+    if __builtin_sub_overflow(a, b, &r):
+        return INT64_MAX if b < 0 else INT64_MIN
+    return r
+
+
+cdef int check_run_ns(int64_t duration_ns) except -1:
+    if not 0 < duration_ns <= MAX_RUN_NS:
+        raise ValueError(f"duration must be 1 ns to 1 day in ns (got {duration_ns})")
+    return 0
 
 
 cdef inline uint64_t rng_next(uint64_t *s) noexcept nogil:
@@ -659,8 +679,7 @@ cdef class UdpProbeSender:
             cap = late_out.shape[0]
         if self.running:
             raise RuntimeError("run() is already running")
-        if duration_ns <= 0:
-            raise ValueError(f"duration must be > 0 ns (got {duration_ns})")
+        check_run_ns(duration_ns)
         self.running = True
         t0 = mono_ns()
         end = t0 + duration_ns
@@ -986,7 +1005,8 @@ cdef class UdpProbeReceiver:
             self.unauthenticated += 1
             self.malformed_by[r] += 1
             return
-        if h.port >= ss.nports or h.seq >= (<uint64_t>1 << 62) or h.index > h.seq:
+        if h.port >= ss.nports or h.seq >= (<uint64_t>1 << 62) or h.send_ns >= SEND_NS_MAX \
+                or (h.index > h.seq and not h.flags & FLAG_CONTROL):     # a control's index is its copy number
             ss.bad_port += 1
             self.malformed += 1
             return
@@ -1033,7 +1053,7 @@ cdef class UdpProbeReceiver:
             s.max_seq = seq
         self._settle(ss, ps, &h)
         ps.pend_seq = seq
-        ps.pend_delay = rx_ns - <int64_t>h.send_ns
+        ps.pend_delay = sat_sub(rx_ns, <int64_t>h.send_ns)
         ps.pend_interval = h.interval
 
     cdef void _settle(self, session_t *ss, port_t *ps, const probe_hdr *h) noexcept nogil:
@@ -1048,7 +1068,7 @@ cdef class UdpProbeReceiver:
 
     cdef void _release(self, session_t *ss, port_t *ps, int64_t follow_up, bint from_tx) noexcept nogil:
         """Account the port's waiting delay less `follow_up`; nothing waits after."""
-        self._account(ss, ps, ps.pend_interval, ps.pend_delay - follow_up, from_tx)
+        self._account(ss, ps, ps.pend_interval, sat_sub(ps.pend_delay, follow_up), from_tx)
         ps.pend_seq = -1
 
     cdef void _account(self, session_t *ss, port_t *ps, int64_t interval, int64_t d,
@@ -1093,6 +1113,7 @@ cdef class UdpProbeReceiver:
         cdef int64_t rx
         if self.fd < 0:
             raise ValueError("this receiver has no socket (feed() only)")
+        check_run_ns(duration_ns)
         if self.running:
             raise RuntimeError("run() is already running")
         self.running = True
@@ -1158,8 +1179,9 @@ cdef class UdpProbeReceiver:
         cdef int64_t i
         if ss == NULL:
             raise KeyError(f"no session {session:016x}")
-        if interval - ss.last_closed > MAX_CLOSE:
-            raise ValueError(f"cannot close {interval - ss.last_closed} intervals at once (at most {MAX_CLOSE})")
+        if interval > ss.last_closed + MAX_CLOSE:       # (interval - last_closed would overflow)
+            raise ValueError(f"cannot close through interval {interval}: {ss.last_closed} is the last closed "
+                             f"and one call closes at most {MAX_CLOSE}")
         for p in range(ss.nports):             # waiting delays of these intervals: no follow-up now
             if ss.ports[p].pend_seq >= 0 and ss.ports[p].pend_interval <= interval:
                 self._release(ss, &ss.ports[p], 0, False)
@@ -1330,6 +1352,8 @@ cdef class UdpingV1Receiver:
         cdef int64_t row[8]
         cdef sockaddr_in sa
         cdef const uint8_t[:] d = data
+        if not 0 <= port <= 0xffff:
+            raise ValueError(f"port must be 0 to 65535 (got {port})")
         sa.sin_family = 2
         sa.sin_port = ((port & 0xFF) << 8) | (port >> 8)
         sa.sin_addr.s_addr = ntohl(int(ipaddress.IPv4Address(ip)))
@@ -1348,6 +1372,7 @@ cdef class UdpingV1Receiver:
         cdef pollfd pfd
         if rows.shape[1] != 8:
             raise ValueError("rows must have 8 columns (V1_COLUMNS)")
+        check_run_ns(duration_ns)
         pfd.fd = self.fd
         pfd.events = POLLIN
         t0 = mono_ns()

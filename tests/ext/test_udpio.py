@@ -6,6 +6,8 @@ import random
 import socket
 import statistics
 import struct
+import subprocess
+import sys
 import time
 import zlib
 
@@ -670,3 +672,94 @@ def test_python_side_agrees_with_the_extension_layout():
         (udpio.HDR_LEN, udpio.TAG_LEN, udpio.MAX_LEN, udpio.MAX_SESSION_PORTS)
     assert (ref.F_CONTROL, ref.F_AUTH, ref.F_UNSYNC) == (udpio.F_CONTROL, udpio.F_AUTH, udpio.F_UNSYNC)
     assert ref.HDR_LEN == udpio.HDR_LEN and ref.TAG_LEN == udpio.TAG_LEN and udpio.V1_HDR == 72
+
+
+# -- guards on input-driven arithmetic -------------------------------------------------
+
+def _one_delay(send_ns, rx_ns, follow_up=None):
+    """Feed one data packet (and a follow-up carrier when asked) -> (port record, counters)."""
+    rx = udpio.UdpProbeReceiver()
+    rx.add_session(SID, 1)
+    base = {"flags": 0, "port": 0, "session": SID, "start_ns": T0, "send_ns": send_ns, "interval": 0,
+            "clock_err_us": 0, "count": 0, "seq": 0, "index": 0}
+    rx.feed(push(base), rx_ns)
+    if follow_up is not None:
+        rx.feed(push({**base, "flags": ref.F_TXTIME, "seq": 1, "index": 1, "send_ns": T0,
+                      "tx_follow_up": follow_up}), T0)
+    (c,) = rx.close_through(SID, 0)
+    return c["ports"][0], rx.session_counters(SID)
+
+
+def test_send_time_beyond_int64_is_dropped_not_wrapped_into_a_delay():
+    """A send time of 2**64 - 1 ns is 584 years after rx: the true delay (Python ints) is
+    hugely negative; the wrapped C subtraction made it +T0 ns. Such a packet is counted bad."""
+    assert T0 - (2**64 - 1) < -2**63                          # the oracle: no int64 holds this delay
+    rec, counters = _one_delay(2**64 - 1, T0)
+    assert (rec["received"], rec["n"], counters["bad_port"]) == (0, 0, 1)
+    rec, counters = _one_delay(2**63, T0)
+    assert (rec["received"], counters["bad_port"]) == (0, 1)
+
+
+def test_extreme_delays_saturate_instead_of_overflowing():
+    """rx_ns - send_ns and delay - follow-up near the int64 ends: min/max keep the true sign."""
+    rec, _ = _one_delay(2**63 - 1, -2**63)                    # true delay -2**64 + 1: below int64
+    assert (rec["n"], rec["min"], rec["hist"]) == (1, -2**63, [[ref.hist_index(-2**63, 3), 1]])
+    rec, _ = _one_delay(0, 2**63 - 1, follow_up=-2**31)       # delay 2**63 - 1 less -2**31: above int64
+    assert (rec["n"], rec["n_tx"], rec["max"]) == (2, 1, 2**63 - 1)
+
+
+def test_histogram_bin_of_int64_min_is_the_last_negative_bin():
+    nb = (36 - 3 + 1) << 3
+    assert udpio.hist_bin(-2**63, 3) == ref.hist_index(-2**63, 3) == nb - 1
+    with pytest.raises(ValueError):
+        udpio.hist_bin(5, 64)                                 # a shift by 64 is undefined in C
+
+
+def test_close_through_far_future_interval_is_refused_at_once():
+    """close_through(2**63 - 1) overflowed `interval - last_closed`, passed the bound and looped
+    for ever; run in a child so that a regression fails instead of hanging the suite."""
+    code = ("from netprobe.errors import load_extension\n"
+            "rx = load_extension('_udpio').UdpProbeReceiver(); rx.add_session(1, 1)\n"
+            "try:\n    rx.close_through(1, 2**63 - 1)\nexcept ValueError as e:\n    print('refused', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("refused") and "at most 1024" in out.stdout
+    rx = udpio.UdpProbeReceiver()
+    rx.add_session(SID, 1)
+    assert [c["interval"] for c in rx.close_through(SID, 1023)] == list(range(1024))
+
+
+@pytest.mark.parametrize("duration", [0, -1, 2**62, 2**63 - 1])
+def test_run_durations_outside_a_day_are_refused(duration):
+    """2**62 ns made `end` and the poll timeout overflow (a negative timeout waits for ever)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        with pytest.raises(ValueError, match="1 day"):
+            udpio.UdpProbeReceiver(s.fileno()).run(duration)
+        with pytest.raises(ValueError, match="1 day"):
+            udpio.UdpingV1Receiver(s.fileno()).run(np.empty((64, 8), dtype=np.int64), duration)
+        s.connect(s.getsockname())
+        with pytest.raises(ValueError, match="1 day"):
+            udpio.UdpProbeSender([s.fileno()], SID, T0, 1_000_000).run(duration)
+
+
+def test_v1_feed_refuses_a_port_beyond_16_bits():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        rx = udpio.UdpingV1Receiver(s.fileno())
+        data = udpio.push_udping(start_s=1, guid="ab", seq=1, sent_sec=1, sent_nsec=0)
+        assert rx.feed(data, T0, port=65535)[1] == 65535
+        with pytest.raises(ValueError):
+            rx.feed(data, T0, port=65536)                     # was written as port 0 silently
+
+
+def test_control_copies_of_a_port_that_has_sent_nothing_are_accepted():
+    """A control record's index is its copy number: copies 1 and 2 of a port whose next
+    sequence number is still 0 were refused as malformed (index > seq)."""
+    rx = udpio.UdpProbeReceiver()
+    rx.add_session(SID, 1)
+    base = {"flags": ref.F_CONTROL, "port": 0, "session": SID, "start_ns": T0, "send_ns": T0, "seq": 0,
+            "interval": 0, "clock_err_us": 0, "count": 0}
+    for copy in range(3):
+        rx.feed(push({**base, "index": copy}), T0)
+    assert (rx.counters["malformed"], rx.session_counters(SID)["controls"]) == (0, 3)
+    (c,) = rx.close_through(SID, 0)
+    assert (c["ports"][0]["ctl_count"], c["ports"][0]["ctl_next"]) == (0, 0)
