@@ -75,13 +75,13 @@ def ours_rate(duration, nports, gap_ns, tx_stamp=False):
     finally:
         for x in txs + [rxs]:
             x.close()
-    sent = got["sent"]
+    sent = got.sent
     stamps = ", kernel TX stamps" if tx_stamp else ""
     return {"section": "rate", "tool": f"netprobe udpio {1e6 / gap_ns:g}k offered, {nports} port(s){stamps}",
             "sent_pps": sent / duration,
             "recv_pps": s["received"] / duration, "tx_kpps_per_core": sent / cpu["tx"] / 1e3,
             "rx_kpps_per_core": s["received"] / cpu["rx"] / 1e3,
-            "loss_pct": 100.0 * s["lost"] / sent if sent else None, "send_errors": got["send_errors"]}
+            "loss_pct": 100.0 * s["lost"] / sent if sent else None, "send_errors": got.send_errors}
 
 
 def sockperf_rate(duration):
@@ -142,10 +142,10 @@ def ours_timer(duration, spin_ns):
     finally:
         for x in txs + [rxs]:
             x.close()
-    lat = np.abs(late[:got["late"]])
+    lat = np.abs(late[:got.late])
     mode = "sleep+spin 1ms" if spin_ns else "sleep only"
     return {"section": "timer", "tool": f"netprobe udpio 1ms fixed, {mode}", **_pcts(lat), "n": int(len(lat)),
-            "missed": got["missed"]}
+            "missed": got.missed}
 
 
 def ours_stamp_to_tx(duration):

@@ -27,7 +27,7 @@ from netprobe.probes.oneway import analysis
 from tests.reference import oneway as ref
 
 udpio = load_extension("_udpio")
-udping = load_extension("_udpio")
+udping = load_extension("_udping")
 
 SID, OTHER_SID = 0x5EED, 0xBAD5EED
 T0 = 1_700_000_000 * 10**9
@@ -320,7 +320,7 @@ class UdpingV1ReceiverMachine(RuleBasedStateMachine):
                 if rx.datagrams - before == n:
                     break
                 r = rx.run(self.rows, 1_000_000)
-                got += self.rows[:r["rows"]].tolist()
+                got += self.rows[:r.rows].tolist()
             t1 = time.time_ns()
             ip, port = self.link.ssock.getsockname()
             for g in got:

@@ -347,7 +347,7 @@ def server_main(argv=None):
     if o.get("help"):
         sys.stderr.write(SERVER_USAGE)
         return 0
-    udpio = load_extension("_udpio")
+    udpio = load_extension("_udping")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.bind((socket.gethostbyname(o["listen"]), o["port"]))
@@ -374,7 +374,7 @@ def server_main(argv=None):
     next_sweep = time.monotonic() + o["keepalive"]
     while True:
         got = rx.run(rows, 200_000_000)
-        batch = rows[:got["rows"]]
+        batch = rows[:got.rows]
         now = time.monotonic()
         if o["verbose"]:              # UDPing's per-packet debug line: guid:clientStartTime:seq - sec:nsec
             for r in batch:
