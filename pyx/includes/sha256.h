@@ -16,7 +16,7 @@ static const uint32_t np_sha256_k[64] = {
  0x19a4c116,0x1e376c08,0x2748774c,0x34b0bcb5,0x391c0cb3,0x4ed8aa4a,0x5b9cca4f,0x682e6ff3,
  0x748f82ee,0x78a5636f,0x84c87814,0x8cc70208,0x90befffa,0xa4506ceb,0xbef9a3f7,0xc67178f2};
 #define NP_ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
-static void np_sha256_block(np_sha256_t *s, const uint8_t *p) {
+static inline void np_sha256_block(np_sha256_t *s, const uint8_t *p) {
     uint32_t w[64], a, b, c, d, e, f, g, h, t1, t2; int i;
     for (i = 0; i < 16; i++)
         w[i] = (uint32_t)p[4*i] << 24 | (uint32_t)p[4*i+1] << 16 | (uint32_t)p[4*i+2] << 8 | p[4*i+3];
@@ -31,12 +31,12 @@ static void np_sha256_block(np_sha256_t *s, const uint8_t *p) {
     }
     s->h[0] += a; s->h[1] += b; s->h[2] += c; s->h[3] += d; s->h[4] += e; s->h[5] += f; s->h[6] += g; s->h[7] += h;
 }
-static void np_sha256_init(np_sha256_t *s) {
+static inline void np_sha256_init(np_sha256_t *s) {
     static const uint32_t iv[8] = {0x6a09e667,0xbb67ae85,0x3c6ef372,0xa54ff53a,
                                    0x510e527f,0x9b05688c,0x1f83d9ab,0x5be0cd19};
     memcpy(s->h, iv, sizeof iv); s->n = 0; s->used = 0;
 }
-static void np_sha256_update(np_sha256_t *s, const uint8_t *p, size_t len) {
+static inline void np_sha256_update(np_sha256_t *s, const uint8_t *p, size_t len) {
     s->n += len;
     if (s->used) {
         size_t take = 64 - s->used < len ? 64 - s->used : len;
@@ -47,7 +47,7 @@ static void np_sha256_update(np_sha256_t *s, const uint8_t *p, size_t len) {
     for (; len >= 64; p += 64, len -= 64) np_sha256_block(s, p);
     memcpy(s->buf, p, len); s->used = (uint32_t)len;
 }
-static void np_sha256_final(np_sha256_t *s, uint8_t out[32]) {
+static inline void np_sha256_final(np_sha256_t *s, uint8_t out[32]) {
     uint64_t bits = s->n * 8; int i;
     s->buf[s->used++] = 0x80;
     if (s->used > 56) { memset(s->buf + s->used, 0, 64 - s->used); np_sha256_block(s, s->buf); s->used = 0; }
@@ -60,7 +60,7 @@ static void np_sha256_final(np_sha256_t *s, uint8_t out[32]) {
     }
 }
 /* Key schedule once per key: the inner and outer states after the padded key block. */
-static void np_hmac_init(np_hmac_t *m, const uint8_t *key, size_t keylen) {
+static inline void np_hmac_init(np_hmac_t *m, const uint8_t *key, size_t keylen) {
     uint8_t k[64], pad[64]; int i;
     memset(k, 0, 64);
     if (keylen > 64) { np_sha256_t t; np_sha256_init(&t); np_sha256_update(&t, key, keylen); np_sha256_final(&t, k); }
@@ -70,13 +70,13 @@ static void np_hmac_init(np_hmac_t *m, const uint8_t *key, size_t keylen) {
     for (i = 0; i < 64; i++) pad[i] = k[i] ^ 0x5c;
     np_sha256_init(&m->outer); np_sha256_update(&m->outer, pad, 64);
 }
-static void np_hmac(const np_hmac_t *m, const uint8_t *p, size_t len, uint8_t out[32]) {
+static inline void np_hmac(const np_hmac_t *m, const uint8_t *p, size_t len, uint8_t out[32]) {
     np_sha256_t s = m->inner; uint8_t ih[32];
     np_sha256_update(&s, p, len); np_sha256_final(&s, ih);
     s = m->outer; np_sha256_update(&s, ih, 32); np_sha256_final(&s, out);
 }
 /* Constant-time comparison of two tags. */
-static int np_tag_equal(const uint8_t *a, const uint8_t *b) {
+static inline int np_tag_equal(const uint8_t *a, const uint8_t *b) {
     uint8_t d = 0; int i; for (i = 0; i < 32; i++) d |= a[i] ^ b[i]; return d == 0;
 }
 #endif

@@ -19,9 +19,19 @@ cdef int check_run_ns(int64_t duration_ns) except -1:
     return 0
 
 
-cdef inline int poll_ms(int64_t now, int64_t end) noexcept nogil:
-    """poll()'s timeout until `end` (monotonic ns), rounded up to whole ms."""
-    return <int>((end - now + 999_999) // 1_000_000)
+cdef inline int wait_readable(pollfd *pfd, int64_t end, int *err) noexcept nogil:
+    """A receive loop's wait: 1 when pfd is readable; 0 to wait again (timeout, or poll
+    failed other than by a signal); -1 when `end` (monotonic ns) has passed or a signal
+    arrived (err = EINTR)."""
+    cdef int64_t now = mono_ns()
+    cdef int r
+    if now >= end:
+        return -1
+    r = poll(pfd, 1, <int>((end - now + 999_999) // 1_000_000))     # ms, rounded up
+    if r < 0 and errno == EINTR:
+        err[0] = EINTR
+        return -1
+    return 1 if r > 0 else 0
 
 
 cdef extern from *:

@@ -383,8 +383,8 @@ cdef class UdpProbeReceiver:
     def run(self, int64_t duration_ns):
         """Receive for `duration_ns` (poll + recvmmsg, GIL released). Returns this call's
         RecvResult; the counters are attributes."""
-        cdef int64_t t0, now, end, before = self.datagrams
-        cdef int r, i, timeout, err = 0
+        cdef int64_t t0, end, before = self.datagrams
+        cdef int r, i, err = 0
         cdef pollfd pfd
         cdef int64_t rx
         if self.fd < 0:
@@ -400,16 +400,9 @@ cdef class UdpProbeReceiver:
         try:
             with nogil:
                 while True:
-                    now = mono_ns()
-                    if now >= end:
-                        break
-                    timeout = poll_ms(now, end)
-                    r = poll(&pfd, 1, timeout)
+                    r = wait_readable(&pfd, end, &err)
                     if r < 0:
-                        if errno == EINTR:
-                            err = EINTR
-                            break
-                        continue
+                        break
                     if r == 0:
                         continue
                     while True:

@@ -151,8 +151,8 @@ cdef class UdpingV1Receiver:
         """Receive for up to `duration_ns` or until `rows` is full (GIL released).
         Returns this call's V1Result."""
         cdef Py_ssize_t cap = rows.shape[0], nrows = 0
-        cdef int64_t t0, now, end, rx
-        cdef int r, i, timeout, err = 0
+        cdef int64_t t0, end, rx
+        cdef int r, i, err = 0
         cdef pollfd pfd
         if rows.shape[1] != 8:
             raise ValueError("rows must have 8 columns (V1_COLUMNS)")
@@ -163,16 +163,9 @@ cdef class UdpingV1Receiver:
         end = t0 + duration_ns
         with nogil:
             while nrows + BATCH <= cap:
-                now = mono_ns()
-                if now >= end:
-                    break
-                timeout = poll_ms(now, end)
-                r = poll(&pfd, 1, timeout)
+                r = wait_readable(&pfd, end, &err)
                 if r < 0:
-                    if errno == EINTR:
-                        err = EINTR
-                        break
-                    continue
+                    break
                 if r == 0:
                     continue
                 for i in range(BATCH):
