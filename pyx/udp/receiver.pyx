@@ -9,7 +9,8 @@ cdef enum:
     HIST_TOP = 36           # histogram range: |delay| < 2**36 ns (68.7 s); beyond -> last bin
     SUB_PORT = 3            # histogram sub-buckets 2**3 per octave per port (<= 12.5 % wide)
     SUB_SESSION = 7         # 2**7 per octave per session (<= 0.8 % wide)
-    MAX_CLOSE = 1024        # intervals one close_through() may close (bounds a hostile close)
+    MAX_CLOSE = 1024        # intervals one close_through() may close (bounds a hostile close) ...
+    MAX_CLOSE_RECORDS = 65536   # ... and port records it may return (5,000 ports: 13 intervals)
 
 cdef uint64_t SEND_NS_MAX = <uint64_t>1 << 63  # a send time must be a positive int64 (ns before 2262)
 cdef uint64_t SEQ_MAX = <uint64_t>1 << 62      # sequence numbers stay far from int64's end
@@ -444,12 +445,13 @@ cdef class UdpProbeReceiver:
         cdef slot_t *s
         cdef slot_t *nxt
         cdef int p, k, b
-        cdef int64_t i
+        cdef int64_t i, most
         if ss == NULL:
             raise KeyError(f"no session {session:016x}")
-        if interval > ss.last_closed + MAX_CLOSE:       # (interval - last_closed would overflow)
+        most = min(MAX_CLOSE, max(1, MAX_CLOSE_RECORDS // ss.nports))
+        if interval > ss.last_closed + most:            # (interval - last_closed would overflow)
             raise ValueError(f"cannot close through interval {interval}: {ss.last_closed} is the last closed "
-                             f"and one call closes at most {MAX_CLOSE}")
+                             f"and one call closes at most {most} intervals of {ss.nports} ports")
         for p in range(ss.nports):             # waiting delays of these intervals: no follow-up now
             if ss.ports[p].pend_seq >= 0 and ss.ports[p].pend_interval <= interval:
                 self._release(ss, &ss.ports[p], 0, False)

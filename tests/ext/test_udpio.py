@@ -744,7 +744,7 @@ def test_close_through_far_future_interval_is_refused_at_once():
             "rx = load_extension('_udpio').UdpProbeReceiver(); rx.add_session(1, 1)\n"
             "try:\n    rx.close_through(1, 2**63 - 1)\nexcept ValueError as e:\n    print('refused', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stdout.startswith("refused") and "at most 1024" in out.stdout
+    assert out.stdout.startswith("refused") and "at most 1024 intervals" in out.stdout
     rx = udpio.UdpProbeReceiver()
     rx.add_session(SID, 1)
     assert [c["interval"] for c in rx.close_through(SID, 1023)] == list(range(1024))
@@ -799,3 +799,14 @@ def test_run_results_are_typed_and_read_only():
     assert got.sent == back.datagrams == 6 and not got.interrupted and got.elapsed_ns >= 5_500_000
     with pytest.raises(AttributeError):
         got.sent = 0
+
+
+def test_one_close_returns_a_bounded_number_of_port_records():
+    """A peer's close request far ahead made close_through build a record per port and
+    interval: 5,000 ports x 1,024 intervals = 5 million dicts. Now at most 65,536 records."""
+    rx = udpio.UdpProbeReceiver()
+    rx.add_session(SID, 5000)
+    with pytest.raises(ValueError, match="at most 13 intervals of 5000 ports"):
+        rx.close_through(SID, 13)
+    closed = rx.close_through(SID, 12)
+    assert len(closed) * 5000 == 65_000 <= 65_536
