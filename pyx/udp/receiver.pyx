@@ -148,7 +148,7 @@ cdef class UdpProbeReceiver:
     cdef char ctrl[BATCH][64]
     cdef bint running
     cdef readonly int64_t datagrams, malformed, unauthenticated, unknown_session, truncated, no_kernel_ts
-    cdef int64_t malformed_by[10]
+    cdef int64_t malformed_by[WIRE_TAG_UNEXPECTED + 1]   # by pull_probe_hdr/pull_tag_check result
 
     def __cinit__(self, *args, **kwargs):
         self.sessions = NULL
@@ -377,7 +377,7 @@ cdef class UdpProbeReceiver:
         if len(data) == 0:
             self.datagrams += 1
             self.malformed += 1
-            self.malformed_by[1] += 1
+            self.malformed_by[WIRE_SHORT] += 1
             return
         self._process(&d[0], d.shape[0], rx_ns)
 
@@ -498,5 +498,5 @@ cdef class UdpProbeReceiver:
         return {"datagrams": self.datagrams, "malformed": self.malformed,
                 "unauthenticated": self.unauthenticated, "unknown_session": self.unknown_session,
                 "truncated": self.truncated, "no_kernel_ts": self.no_kernel_ts,
-                "by_reason": {DECODE_ERRORS[i]: self.malformed_by[i] for i in range(1, 10)
-                              if self.malformed_by[i]}}
+                "by_reason": {DECODE_ERRORS[i]: self.malformed_by[i]
+                              for i in range(WIRE_SHORT, WIRE_TAG_UNEXPECTED + 1) if self.malformed_by[i]}}
