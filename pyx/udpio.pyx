@@ -27,10 +27,11 @@ from linux cimport (errno, EINTR, CLOCK_MONOTONIC, CLOCK_REALTIME, timespec, clo
 from prng cimport np_prng_fill, np_prng_next, np_prng_unit
 from wire cimport (udping_v1, push_udping_v1, store_le64, V1_HDR_LEN, V1_GUID_MAX, OFF_V1_SENT_SEC,
                    OFF_V1_SENT_NSEC, probe_hdr, WIRE_MAGIC, WIRE_VERSION, np_hmac_t, np_hmac_init, np_hmac,
-                   np_sha256_t, np_sha256_init, np_sha256_update, np_sha256_final, push_probe_hdr, push_tag,
-                   pull_probe_hdr, pull_tag_check, WIRE_OK, WIRE_SHORT, WIRE_TAG_UNEXPECTED, WIRE_HDR_LEN,
-                   WIRE_TAG_LEN, WIRE_MAX_LEN, FLAG_CONTROL, FLAG_AUTH, FLAG_UNSYNC, FLAG_TXTIME, OFF_FLAGS,
-                   OFF_PORT, OFF_SESSION, OFF_SEQ, OFF_SEND, OFF_VERSION, OFF_MAGIC, OFF_FOLLOW_UP)
+                   np_sha256_t, np_sha256_init, np_sha256_update, np_sha256_final, np_sha256_set_shani,
+                   push_probe_hdr, push_tag, pull_probe_hdr, pull_tag_check, WIRE_OK, WIRE_SHORT,
+                   WIRE_TAG_UNEXPECTED, WIRE_HDR_LEN, WIRE_TAG_LEN, WIRE_MAX_LEN, FLAG_CONTROL, FLAG_AUTH,
+                   FLAG_UNSYNC, FLAG_TXTIME, OFF_FLAGS, OFF_PORT, OFF_SESSION, OFF_SEQ, OFF_SEND, OFF_VERSION,
+                   OFF_MAGIC, OFF_FOLLOW_UP)
 
 cdef enum:
     BATCH = 64              # packets per sendmmsg / recvmmsg

@@ -16,7 +16,61 @@ static const uint32_t np_sha256_k[64] = {
  0x19a4c116,0x1e376c08,0x2748774c,0x34b0bcb5,0x391c0cb3,0x4ed8aa4a,0x5b9cca4f,0x682e6ff3,
  0x748f82ee,0x78a5636f,0x84c87814,0x8cc70208,0x90befffa,0xa4506ceb,0xbef9a3f7,0xc67178f2};
 #define NP_ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define NP_SHANI 1
+/* One block with the x86 SHA extensions (4 rounds per pair of sha256rnds2, the message
+   schedule by sha256msg1/msg2); the state lives as ABEF/CDGH between the two forms. */
+__attribute__((target("sha,sse4.1")))
+static inline void np_sha256_block_shani(uint32_t h[8], const uint8_t *p) {
+    const __m128i mask = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i t = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[0]), 0xB1);    /* CDAB */
+    __m128i s1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&h[4]), 0x1B);   /* EFGH */
+    __m128i s0 = _mm_alignr_epi8(t, s1, 8);                                           /* ABEF */
+    __m128i abef, cdgh, m, k, w[4];
+    int i;
+    s1 = _mm_blend_epi16(s1, t, 0xF0);                                                /* CDGH */
+    abef = s0;
+    cdgh = s1;
+#pragma GCC unroll 16
+    for (i = 0; i < 16; i++) {
+        if (i < 4) {
+            m = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * i)), mask);
+        } else {     /* W[t] = s1(W[t-2]) + W[t-7] + s0(W[t-15]) + W[t-16], four at a time */
+            m = _mm_sha256msg1_epu32(w[i & 3], w[(i + 1) & 3]);
+            m = _mm_add_epi32(m, _mm_alignr_epi8(w[(i + 3) & 3], w[(i + 2) & 3], 4));
+            m = _mm_sha256msg2_epu32(m, w[(i + 3) & 3]);
+        }
+        w[i & 3] = m;
+        k = _mm_add_epi32(m, _mm_loadu_si128((const __m128i *)&np_sha256_k[4 * i]));
+        s1 = _mm_sha256rnds2_epu32(s1, s0, k);
+        s0 = _mm_sha256rnds2_epu32(s0, s1, _mm_shuffle_epi32(k, 0x0E));
+    }
+    s0 = _mm_add_epi32(s0, abef);
+    s1 = _mm_add_epi32(s1, cdgh);
+    t = _mm_shuffle_epi32(s0, 0x1B);                                                  /* FEBA */
+    s1 = _mm_shuffle_epi32(s1, 0xB1);                                                 /* DCHG */
+    _mm_storeu_si128((__m128i *)&h[0], _mm_blend_epi16(t, s1, 0xF0));                 /* DCBA */
+    _mm_storeu_si128((__m128i *)&h[4], _mm_alignr_epi8(s1, t, 8));                    /* HGFE */
+}
+/* -1: not probed yet; np_sha256_set_shani() lets a test force the portable path. */
+static int np_shani = -1;
+static inline int np_sha256_set_shani(int on) {
+    np_shani = on && __builtin_cpu_supports("sha") && __builtin_cpu_supports("sse4.1");
+    return np_shani;
+}
+#else
+static inline int np_sha256_set_shani(int on) { (void)on; return 0; }
+#endif
 static inline void np_sha256_block(np_sha256_t *s, const uint8_t *p) {
+#ifdef NP_SHANI
+    if (np_shani < 0)
+        np_sha256_set_shani(1);
+    if (np_shani) {
+        np_sha256_block_shani(s->h, p);
+        return;
+    }
+#endif
     uint32_t w[64], a, b, c, d, e, f, g, h, t1, t2; int i;
     for (i = 0; i < 16; i++)
         w[i] = (uint32_t)p[4*i] << 24 | (uint32_t)p[4*i+1] << 16 | (uint32_t)p[4*i+2] << 8 | p[4*i+3];

@@ -69,6 +69,7 @@ cdef extern from "sha256.h":
     void np_hmac_init(np_hmac_t *m, const uint8_t *key, size_t keylen) nogil
     void np_hmac(const np_hmac_t *m, const uint8_t *p, size_t n, uint8_t *out) nogil
     int np_tag_equal(const uint8_t *a, const uint8_t *b) nogil
+    int np_sha256_set_shani(int on) nogil     # 1: x86 SHA extensions when the CPU has them
 
 cdef enum:
     WIRE_MAGIC = 0x4e504f57

@@ -35,6 +35,12 @@ def sha256(data):
     return bytes(out[:32])
 
 
+def sha256_use_cpu(bint on):
+    """Test hook: SHA-256 blocks with the CPU's SHA extensions (on, the default where the
+    CPU has them) or the portable code; returns whether the extensions are now used."""
+    return bool(np_sha256_set_shani(on))
+
+
 def push_header(*, int flags, int port, uint64_t session, uint64_t start_ns, uint64_t seq, uint64_t send_ns,
                 uint32_t interval, uint32_t clock_err_us, uint32_t index, uint32_t count, int32_t tx_follow_up=0,
                 int length=0, payload=b"", key=b""):

@@ -91,11 +91,22 @@ def test_golden_vector_with_tag():
     assert "tag missing" in str(e.value) and e.value.offset == 5
 
 
+def _cpu_has_sha():
+    with open("/proc/cpuinfo") as f:
+        return any(line.startswith("flags") and " sha_ni" in line for line in f)
+
+
 @fast
 @given(keys, st.binary(max_size=2000))
 def test_sha256_and_hmac_match_hashlib(key, data):
-    assert udpio.sha256(data) == hashlib.sha256(data).digest()
-    assert udpio.hmac_sha256(key, data) == hmac.new(key, data, hashlib.sha256).digest()
+    """Both block functions: the CPU's SHA extensions where it has them, and the portable one."""
+    try:
+        for cpu in (True, False):
+            assert udpio.sha256_use_cpu(cpu) == (cpu and _cpu_has_sha())
+            assert udpio.sha256(data) == hashlib.sha256(data).digest()
+            assert udpio.hmac_sha256(key, data) == hmac.new(key, data, hashlib.sha256).digest()
+    finally:
+        udpio.sha256_use_cpu(True)
 
 
 @fast
