@@ -73,6 +73,13 @@ bench: bench-deps build
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check netprobe tests bench
 
+# Full-count structured fuzzing (the normal suite runs a small profile of the same tests).
+.PHONY: fuzz fuzz-oneway
+fuzz: fuzz-oneway
+
+fuzz-oneway: test-deps build
+	ONEWAY_FUZZ_EXAMPLES=200000 $(PY) -m pytest tests/fuzz/test_oneway_stateful.py -q
+
 # Packaging: the .deb, built offline from Debian 12's own packages (dist/),
 # the container image (podman, base made with mmdebstrap; no registry), and
 # their tests (chroot install/upgrade/purge, systemd-nspawn boot, podman run).

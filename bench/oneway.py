@@ -3,9 +3,10 @@ receiver's memory over a long run: 1,000 ports, 10 min; 30 s with --quick):
 
 1. packet rate: netprobe._udpio sender and receiver flat out (64-128 byte probes,
    full per-packet accounting), packets per second of each thread's own CPU time,
-   and the self-inflicted loss, also with kernel TX stamps (one error-queue read
-   per packet); beside `sockperf tp` (64 B) and `irtt --timer=busy` at a 10 us
-   interval.
+   received/sent and the self-inflicted loss, also with kernel TX stamps (one
+   error-queue read per packet) and with the ports spread over two receivers
+   sharing the port (SO_REUSEPORT, one thread each); beside `sockperf tp` (64 B)
+   and `irtt --timer=busy` at a 10 us interval.
 2. send-time error at a 1 ms interval (fixed gaps): each probe's send stamp minus
    its slot; beside irtt's own timer error (`irtt client -i 1ms --timer=busy`, and
    its default comp timer), from its JSON; and how far the user-space send stamp
@@ -31,57 +32,74 @@ SID = 0xBE4C
 SO_RCVBUFFORCE = 33           # <asm-generic/socket.h>; the socket module lacks it
 
 
-def _pair(nports):
+def _receive_socket(reuseport=False):
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    if reuseport:
+        rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:                                  # beyond net.core.rmem_max when we may (root)
         rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
     except OSError:
         rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-    rx.bind(("127.0.0.1", 0))
+    return rx
+
+
+def _pair(nports, nrx=1):
+    """nrx receive sockets on one port (SO_REUSEPORT when more than one: the kernel hashes
+    each source port to one of them) and nports connected sending sockets."""
+    rxs = [_receive_socket(nrx > 1) for _ in range(nrx)]
+    rxs[0].bind(("127.0.0.1", 0))
+    for r in rxs[1:]:
+        r.bind(rxs[0].getsockname())
     tx = []
     for _ in range(nports):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         s.bind(("127.0.0.1", 0))
-        s.connect(rx.getsockname())
+        s.connect(rxs[0].getsockname())
         tx.append(s)
-    return rx, tx
+    return (rxs[0] if nrx == 1 else rxs), tx
 
 
-def ours_rate(duration, nports, gap_ns, tx_stamp=False):
-    """Sender and receiver on two threads (each releases the GIL); CPU time per thread."""
-    rxs, txs = _pair(nports)
+def ours_rate(duration, nports, gap_ns, tx_stamp=False, nrx=1):
+    """Sender and nrx receivers on their own threads (each releases the GIL); CPU time per
+    thread. With nrx > 1 the receivers share the port (SO_REUSEPORT) and each sees whole
+    source ports, so their per-port counts add up."""
+    rsocks, txs = _pair(nports, nrx)
+    rsocks = [rsocks] if nrx == 1 else rsocks
     try:
-        rx = udpio.UdpProbeReceiver(rxs.fileno())
-        rx.add_session(SID, nports)
+        rxs = [udpio.UdpProbeReceiver(r.fileno()) for r in rsocks]
+        for rx in rxs:
+            rx.add_session(SID, nports)
         tx = udpio.UdpProbeSender([s.fileno() for s in txs], SID, time.time_ns(), gap_ns, min_len=64, max_len=128,
                                   poisson=False, tx_stamp=tx_stamp)
-        cpu = {}
+        cpu = [0.0] * nrx
 
-        def receive():
+        def receive(i):
             t = time.thread_time()
-            rx.run(round((duration + 0.5) * 1e9))
-            cpu["rx"] = time.thread_time() - t
+            rxs[i].run(round((duration + 0.5) * 1e9))
+            cpu[i] = time.thread_time() - t
 
-        th = threading.Thread(target=receive)
-        th.start()
+        ths = [threading.Thread(target=receive, args=(i,)) for i in range(nrx)]
+        for th in ths:
+            th.start()
         time.sleep(0.05)
         t = time.thread_time()
         got = tx.run(round(duration * 1e9))
-        cpu["tx"] = time.thread_time() - t
-        counts = tx.end_interval(1)
-        th.join()
-        s = analysis.summarize(rx.close_through(SID, 0)[0], counts)
+        tx_cpu = time.thread_time() - t
+        tx.end_interval(1)
+        for th in ths:
+            th.join()
+        received = sum(p["received"] for rx in rxs for p in rx.close_through(SID, 0)[0]["ports"])
     finally:
-        for x in txs + [rxs]:
+        for x in txs + rsocks:
             x.close()
-    sent = got["sent"]
+    sent = got.sent
     stamps = ", kernel TX stamps" if tx_stamp else ""
-    return {"section": "rate", "tool": f"netprobe udpio {1e6 / gap_ns:g}k offered, {nports} port(s){stamps}",
-            "sent_pps": sent / duration,
-            "recv_pps": s["received"] / duration, "tx_kpps_per_core": sent / cpu["tx"] / 1e3,
-            "rx_kpps_per_core": s["received"] / cpu["rx"] / 1e3,
-            "loss_pct": 100.0 * s["lost"] / sent if sent else None, "send_errors": got["send_errors"]}
+    spread = f", {nrx} rx (SO_REUSEPORT)" if nrx > 1 else ""
+    return {"section": "rate", "tool": f"netprobe udpio {1e6 / gap_ns:g}k offered, {nports} port(s){stamps}{spread}",
+            "sent_pps": sent / duration, "recv_pps": received / duration, "tx_kpps_per_core": sent / tx_cpu / 1e3,
+            "rx_kpps_per_core": received / sum(cpu) / 1e3, "recv_of_sent": received / sent if sent else None,
+            "loss_pct": 100.0 * (sent - received) / sent if sent else None, "send_errors": got.send_errors}
 
 
 def sockperf_rate(duration):
@@ -142,10 +160,10 @@ def ours_timer(duration, spin_ns):
     finally:
         for x in txs + [rxs]:
             x.close()
-    lat = np.abs(late[:got["late"]])
+    lat = np.abs(late[:got.late])
     mode = "sleep+spin 1ms" if spin_ns else "sleep only"
     return {"section": "timer", "tool": f"netprobe udpio 1ms fixed, {mode}", **_pcts(lat), "n": int(len(lat)),
-            "missed": got["missed"]}
+            "missed": got.missed}
 
 
 def ours_stamp_to_tx(duration):
@@ -238,7 +256,8 @@ def _pcts(v):
 def run(quick=False):
     d = 2.0 if quick else 5.0
     rows = [ours_rate(d, 1, 10_000), ours_rate(d, 8, 10_000), ours_rate(d, 8, 10_000, tx_stamp=True),
-            ours_rate(d, 1, 1_000), sockperf_rate(d), irtt_rate(min(d, 3.0))]
+            ours_rate(d, 1, 1_000), ours_rate(d, 8, 1_000), ours_rate(d, 8, 1_000, nrx=2), sockperf_rate(d),
+            irtt_rate(min(d, 3.0))]
     rows += [ours_timer(d, 1_000_000), ours_timer(d, 0), ours_stamp_to_tx(d), irtt_timer(d, "busy"),
              irtt_timer(d, "comp")]
     rows.append(ours_rss(30.0 if quick else 600.0))
@@ -248,13 +267,14 @@ def run(quick=False):
 def table(rows):
     def num(v, scale=1.0, fmt="9.1f"):
         return f"{'-':>9}" if v is None else f"{v / scale:{fmt}}"
-    lines = [f"{'packet rate, loopback, 64-128 B':54} {'sent kpps':>9} {'recv kpps':>9} {'tx kpps/cpu':>11} "
-             f"{'rx kpps/cpu':>11} {'loss %':>9}"]
+    lines = [f"{'packet rate, loopback, 64-128 B':54} {'sent kpps':>9} {'recv kpps':>9} {'recv/sent':>9} "
+             f"{'tx kpps/cpu':>11} {'rx kpps/cpu':>11} {'loss %':>9}"]
     for r in (r for r in rows if r["section"] == "rate"):
         if "note" in r:
             lines.append(f"{r['tool']:54} {r['note']}")
             continue
         lines.append(f"{r['tool']:54} {num(r.get('sent_pps'), 1e3)} {num(r.get('recv_pps'), 1e3)} "
+                     f"{num(r.get('recv_of_sent'), 1, '9.4f')} "
                      f"{num(r.get('tx_kpps_per_core')):>11} {num(r.get('rx_kpps_per_core')):>11} "
                      f"{num(r.get('loss_pct'), 1, '9.4f')}")
     lines += ["", f"{'send-time error at 1 ms (us)':54} {'p50':>9} {'p99':>9} {'p99.99':>9} {'max':>9} {'mean':>9} "

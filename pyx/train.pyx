@@ -30,7 +30,7 @@ from libc.string cimport memcpy, memset
 
 import numpy as _np
 
-from wire cimport pull_u16, pull_u32, push_u16, push_u32
+from byteorder cimport load_be16 as pull_u16, load_be32 as pull_u32, store_be16 as push_u16, store_be32 as push_u32
 
 from linux cimport (errno, EINTR, EAGAIN, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME,
                     clock_ns, mono_ns, ns_to_timespec, strerror, poll,

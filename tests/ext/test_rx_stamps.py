@@ -1,4 +1,4 @@
-"""Kernel RX stamps in the receivers of netprobe._train and netprobe._udpio, judged by the
+"""Kernel RX stamps in the receivers of netprobe._train and netprobe._udping, judged by the
 clock around the send and the read: a packet is stamped as it arrives or is counted as
 having no stamp, never given the time of the read."""
 import socket
@@ -12,7 +12,7 @@ from tests.ext.rx_stamps import wait_until_stamped
 from tests.reference import capacity_wire
 
 T = load_extension("_train")
-U = load_extension("_udpio")
+U = load_extension("_udping")
 
 
 def _train_reader(fd):
@@ -35,7 +35,7 @@ def _udping_reader(fd):
 
     def read():
         before = rx.no_kernel_ts
-        assert rx.run(rows, 20_000_000)["rows"] == 1
+        assert rx.run(rows, 20_000_000).rows == 1
         return int(rows[0, U.V1_COLUMNS.index("rx_ns")]), rx.no_kernel_ts == before + 1
     return read
 

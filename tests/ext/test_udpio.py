@@ -6,6 +6,8 @@ import random
 import socket
 import statistics
 import struct
+import subprocess
+import sys
 import time
 import zlib
 
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scipy import stats
 
 from netprobe.errors import load_extension
 from netprobe.probes.oneway import analysis
@@ -20,6 +23,7 @@ from tests.ext.rx_stamps import wait_until_stamped
 from tests.reference import oneway as ref
 
 udpio = load_extension("_udpio")
+udping = load_extension("_udping")
 
 u16, u32, u64 = st.integers(0, 2**16 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**64 - 1)
 header_fields = st.fixed_dictionaries({
@@ -87,11 +91,22 @@ def test_golden_vector_with_tag():
     assert "tag missing" in str(e.value) and e.value.offset == 5
 
 
+def _cpu_has_sha():
+    with open("/proc/cpuinfo") as f:
+        return any(line.startswith("flags") and " sha_ni" in line for line in f)
+
+
 @fast
 @given(keys, st.binary(max_size=2000))
 def test_sha256_and_hmac_match_hashlib(key, data):
-    assert udpio.sha256(data) == hashlib.sha256(data).digest()
-    assert udpio.hmac_sha256(key, data) == hmac.new(key, data, hashlib.sha256).digest()
+    """Both block functions: the CPU's SHA extensions where it has them, and the portable one."""
+    try:
+        for cpu in (True, False):
+            assert udpio.sha256_use_cpu(cpu) == (cpu and _cpu_has_sha())
+            assert udpio.sha256(data) == hashlib.sha256(data).digest()
+            assert udpio.hmac_sha256(key, data) == hmac.new(key, data, hashlib.sha256).digest()
+    finally:
+        udpio.sha256_use_cpu(True)
 
 
 @fast
@@ -384,6 +399,26 @@ def _drain(sock):
 
 
 @pytest.mark.parametrize("poisson", [True, False])
+def test_schedule_without_sockets_has_its_distributions(poisson):
+    """The sender core's schedule driven without sockets: gaps exponential with the mean
+    (scipy's KS test; capped at 10x the mean) or fixed, ports round robin, lengths uniform
+    over [min_len, max_len] (chi-square)."""
+    due, port, length = udpio.Schedule(3, 1_000_000, min_len=64, max_len=127, poisson=poisson,
+                                       seed=7).take(50_000)
+    gaps = np.diff(due)
+    if poisson:
+        assert stats.kstest(gaps, stats.expon(scale=1e6).cdf).pvalue > 1e-3
+        assert gaps.max() <= 10_000_000
+    else:
+        assert (gaps == 1_000_000).all()
+    assert (port == np.arange(50_000) % 3).all()
+    assert length.min() == 64 and length.max() == 127
+    assert stats.chisquare(np.bincount(length - 64, minlength=64)).pvalue > 1e-3
+    with pytest.raises(ValueError):
+        udpio.Schedule(0, 1_000_000)
+
+
+@pytest.mark.parametrize("poisson", [True, False])
 def test_sender_schedule_sizes_and_random_payload(poisson):
     rxs, socks = _loopback(5)
     try:
@@ -399,8 +434,8 @@ def test_sender_schedule_sizes_and_random_payload(poisson):
     pkts = [udpio.pull_header(d) for d in data]
     probes = [p for p in pkts if not p["flags"] & ref.F_CONTROL]
     controls = [p for p in pkts if p["flags"] & ref.F_CONTROL]
-    assert got["sent"] == len(probes) == sum(counts) and got["send_errors"] == 0
-    assert 870 <= got["sent"] <= 1130                  # 1 s at a 1 ms mean gap (Poisson: +-4 sigma)
+    assert got.sent == len(probes) == sum(counts) and got.send_errors == 0
+    assert 870 <= got.sent <= 1130                  # 1 s at a 1 ms mean gap (Poisson: +-4 sigma)
     assert max(counts) - min(counts) <= 1               # round robin
     assert len(controls) == 15 and {(c["port"], c["count"]) for c in controls} == set(enumerate(counts))
     assert all(c["seq"] == counts[c["port"]] for c in controls)          # the next sequence number
@@ -413,8 +448,8 @@ def test_sender_schedule_sizes_and_random_payload(poisson):
         assert seqs == list(range(len(seqs))) and [p["index"] for p in probes if p["port"] == port] == seqs
     # the schedule itself: each probe's send stamp minus its send-time error is its slot
     # (loopback delivers in send order, which is the order of `late`)
-    assert got["late"] == got["sent"]
-    slots = np.array([p["send_ns"] for p in probes], dtype=np.float64) - late[:got["late"]]
+    assert got.late == got.sent
+    slots = np.array([p["send_ns"] for p in probes], dtype=np.float64) - late[:got.late]
     gaps = np.diff(np.sort(slots))
     cv = gaps.std() / gaps.mean()
     assert 0.9e6 <= gaps.mean() <= 1.12e6
@@ -423,7 +458,7 @@ def test_sender_schedule_sizes_and_random_payload(poisson):
         assert gaps.max() <= 10e6 + 1e5               # the cap (+ realtime vs monotonic read skew)
     else:
         assert cv < 0.01, cv
-    assert statistics.median(late[:got["late"]]) < 1e6
+    assert statistics.median(late[:got.late]) < 1e6
 
 
 def test_run_sets_its_threads_timer_slack_to_1ns():
@@ -458,9 +493,9 @@ def test_sender_refused_packets_keep_the_sequence_dense():
     try:
         tx = udpio.UdpProbeSender([socks[0].fileno()], SID, T0, 200_000, poisson=False)
         got = tx.run(100_000_000)
-        assert got["send_errors"] > 0
-        assert tx.next_seq == [got["sent"]]
-        assert tx.end_interval(1) == [got["sent"]]
+        assert got.send_errors > 0
+        assert tx.next_seq == [got.sent]
+        assert tx.end_interval(1) == [got.sent]
     finally:
         socks[0].close()
 
@@ -559,7 +594,7 @@ def test_raw_frames_have_correct_checksums_and_rotate_macs_per_port(v6):
     finally:
         a.close()
         b.close()
-    assert got["send_errors"] == 0 and len(frames) == got["sent"] + len(sports) >= 60
+    assert got.send_errors == 0 and len(frames) == got.sent + len(sports) >= 60
     seen = {p: [] for p in sports}
     for fr in frames:
         pkt = Ether(fr)
@@ -594,14 +629,14 @@ V1_GOLDEN = bytes.fromhex(
 
 
 def test_v1_golden_vector():
-    data = udpio.push_udping(start_s=1_700_000_000, guid="3fa9c0d2e1b47a6c9d0e", seq=7, sent_sec=1_700_000_001,
+    data = udping.push_udping(start_s=1_700_000_000, guid="3fa9c0d2e1b47a6c9d0e", seq=7, sent_sec=1_700_000_001,
                              sent_nsec=5, length=100)
     assert data == V1_GOLDEN + bytes(28)
     want = {"start_s": 1_700_000_000, "guid": "3fa9c0d2e1b47a6c9d0e", "seq": 7, "sent_sec": 1_700_000_001,
             "sent_nsec": 5, "size": 100}
-    assert udpio.pull_udping(data) == want == ref.decode_v1(data)
+    assert udping.pull_udping(data) == want == ref.decode_v1(data)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        rx = udpio.UdpingV1Receiver(s.fileno())
+        rx = udping.UdpingV1Receiver(s.fileno())
         row = rx.feed(data, 1_700_000_001_000_000_105, "10.1.2.3", 5000)
         assert rx.feed(data[:-1], 0) is None and rx.malformed == 1
     assert row[:2] == [0x0A010203, 5000] and row[4:] == [1_700_000_000, 7, 1_700_000_001_000_000_005,
@@ -614,18 +649,18 @@ def test_v1_golden_vector():
 @given(st.integers(-2**63, 2**63 - 1), st.text("0123456789abcdef", min_size=1, max_size=20), u32,
        st.integers(0, 2**33), st.integers(0, 999_999_999), st.integers(0, 200), st.data())
 def test_v1_matches_the_struct_reference_and_rejects_corruption(start, guid, seq, sec, nsec, extra, data):
-    d = udpio.push_udping(start_s=start, guid=guid, seq=seq, sent_sec=sec, sent_nsec=nsec, length=72 + extra)
-    assert udpio.pull_udping(d) == ref.decode_v1(d)
+    d = udping.push_udping(start_s=start, guid=guid, seq=seq, sent_sec=sec, sent_nsec=nsec, length=72 + extra)
+    assert udping.pull_udping(d) == ref.decode_v1(d)
     bad = bytearray(d)
     i = data.draw(st.integers(0, len(bad) - 1))
     bad[i] ^= data.draw(st.integers(1, 255))
     bad = bytes(bad[:data.draw(st.integers(0, len(bad)))])
     want = ref.decode_v1(bad)
     if isinstance(want, dict):
-        assert udpio.pull_udping(bad) == want
+        assert udping.pull_udping(bad) == want
     else:
-        with pytest.raises(udpio.DecodeError) as e:
-            udpio.pull_udping(bad)
+        with pytest.raises(udping.DecodeError) as e:
+            udping.pull_udping(bad)
         assert (str(e.value).rsplit(" at offset", 1)[0], e.value.offset) == want
 
 
@@ -653,7 +688,7 @@ def test_v1_raw_sender_writes_udping_headers_with_random_payload():
     seqs = {5000: [], 5001: []}
     for fr in frames:
         pkt = Ether(fr)
-        h = udpio.pull_udping(bytes(pkt[UDP].payload))
+        h = udping.pull_udping(bytes(pkt[UDP].payload))
         assert h["guid"] == guids[pkt[UDP].sport - 5000] and h["start_s"] == 1_700_000_000
         assert abs(h["sent_sec"] + h["sent_nsec"] / 1e9 - time.time()) < 5
         seqs[pkt[UDP].sport].append(h["seq"])
@@ -670,3 +705,119 @@ def test_python_side_agrees_with_the_extension_layout():
         (udpio.HDR_LEN, udpio.TAG_LEN, udpio.MAX_LEN, udpio.MAX_SESSION_PORTS)
     assert (ref.F_CONTROL, ref.F_AUTH, ref.F_UNSYNC) == (udpio.F_CONTROL, udpio.F_AUTH, udpio.F_UNSYNC)
     assert ref.HDR_LEN == udpio.HDR_LEN and ref.TAG_LEN == udpio.TAG_LEN and udpio.V1_HDR == 72
+
+
+# -- guards on input-driven arithmetic -------------------------------------------------
+
+def _one_delay(send_ns, rx_ns, follow_up=None):
+    """Feed one data packet (and a follow-up carrier when asked) -> (port record, counters)."""
+    rx = udpio.UdpProbeReceiver()
+    rx.add_session(SID, 1)
+    base = {"flags": 0, "port": 0, "session": SID, "start_ns": T0, "send_ns": send_ns, "interval": 0,
+            "clock_err_us": 0, "count": 0, "seq": 0, "index": 0}
+    rx.feed(push(base), rx_ns)
+    if follow_up is not None:
+        rx.feed(push({**base, "flags": ref.F_TXTIME, "seq": 1, "index": 1, "send_ns": T0,
+                      "tx_follow_up": follow_up}), T0)
+    (c,) = rx.close_through(SID, 0)
+    return c["ports"][0], rx.session_counters(SID)
+
+
+def test_send_time_beyond_int64_is_dropped_not_wrapped_into_a_delay():
+    """A send time of 2**64 - 1 ns is 584 years after rx: the true delay (Python ints) is
+    hugely negative; the wrapped C subtraction made it +T0 ns. Such a packet is counted bad."""
+    assert T0 - (2**64 - 1) < -2**63                          # the oracle: no int64 holds this delay
+    rec, counters = _one_delay(2**64 - 1, T0)
+    assert (rec["received"], rec["n"], counters["bad_port"]) == (0, 0, 1)
+    rec, counters = _one_delay(2**63, T0)
+    assert (rec["received"], counters["bad_port"]) == (0, 1)
+
+
+def test_extreme_delays_saturate_instead_of_overflowing():
+    """rx_ns - send_ns and delay - follow-up near the int64 ends: min/max keep the true sign."""
+    rec, _ = _one_delay(2**63 - 1, -2**63)                    # true delay -2**64 + 1: below int64
+    assert (rec["n"], rec["min"], rec["hist"]) == (1, -2**63, [[ref.hist_index(-2**63, 3), 1]])
+    rec, _ = _one_delay(0, 2**63 - 1, follow_up=-2**31)       # delay 2**63 - 1 less -2**31: above int64
+    assert (rec["n"], rec["n_tx"], rec["max"]) == (2, 1, 2**63 - 1)
+
+
+def test_histogram_bin_of_int64_min_is_the_last_negative_bin():
+    nb = (36 - 3 + 1) << 3
+    assert udpio.hist_bin(-2**63, 3) == ref.hist_index(-2**63, 3) == nb - 1
+    with pytest.raises(ValueError):
+        udpio.hist_bin(5, 64)                                 # a shift by 64 is undefined in C
+
+
+def test_close_through_far_future_interval_is_refused_at_once():
+    """close_through(2**63 - 1) overflowed `interval - last_closed`, passed the bound and looped
+    for ever; run in a child so that a regression fails instead of hanging the suite."""
+    code = ("from netprobe.errors import load_extension\n"
+            "rx = load_extension('_udpio').UdpProbeReceiver(); rx.add_session(1, 1)\n"
+            "try:\n    rx.close_through(1, 2**63 - 1)\nexcept ValueError as e:\n    print('refused', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("refused") and "at most 1024 intervals" in out.stdout
+    rx = udpio.UdpProbeReceiver()
+    rx.add_session(SID, 1)
+    assert [c["interval"] for c in rx.close_through(SID, 1023)] == list(range(1024))
+
+
+@pytest.mark.parametrize("duration", [0, -1, 2**62, 2**63 - 1])
+def test_run_durations_outside_a_day_are_refused(duration):
+    """2**62 ns made `end` and the poll timeout overflow (a negative timeout waits for ever)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        with pytest.raises(ValueError, match="1 day"):
+            udpio.UdpProbeReceiver(s.fileno()).run(duration)
+        with pytest.raises(ValueError, match="1 day"):
+            udping.UdpingV1Receiver(s.fileno()).run(np.empty((64, 8), dtype=np.int64), duration)
+        s.connect(s.getsockname())
+        with pytest.raises(ValueError, match="1 day"):
+            udpio.UdpProbeSender([s.fileno()], SID, T0, 1_000_000).run(duration)
+
+
+def test_v1_feed_refuses_a_port_beyond_16_bits():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        rx = udping.UdpingV1Receiver(s.fileno())
+        data = udping.push_udping(start_s=1, guid="ab", seq=1, sent_sec=1, sent_nsec=0)
+        assert rx.feed(data, T0, port=65535)[1] == 65535
+        with pytest.raises(ValueError):
+            rx.feed(data, T0, port=65536)                     # was written as port 0 silently
+
+
+def test_control_copies_of_a_port_that_has_sent_nothing_are_accepted():
+    """A control record's index is its copy number: copies 1 and 2 of a port whose next
+    sequence number is still 0 were refused as malformed (index > seq)."""
+    rx = udpio.UdpProbeReceiver()
+    rx.add_session(SID, 1)
+    base = {"flags": ref.F_CONTROL, "port": 0, "session": SID, "start_ns": T0, "send_ns": T0, "seq": 0,
+            "interval": 0, "clock_err_us": 0, "count": 0}
+    for copy in range(3):
+        rx.feed(push({**base, "index": copy}), T0)
+    assert (rx.counters["malformed"], rx.session_counters(SID)["controls"]) == (0, 3)
+    (c,) = rx.close_through(SID, 0)
+    assert (c["ports"][0]["ctl_count"], c["ports"][0]["ctl_next"]) == (0, 0)
+
+
+def test_run_results_are_typed_and_read_only():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.connect(s.getsockname())
+        got = udpio.UdpProbeSender([s.fileno()], SID, T0, 1_000_000, poisson=False).run(5_500_000)
+        rx = udpio.UdpProbeReceiver(s.fileno())
+        rx.add_session(SID, 1)
+        back = rx.run(20_000_000)
+    assert isinstance(got, udpio.SendResult) and isinstance(back, udpio.RecvResult)
+    assert got.sent == back.datagrams == 6 and not got.interrupted and got.elapsed_ns >= 5_500_000
+    with pytest.raises(AttributeError):
+        got.sent = 0
+
+
+def test_one_close_returns_a_bounded_number_of_port_records():
+    """A peer's close request far ahead made close_through build a record per port and
+    interval: 5,000 ports x 1,024 intervals = 5 million dicts. Now at most 65,536 records."""
+    rx = udpio.UdpProbeReceiver()
+    rx.add_session(SID, 5000)
+    with pytest.raises(ValueError, match="at most 13 intervals of 5000 ports"):
+        rx.close_through(SID, 13)
+    closed = rx.close_through(SID, 12)
+    assert len(closed) * 5000 == 65_000 <= 65_536

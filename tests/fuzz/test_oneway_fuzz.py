@@ -7,6 +7,7 @@ from netprobe.errors import load_extension
 from tests.reference import oneway as ref
 
 udpio = load_extension("_udpio")
+udping = load_extension("_udping")
 SID = 0xF00D
 fuzz = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -64,8 +65,8 @@ v1_datagrams = st.one_of(
 def test_udping_v1_decoder_only_raises_decode_error(data):
     want = ref.decode_v1(data)
     try:
-        got = udpio.pull_udping(data)
-    except udpio.DecodeError as exc:
+        got = udping.pull_udping(data)
+    except udping.DecodeError as exc:
         assert (str(exc).rsplit(" at offset", 1)[0], exc.offset) == want
         return
     assert got == want

@@ -15,7 +15,7 @@ from netprobe.errors import load_extension
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = sys.executable
-udpio = load_extension("_udpio")
+udpio = load_extension("_udping")
 
 
 def entry(name, *args):

@@ -79,6 +79,51 @@ class ReferenceReceiver:
         a["received"] += 1
 
 
+class ReferenceSession:
+    """One session as the receiver accounts it, over unbounded sets: data packets per
+    (port, interval) (ReferenceReceiver's counts), the last control record and the next
+    interval's first word (count, base) per (port, interval), and intervals closed in order:
+    a packet of a closed interval is counted late and changes no closed record (its
+    sequence number is still seen, so a later copy is no new packet)."""
+
+    def __init__(self):
+        self.rx = ReferenceReceiver()
+        self.last_closed = -1
+        self.late = 0
+        self.ctl = {}                         # (port, interval) -> (count, next seq)
+        self.piggy = {}                       # (port, interval) -> (count, next base)
+
+    def data(self, port, seq, interval, index, prev_count):
+        if interval <= self.last_closed:
+            self.rx.seen[port].add(seq)
+            self.rx.max_seq[port] = max(self.rx.max_seq.get(port, seq), seq)
+            self.late += 1
+            return
+        if interval > 0 and interval - 1 > self.last_closed:
+            self.piggy[(port, interval - 1)] = (prev_count, seq - index)
+        self.rx.packet(port, seq, interval)
+
+    def control(self, port, interval, count, next_seq):
+        if interval <= self.last_closed:
+            self.late += 1
+            return
+        self.ctl[(port, interval)] = (count, next_seq)
+
+    def close_through(self, interval, nports):
+        """-> [(interval, [per-port {received, dup, reordered, ctl_count, ctl_next, piggy_count}])]."""
+        out = []
+        for i in range(self.last_closed + 1, interval + 1):
+            ports = []
+            for p in range(nports):
+                a = self.rx.acc.get((p, i), {"received": 0, "dup": 0, "reordered": 0})
+                ctl = self.ctl.get((p, i), (-1, -1))
+                ports.append({**a, "ctl_count": ctl[0], "ctl_next": ctl[1],
+                              "piggy_count": self.piggy.get((p, i), (-1, -1))[0]})
+            out.append((i, ports))
+        self.last_closed = max(self.last_closed, interval)
+        return out
+
+
 def account(sent, arrivals):
     """sent: list of (port, seq, interval) in send order; arrivals: indices into `sent`
     (repeats = duplicates, any order). Returns {(port, interval): {expected, received,

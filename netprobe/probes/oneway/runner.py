@@ -260,8 +260,8 @@ class Runner(ProbeRunner):
             now = time.monotonic()
             if not stopping and now < next_roll:
                 got = sender.run(max(1, round(min(CHUNK, next_roll - now) * 1e9)), self.late)
-                if got["late"] and nlate < LATE_SAMPLES:
-                    late_parts.append(self.late[:min(got["late"], LATE_SAMPLES - nlate)].copy())
+                if got.late and nlate < LATE_SAMPLES:
+                    late_parts.append(self.late[:min(got.late, LATE_SAMPLES - nlate)].copy())
                     nlate += len(late_parts[-1])
                 continue
             iid = sender.interval

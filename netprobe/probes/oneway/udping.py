@@ -570,7 +570,7 @@ def server_main(argv=None):
     if o.get("help"):
         sys.stderr.write(SERVER_USAGE)
         return 0
-    udpio = load_extension("_udpio")
+    udpio = load_extension("_udping")
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
         try:                     # a deep buffer rides out the loop's absences (output, a stall) under a flood
@@ -597,7 +597,7 @@ def server_main(argv=None):
     next_sweep = time.monotonic() + o["keepalive"]
     while True:
         got = rx.run(rows, 200_000_000)
-        batch = rows[:got["rows"]]
+        batch = rows[:got.rows]
         now = time.monotonic()
         if o["allow"] is not None:
             ok = allowed(batch[:, 0], o["allow"])
