@@ -1,0 +1,249 @@
+"""Paris-style path tracing per source port (the I/O side of fault localisation).
+
+For each source port, UDP datagrams with the probe's own 5-tuple (same
+addresses, ports, protocol) and TTL / hop limit 1, 2, ... set per packet by
+ancillary data; the routers' ICMP time-exceeded comes back on the socket's
+error queue (IP_RECVERR / IPV6_RECVERR, MSG_ERRQUEUE), so no raw socket is
+needed.  The trace socket is bound to the port with SO_REUSEADDR and
+SO_REUSEPORT beside the probe's own socket (which must have SO_REUSEPORT
+too) and connected to the same destination; the kernel hands ICMP errors of
+that 4-tuple to the socket bound last, the trace socket.
+
+One packet in flight per port (so an answer is matched even when a router
+quotes too little of the packet to return our token), ports interleaved in
+random order, all paced at `rate` packets/s and capped by an optional
+budget.  A silent TTL is retried (routers rate-limit ICMP), then kept as a
+star (None).  `gap_limit` silent TTLs in a row end a port's trace: the
+datagram reached the peer, which answers nothing (its port is open).
+
+Trace datagrams start with TRACE_MAGIC ("NPTR"), which no probe carries.
+"""
+import errno
+import ipaddress
+import os
+import random
+import select
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+
+TRACE_MAGIC = b"NPTR"
+IP_RECVERR, IPV6_RECVERR = 11, 25
+SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6 = 2, 3
+EE = struct.Struct("=IBBBBII")          # struct sock_extended_err
+TIME_EXCEEDED = {4: 11, 6: 3}           # ICMP / ICMPv6 type
+UNREACH = {4: 3, 6: 1}
+PORT_UNREACH = {4: 3, 6: 4}
+PAYLOAD = struct.Struct("!4s8sHBB")     # magic, trace token, port, ttl, try
+
+
+@dataclass
+class PortPath:
+    """One port's trace: hops[i] is the address answering TTL i+1, None = no answer."""
+    port: int
+    hops: list = field(default_factory=list)
+    reached: bool = False       # the destination answered, or the path went silent after its last hop
+    sent: int = 0
+
+
+def parse_error(anc, family):
+    """(icmp type, code, offender address) of one MSG_ERRQUEUE message's ancillary data,
+    or None when it holds no ICMP error (e.g. a local error, or a truncated cmsg)."""
+    want = (socket.IPPROTO_IP, IP_RECVERR) if family == 4 else (socket.IPPROTO_IPV6, IPV6_RECVERR)
+    for level, kind, data in anc:
+        if (level, kind) != want or len(data) < EE.size:
+            continue
+        _, origin, etype, code, _, _, _ = EE.unpack_from(data)
+        if origin not in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6):
+            continue
+        off = data[EE.size:]
+        if family == 4 and len(off) >= 8 and struct.unpack_from("=H", off)[0] == socket.AF_INET:
+            addr = socket.inet_ntop(socket.AF_INET, off[4:8])
+        elif family == 6 and len(off) >= 24 and struct.unpack_from("=H", off)[0] == socket.AF_INET6:
+            addr = socket.inet_ntop(socket.AF_INET6, off[8:24])
+        else:
+            continue
+        return etype, code, addr
+    return None
+
+
+def open_socket(dst, dport, sport, local=None):
+    """A trace socket for one source port: bound beside the probe's socket, connected, RECVERR on."""
+    family = socket.AF_INET6 if ipaddress.ip_address(dst).version == 6 else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET:
+            s.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        else:
+            s.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
+        s.bind((local or ("::" if family == socket.AF_INET6 else "0.0.0.0"), sport))
+        s.connect((dst, dport))
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+class Budget:
+    """Trace packets allowed: `share` of the probe's packets (refilled at share x probe rate,
+    at most `burst` banked; starts full so the first trace can run at once)."""
+
+    def __init__(self, share, probe_rate, burst, clock=time.monotonic):
+        self.rate = share * probe_rate
+        self.burst = float(burst)
+        self.tokens = float(burst)
+        self.clock = clock
+        self.t = clock()
+        self.spent = 0
+
+    def take(self):
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
+        self.t = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        self.spent += 1
+        return True
+
+
+class _Port:
+    def __init__(self, port, sock):
+        self.path = PortPath(port)
+        self.sock = sock
+        self.ttl = 1
+        self.tries = 0
+        self.silent = 0
+        self.out = None         # (sent at, ttl, try) of the packet in flight
+        self.deepest = 0        # the highest TTL a router answered
+        self.done = False
+
+
+def trace(dst, dport, ports, *, local=None, max_hops=16, rate=20.0, retries=2, timeout=1.0, gap_limit=2,
+          budget=None, deadline=None, stop=None, socks=None, depth=0):
+    """Trace every source port in `ports` towards dst:dport; returns {port: PortPath}.
+
+    socks: {port: socket} already opened with open_socket (else opened and closed here).
+    budget: a Budget (or anything with take() -> bool); deadline: time.monotonic() bound;
+    stop: a threading.Event ending the trace early (paths so far are returned).
+    depth: routers seen on the way in an earlier trace (a silent TTL up to there is a
+    star to retry, not the peer); every port's answers raise it.
+    """
+    if not ports:
+        return {}
+    dst_ip = ipaddress.ip_address(dst)
+    family = dst_ip.version
+    token = os.urandom(8)
+    own = socks is None
+    socks = socks or {}
+    states = {}
+    try:
+        for p in ports:
+            if p not in socks:
+                socks[p] = open_socket(dst, dport, p, local)
+            states[p] = _Port(p, socks[p])
+        by_fd = {st.sock.fileno(): st for st in states.values()}
+        level, opt = (socket.IPPROTO_IP, socket.IP_TTL) if family == 4 else \
+            (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT)
+        poller = select.poll()
+        for fd in by_fd:
+            poller.register(fd, select.POLLERR)
+        spacing = 1.0 / rate
+        next_send = time.monotonic()
+        while not all(st.done for st in states.values()):
+            now = time.monotonic()
+            if (deadline is not None and now >= deadline) or (stop is not None and stop.is_set()):
+                break
+            depth = max(depth, *(st.deepest for st in states.values()))
+            for st in states.values():
+                if st.out and now - st.out[0] >= timeout:
+                    _silent(st, retries, gap_limit, max_hops, depth)
+            ready = [st for st in states.values() if not st.done and st.out is None]
+            if ready and now >= next_send and (budget is None or budget.take()):
+                st = random.choice(ready)
+                payload = PAYLOAD.pack(TRACE_MAGIC, token, st.path.port, st.ttl, st.tries)
+                try:
+                    st.sock.sendmsg([payload], [(level, opt, struct.pack("=i", st.ttl))])
+                except OSError as exc:      # a queued ICMP error surfaces here once: read it, retry later
+                    if exc.errno not in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED,
+                                         errno.EAGAIN, errno.ENOBUFS):
+                        raise
+                else:
+                    st.out = (now, st.ttl, st.tries)
+                    st.path.sent += 1
+                next_send = max(next_send + spacing, now - spacing)
+            wait = max(0.0, min(next_send - time.monotonic(), 0.05)) if ready else 0.05
+            for fd, _ in poller.poll(wait * 1000):
+                _read_errors(by_fd[fd], family, dst_ip, token, gap_limit, max_hops)
+        depth = max(depth, *(st.deepest for st in states.values()))
+        for st in states.values():      # silent TTLs past the deepest answer were the peer's
+            hops = st.path.hops
+            while len(hops) > max(depth, st.deepest) and hops[-1] is None:
+                hops.pop()
+        return {p: st.path for p, st in states.items()}
+    finally:
+        if own:
+            for s in socks.values():
+                s.close()
+
+
+def _advance(st, gap_limit, max_hops):
+    st.ttl += 1
+    st.tries = 0
+    st.out = None
+    if st.silent >= gap_limit:          # went silent after its last hop: the peer took them
+        st.path.reached = True
+        st.done = True
+    elif st.ttl > max_hops:
+        st.done = True
+
+
+def _silent(st, retries, gap_limit, max_hops, depth):
+    st.tries += 1
+    st.out = None
+    if st.tries > (retries if st.ttl <= depth or not depth else 0):   # beyond the known depth: the peer
+        st.path.hops.append(None)
+        st.silent += 1
+        _advance(st, gap_limit, max_hops)
+
+
+def _read_errors(st, family, dst, token, gap_limit, max_hops):
+    while True:
+        try:
+            data, anc, _, _ = st.sock.recvmsg(64, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        got = parse_error(anc, family)
+        if got is None or st.done or st.out is None:
+            continue
+        if len(data) >= PAYLOAD.size:        # the router quoted our token: it must be this packet's
+            magic, tok, _, ttl, tries = PAYLOAD.unpack_from(data)
+            if magic != TRACE_MAGIC or tok != token or (ttl, tries) != st.out[1:]:
+                continue                     # a late answer to an earlier try or trace
+        etype, code, addr = got
+        if ipaddress.ip_address(addr) == dst:        # the peer itself (no listener)
+            del st.path.hops[st.deepest:]
+            st.path.reached, st.out, st.done = True, None, True
+            continue
+        st.path.hops.append(addr)
+        st.silent = 0
+        st.deepest = len(st.path.hops)
+        if etype == TIME_EXCEEDED[family]:
+            _advance(st, gap_limit, max_hops)
+        else:                                # the destination (port unreachable) or a router refusing
+            st.path.reached = etype == UNREACH[family] and code == PORT_UNREACH[family]
+            st.out = None
+            st.done = True
+
+
+def merge(old, new):
+    """new's hops, with a star filled from `old` where old saw a hop at that TTL
+    (a rate-limiting router misses answers now and then; the path rarely changes)."""
+    if old is None:
+        return new
+    hops = [h if h is not None or i >= len(old.hops) else old.hops[i] for i, h in enumerate(new.hops)]
+    return PortPath(new.port, hops, new.reached, new.sent)
