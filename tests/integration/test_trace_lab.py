@@ -3,7 +3,7 @@ members its own datagrams cross, IPv4 and IPv6, one and two stages, and with rou
 that answer only every other ICMP error.
 
 Oracle: per-port iptables packet counters in every member router, fed by ordinary
-datagrams sent from the very sockets the trace used (see EcmpLab.flow_members)."""
+datagrams from fresh sockets with the same ports (EcmpLab.flow_members)."""
 import json
 import sys
 
@@ -22,9 +22,6 @@ socks = {p: trace.open_socket(dst, 7000, p) for p in ports}
 t0 = time.monotonic()
 paths = trace.trace(dst, 7000, ports, rate=200, retries=3 if every else 1, timeout=0.3, socks=socks)
 took = time.monotonic() - t0
-for s in socks.values():                 # the oracle's datagrams, from the same sockets
-    for _ in range(3):
-        s.send(b"count")
 print(json.dumps({"took": took, "paths": {p: [v.hops, v.reached, v.sent] for p, v in paths.items()}}))
 '''
 
@@ -37,16 +34,9 @@ def _run(lab, family, every):
     """The peer's port is open, as a netprobe peer's is: B answers nothing."""
     sink = lab.popen(lab.b, [sys.executable, "-c", SINK])
     assert sink.stdout.readline().startswith("READY")
-    out = {}
-
-    def send():
-        dst = lab.b4 if family == 4 else lab.b6
-        p = lab.run(lab.a, [sys.executable, "-c", SCRIPT, dst, family, every, *PORTS], timeout=120,
-                    cwd=sys.path[0] if sys.path[0] else None)
-        out.update(json.loads(p.stdout))
-
-    members = lab.flow_members(PORTS, DPORT, family, send=send)
-    return members, out
+    dst = lab.b4 if family == 4 else lab.b6
+    out = json.loads(lab.run(lab.a, [sys.executable, "-c", SCRIPT, dst, family, every, *PORTS], timeout=120).stdout)
+    return lab.flow_members(PORTS, DPORT, family), out
 
 
 @pytest.mark.parametrize("stages,every", [(1, 0), (2, 0), (2, 2)])
