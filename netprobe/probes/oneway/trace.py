@@ -45,6 +45,7 @@ class PortPath:
     hops: list = field(default_factory=list)
     reached: bool = False       # the destination answered, or the path went silent after its last hop
     sent: int = 0
+    to_peer: int = 0            # datagrams sent past the last router: the peer got them
 
 
 def parse_error(anc, family):
@@ -120,21 +121,34 @@ class _Port:
         self.silent = 0
         self.out = None         # (sent at, ttl, try) of the packet in flight
         self.deepest = 0        # the highest TTL a router answered
+        self.sent_ttls = []
         self.done = False
 
 
-def trace(dst, dport, ports, *, local=None, max_hops=16, rate=20.0, retries=2, timeout=1.0, gap_limit=2,
-          budget=None, deadline=None, stop=None, socks=None, depth=0):
+def trace(dst, dport, ports, *, depth=None, **kw):
     """Trace every source port in `ports` towards dst:dport; returns {port: PortPath}.
 
-    socks: {port: socket} already opened with open_socket (else opened and closed here).
-    budget: a Budget (or anything with take() -> bool); deadline: time.monotonic() bound;
-    stop: a threading.Event ending the trace early (paths so far are returned).
-    depth: routers seen on the way in an earlier trace (a silent TTL up to there is a
-    star to retry, not the peer); every port's answers raise it.
+    depth: the routers on the way (from an earlier trace): no TTL beyond it is sent, so
+    no trace datagram reaches the peer.  None: the first port is traced alone until the
+    path goes silent (those last datagrams reach the peer), and its depth caps the rest.
+    Keywords: local, max_hops, rate, retries, timeout, gap_limit (silent TTLs that end a
+    path), budget (take() -> bool), deadline (time.monotonic()), stop (an Event), socks
+    ({port: socket from open_socket}, else opened and closed here).
     """
+    ports = list(ports)
+    if depth is None and len(ports) > 1:
+        scout = {**kw, "retries": kw.get("retries", 2) + 2}    # a star at its end would cap every port short
+        out = _trace(dst, dport, ports[:1], cap=None, **scout)
+        depth = max(len(out[ports[0]].hops), 0) if out[ports[0]].reached else None
+        return {**out, **_trace(dst, dport, ports[1:], cap=depth, **kw)}
+    return _trace(dst, dport, ports, cap=depth, **kw)
+
+
+def _trace(dst, dport, ports, *, cap, local=None, max_hops=16, rate=20.0, retries=2, timeout=1.0, gap_limit=2,
+           budget=None, deadline=None, stop=None, socks=None):
     if not ports:
         return {}
+    max_hops = max_hops if cap is None else min(cap, max_hops)
     dst_ip = ipaddress.ip_address(dst)
     family = dst_ip.version
     token = os.urandom(8)
@@ -158,10 +172,9 @@ def trace(dst, dport, ports, *, local=None, max_hops=16, rate=20.0, retries=2, t
             now = time.monotonic()
             if (deadline is not None and now >= deadline) or (stop is not None and stop.is_set()):
                 break
-            depth = max(depth, *(st.deepest for st in states.values()))
             for st in states.values():
                 if st.out and now - st.out[0] >= timeout:
-                    _silent(st, retries, gap_limit, max_hops, depth)
+                    _silent(st, retries, gap_limit, max_hops)
             ready = [st for st in states.values() if not st.done and st.out is None]
             if ready and now >= next_send and (budget is None or budget.take()):
                 st = random.choice(ready)
@@ -175,15 +188,17 @@ def trace(dst, dport, ports, *, local=None, max_hops=16, rate=20.0, retries=2, t
                 else:
                     st.out = (now, st.ttl, st.tries)
                     st.path.sent += 1
+                    st.sent_ttls.append(st.ttl)
                 next_send = max(next_send + spacing, now - spacing)
             wait = max(0.0, min(next_send - time.monotonic(), 0.05)) if ready else 0.05
             for fd, _ in poller.poll(wait * 1000):
                 _read_errors(by_fd[fd], family, dst_ip, token, gap_limit, max_hops)
-        depth = max(depth, *(st.deepest for st in states.values()))
-        for st in states.values():      # silent TTLs past the deepest answer were the peer's
-            hops = st.path.hops
-            while len(hops) > max(depth, st.deepest) and hops[-1] is None:
-                hops.pop()
+        for st in states.values():
+            if cap is None:             # silent TTLs past the last answer: the peer took them
+                del st.path.hops[st.deepest:]
+                st.path.to_peer = sum(1 for t in st.sent_ttls if t > st.deepest)
+            elif st.ttl > max_hops:     # reached the known depth
+                st.path.reached = True
         return {p: st.path for p, st in states.items()}
     finally:
         if own:
@@ -202,10 +217,10 @@ def _advance(st, gap_limit, max_hops):
         st.done = True
 
 
-def _silent(st, retries, gap_limit, max_hops, depth):
+def _silent(st, retries, gap_limit, max_hops):
     st.tries += 1
     st.out = None
-    if st.tries > (retries if st.ttl <= depth or not depth else 0):   # beyond the known depth: the peer
+    if st.tries > retries:
         st.path.hops.append(None)
         st.silent += 1
         _advance(st, gap_limit, max_hops)
@@ -246,4 +261,4 @@ def merge(old, new):
     if old is None:
         return new
     hops = [h if h is not None or i >= len(old.hops) else old.hops[i] for i, h in enumerate(new.hops)]
-    return PortPath(new.port, hops, new.reached, new.sent)
+    return PortPath(new.port, hops, new.reached, new.sent, new.to_peer)
