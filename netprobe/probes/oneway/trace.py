@@ -36,6 +36,7 @@ TIME_EXCEEDED = {4: 11, 6: 3}           # ICMP / ICMPv6 type
 UNREACH = {4: 3, 6: 1}
 PORT_UNREACH = {4: 3, 6: 4}
 PAYLOAD = struct.Struct("!4s8sHBB")     # magic, trace token, port, ttl, try
+MIN_WAIT, MAX_WAIT, RTT_FACTOR = 0.25, 2.0, 4    # s: no answer after 4x the slowest one seen is a miss
 
 
 @dataclass
@@ -131,7 +132,8 @@ def trace(dst, dport, ports, *, depth=None, **kw):
     depth: the routers on the way (from an earlier trace): no TTL beyond it is sent, so
     no trace datagram reaches the peer.  None: the first port is traced alone until the
     path goes silent (those last datagrams reach the peer), and its depth caps the rest.
-    Keywords: local, max_hops, rate, retries, timeout, gap_limit (silent TTLs that end a
+    Keywords: local, max_hops, rate, retries, timeout (default: 4 x the slowest answer so
+    far, 0.25 to 2 s; MAX_WAIT until one came), gap_limit (silent TTLs that end a
     path), budget (take() -> bool), deadline (time.monotonic()), stop (an Event), socks
     ({port: socket from open_socket}, else opened and closed here).
     """
@@ -144,7 +146,7 @@ def trace(dst, dport, ports, *, depth=None, **kw):
     return _trace(dst, dport, ports, cap=depth, **kw)
 
 
-def _trace(dst, dport, ports, *, cap, local=None, max_hops=16, rate=20.0, retries=2, timeout=1.0, gap_limit=2,
+def _trace(dst, dport, ports, *, cap, local=None, max_hops=16, rate=20.0, retries=2, timeout=None, gap_limit=2,
            budget=None, deadline=None, stop=None, socks=None):
     if not ports:
         return {}
@@ -152,6 +154,7 @@ def _trace(dst, dport, ports, *, cap, local=None, max_hops=16, rate=20.0, retrie
     dst_ip = ipaddress.ip_address(dst)
     family = dst_ip.version
     token = os.urandom(8)
+    rtt = [0.0]                 # the slowest answer so far: a silence is judged against it
     own = socks is None
     socks = socks or {}
     states = {}
@@ -172,8 +175,9 @@ def _trace(dst, dport, ports, *, cap, local=None, max_hops=16, rate=20.0, retrie
             now = time.monotonic()
             if (deadline is not None and now >= deadline) or (stop is not None and stop.is_set()):
                 break
+            wait_for = timeout or (min(MAX_WAIT, max(MIN_WAIT, RTT_FACTOR * rtt[0])) if rtt[0] else MAX_WAIT)
             for st in states.values():
-                if st.out and now - st.out[0] >= timeout:
+                if st.out and now - st.out[0] >= wait_for:
                     _silent(st, retries, gap_limit, max_hops)
             ready = [st for st in states.values() if not st.done and st.out is None]
             if ready and now >= next_send and (budget is None or budget.take()):
@@ -192,7 +196,7 @@ def _trace(dst, dport, ports, *, cap, local=None, max_hops=16, rate=20.0, retrie
                 next_send = max(next_send + spacing, now - spacing)
             wait = max(0.0, min(next_send - time.monotonic(), 0.05)) if ready else 0.05
             for fd, _ in poller.poll(wait * 1000):
-                _read_errors(by_fd[fd], family, dst_ip, token, gap_limit, max_hops)
+                _read_errors(by_fd[fd], family, dst_ip, token, gap_limit, max_hops, rtt)
         for st in states.values():
             if cap is None:             # silent TTLs past the last answer: the peer took them
                 del st.path.hops[st.deepest:]
@@ -226,7 +230,7 @@ def _silent(st, retries, gap_limit, max_hops):
         _advance(st, gap_limit, max_hops)
 
 
-def _read_errors(st, family, dst, token, gap_limit, max_hops):
+def _read_errors(st, family, dst, token, gap_limit, max_hops, rtt):
     while True:
         try:
             data, anc, _, _ = st.sock.recvmsg(64, 512, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
@@ -240,6 +244,7 @@ def _read_errors(st, family, dst, token, gap_limit, max_hops):
             if magic != TRACE_MAGIC or tok != token or (ttl, tries) != st.out[1:]:
                 continue                     # a late answer to an earlier try or trace
         etype, code, addr = got
+        rtt[0] = max(rtt[0], time.monotonic() - st.out[0])
         if ipaddress.ip_address(addr) == dst:        # the peer itself (no listener)
             del st.path.hops[st.deepest:]
             st.path.reached, st.out, st.done = True, None, True
