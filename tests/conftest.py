@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from tests.lab import netlab
+from tests.lab import ecmp, netlab
 
 IS_ROOT = os.geteuid() == 0
 NOT_ROOT_REASON = "lab tests need root (network namespaces, iptables, tc)"
@@ -29,9 +29,11 @@ def _lab_stale_cleanup():
     this process still up after it."""
     if IS_ROOT:
         netlab.cleanup_stale()
+        ecmp.cleanup_stale()
     yield
     if IS_ROOT:
         netlab.cleanup_stale(mine=True)
+        ecmp.cleanup_stale(mine=True)
 
 
 @pytest.fixture
@@ -66,3 +68,22 @@ def lab(request, make_lab):
     """An up Lab without impairments; parametrize indirectly with a dict of
     up() keywords, e.g. {"offload": "off"}."""
     return make_lab(**getattr(request, "param", {}))
+
+
+@pytest.fixture
+def make_ecmp_lab():
+    """Factory make_ecmp_lab(stages=1, width=2) -> an up tests.lab.ecmp.EcmpLab, downed at teardown."""
+    if not IS_ROOT:
+        pytest.skip(NOT_ROOT_REASON)
+    labs = []
+
+    def make(**kw):
+        labs.append(ecmp.EcmpLab(**kw))
+        try:
+            return labs[-1].up()
+        except netlab.LabError as e:
+            pytest.fail(str(e), pytrace=False)
+
+    yield make
+    for lab in reversed(labs):
+        lab.down()

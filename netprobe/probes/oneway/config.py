@@ -116,6 +116,17 @@ class Config(ProbeConfig):
     delay_buckets: tuple = setting(STR_LIST, [], "add the interval's one-way delay histogram (delay_hist=) with "
                                    'these bucket bounds, e.g. ["1ms", "5ms", "20ms"] (default: none)')
     connect_timeout: float = setting(DURATION, 5.0, "TCP connect and handshake timeout (s)", min=0.1, max=120)
+    trace: bool = setting(BOOL, False, "trace each source port's path (Paris-style, the probe's own 5-tuple, "
+                          "TTL 1..max_hops) at start, every trace_every and at once for ports that start to "
+                          "breach, and name the hop the degraded ports share (suspect_hop on BREACH lines)")
+    max_hops: int = setting(INT, 16, "with trace: the highest TTL / hop limit tried", min=1, max=64)
+    trace_every: float = setting(DURATION, 600.0, "with trace: each port is traced again this often, the ports "
+                                 "spread evenly over the period (s)", min=10.0, max=86400)
+    trace_rate: float = setting(FLOAT, 20.0, "with trace: trace packets per second at most", min=1.0, max=1000.0)
+    trace_share: float = setting(FLOAT, 1.0, "with trace: trace packets at most this share of the probe's "
+                                 "own packets on average (percent)", min=0.01, max=10.0)
+    trace_retries: int = setting(INT, 2, "with trace: tries again for a silent hop (routers rate-limit ICMP)",
+                                 min=0, max=5)
 
     def check(self, where):
         super().check(where)
@@ -137,6 +148,8 @@ class Config(ProbeConfig):
             raise where.error("interface", "is required with next_hops (the interface frames leave on)")
         if self.interface and not self.next_hops:
             raise where.error("interface", "goes with next_hops (raw mode); without it the route picks the way")
+        if self.trace and self.next_hops:
+            raise where.error("trace", "goes with routed probes; with next_hops the frames pick their own way")
         if len(self.next_hops) > 64:
             raise where.error("next_hops", "at most 64 next hops")
         least = HDR_LEN + (TAG_LEN if self.key or self.auth else 0)

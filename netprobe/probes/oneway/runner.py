@@ -23,7 +23,7 @@ import numpy as np
 from netprobe import serve
 from netprobe.errors import PeerError, ProbeError, load_extension
 from netprobe.probes.base import ProbeRunner
-from netprobe.probes.oneway import analysis
+from netprobe.probes.oneway import analysis, pathwatch
 from netprobe.probes.oneway.config import ports_for_ecmp
 from netprobe.probes.oneway.protocol import LineReader, send_line, session_key
 from netprobe.probes.oneway.responder import clock_state
@@ -77,6 +77,7 @@ class Session:
             self.ctl.setblocking(False)
             self.reader = LineReader(self.ctl)
             dst = (self.ctl.getpeername()[0], first["udp_port"])
+            self.dst, self.watch = dst, None
             raw = None
             if cfg.next_hops:
                 raw = self._open_raw(ports, nports, dst)
@@ -106,6 +107,8 @@ class Session:
             self.socks.append(s)
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+                if self.cfg.trace:          # the trace socket binds the port beside it (trace.py)
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 s.bind((local, ports[i] if ports else 0))
                 s.connect(dst)
             except OSError as exc:
@@ -220,6 +223,9 @@ class Runner(ProbeRunner):
         sender_stop = threading.Event()
         t = threading.Thread(target=self._send_loop, args=(sess, sender_stop, rolled, failed), daemon=True)
         t.start()
+        if self.cfg.trace:
+            sess.watch = pathwatch.PathWatch(self.cfg, *sess.dst, sess.port_numbers, 1.0 / self.cfg.gap,
+                                             self.cfg.local or None).start()
         sent_by_interval = {}
         try:
             while not stop.is_set() and t.is_alive():
@@ -232,6 +238,8 @@ class Runner(ProbeRunner):
         finally:
             sender_stop.set()
             t.join()
+            if sess.watch:
+                sess.watch.stop()
         if failed:
             self._lost(failed[0])
             return
@@ -351,6 +359,8 @@ class Runner(ProbeRunner):
             p50, p99 = np.percentile(lat, [50, 99])
             fields["send_late_p50"] = seconds(p50 / 1e9)
             fields["send_late_p99"] = seconds(p99 / 1e9)
+        named = pathwatch.report(self, sess.watch, sess.port_numbers, s, raw_ports, judge) if sess.watch else {}
+        fields.update(named.get("result", {}))
         self.result(fields)
         if cfg.per_port:
             for p, rec in zip(s["ports"], raw_ports, strict=True):
@@ -365,7 +375,7 @@ class Runner(ProbeRunner):
         for v in analysis.verdicts(s, max_loss_pct=cfg.max_loss_pct, max_delay_p99=cfg.max_delay_p99,
                                    blackhole_pct=cfg.blackhole_pct, port_names=names):
             unit = percent if v.unit == "%" else seconds
-            extra = dict(v.extra)
+            extra = {**v.extra, **named.get(v.metric, {})}
             if v.metric == "delay_p99":
                 extra["clock_synced"] = synced
             self.judge(v.key, v.bad, metric=v.metric, value=unit(v.value), op=v.op,
