@@ -29,7 +29,7 @@
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcmp, memcpy, memset
+from libc.string cimport memcmp, memcpy, memmove, memset
 from cpython.exc cimport PyErr_SetFromErrno
 
 from linux cimport close, poll, pollfd, POLLIN
@@ -1020,12 +1020,13 @@ cdef inline bint id_after(uint16_t a, uint16_t b) noexcept nogil:
 
 
 cdef inline uint32_t run_above(const sent_t *r, uint32_t s) noexcept nogil:
-    """Offset from the top of run r of its lowest mark that ends above s (r's top must)."""
-    cdef uint32_t c
+    """Offset from the top of run r of its lowest mark that ends above s (r's top must).
+    A run of more than one mark has step >= 1 (continues() admits no other)."""
+    cdef uint64_t c
     if r.n == 1:
         return 0
-    c = (<uint32_t>(r.end - s) + r.step - 1) // r.step
-    return (c if c < r.n else r.n) - 1
+    c = (<uint64_t>(r.end - s) + r.step - 1) // r.step
+    return <uint32_t>((c if c < r.n else r.n) - 1)
 
 
 cdef inline int sent_order(dir_t *d, uint32_t seq, uint16_t ipid) noexcept nogil:
@@ -1051,10 +1052,37 @@ cdef inline void run_piece(sent_t *out, const sent_t *r, uint32_t top, uint32_t 
 
 
 cdef inline bint continues(const sent_t *r, uint32_t end, uint16_t ipid) noexcept nogil:
-    """Whether a mark (end, ipid) just above run r's top extends the run: the next ID, and
-    the run's step (any step for a run of one)."""
-    return (r.n < RUN_MAX and <uint16_t>(r.id + 1) == ipid
+    """Whether a mark (end, ipid) just above run r's top extends the run: the next ID, an
+    end above the top (so a run's step is never 0), and the run's step (any step for a run
+    of one)."""
+    return (r.n < RUN_MAX and <uint16_t>(r.id + 1) == ipid and seq_gt(end, r.end)
             and (r.n == 1 or <uint32_t>(end - r.end) == r.step))
+
+
+cdef inline bint stale(uint32_t top, uint32_t s) noexcept nogil:
+    """Sequence number s is 2**31 or more below top: the two have no order (RFC 1982)."""
+    return <uint32_t>(top - s) >= 0x80000000U
+
+
+cdef inline void forget_stale_marks(dir_t *d) noexcept nogil:
+    """Forget the marks stale below seen_hi. Comparisons within the rest stay transitive
+    (all lie within half the sequence space), which the sort by end needs: sequence
+    numbers stepping by 0x60000000 otherwise compare in a circle. seen_hi moves up by
+    less than 2**31 at a time, so the stale marks are the lowest ones."""
+    cdef int k = 0
+    cdef uint64_t keep
+    cdef sent_t *r
+    while k < d.nsent and stale(d.seen_hi, d.sent[k].end):
+        k += 1
+    if k < d.nsent and d.sent[k].n > 1:
+        r = &d.sent[k]
+        # marks of r within the window: offsets c with (seen_hi - r.end) + c * step < 2**31
+        keep = (0x80000000ULL - <uint32_t>(d.seen_hi - r.end) + r.step - 1) // r.step
+        if keep < r.n:
+            r.n = <uint16_t>keep
+    if k:
+        memmove(d.sent, &d.sent[k], (d.nsent - k) * sizeof(sent_t))
+        d.nsent -= k
 
 
 cdef inline void extend(sent_t *r, uint32_t end, uint16_t ipid) noexcept nogil:
@@ -1070,10 +1098,14 @@ cdef inline void add_sent(dir_t *d, uint32_t end, uint16_t ipid) noexcept nogil:
     runs, the lowest is forgotten. A mark extends the run just below it while its ends and
     IDs keep the run's steps (new data, in order, at the top: the fast path); otherwise it
     is a run of its own, and splits the run it lands in. Positions are (run, offset from
-    its top)."""
+    its top). Marks stale below seen_hi are forgotten first, and a stale mark is not kept."""
     cdef int n = d.nsent, m = 0, i, rk = 0, rp, ru
     cdef uint32_t tk = 0, tp, tu
     cdef sent_t tmp[NSENT + 2]
+    forget_stale_marks(d)
+    n = d.nsent
+    if stale(d.seen_hi, end):
+        return
     if n and seq_gt(end, d.sent[n - 1].end) and continues(&d.sent[n - 1], end, ipid):
         extend(&d.sent[n - 1], end, ipid)                           # new data, in order
         return

@@ -35,6 +35,11 @@ def gt(a, b):
     return s32(a - b) > 0
 
 
+def stale(top, s):
+    """s is 2**31 or more below top: the two have no order (RFC 1982)."""
+    return (top - s) & M32 >= 1 << 31
+
+
 def id_after(a, b):
     """IPv4 ID a was sent after b (one sender's counter, less than half a wrap apart)."""
     return 0 < (a - b) % 65536 < 32768
@@ -369,8 +374,12 @@ class Analyser:
         by end, each tagged with its run: marks whose ends and IDs step evenly (the next ID
         each time), as new data appended at the top makes them. A mark joins the run just
         below it when it continues it that way; otherwise it is a run of its own, and splits
-        the run it lands in. With more than NSENT runs the lowest is forgotten."""
-        m = fwd.sent
+        the run it lands in. With more than NSENT runs the lowest is forgotten. Marks 2**31
+        or more below seen_hi are forgotten first, and such a mark is not kept: sequence
+        numbers that far apart have no order (RFC 1982), and the sort by end needs one."""
+        m = fwd.sent = [x for x in fwd.sent if not stale(fwd.seen_hi, x[0])]
+        if stale(fwd.seen_hi, end):
+            return
         k = next((n for n, (e, _, _) in enumerate(m) if not lt(e, end)), len(m))
         if k < len(m) and not id_after(m[k][1], ipid):
             return
