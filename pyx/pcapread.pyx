@@ -27,7 +27,7 @@
 # of the data or has an impossible length ends the run with an error string
 # and everything before it analysed (a partial result).
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memmove, memset
 from cpython.exc cimport PyErr_SetFromErrno
@@ -198,6 +198,11 @@ cdef inline uint64_t key_hash(const flow_key_t *k) noexcept nogil:
         h = (h ^ w[i]) * 0xff51afd7ed558ccdULL
         h ^= h >> 32
     return h
+
+
+cdef inline int64_t ns_diff(int64_t a, int64_t b) noexcept nogil:
+    """a - b wrapping instead of overflowing: capture times come from the file."""
+    return <int64_t>(<uint64_t>a - <uint64_t>b)
 
 
 cdef inline int64_t pow10(int n) noexcept nogil:
@@ -700,7 +705,8 @@ cdef class TcpAnalyser:
                            const uint8_t *opt, uint32_t optlen) noexcept nogil:
         cdef dir_t *fwd = &f.d[d]
         cdef dir_t *rev = &f.d[1 - d]
-        cdef uint32_t fl = 0, nextseq, span, smss, segs = 1, mss = 0
+        cdef uint32_t fl = 0, nextseq, span, smss, mss = 0
+        cdef uint64_t segs = 1
         cdef uint64_t t, ooo_thres
         cdef bint seq_not_advanced
         cdef bint sfr = (tflags & (TH_SYN | TH_FIN | TH_RST)) != 0
@@ -717,7 +723,7 @@ cdef class TcpAnalyser:
             fwd.syn_seen = 1
             fwd.isn = seq
         if (tflags & (TH_SYN | TH_ACK)) == TH_ACK and f.mru_syn != 0 and f.first_rtt == 0:
-            f.first_rtt = ts - f.mru_syn
+            f.first_rtt = ns_diff(ts, f.mru_syn)
         # ---- Wireshark's tcp_analyze_sequence_number, in its order
         if seglen == 1 and seq == fwd.nextseq and rev.window == 0:
             fl |= F_ZWP
@@ -759,13 +765,13 @@ cdef class TcpAnalyser:
             if not (fl & F_KEEPALIVE):
                 if seglen > 1 and fwd.nextseq - 1 == seq:
                     seq_not_advanced = False
-                t = <uint64_t>(ts - rev.lastacktime)
+                t = <uint64_t>ts - <uint64_t>rev.lastacktime
                 if seq_not_advanced and rev.dupacknum >= 2 and rev.lastack == seq and t < FAST_RETRANS_NS:
                     fl |= F_FAST_RETRANS
                 elif seglen > 0 and rev.lastack and seq_le(seq + seglen, rev.lastack):
                     fl |= F_SPURIOUS     # already acked: before the out-of-order test (tshark 4.0)
                 else:
-                    t = <uint64_t>(ts - fwd.nextseqtime)
+                    t = <uint64_t>ts - <uint64_t>fwd.nextseqtime
                     ooo_thres = <uint64_t>f.first_rtt if f.first_rtt != 0 else DEFAULT_OOO_NS
                     if seq_not_advanced and t < ooo_thres and fwd.nextseq != seq + seglen:
                         fl |= F_OOO
@@ -803,7 +809,7 @@ cdef class TcpAnalyser:
             smss = rev.mss if rev.mss else fwd.mss
             smss = smss - (doff - 20) if smss > doff - 20 + 8 else 0
             if smss:
-                segs = (seglen + smss - 1) // smss
+                segs = (<uint64_t>seglen + smss - 1) // smss      # smss >= 9 here
             fwd.c[C_DATA_PKTS] += 1
             fwd.c[C_DATA_BYTES] += seglen
             fwd.c[C_DATA_SEGS] += segs
@@ -858,12 +864,13 @@ cdef class TcpAnalyser:
         A retransmission at or above seen_hi (its original lost or held before
         the capture point, nothing above it captured yet) is new data here:
         nothing in the capture tells it apart (retrans-notes.md, "tip")."""
-        cdef uint32_t end = seq + span, below_end, in_holes = 0, lo, hi, out = 0
+        cdef uint32_t end = seq + span, below_end, lo, hi, out = 0
+        cdef uint64_t in_holes = 0          # holes may sum past 2**32 when spans are huge
         cdef int64_t window
         cdef int i, oldest = -1, order = 0      # order: -1 an original (sent before every captured
         cdef hole_t h                           # segment with bytes at or above seq), 1 a resend
         cdef uint16_t idd
-        if fwd.seen_valid and seq_lt(seq, fwd.seen_hi):
+        if fwd.seen_valid and seq_lt(seq, fwd.seen_hi) and not stale(fwd.seen_hi, seq):
             if ipid >= 0 and fwd.last_has_id and fwd.id_good >= ID_TRUST and fwd.id_bad * 8 < fwd.id_good:
                 order = sent_order(fwd, seq, <uint16_t>ipid)
             elif tsval >= 0 and fwd.last_has_ts and <uint32_t>tsval != fwd.last_ts:
@@ -886,13 +893,13 @@ cdef class TcpAnalyser:
                 window = self.reorder_ns
                 if window == 0:
                     window = f.first_rtt if f.first_rtt > 0 else DEFAULT_OOO_NS
-                if ts - fwd.holes[oldest].t_ns < window:
+                if ns_diff(ts, fwd.holes[oldest].t_ns) < window:
                     out = F_NP_OOO
                 else:
                     out = F_NP_RETRANS | F_NP_LOST_RETRANS
             if in_holes:
                 fill_holes(fwd, seq, below_end)
-        if fwd.seen_valid and seq_gt(seq, fwd.seen_hi):
+        if fwd.seen_valid and seq_gt(seq, fwd.seen_hi) and seq_gt(end, fwd.seen_hi):   # a gap below the new top
             h.start = fwd.seen_hi
             h.end = seq
             h.t_ns = ts
@@ -911,6 +918,7 @@ cdef class TcpAnalyser:
             fwd.last_id = <uint16_t>ipid
             fwd.last_has_ts = tsval >= 0
             fwd.last_ts = <uint32_t>tsval
+            forget_stale_holes(fwd)
         if ipid >= 0:
             add_sent(fwd, end, <uint16_t>ipid)
         return out
@@ -992,13 +1000,15 @@ cdef inline int32_t idb_tsres(const uint8_t *b, uint32_t blen, bint swapped) noe
 
 
 cdef inline int64_t units_to_ns(uint64_t units, int32_t tsres) noexcept nogil:
+    cdef double ns
     if tsres >= 0:
         if tsres <= 9:
             return <int64_t>(units * <uint64_t>pow10(9 - tsres))
         if tsres <= 18:
             return <int64_t>(units // <uint64_t>pow10(tsres - 9))
         return 0
-    return <int64_t>(<double>units * 1e9 / <double>(1ULL << (-tsres if -tsres < 63 else 63)))
+    ns = <double>units * 1e9 / <double>(1ULL << (-tsres if -tsres < 63 else 63))
+    return <int64_t>ns if ns < 9.2e18 else INT64_MAX      # a double past int64 has no conversion
 
 
 cdef inline void add_hole(dir_t *d, hole_t h) noexcept nogil:
@@ -1160,6 +1170,17 @@ cdef inline void add_sent(dir_t *d, uint32_t end, uint16_t ipid) noexcept nogil:
     i = m - NSENT if m > NSENT else 0                               # forget the lowest runs
     memcpy(d.sent, &tmp[i], (m - i) * sizeof(sent_t))
     d.nsent = m - i
+
+
+cdef inline void forget_stale_holes(dir_t *d) noexcept nogil:
+    """Forget (count) the holes that start stale below seen_hi, as the send-order marks."""
+    cdef int i = 0
+    while i < d.nholes:
+        if stale(d.seen_hi, d.holes[i].start):
+            remove_hole(d, i)
+            d.c[C_HOLES_DROPPED] += 1
+        else:
+            i += 1
 
 
 cdef inline void remove_hole(dir_t *d, int i) noexcept nogil:

@@ -48,3 +48,14 @@ def test_six_segment_capture_gives_a_result_not_a_signal(tmp_path, e, i):
     [result] = [r for r in map(json.loads, p.stdout.splitlines()) if r["type"] == "RESULT"]
     assert result["data_pkts"] == 6, result
     assert_matches_reference(capture(six_segments(e, i)))
+
+
+@pytest.mark.parametrize("step", [STEP, 0x7FFFFFFF, 0x80000000, 0x80000001, 0xC0000000])
+def test_huge_steps_and_repeated_ids_match_the_reference(step):
+    """Send-order marks across the whole sequence space: IDs trusted (in order), then ends
+    stepping by half the space and more, repeated ends and IDs, and resends below."""
+    e, i = 0x7FFFFF00, 1000
+    marks = [(e + k * 100, i + k) for k in range(6)]
+    for k in range(8):
+        marks += [(e + k * step, i + 6 + k), (e + k * step, i + 5 + k), (e + (k - 1) * step - 50, i + 9 + k)]
+    assert_matches_reference(capture(marks))

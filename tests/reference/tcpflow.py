@@ -302,7 +302,7 @@ class Analyser:
         optlen = t["doff"] - 20
         mss = rev.mss or fwd.mss               # the sender's own when the peer's SYN was not seen
         smss = mss - optlen if mss > optlen + 8 else 0
-        segs = -(-seglen // smss) if smss else 1
+        segs = -(-seglen // smss) if smss and seglen else 1      # a SYN or FIN alone is one
         if seglen:
             fwd.counts["data_segs"] = fwd.counts.get("data_segs", 0) + segs
         if "np_retrans" in fl:
@@ -316,7 +316,7 @@ class Analyser:
     def classify(self, f, fwd, ts, seq, span, ipid, tsval, syn=False):
         end = (seq + span) & M32
         out = set()
-        if fwd.seen_hi is not None and lt(seq, fwd.seen_hi):
+        if fwd.seen_hi is not None and lt(seq, fwd.seen_hi) and not stale(fwd.seen_hi, seq):
             order = 0
             trusted = fwd.id_good >= ID_TRUST and fwd.id_bad * 8 < fwd.id_good
             if ipid is not None and fwd.last_id is not None and trusted:
@@ -343,7 +343,7 @@ class Analyser:
                 out = {"np_ooo"} if ts - oldest[2] < window else {"np_retrans", "np_lost_retrans"}
             if in_holes:
                 self.fill(fwd, seq, below)
-        if fwd.seen_hi is not None and gt(seq, fwd.seen_hi):
+        if fwd.seen_hi is not None and gt(seq, fwd.seen_hi) and gt(end, fwd.seen_hi):   # below the new top
             if len(fwd.holes) == NHOLES:
                 fwd.holes.pop(0)
                 fwd.count("holes_dropped")
@@ -355,6 +355,9 @@ class Analyser:
                 elif not fwd.last_syn:          # a SYN's ID need not be from the data's counter
                     fwd.id_bad += 1
             fwd.seen_hi, fwd.last_id, fwd.last_ts, fwd.last_syn = end, ipid, tsval, syn
+            kept = [h for h in fwd.holes if not stale(end, h[0])]      # no order that far below
+            fwd.counts["holes_dropped"] = fwd.counts.get("holes_dropped", 0) + len(fwd.holes) - len(kept)
+            fwd.holes = kept
         if ipid is not None:
             self.add_sent(fwd, end, ipid)
         return out
