@@ -1,14 +1,27 @@
 # TcpAnalyser: a capture image's records through the reader, decoder, flow table and
 # sequence analysis; results for Python.
 
+cdef class Chunk:
+    """What one TcpAnalyser.run() call did: `frames` frames written to the arrays and the
+    next record at `offset`. `more`: the arrays filled up, call again from offset. Else the
+    data ended there, or stopped at a bad record and `error` (one line) says which; the
+    frames before it are analysed (a partial result). Bad arguments raise instead."""
+    cdef readonly bint more
+    cdef readonly Py_ssize_t offset, frames
+    cdef readonly str error
+
+    def __repr__(self):
+        return f"Chunk(more={self.more}, offset={self.offset}, frames={self.frames}, error={self.error!r})"
+
+
 cdef class TcpAnalyser:
     """Read a pcap/pcapng image and classify every TCP segment per flow and direction.
 
-    Usage: off = a.open(buf); then st, off, n = a.run(buf, off, flags, flowdir)
-    until st != 0 (ST_MORE); flags (uint16) and flowdir (int32: flow*2+dir,
-    -1 if not an analysed TCP frame) receive n frames each call. counters(),
-    flows() and error give the results; the analyser may be fed several files
-    in turn (open() each), flows persisting across them.
+    Usage: off = a.open(buf); then c = a.run(buf, off, flags, flowdir) from c.offset
+    while c.more; flags (uint16) and flowdir (int32: flow*2+dir, -1 if not an
+    analysed TCP frame) receive c.frames frames each call (a Chunk). counters() and
+    flows() give the results; the analyser may be fed several files in turn
+    (open() each), flows persisting across them.
 
     reorder_ns: how soon a segment filling a sequence hole must come to count
     as out-of-order rather than as a retransmission (0: the flow's handshake
@@ -20,7 +33,6 @@ cdef class TcpAnalyser:
     cdef reader_t rd
     cdef int64_t reorder_ns
     cdef uint64_t g[NGLOBAL]
-    cdef public str error
 
     def __cinit__(self, Py_ssize_t max_flows=262144, int64_t reorder_ns=0):
         if max_flows < 1 or max_flows > (1 << 26):
@@ -31,7 +43,6 @@ cdef class TcpAnalyser:
         ft_init(&self.ft, max_flows)
         memset(self.g, 0, sizeof(self.g))
         self.rd.fmt = FMT_NONE
-        self.error = None
 
     def __dealloc__(self):
         ft_free(&self.ft)
@@ -42,30 +53,30 @@ cdef class TcpAnalyser:
 
         Raises ValueError (one line) if this is not a pcap or pcapng file or its
         link type cannot be decoded."""
-        self.error = None
         return reader_open(&self.rd, &buf[0], buf.shape[0])
 
     def run(self, const uint8_t[::1] buf, Py_ssize_t offset, uint16_t[::1] flags, int32_t[::1] flowdir,
             bint stream=False):
         """Analyse records from `offset` until the arrays are full or the data ends.
 
-        Returns (status, next_offset, frames_written): status 0 = arrays full
-        (call again from next_offset), 1 = end of data, 2 = stopped at a bad
-        record (self.error names it; the frames before it are analysed).
-        With stream=True (a live pcap stream read in chunks) data ending inside
-        a record is the end of the data: next_offset is that record's start."""
+        Returns a Chunk. With stream=True (a live pcap stream read in chunks) data
+        ending inside a record is the end of the data: the Chunk's offset is that
+        record's start."""
         cdef Py_ssize_t cap = min(flags.shape[0], flowdir.shape[0])
         cdef Py_ssize_t n = buf.shape[0]
         cdef Py_ssize_t nout = 0
         cdef int st = ST_MORE
         cdef char errbuf[ERRLEN]
         cdef record_t rec
+        cdef Chunk out = Chunk.__new__(Chunk)
         if self.rd.fmt == FMT_NONE:
             raise ValueError("open() the file first")
         if offset < 0 or offset > n:
             raise ValueError("offset out of range")
+        out.more = True
+        out.offset = offset
         if cap == 0:
-            return ST_MORE, offset, 0
+            return out
         errbuf[0] = 0
         with nogil:
             while nout < cap:
@@ -78,8 +89,11 @@ cdef class TcpAnalyser:
         if st == ST_PARTIAL:
             st = ST_END if stream else ST_ERROR
         if st == ST_ERROR:
-            self.error = errbuf.decode("ascii", "replace")
-        return st, offset, nout
+            out.error = errbuf.decode("ascii", "replace")
+        out.more = st == ST_MORE
+        out.offset = offset
+        out.frames = nout
+        return out
 
     # ---------------------------------------------------------------- frames
     cdef void _frame(self, const uint8_t *p, uint32_t caplen, uint32_t wirelen, uint32_t linktype,

@@ -1,5 +1,15 @@
 # A live capture: an AF_PACKET TPACKET_V3 receive ring feeding a TcpAnalyser.
 
+cdef class RingStats:
+    """PacketRing counters: packets the filter passed, drops for want of ring space and
+    queue freezes (the kernel's, summed), frames analysed and blocks read."""
+    cdef readonly uint64_t packets, drops, freezes, frames, blocks
+
+    def __repr__(self):
+        return (f"RingStats(packets={self.packets}, drops={self.drops}, freezes={self.freezes}, "
+                f"frames={self.frames}, blocks={self.blocks})")
+
+
 cdef class PacketRing:
     """A live header capture: an AF_PACKET TPACKET_V3 receive ring whose frames go
     straight to a TcpAnalyser, with no process, pipe or copy in between.
@@ -109,8 +119,10 @@ cdef class PacketRing:
 
     def pump(self, TcpAnalyser analyser not None):
         """Analyse the frames of every block the kernel has handed over (GIL released);
-        returns the number of frames analysed."""
-        cdef uint64_t n0 = self.frames
+        returns what this call did: a RingStats of frames and blocks (the kernel's counters
+        are stats()'s)."""
+        cdef uint64_t n0 = self.frames, b0 = self.blocks
+        cdef RingStats out = RingStats.__new__(RingStats)
         cdef tpacket_block_desc *bd
         if self.fd < 0:
             raise ValueError("the ring is closed")
@@ -122,7 +134,9 @@ cdef class PacketRing:
                 self.cur = (self.cur + 1) % self.block_nr
                 self.blocks += 1
                 bd = self._ready()
-        return self.frames - n0
+        out.frames = self.frames - n0
+        out.blocks = self.blocks - b0
+        return out
 
     cdef void _block(self, TcpAnalyser a, tpacket_block_desc *bd) noexcept nogil:
         cdef uint32_t i, n = bd.hdr.bh1.num_pkts
@@ -141,14 +155,15 @@ cdef class PacketRing:
             p += h.tp_next_offset
 
     def stats(self):
-        """Kernel counters (read-and-reset in the kernel, summed here): packets the
-        filter passed, drops for want of ring space, queue freezes; and frames analysed."""
+        """The ring's counters since it opened (RingStats); the kernel's are read-and-reset
+        there and summed here."""
         cdef tpacket_stats_v3 st
         cdef unsigned int ln = sizeof(st)
+        cdef RingStats out = RingStats.__new__(RingStats)
         if self.fd >= 0 and getsockopt(self.fd, SOL_PACKET, PACKET_STATISTICS, &st, &ln) == 0:
             self.kernel_packets += st.tp_packets
             self.kernel_drops += st.tp_drops
             self.kernel_freezes += st.tp_freeze_q_cnt
-        return {"packets": self.kernel_packets, "drops": self.kernel_drops, "freezes": self.kernel_freezes,
-                "frames": self.frames, "blocks": self.blocks}
-
+        out.packets, out.drops, out.freezes = self.kernel_packets, self.kernel_drops, self.kernel_freezes
+        out.frames, out.blocks = self.frames, self.blocks
+        return out

@@ -83,9 +83,11 @@ def stream(data):
         return
     flags, fd = np.zeros(16, np.uint16), np.zeros(16, np.int32)
     while True:
-        st_, off, n = a.run(data, off, flags, fd, True)
-        assert 0 <= off <= len(data) and 0 <= n <= 16
-        if st_:
+        chunk = a.run(data, off, flags, fd, True)
+        assert off <= chunk.offset <= len(data) and 0 <= chunk.frames <= 16
+        assert chunk.error is None or (not chunk.more and "\n" not in chunk.error)
+        off = chunk.offset
+        if not chunk.more:
             break
 
 

@@ -97,13 +97,14 @@ def _feed_buffer(analyser, path, buf, keep_frames):
         flowdir = np.zeros(CHUNK, np.int32)
         kept_f, kept_d = [], []
         while True:
-            st, off, n = analyser.run(view, off, flags, flowdir)
+            got = analyser.run(view, off, flags, flowdir)
+            off, n = got.offset, got.frames
             if keep_frames and n:
                 kept_f.append(flags[:n].copy())
                 kept_d.append(flowdir[:n].copy())
-            if st != 0:
+            if not got.more:
                 break
-        error = analyser.error if st == 2 else None
+        error = got.error
     finally:
         view.release()
     if keep_frames:
@@ -151,11 +152,10 @@ def analyse_stream(f, max_flows=262144, reorder_ns=0, name="-"):
                 raise PcapError(f"{name}: {exc}") from None
             opened = True
         while buf:
-            st, off, _ = a.run(buf, 0, flags, flowdir, True)
-            del buf[:off]
-            if st == 2:
-                error = a.error
-            if st:
+            got = a.run(buf, 0, flags, flowdir, True)
+            del buf[:got.offset]
+            error = got.error
+            if not got.more:
                 break
         if not chunk:
             if buf and error is None:
