@@ -12,14 +12,14 @@
 # - Wireshark's tcp.analysis.* (packet-tcp.c tcp_analyze_sequence_number,
 #   rule for rule) so results can be checked frame by frame against tshark;
 # - netprobe's own verdict, which fixes the mistakes listed in
-#   reference/anchors.md 6.2: a segment whose bytes were captured before is a
+#   tests/data/retrans-notes.md: a segment whose bytes were captured before is a
 #   retransmission whatever its timing (Wireshark calls SACK-driven resends
 #   "out-of-order" when they come soon after the highest segment); a segment
 #   that fills a sequence hole (its original was lost before the capture
 #   point) is out-of-order only if it comes within the reorder window of the
 #   hole's opening, otherwise a retransmission of a segment lost upstream;
 #   the send order told by IPv4 IDs or TSvals, when there, decides before
-#   either rule (TcpAnalyser._classify).
+#   either rule (classify in pcap/tcpseq.pyx).
 # Receivers' D-SACK blocks (RFC 2883) count spurious retransmissions.
 #
 # Bad input never raises per packet: short or inconsistent headers are

@@ -5,16 +5,16 @@ reads classic pcap files (either byte order, us or ns) with Ethernet (VLAN
 tags), Linux SLL/SLL2 or raw IP, IPv4/IPv6 and TCP, and returns per-frame flag
 names and per-flow-direction counters. The Wireshark part follows
 packet-tcp.c tcp_analyze_sequence_number rule by rule; the netprobe part
-follows the docstring of TcpAnalyser._classify in pyx/pcapread.pyx.
+follows the docstring of classify in pyx/pcap/tcpseq.pyx.
 """
 import struct
 from dataclasses import dataclass, field
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 M32 = 0xFFFFFFFF
-NHOLES = 16          # sequence holes tracked per direction, as pyx/pcapread.pyx
-ID_TRUST = 4         # in-order IPv4 ID steps before IDs are trusted, as pyx/pcapread.pyx
-NSENT = 64           # runs of send-order marks (end, IPv4 ID) kept per direction, as pyx/pcapread.pyx
+NHOLES = 16          # sequence holes tracked per direction, as pyx/pcap/state.pxi
+ID_TRUST = 4         # in-order IPv4 ID steps before IDs are trusted, as pyx/pcap/state.pxi
+NSENT = 64           # runs of send-order marks (end, IPv4 ID) kept per direction, as pyx/pcap/state.pxi
 RUN_MAX = 4096       # marks per run
 
 
