@@ -70,6 +70,12 @@ soak-udping: test-deps build
 bench: bench-deps build
 	$(PY) -m bench $(BENCH_ARGS)
 
+# The capture analyser's fuzzers at full count (200,000 examples per target; `make test` runs a
+# CI count): structured TCP segment sequences against the reference, and the byte fuzzers.
+.PHONY: fuzz
+fuzz: test-deps build
+	NETPROBE_FUZZ=full $(PY) -m pytest tests/fuzz/test_tcpseq_fuzz.py tests/fuzz/test_pcap_fuzz.py -q $(PYTEST_ARGS)
+
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check netprobe tests bench
 

@@ -1,6 +1,7 @@
-# Loads and stores of fixed-width integers at any alignment, named by byte order:
-# _be for network (big-endian) order, _le for little-endian; the host's own order
-# never matters.
+# Loads and stores of fixed-width integers at any alignment, named by byte order.
+#
+# The caller has checked that the bytes are there; these only assemble them
+# (no alignment assumption, no undefined behaviour).
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
@@ -18,15 +19,15 @@ cdef inline uint64_t load_be64(const uint8_t *p) noexcept nogil:
 
 
 cdef inline uint16_t load_le16(const uint8_t *p) noexcept nogil:
-    return <uint16_t>(p[0] | (<uint16_t>p[1] << 8))
+    return <uint16_t>((<uint16_t>p[1] << 8) | p[0])
 
 
 cdef inline uint32_t load_le32(const uint8_t *p) noexcept nogil:
-    return p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+    return (<uint32_t>p[3] << 24) | (<uint32_t>p[2] << 16) | (<uint32_t>p[1] << 8) | p[0]
 
 
 cdef inline uint64_t load_le64(const uint8_t *p) noexcept nogil:
-    return load_le32(p) | (<uint64_t>load_le32(p + 4) << 32)
+    return (<uint64_t>load_le32(p + 4) << 32) | load_le32(p)
 
 
 cdef inline void store_be16(uint8_t *p, uint16_t v) noexcept nogil:

@@ -299,10 +299,12 @@ def test_chunked_runs_equal_one_run():
     fd = np.zeros(7, np.int32)
     got = []
     while True:
-        st_, off, n = a.run(data, off, flags, fd)
-        got.append(flags[:n].copy())
-        if st_:
+        chunk = a.run(data, off, flags, fd)
+        got.append(flags[:chunk.frames].copy())
+        off = chunk.offset
+        if not chunk.more:
             break
+    assert chunk.error is None and off == len(data)
     np.testing.assert_array_equal(np.concatenate(got), whole.flags)
 
 
@@ -337,11 +339,11 @@ def test_stream_mode_in_random_chunks_equals_whole_file(cuts, ng):
             del buf[:a.open(bytes(buf))]
             opened = True
         while buf:
-            st_, off, n = a.run(buf, 0, flags, fd, True)
-            assert st_ != 2, a.error
-            got.append(flags[:n].copy())
-            del buf[:off]
-            if st_ == 1:
+            chunk = a.run(buf, 0, flags, fd, True)
+            assert chunk.error is None, chunk.error
+            got.append(flags[:chunk.frames].copy())
+            del buf[:chunk.offset]
+            if not chunk.more:
                 break
     assert not buf
     np.testing.assert_array_equal(np.concatenate(got), whole.flags)

@@ -75,7 +75,7 @@ def test_each_packet_of_the_filtered_connection_is_analysed_once_and_the_socket_
     assert counters["frames"] == f.ab["pkts"] + f.ba["pkts"]
     st = cap.ring.stats()
     # lo hands every packet to the socket twice (sent, received): one copy analysed, none dropped
-    assert st["packets"] == 2 * st["frames"] == 2 * counters["frames"] and cap.kernel_drops == 0
+    assert st.packets == 2 * st.frames == 2 * counters["frames"] and cap.kernel_drops == 0
     assert not ring_socket & packet_socket_inodes()
 
 
@@ -100,12 +100,12 @@ def test_a_ring_nobody_drains_counts_what_it_drops():
         st = ring.stats()
     finally:
         ring.close()
-    assert st["drops"] > 0
+    assert st.drops > 0
     # every copy the filter passed was either stored (one analysed per packet: lo's sent copy is
     # skipped) or dropped for want of room
-    stored = st["packets"] - st["drops"]
-    assert 0 < st["frames"] <= stored and stored - st["frames"] <= st["frames"] + 1
-    assert analyser.counters()["non_tcp"] == st["frames"]
+    stored = st.packets - st.drops
+    assert 0 < st.frames <= stored and stored - st.frames <= st.frames + 1
+    assert analyser.counters()["non_tcp"] == st.frames
 
 
 @pytest.mark.parametrize("bpf", [b"", b"\0" * 7, b"\0" * 8 * 4097])

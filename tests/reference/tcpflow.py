@@ -5,16 +5,16 @@ reads classic pcap files (either byte order, us or ns) with Ethernet (VLAN
 tags), Linux SLL/SLL2 or raw IP, IPv4/IPv6 and TCP, and returns per-frame flag
 names and per-flow-direction counters. The Wireshark part follows
 packet-tcp.c tcp_analyze_sequence_number rule by rule; the netprobe part
-follows the docstring of TcpAnalyser._classify in pyx/pcapread.pyx.
+follows the docstring of classify in pyx/pcap/tcpseq.pyx.
 """
 import struct
 from dataclasses import dataclass, field
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 M32 = 0xFFFFFFFF
-NHOLES = 16          # sequence holes tracked per direction, as pyx/pcapread.pyx
-ID_TRUST = 4         # in-order IPv4 ID steps before IDs are trusted, as pyx/pcapread.pyx
-NSENT = 64           # runs of send-order marks (end, IPv4 ID) kept per direction, as pyx/pcapread.pyx
+NHOLES = 16          # sequence holes tracked per direction, as pyx/pcap/state.pxi
+ID_TRUST = 4         # in-order IPv4 ID steps before IDs are trusted, as pyx/pcap/state.pxi
+NSENT = 64           # runs of send-order marks (end, IPv4 ID) kept per direction, as pyx/pcap/state.pxi
 RUN_MAX = 4096       # marks per run
 
 
@@ -33,6 +33,11 @@ def le(a, b):
 
 def gt(a, b):
     return s32(a - b) > 0
+
+
+def stale(top, s):
+    """s is 2**31 or more below top: the two have no order (RFC 1982)."""
+    return (top - s) & M32 >= 1 << 31
 
 
 def id_after(a, b):
@@ -297,7 +302,7 @@ class Analyser:
         optlen = t["doff"] - 20
         mss = rev.mss or fwd.mss               # the sender's own when the peer's SYN was not seen
         smss = mss - optlen if mss > optlen + 8 else 0
-        segs = -(-seglen // smss) if smss else 1
+        segs = -(-seglen // smss) if smss and seglen else 1      # a SYN or FIN alone is one
         if seglen:
             fwd.counts["data_segs"] = fwd.counts.get("data_segs", 0) + segs
         if "np_retrans" in fl:
@@ -311,7 +316,7 @@ class Analyser:
     def classify(self, f, fwd, ts, seq, span, ipid, tsval, syn=False):
         end = (seq + span) & M32
         out = set()
-        if fwd.seen_hi is not None and lt(seq, fwd.seen_hi):
+        if fwd.seen_hi is not None and lt(seq, fwd.seen_hi) and not stale(fwd.seen_hi, seq):
             order = 0
             trusted = fwd.id_good >= ID_TRUST and fwd.id_bad * 8 < fwd.id_good
             if ipid is not None and fwd.last_id is not None and trusted:
@@ -338,7 +343,7 @@ class Analyser:
                 out = {"np_ooo"} if ts - oldest[2] < window else {"np_retrans", "np_lost_retrans"}
             if in_holes:
                 self.fill(fwd, seq, below)
-        if fwd.seen_hi is not None and gt(seq, fwd.seen_hi):
+        if fwd.seen_hi is not None and gt(seq, fwd.seen_hi) and gt(end, fwd.seen_hi):   # below the new top
             if len(fwd.holes) == NHOLES:
                 fwd.holes.pop(0)
                 fwd.count("holes_dropped")
@@ -350,6 +355,9 @@ class Analyser:
                 elif not fwd.last_syn:          # a SYN's ID need not be from the data's counter
                     fwd.id_bad += 1
             fwd.seen_hi, fwd.last_id, fwd.last_ts, fwd.last_syn = end, ipid, tsval, syn
+            kept = [h for h in fwd.holes if not stale(end, h[0])]      # no order that far below
+            fwd.counts["holes_dropped"] = fwd.counts.get("holes_dropped", 0) + len(fwd.holes) - len(kept)
+            fwd.holes = kept
         if ipid is not None:
             self.add_sent(fwd, end, ipid)
         return out
@@ -369,8 +377,12 @@ class Analyser:
         by end, each tagged with its run: marks whose ends and IDs step evenly (the next ID
         each time), as new data appended at the top makes them. A mark joins the run just
         below it when it continues it that way; otherwise it is a run of its own, and splits
-        the run it lands in. With more than NSENT runs the lowest is forgotten."""
-        m = fwd.sent
+        the run it lands in. With more than NSENT runs the lowest is forgotten. Marks 2**31
+        or more below seen_hi are forgotten first, and such a mark is not kept: sequence
+        numbers that far apart have no order (RFC 1982), and the sort by end needs one."""
+        m = fwd.sent = [x for x in fwd.sent if not stale(fwd.seen_hi, x[0])]
+        if stale(fwd.seen_hi, end):
+            return
         k = next((n for n, (e, _, _) in enumerate(m) if not lt(e, end)), len(m))
         if k < len(m) and not id_after(m[k][1], ipid):
             return

@@ -126,7 +126,7 @@ class LiveCapture:
         if settle:
             time.sleep(2 * RETIRE_MS / 1000)
         with self._lock:
-            return self.ring.pump(self.analyser)
+            return self.ring.pump(self.analyser).frames
 
     def interval_flows(self):
         """Flows with their counters since the previous call (pcapfile.Flow, deltas)."""
@@ -152,8 +152,8 @@ class LiveCapture:
         """(frames analysed, packets the kernel dropped for want of ring space) since the
         previous call: with drops, the interval's counts are lower bounds."""
         st = self.ring.stats()
-        frames, drops = st["frames"] - self._stats_last[0], st["drops"] - self._stats_last[1]
-        self._stats_last = (st["frames"], st["drops"])
+        frames, drops = st.frames - self._stats_last[0], st.drops - self._stats_last[1]
+        self._stats_last = (st.frames, st.drops)
         return frames, drops
 
     def counters(self):
@@ -167,5 +167,5 @@ class LiveCapture:
             self._thread.join()
         if self.kernel_drops is None:
             self.pump()
-            self.kernel_drops = self.ring.stats()["drops"]
+            self.kernel_drops = self.ring.stats().drops
             self.ring.close()

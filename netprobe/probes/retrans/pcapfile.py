@@ -144,14 +144,15 @@ def _feed_reader(analyser, name, readinto, keep_frames, stream, read_size=READ_S
             else:
                 off = 0
             while True:
-                st, off, k = analyser.run(view, off, flags, flowdir, stream or not eof)
+                got = analyser.run(view, off, flags, flowdir, stream or not eof)
+                off, k = got.offset, got.frames
                 if keep_frames and k:
                     kept_f.append(flags[:k].copy())
                     kept_d.append(flowdir[:k].copy())
-                if st != 0:
+                if not got.more:
                     break
-        if st == 2:
-            error = _file_offsets(analyser.error, base)
+        if got.error:
+            error = _file_offsets(got.error, base)
         elif eof:
             if stream and off < filled:
                 error = f"the stream ended inside a record ({filled - off} bytes left)"
@@ -176,13 +177,14 @@ def _feed_buffer(analyser, path, buf, keep_frames):
         flowdir = np.zeros(CHUNK, np.int32)
         kept_f, kept_d = [], []
         while True:
-            st, off, n = analyser.run(view, off, flags, flowdir)
+            got = analyser.run(view, off, flags, flowdir)
+            off, n = got.offset, got.frames
             if keep_frames and n:
                 kept_f.append(flags[:n].copy())
                 kept_d.append(flowdir[:n].copy())
-            if st != 0:
+            if not got.more:
                 break
-        error = analyser.error if st == 2 else None
+        error = got.error
     finally:
         view.release()
     if keep_frames:
