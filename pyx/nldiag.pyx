@@ -22,13 +22,13 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from linux cimport errno, EINTR, close, recv, setsockopt, strerror, mono_ns
+from linux cimport errno, EINTR, close, iovec, msghdr, recvmsg, send, setsockopt, strerror, mono_ns
 from netlink cimport (AF_INET, AF_INET6, AF_NETLINK, SOCK_DGRAM, SOCK_CLOEXEC, SOL_SOCKET,
                       SO_RCVBUF, SO_RCVTIMEO, MSG_TRUNC, NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK,
                       NLM_F_DUMP_INTR, NLMSG_ERROR, NLMSG_DONE, NLMSG_HDRLEN, NLA_HDRLEN,
                       INET_DIAG_MSG_LEN, INET_DIAG_INFO, INET_DIAG_CONG, INET_DIAG_SKMEMINFO,
                       INET_DIAG_BBRINFO, INET_DIAG_VEGASINFO, SK_MEMINFO_VARS, sockaddr, sockaddr_nl,
-                      inet_diag_msg, tcp_bbr_info, timeval, socket, bind, sendto, ntohs, nl_align,
+                      inet_diag_msg, tcp_bbr_info, timeval, socket, bind, connect, ntohs, nl_align,
                       pull_u16, pull_u32)
 from tcpinfo cimport tcp_info
 
@@ -174,7 +174,8 @@ EXT_INFO = 1 << (INET_DIAG_INFO - 1)
 EXT_CONG = 1 << (INET_DIAG_CONG - 1)
 EXT_BBR = 1 << (INET_DIAG_VEGASINFO - 1)     # the congestion module's own info (tcp_bbr: INET_DIAG_BBRINFO)
 EXT_SKMEM = 1 << (INET_DIAG_SKMEMINFO - 1)
-COUNTERS = ("sockets", "messages", "overflow", "malformed", "truncated", "no_info", "dump_intr", "foreign")
+COUNTERS = ("sockets", "messages", "overflow", "malformed", "truncated", "no_info", "dump_intr", "foreign",
+            "spoofed")
 
 
 cdef struct counters_t:
@@ -186,6 +187,7 @@ cdef struct counters_t:
     int64_t no_info        # sockets without INET_DIAG_INFO (e.g. not a full socket)
     int64_t dump_intr      # messages flagged NLM_F_DUMP_INTR (the table changed during the dump)
     int64_t foreign        # messages of another sequence number or an unexpected type
+    int64_t spoofed        # datagrams not sent by the kernel (sender nl_pid != 0): dropped unread
     int error              # errno of NLMSG_ERROR / a negative NLMSG_DONE, or of a syscall
 
 
@@ -321,7 +323,7 @@ cdef int parse_buffer(const uint8_t *buf, Py_ssize_t n, uint32_t seq, int64_t t_
 cdef dict _counters_dict(counters_t *c):
     return {"sockets": c.sockets, "messages": c.messages, "overflow": c.overflow, "malformed": c.malformed,
             "truncated": c.truncated, "no_info": c.no_info, "dump_intr": c.dump_intr, "foreign": c.foreign,
-            "error": c.error}
+            "spoofed": c.spoofed, "error": c.error}
 
 
 cdef unsigned char[::1] _records_bytes(records) except *:
@@ -412,7 +414,10 @@ cdef class InetDiagDumper:
     bits (EXT_INFO, EXT_CONG, EXT_BBR, EXT_SKMEM); bytecode: an
     INET_DIAG_REQ_BYTECODE program (netprobe.probes.flows.filters builds it),
     which the kernel checks when the request is sent. The socket is opened
-    lazily, and reopened after an error so no stale reply is read.
+    lazily, and reopened after an error so no stale reply is read. It is
+    connected to the kernel, and a datagram whose sender is not the kernel
+    (nl_pid != 0: another process's netlink socket) is dropped unread and
+    counted (`spoofed`).
     """
     cdef int fd
     cdef uint8_t *buf
@@ -427,6 +432,7 @@ cdef class InetDiagDumper:
     cdef readonly uint32_t states
     cdef readonly int ext
     cdef readonly int64_t dumps, errors
+    cdef readonly int64_t spoofed       # datagrams from a socket other than the kernel's, ignored
 
     def __cinit__(self, *args, **kwargs):
         self.fd = -1
@@ -487,6 +493,8 @@ cdef class InetDiagDumper:
         self.close()
 
     cdef int _open(self) except -1:
+        """Socket, bound (the kernel picks the port id) and connected to the kernel (nl_pid 0):
+        the kernel then refuses unicast from any other socket (ECONNREFUSED at the sender)."""
         cdef sockaddr_nl sa
         cdef timeval tv
         cdef int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
@@ -497,6 +505,7 @@ cdef class InetDiagDumper:
         tv.tv_sec = <long>self.timeout
         tv.tv_usec = <long>((self.timeout - tv.tv_sec) * 1e6)
         if (bind(fd, <sockaddr *>&sa, sizeof(sa)) != 0
+                or connect(fd, <sockaddr *>&sa, sizeof(sa)) != 0
                 or setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0
                 or (self.rcvbuf > 0 and setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &self.rcvbuf, sizeof(int)) != 0)):
             close(fd)
@@ -508,14 +517,16 @@ cdef class InetDiagDumper:
         """Dump every matching socket into records[0:sockets]; returns counters.
 
         {"sockets", "messages", "overflow", "malformed", "truncated", "no_info",
-        "dump_intr", "foreign", "error" (errno of a failed syscall or an
+        "dump_intr", "foreign", "spoofed", "error" (errno of a failed syscall or an
         NLMSG_ERROR; 0 ok), "bytes", "recvs", "elapsed_ns"}. One timestamp per
         recv() buffer (t_ns of each record). A failed dump closes the socket.
         """
         cdef unsigned char[::1] raw = _records_bytes(records)
         cdef Py_ssize_t cap = records.shape[0], count = 0
         cdef counters_t c
-        cdef sockaddr_nl dst
+        cdef sockaddr_nl src
+        cdef iovec iov
+        cdef msghdr mh
         cdef bytearray req = bytearray(self.request)
         cdef uint8_t *reqp = <uint8_t *><char *>req
         cdef Py_ssize_t reqlen = len(req), got
@@ -524,9 +535,14 @@ cdef class InetDiagDumper:
         cdef int family, err = 0, done
         cdef uint16_t sock_type = TCPDIAG_GETSOCK if self.single_walk else SOCK_DIAG_BY_FAMILY
         cdef rec_t *out = <rec_t *>&raw[0]
+        if self.buf == NULL:
+            raise ValueError("InetDiagDumper was not initialised")
         memset(&c, 0, sizeof(c))
-        memset(&dst, 0, sizeof(dst))
-        dst.nl_family = AF_NETLINK
+        memset(&mh, 0, sizeof(mh))
+        iov.iov_base = self.buf
+        iov.iov_len = self.bufsize
+        mh.msg_iov = &iov
+        mh.msg_iovlen = 1
         if self.fd < 0:
             self._open()
         t0 = mono_ns()
@@ -538,16 +554,21 @@ cdef class InetDiagDumper:
                 reqp[16] = <uint8_t>family
             memcpy(reqp + 8, &seq, 4)
             with nogil:
-                if sendto(self.fd, reqp, reqlen, 0, <sockaddr *>&dst, sizeof(dst)) < 0:
+                if send(self.fd, reqp, reqlen, 0) < 0:
                     err = errno
                 done = err != 0
                 while not done:
-                    got = recv(self.fd, self.buf, self.bufsize, MSG_TRUNC)
+                    mh.msg_name = &src
+                    mh.msg_namelen = sizeof(src)
+                    got = recvmsg(self.fd, &mh, MSG_TRUNC)
                     if got < 0:
                         if errno == EINTR:
                             continue
                         err = errno
                         break
+                    if mh.msg_namelen < sizeof(src) or src.nl_family != AF_NETLINK or src.nl_pid != 0:
+                        c.spoofed += 1          # not from the kernel (queued before connect()): ignore
+                        continue
                     now = mono_ns()
                     nrecv += 1
                     if got > self.bufsize:
@@ -563,6 +584,7 @@ cdef class InetDiagDumper:
             if err:
                 break
         self.dumps += 1
+        self.spoofed += c.spoofed
         if err:
             self.errors += 1
             self.close()

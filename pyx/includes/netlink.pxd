@@ -25,8 +25,7 @@ cdef extern from "<sys/socket.h>" nogil:
         MSG_TRUNC
     int socket(int domain, int type, int protocol)
     int bind(int sockfd, const sockaddr *addr, unsigned int addrlen)
-    ssize_t sendto(int sockfd, const void *buf, size_t len, int flags,
-                   const sockaddr *dest_addr, unsigned int addrlen)
+    int connect(int sockfd, const sockaddr *addr, unsigned int addrlen)
 
 cdef extern from "<sys/time.h>" nogil:
     struct timeval:
@@ -166,9 +165,10 @@ cdef enum:
     INET_DIAG_REQ_V2_LEN = 56
 
 
-cdef inline uint32_t nl_align(uint32_t n) noexcept nogil:
-    """NLMSG_ALIGN / RTA_ALIGN: round up to 4."""
-    return (n + 3) & ~(<uint32_t>3)
+cdef inline uint64_t nl_align(uint64_t n) noexcept nogil:
+    """NLMSG_ALIGN / RTA_ALIGN: round up to 4. 64-bit, so a u32 length near 2**32 cannot wrap
+    to 0 (the parsers step by it: a step of 0 would never end)."""
+    return (n + 3) & ~(<uint64_t>3)
 
 
 cdef inline uint16_t pull_u16(const uint8_t *p) noexcept nogil:

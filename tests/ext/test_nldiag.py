@@ -2,8 +2,14 @@
 tests/reference/netlink.py) and live dumps of loopback sockets (against getsockopt TCP_INFO and
 the reference dump)."""
 import errno
+import json
+import os
+import shutil
 import socket
 import struct
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -270,3 +276,156 @@ def test_kernel_rejects_bad_bytecode_as_an_error_not_a_raise():
     got = d.dump(records(8))
     assert got["error"] == errno.EINVAL and d.errors == 1
     assert "Invalid argument" in nl.strerror_text(got["error"])
+
+
+# -- replies not from the kernel ----------------------------------------------------------------------
+
+FORGED = {"family": socket.AF_INET, "sport": 1, "dport": 7, "cookie": 0xF0F0, "inode": 4242,
+          "src": socket.inet_aton("127.0.0.9") + bytes(12), "dst": socket.inet_aton("127.0.0.9") + bytes(12),
+          "info": ref.tcp_info_bytes(tcpi_rtt=1)}
+
+
+def _forgery(seq):
+    """A datagram the kernel would send: one socket record and NLMSG_DONE (it would end the dump)."""
+    return ref.encode_sock(FORGED, seq) + ref.encode_done(seq)
+
+
+def _diag_port_ids(pid):
+    """Netlink port ids of pid's NETLINK_SOCK_DIAG sockets (/proc/net/netlink, matched by inode)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(int(link[8:-1]))
+    with open("/proc/net/netlink") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return [int(r[2]) for r in rows if r[1] == "4" and int(r[9]) in inodes]
+
+
+def _ss_keys(ports):
+    """(sport, dport, inode) of every established TCP socket ss(8) lists on `ports`."""
+    out = subprocess.run(["ss", "-tnHe", "state", "established"], capture_output=True, text=True,
+                         check=True).stdout
+    keys = set()
+    for line in out.splitlines():
+        cols = line.split()
+        sport, dport = int(cols[2].rsplit(":", 1)[1]), int(cols[3].rsplit(":", 1)[1])
+        inode = next(int(c[4:]) for c in cols if c.startswith("ino:"))
+        if sport in ports or dport in ports:
+            keys.add((sport, dport, inode))
+    return keys
+
+
+def _our_keys(out, got, ports):
+    return {(int(r["idiag_sport"]), int(r["idiag_dport"]), int(r["idiag_inode"])) for r in out[:got["sockets"]]
+            if r["idiag_sport"] in ports or r["idiag_dport"] in ports}
+
+
+FORGER = """
+import socket, sys, time
+port, seconds, data = int(sys.argv[1]), float(sys.argv[2]), bytes.fromhex(sys.argv[3])
+sent = refused = 0
+with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4) as s:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            s.sendto(data, (port, 0))
+            sent += 1
+        except ConnectionRefusedError:
+            refused += 1
+print(sent, refused)
+"""
+
+
+def test_forged_reply_during_a_dump_is_refused_by_the_kernel(loopback_pairs):
+    """Another process sends a forged inet_diag reply (record + NLMSG_DONE) to the dumper's port id
+    while it dumps: the socket is connected to the kernel, so the kernel refuses every one
+    (ECONNREFUSED at the forger), and the dumps list exactly the sockets ss(8) lists."""
+    ports = {s.getsockname()[1] for s in loopback_pairs}
+    d = nl.InetDiagDumper(ext=nl.EXT_INFO)
+    out = records(4096)
+    d.dump(out)                                           # opens the socket
+    (port_id,) = _diag_port_ids(os.getpid())
+    forger = subprocess.Popen([sys.executable, "-c", FORGER, str(port_id), "1.0", _forgery(2).hex()],
+                              stdout=subprocess.PIPE, text=True)   # seq 2: the next dump's request
+    dumps = 0
+    try:
+        while forger.poll() is None and dumps < 10_000:
+            got = d.dump(out)
+            dumps += 1
+            assert got["error"] == 0 and got["spoofed"] == 0, got
+            assert not any(out[:got["sockets"]]["idiag_inode"] == FORGED["inode"])
+    finally:
+        sent, refused = map(int, forger.communicate(timeout=30)[0].split())
+    print(f"{dumps} dumps; forger: {sent} accepted, {refused} refused")
+    assert dumps >= 1 and sent == 0 and refused > 0
+    got = d.dump(out)
+    assert _our_keys(out, got, ports) == _ss_keys(ports) and len(_ss_keys(ports)) == 12
+    assert d.spoofed == 0
+
+
+DUMPER = """
+import json
+import numpy as np
+from netprobe.errors import load_extension
+nl = load_extension("_nldiag")
+d = nl.InetDiagDumper(ext=nl.EXT_INFO)
+out = np.zeros(4096, dtype=nl.RECORD_DTYPE)
+got = d.dump(out)
+recs = out[:got["sockets"]]
+print(json.dumps({"got": got, "total": d.spoofed, "keys": [[int(r["idiag_sport"]), int(r["idiag_dport"]),
+                  int(r["idiag_inode"])] for r in recs]}))
+"""
+
+
+def test_forged_replies_queued_before_connect_are_ignored_and_counted(loopback_pairs):
+    """The one way a forged datagram reaches the socket: sent after bind() and before connect().
+    strace holds the dumper's connect() for 2 s; another process sends three forged replies to its
+    port id meanwhile (the kernel accepts them: not connected yet). The dump must skip all three
+    (sender nl_pid != 0) and count them, and list exactly what ss(8) lists."""
+    if shutil.which("strace") is None:
+        pytest.fail("strace is missing (make test-deps installs it)")
+    ports = {s.getsockname()[1] for s in loopback_pairs}
+    child = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=connect",
+                              "-e", "inject=connect:delay_enter=2000000",
+                              sys.executable, "-c", DUMPER], stdout=subprocess.PIPE, text=True)
+    try:
+        port_id, deadline = None, time.monotonic() + 30
+        while port_id is None and time.monotonic() < deadline:
+            for task in _children(child.pid):
+                ids = _diag_port_ids(task)
+                if ids:
+                    port_id = ids[0]
+            time.sleep(0.005)
+        assert port_id is not None, "the dumper's netlink socket never appeared"
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, ref.NETLINK_SOCK_DIAG) as forger:
+            for _ in range(3):
+                forger.sendto(_forgery(1), (port_id, 0))     # seq 1: the dump's first request
+        result = json.loads(child.communicate(timeout=60)[0])
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    got = result["got"]
+    assert got["error"] == 0 and got["spoofed"] == 3 and result["total"] == 3, got
+    keys = {tuple(k) for k in result["keys"]}
+    assert all(k[2] != FORGED["inode"] for k in keys)
+    assert {k for k in keys if k[0] in ports or k[1] in ports} == _ss_keys(ports)
+
+
+def _children(pid):
+    """pid and every descendant (strace runs the dumper as its child)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return out
