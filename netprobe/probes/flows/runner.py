@@ -151,7 +151,8 @@ class Runner(ProbeRunner):
         st["ended"] += len(ended)
         t = self.tracker
         for key, got_key in (("overflow_total", "overflow"), ("malformed_total", "malformed"),
-                             ("truncated_total", "truncated"), ("dump_intr_total", "dump_intr")):
+                             ("truncated_total", "truncated"), ("dump_intr_total", "dump_intr"),
+                             ("spoofed_total", "spoofed")):
             tot[key] += got[got_key]
         tot.update(sockets=n, tracked=len(t), stored=t.stored, stored_samples=t.total_samples,
                    flows_new_total=t.counts["new"], flows_closed_total=t.counts["closed"],
