@@ -22,6 +22,16 @@ from linux cimport (errno, EINTR, EAGAIN, CLOCK_MONOTONIC, TFD_CLOEXEC,
 from tcpinfo cimport tcp_info as tcp_info_t, tcp_info_read, tcp_info_fill_row, SAMPLE_NCOLS
 
 
+MAX_DURATION_NS = 86_400 * 10**9    # one run() call or timer interval at most: a day (no int64 overflow)
+
+
+cdef int _check_time(int64_t now_ns) except -1:
+    """bucket.pxd's times are in [0, 2**62): differences and sums of two stay inside int64."""
+    if not 0 <= now_ns < (<int64_t>1) << 62:
+        raise ValueError(f"time must be 0 <= now_ns < 2**62 (got {now_ns})")
+    return 0
+
+
 cdef class TokenBucket:
     """Test hook over bucket.pxd: a token bucket driven by explicit `now_ns`.
 
@@ -30,32 +40,41 @@ cdef class TokenBucket:
     """
     cdef bucket_t b
 
+    def __cinit__(self, *args, **kwargs):
+        bucket_init(&self.b, 1, 1, 0)       # valid even if __init__ never runs: rate 0 would divide by 0
+
     def __init__(self, int64_t rate_bps, int64_t depth_bytes, int64_t now_ns):
+        _check_time(now_ns)
         if bucket_init(&self.b, rate_bps, depth_bytes, now_ns) != 0:
             raise ValueError(
                 f"token bucket needs 1 <= rate <= {BUCKET_MAX_RATE} bit/s and "
                 f"1 <= depth <= {BUCKET_MAX_DEPTH} bytes (got {rate_bps}, {depth_bytes})")
 
     def refill(self, int64_t now_ns):
+        _check_time(now_ns)
         bucket_refill(&self.b, now_ns)
 
     def take(self, int64_t n, int64_t now_ns):
         """Refill to `now_ns`, then take up to `n` bytes; returns bytes taken."""
+        _check_time(now_ns)
         bucket_refill(&self.b, now_ns)
         return bucket_take(&self.b, n)
 
     def try_take(self, int64_t n, int64_t now_ns):
         """Refill to `now_ns`, then take exactly `n` bytes (True) or nothing (False)."""
+        _check_time(now_ns)
         bucket_refill(&self.b, now_ns)
         return bucket_try(&self.b, n)
 
     def available(self, int64_t now_ns):
         """Refill to `now_ns`; whole bytes available."""
+        _check_time(now_ns)
         bucket_refill(&self.b, now_ns)
         return bucket_available(&self.b)
 
     def wait_ns(self, int64_t n, int64_t now_ns):
         """ns from `now_ns` until `n` bytes are available (-1: more than the depth)."""
+        _check_time(now_ns)
         return bucket_wait_ns(&self.b, n, now_ns)
 
     @property
@@ -89,8 +108,8 @@ cdef class TimerfdPacer:
 
     def __cinit__(self, int64_t interval_ns):
         self.fd = -1
-        if interval_ns <= 0:
-            raise ValueError(f"timer interval must be > 0 ns (got {interval_ns})")
+        if not 0 < interval_ns <= MAX_DURATION_NS:
+            raise ValueError(f"timer interval must be 1 ns to 1 day (got {interval_ns} ns)")
         self.interval_ns = interval_ns
         self.fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC)
         if self.fd < 0:
@@ -152,8 +171,8 @@ cdef class TimerfdPacer:
         cdef ssize_t nread
         cdef int err = 0
         self._check_open()
-        if duration_ns <= 0:
-            raise ValueError(f"duration must be > 0 ns (got {duration_ns})")
+        if not 0 < duration_ns <= MAX_DURATION_NS:
+            raise ValueError(f"duration must be 1 ns to 1 day (got {duration_ns} ns)")
         if self.first_ns == 0:
             self.start()
         if max_ticks < limit:
@@ -224,8 +243,8 @@ def _bytes_in(rate_bps, ns):
 cdef int _check_run_args(Py_ssize_t ncols, int64_t duration_ns, int64_t sample_every_ns) except -1:
     if ncols != SAMPLE_NCOLS:
         raise ValueError(f"samples must have {SAMPLE_NCOLS} columns (got {ncols})")
-    if duration_ns <= 0 or sample_every_ns <= 0:
-        raise ValueError(f"duration and sample interval must be > 0 ns (got {duration_ns}, {sample_every_ns})")
+    if not (0 < duration_ns <= MAX_DURATION_NS and 0 < sample_every_ns <= MAX_DURATION_NS):
+        raise ValueError(f"duration and sample interval must be 1 ns to 1 day (got {duration_ns}, {sample_every_ns})")
     return 0
 
 
@@ -451,7 +470,8 @@ cdef class TcpPacedSender:
             if timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL) != 0:
                 self.first_ns = 0
                 PyErr_SetFromErrno(OSError)
-            bucket_init(&self.b, self.rate_bps, self.depth_bytes, t_start)
+            if bucket_init(&self.b, self.rate_bps, self.depth_bytes, t_start) != 0:
+                raise ValueError(f"no token bucket of {self.rate_bps} bit/s, {self.depth_bytes} bytes")
             bucket_take(&self.b, self.depth_bytes)      # start empty: no initial burst
             self.next_sample_ns = t_start
         first = self.first_ns
@@ -587,6 +607,8 @@ cdef class TcpDrain:
         cdef size_t size = self.bufsize
         cdef char *buf = self.buf
         _check_run_args(samples.shape[1], duration_ns, sample_every_ns)
+        if self.buf == NULL:
+            raise ValueError("TcpDrain was not initialised")
         if self.running:
             raise RuntimeError("run() is already running")
         t_start = mono_ns()

@@ -47,6 +47,7 @@ FLAG_PRIMER = 1
 MAX_TRAIN = 1024             # packets per train, primer included (sendmmsg's UIO_MAXIOV)
 MAX_SIZE = 9000              # UDP payload bytes (jumbo frames); the receive buffers are this big
 RX_BATCH = 64
+MAX_WAIT_NS = 86_400 * 10**9  # a receive call waits a day at most: deadlines stay inside int64, poll()'s int ms
 
 # receiver rows: one per accepted packet
 RX_COLUMNS = ("train", "index", "count", "size", "rx_ns", "flags")
@@ -255,6 +256,8 @@ cdef class TrainSender:
             raise ValueError(f"plan needs {PLAN_NCOLS} columns and sent {SENT_NCOLS}")
         if sent.shape[0] < n:
             raise ValueError("sent needs a row per plan row")
+        if self.msgs == NULL:
+            raise ValueError("TrainSender was not initialised")
         for i in range(n):
             count, size, primers, psize, gap = plan[i, 1], plan[i, 2], plan[i, 3], plan[i, 4], plan[i, 5]
             if not (2 <= count <= MAX_TRAIN and HEADER_LEN <= size <= MAX_SIZE
@@ -412,6 +415,10 @@ cdef class TrainReceiver:
         cdef msghdr *mh
         if rows.shape[1] != RX_NCOLS:
             raise ValueError(f"rows needs {RX_NCOLS} columns")
+        if not (0 <= idle_ns <= MAX_WAIT_NS and 0 <= max_ns <= MAX_WAIT_NS):
+            raise ValueError(f"idle_ns and max_ns must be 0 to {MAX_WAIT_NS} ns (got {idle_ns}, {max_ns})")
+        if self.msgs == NULL:
+            raise ValueError("TrainReceiver was not initialised")
         if self.running:
             raise RuntimeError("run() is already running")
         self.running = True
