@@ -29,95 +29,14 @@ from netlink cimport (AF_INET, AF_INET6, AF_NETLINK, SOCK_DGRAM, SOCK_CLOEXEC, S
                       INET_DIAG_MSG_LEN, INET_DIAG_INFO, INET_DIAG_CONG, INET_DIAG_SKMEMINFO,
                       INET_DIAG_BBRINFO, INET_DIAG_VEGASINFO, SK_MEMINFO_VARS, sockaddr, sockaddr_nl,
                       inet_diag_msg, tcp_bbr_info, timeval, socket, bind, connect, ntohs, nl_align,
-                      pull_u16, pull_u32)
+                      load_host16, load_host32)
 from tcpinfo cimport tcp_info
 
 import struct
 
 import numpy as np
 
-cdef extern from *:
-    """
-    #include <stddef.h>
-    #include <stdint.h>
-    /* One socket of a dump. Kernel names; ports in host order, addresses in
-       network order (IPv4 in the first 4 bytes), cookie = cookie[0] | cookie[1] << 32. */
-    struct nldiag_rec {
-        int64_t  t_ns;                /* CLOCK_MONOTONIC after the recv() that returned it */
-        uint64_t idiag_cookie;
-        uint8_t  idiag_family;
-        uint8_t  idiag_state;
-        uint8_t  idiag_timer;
-        uint8_t  idiag_retrans;
-        uint16_t idiag_sport;
-        uint16_t idiag_dport;
-        uint8_t  idiag_src[16];
-        uint8_t  idiag_dst[16];
-        uint32_t idiag_if;
-        uint32_t idiag_expires;
-        uint32_t idiag_rqueue;
-        uint32_t idiag_wqueue;
-        uint32_t idiag_uid;
-        uint32_t idiag_inode;
-        uint16_t info_len;            /* bytes of tcp_info the kernel sent (0: none); fields past it read 0 */
-        uint8_t  has_bbr;
-        uint8_t  has_skmem;
-        char     ca_name[16];         /* INET_DIAG_CONG, NUL-padded */
-        uint64_t bbr_bw;              /* bytes/s: bbr_bw_hi << 32 | bbr_bw_lo */
-        uint32_t bbr_min_rtt;
-        uint32_t bbr_pacing_gain;
-        uint32_t bbr_cwnd_gain;
-        uint32_t skmem_rmem_alloc;    /* INET_DIAG_SKMEMINFO, SK_MEMINFO_* order */
-        uint32_t skmem_rcvbuf;
-        uint32_t skmem_wmem_alloc;
-        uint32_t skmem_sndbuf;
-        uint32_t skmem_fwd_alloc;
-        uint32_t skmem_wmem_queued;
-        uint32_t skmem_optmem;
-        uint32_t skmem_backlog;
-        uint32_t skmem_drops;
-        uint32_t pad0;
-        struct netprobe_tcp_info tcpi;
-    };
-    _Static_assert(offsetof(struct nldiag_rec, tcpi) % 8 == 0, "tcp_info not 8-aligned");
-    _Static_assert(offsetof(struct nldiag_rec, skmem_drops) == offsetof(struct nldiag_rec, skmem_rmem_alloc) + 32,
-                   "skmem_* must be 9 consecutive u32 (parse_attrs fills them as an array)");
-    typedef struct { const char *name; const char *fmt; size_t offset; } nldiag_field;
-    #define NLF(f, fmt) {#f, fmt, offsetof(struct nldiag_rec, f)}
-    #define NLT(f, fmt) {#f, fmt, offsetof(struct nldiag_rec, tcpi) + offsetof(struct netprobe_tcp_info, f)}
-    static const nldiag_field nldiag_fields[] = {
-        NLF(t_ns, "<i8"), NLF(idiag_cookie, "<u8"),
-        NLF(idiag_family, "u1"), NLF(idiag_state, "u1"), NLF(idiag_timer, "u1"), NLF(idiag_retrans, "u1"),
-        NLF(idiag_sport, "<u2"), NLF(idiag_dport, "<u2"), NLF(idiag_src, "V16"), NLF(idiag_dst, "V16"),
-        NLF(idiag_if, "<u4"), NLF(idiag_expires, "<u4"), NLF(idiag_rqueue, "<u4"), NLF(idiag_wqueue, "<u4"),
-        NLF(idiag_uid, "<u4"), NLF(idiag_inode, "<u4"), NLF(info_len, "<u2"), NLF(has_bbr, "u1"),
-        NLF(has_skmem, "u1"), NLF(ca_name, "S16"), NLF(bbr_bw, "<u8"), NLF(bbr_min_rtt, "<u4"),
-        NLF(bbr_pacing_gain, "<u4"), NLF(bbr_cwnd_gain, "<u4"),
-        NLF(skmem_rmem_alloc, "<u4"), NLF(skmem_rcvbuf, "<u4"), NLF(skmem_wmem_alloc, "<u4"),
-        NLF(skmem_sndbuf, "<u4"), NLF(skmem_fwd_alloc, "<u4"), NLF(skmem_wmem_queued, "<u4"),
-        NLF(skmem_optmem, "<u4"), NLF(skmem_backlog, "<u4"), NLF(skmem_drops, "<u4"),
-        NLT(tcpi_state, "u1"), NLT(tcpi_ca_state, "u1"), NLT(tcpi_retransmits, "u1"), NLT(tcpi_probes, "u1"),
-        NLT(tcpi_backoff, "u1"), NLT(tcpi_options, "u1"),
-        NLT(tcpi_rto, "<u4"), NLT(tcpi_ato, "<u4"), NLT(tcpi_snd_mss, "<u4"), NLT(tcpi_rcv_mss, "<u4"),
-        NLT(tcpi_unacked, "<u4"), NLT(tcpi_sacked, "<u4"), NLT(tcpi_lost, "<u4"), NLT(tcpi_retrans, "<u4"),
-        NLT(tcpi_fackets, "<u4"), NLT(tcpi_last_data_sent, "<u4"), NLT(tcpi_last_ack_sent, "<u4"),
-        NLT(tcpi_last_data_recv, "<u4"), NLT(tcpi_last_ack_recv, "<u4"), NLT(tcpi_pmtu, "<u4"),
-        NLT(tcpi_rcv_ssthresh, "<u4"), NLT(tcpi_rtt, "<u4"), NLT(tcpi_rttvar, "<u4"),
-        NLT(tcpi_snd_ssthresh, "<u4"), NLT(tcpi_snd_cwnd, "<u4"), NLT(tcpi_advmss, "<u4"),
-        NLT(tcpi_reordering, "<u4"), NLT(tcpi_rcv_rtt, "<u4"), NLT(tcpi_rcv_space, "<u4"),
-        NLT(tcpi_total_retrans, "<u4"), NLT(tcpi_pacing_rate, "<u8"), NLT(tcpi_max_pacing_rate, "<u8"),
-        NLT(tcpi_bytes_acked, "<u8"), NLT(tcpi_bytes_received, "<u8"), NLT(tcpi_segs_out, "<u4"),
-        NLT(tcpi_segs_in, "<u4"), NLT(tcpi_notsent_bytes, "<u4"), NLT(tcpi_min_rtt, "<u4"),
-        NLT(tcpi_data_segs_in, "<u4"), NLT(tcpi_data_segs_out, "<u4"), NLT(tcpi_delivery_rate, "<u8"),
-        NLT(tcpi_busy_time, "<u8"), NLT(tcpi_rwnd_limited, "<u8"), NLT(tcpi_sndbuf_limited, "<u8"),
-        NLT(tcpi_delivered, "<u4"), NLT(tcpi_delivered_ce, "<u4"), NLT(tcpi_bytes_sent, "<u8"),
-        NLT(tcpi_bytes_retrans, "<u8"), NLT(tcpi_dsack_dups, "<u4"), NLT(tcpi_reord_seen, "<u4"),
-        NLT(tcpi_rcv_ooopack, "<u4"), NLT(tcpi_snd_wnd, "<u4"), NLT(tcpi_rcv_wnd, "<u4"),
-        NLT(tcpi_rehash, "<u4"), NLT(tcpi_total_rto, "<u2"), NLT(tcpi_total_rto_recoveries, "<u2"),
-        NLT(tcpi_total_rto_time, "<u4"), NLT(tcpi_received_ce, "<u4"),
-    };
-    #define NLDIAG_NFIELDS (sizeof(nldiag_fields) / sizeof(nldiag_fields[0]))
-    """
+cdef extern from "nldiag_rec.h":
     ctypedef struct rec_t "struct nldiag_rec":
         int64_t t_ns
         uint64_t idiag_cookie
@@ -199,8 +118,8 @@ cdef int parse_attrs(const uint8_t *p, uint32_t n, rec_t *r) noexcept nogil:
     cdef tcp_bbr_info bbr
     cdef uint32_t *skmem = &r.skmem_rmem_alloc
     while n - off >= NLA_HDRLEN:
-        alen = pull_u16(p + off)
-        atype = pull_u16(p + off + 2) & 0x3fff        # NLA_TYPE_MASK: drop NESTED / NET_BYTEORDER
+        alen = load_host16(p + off)
+        atype = load_host16(p + off + 2) & 0x3fff        # NLA_TYPE_MASK: drop NESTED / NET_BYTEORDER
         if alen < NLA_HDRLEN or alen > n - off:
             return -1
         plen = alen - NLA_HDRLEN
@@ -228,7 +147,7 @@ cdef int parse_attrs(const uint8_t *p, uint32_t n, rec_t *r) noexcept nogil:
             memset(skmem, 0, 4 * SK_MEMINFO_VARS)
             i = 0
             while i < SK_MEMINFO_VARS and 4 * (i + 1) <= plen:
-                skmem[i] = pull_u32(a + 4 * i)
+                skmem[i] = load_host32(a + 4 * i)
                 i += 1
             r.has_skmem = 1
         off += nl_align(alen)
@@ -239,9 +158,12 @@ cdef int parse_attrs(const uint8_t *p, uint32_t n, rec_t *r) noexcept nogil:
 
 cdef void parse_sock(const uint8_t *p, uint32_t n, int64_t t_ns, rec_t *out, Py_ssize_t cap,
                      Py_ssize_t *count, counters_t *c) noexcept nogil:
-    """One SOCK_DIAG_BY_FAMILY payload (inet_diag_msg + rtattrs) into out[count]."""
+    """One SOCK_DIAG_BY_FAMILY payload (inet_diag_msg + rtattrs) into out[count]. A socket past
+    the array's capacity is still parsed (into a scratch record), so malformed and no_info
+    count the same whatever the capacity, and overflow counts only well-formed sockets."""
     cdef inet_diag_msg m
-    cdef rec_t *r
+    cdef rec_t scratch
+    cdef rec_t *r = &out[count[0]] if count[0] < cap else &scratch
     if n < INET_DIAG_MSG_LEN:
         c.malformed += 1
         return
@@ -249,14 +171,15 @@ cdef void parse_sock(const uint8_t *p, uint32_t n, int64_t t_ns, rec_t *out, Py_
     if m.idiag_family != AF_INET and m.idiag_family != AF_INET6:
         c.malformed += 1
         return
-    if count[0] >= cap:
-        c.overflow += 1
-        return
-    r = &out[count[0]]
     memset(r, 0, sizeof(rec_t))
     if parse_attrs(p + INET_DIAG_MSG_LEN, n - INET_DIAG_MSG_LEN, r) != 0:
         memset(r, 0, sizeof(rec_t))
         c.malformed += 1
+        return
+    if r.info_len == 0:
+        c.no_info += 1
+    if r == &scratch:
+        c.overflow += 1
         return
     r.t_ns = t_ns
     r.idiag_family = m.idiag_family
@@ -274,8 +197,6 @@ cdef void parse_sock(const uint8_t *p, uint32_t n, int64_t t_ns, rec_t *out, Py_
     r.idiag_wqueue = m.idiag_wqueue
     r.idiag_uid = m.idiag_uid
     r.idiag_inode = m.idiag_inode
-    if r.info_len == 0:
-        c.no_info += 1
     count[0] += 1
 
 
@@ -292,21 +213,21 @@ cdef int parse_buffer(const uint8_t *buf, Py_ssize_t n, uint32_t seq, int64_t t_
         if n - off < NLMSG_HDRLEN:
             c.truncated += 1
             return 0
-        mlen = pull_u32(buf + off)
-        mtype = pull_u16(buf + off + 4)
-        mflags = pull_u16(buf + off + 6)
+        mlen = load_host32(buf + off)
+        mtype = load_host16(buf + off + 4)
+        mflags = load_host16(buf + off + 6)
         if mlen < NLMSG_HDRLEN or mlen > n - off:
             c.malformed += 1           # no way to find the next header: drop the rest of this datagram
             return 0
         c.messages += 1
-        if pull_u32(buf + off + 8) != seq:
+        if load_host32(buf + off + 8) != seq:
             c.foreign += 1
         else:
             if mflags & NLM_F_DUMP_INTR:
                 c.dump_intr += 1
             if mtype == NLMSG_DONE or mtype == NLMSG_ERROR:
                 if mlen >= NLMSG_HDRLEN + 4:
-                    val = <int32_t>pull_u32(buf + off + NLMSG_HDRLEN)
+                    val = <int32_t>load_host32(buf + off + NLMSG_HDRLEN)
                     if val < 0:
                         c.error = -val
                 elif mtype == NLMSG_ERROR:

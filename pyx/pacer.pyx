@@ -1,28 +1,29 @@
-# netprobe._pacer: the periodic timer loop, the token bucket test hook, and the
-# constant-rate TCP sender and drain that write TCP_INFO sample rows.
+# netprobe._pacer: the constant-rate TCP sender and its drain, which write
+# TCP_INFO sample rows, and the token bucket test hook.
 #
-# TimerfdPacer owns one CLOCK_MONOTONIC timerfd and one blocking read() loop
-# with the GIL released. Python sees one call per chunk (<= ~100 ms): it
-# passes a preallocated int64 buffer and gets counters back. TcpPacedSender
-# and TcpDrain follow the same shape over a TCP socket the caller owns.
+# TcpPacedSender sends on the periodic timer (timerfd.pxd) through a token
+# bucket (bucket.pxd); TcpDrain reads in a poll() loop. Both work on a TCP
+# socket the caller owns, with the GIL released; Python sees one call per
+# chunk (<= ~100 ms): it passes a preallocated int64 sample buffer and gets
+# counters back.
 
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 from bucket cimport (bucket_t, bucket_init, bucket_refill, bucket_available,
                      bucket_take, bucket_try, bucket_wait_ns, BUCKET_MAX_DEPTH,
                      BUCKET_MAX_RATE, BUCKET_NBIT_PER_BYTE)
-from linux cimport (errno, EINTR, EAGAIN, CLOCK_MONOTONIC, TFD_CLOEXEC,
-                    TFD_TIMER_ABSTIME, itimerspec, timerfd_create,
-                    timerfd_settime, read, close, strerror, mono_ns,
-                    ns_to_timespec, send, recv, setsockopt, poll, pollfd, POLLIN,
-                    MSG_DONTWAIT, MSG_NOSIGNAL, SOL_SOCKET, SO_MAX_PACING_RATE,
+from linux cimport (errno, EINTR, EAGAIN, strerror, mono_ns, send, recv, setsockopt, poll, pollfd,
+                    POLLIN, MSG_DONTWAIT, MSG_NOSIGNAL, SOL_SOCKET, SO_MAX_PACING_RATE,
                     IPPROTO_TCP, TCP_NOTSENT_LOWAT, TCP_QUICKACK)
+from prng cimport np_prng_fill
 from tcpinfo cimport tcp_info as tcp_info_t, tcp_info_read, tcp_info_fill_row, SAMPLE_NCOLS
+from timerfd cimport (periodic_t, periodic_open, periodic_close, periodic_arm, periodic_due,
+                      periodic_wait, periodic_raise)
 
 
-MAX_DURATION_NS = 86_400 * 10**9    # one run() call or timer interval at most: a day (no int64 overflow)
+MAX_DURATION_NS = 86_400 * 10**9    # one run() call at most: a day (no int64 overflow)
 
 
 cdef int _check_time(int64_t now_ns) except -1:
@@ -90,125 +91,6 @@ cdef class TokenBucket:
     def last_ns(self):
         return self.b.last_ns
 
-
-cdef class TimerfdPacer:
-    """A periodic CLOCK_MONOTONIC timerfd that measures its own wake-up lateness.
-
-    start() arms it: expiration k (k = 1, 2, ...) is due at
-    first_ns + (k - 1) * interval_ns. run() then reads it in a blocking loop.
-    The schedule keeps running between run() calls, so a caller can loop over
-    short chunks (checking its stop flag in between) without losing or
-    shifting a slot. Late wake-ups never turn into catch-up work: a read that
-    returns several expirations is one tick plus overruns.
-    """
-    cdef int fd
-    cdef readonly int64_t interval_ns
-    cdef readonly int64_t first_ns      # due time of expiration 1 (0: not armed)
-    cdef readonly int64_t expirations   # consumed since start(): ticks + overruns
-
-    def __cinit__(self, int64_t interval_ns):
-        self.fd = -1
-        if not 0 < interval_ns <= MAX_DURATION_NS:
-            raise ValueError(f"timer interval must be 1 ns to 1 day (got {interval_ns} ns)")
-        self.interval_ns = interval_ns
-        self.fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC)
-        if self.fd < 0:
-            PyErr_SetFromErrno(OSError)
-
-    def __dealloc__(self):
-        if self.fd >= 0:
-            close(self.fd)
-
-    def close(self):
-        if self.fd >= 0:
-            close(self.fd)
-            self.fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    cdef int _check_open(self) except -1:
-        if self.fd < 0:
-            raise ValueError("TimerfdPacer is closed")
-        return 0
-
-    def start(self):
-        """(Re)arm: first expiration one interval from now; counters restart."""
-        cdef itimerspec its
-        self._check_open()
-        self.first_ns = mono_ns() + self.interval_ns
-        ns_to_timespec(self.first_ns, &its.it_value)
-        ns_to_timespec(self.interval_ns, &its.it_interval)
-        if timerfd_settime(self.fd, TFD_TIMER_ABSTIME, &its, NULL) != 0:
-            self.first_ns = 0
-            PyErr_SetFromErrno(OSError)
-        self.expirations = 0
-
-    def run(self, int64_t[:] lateness_out not None, Py_ssize_t max_ticks, int64_t duration_ns):
-        """Wait for up to `max_ticks` wake-ups, returning once `duration_ns` has passed.
-
-        Lateness of each wake-up (now minus the due time of the latest
-        expiration it consumed, ns) goes to lateness_out[0:ticks]. The call
-        ends at the first wake-up at or after start + duration_ns, when the
-        buffer (or max_ticks) is full, or early when a signal interrupts the
-        read (its Python handler runs before this returns). Arms the timer
-        if start() was not called.
-
-        Returns {"ticks", "overruns", "missed", "elapsed_ns", "interrupted"}:
-        overruns = expirations that got no wake-up of their own (read count
-        - 1, summed); missed = wake-ups that came after the next slot was
-        already due (each such stall skipped >= 1 slot).
-        """
-        cdef Py_ssize_t limit = lateness_out.shape[0]
-        cdef Py_ssize_t ticks = 0
-        cdef int64_t overruns = 0, missed = 0
-        cdef int64_t t_start, now = 0, exp, interval = self.interval_ns
-        cdef int64_t first
-        cdef uint64_t count = 0
-        cdef ssize_t nread
-        cdef int err = 0
-        self._check_open()
-        if not 0 < duration_ns <= MAX_DURATION_NS:
-            raise ValueError(f"duration must be 1 ns to 1 day (got {duration_ns} ns)")
-        if self.first_ns == 0:
-            self.start()
-        if max_ticks < limit:
-            limit = max_ticks
-        first = self.first_ns
-        exp = self.expirations
-        t_start = mono_ns()
-        now = t_start
-        with nogil:
-            while ticks < limit:
-                nread = read(self.fd, &count, 8)
-                if nread != 8:
-                    err = errno if nread < 0 else -1
-                    break
-                now = mono_ns()
-                exp += <int64_t>count
-                lateness_out[ticks] = now - (first + (exp - 1) * interval)
-                ticks += 1
-                if count > 1:
-                    overruns += <int64_t>count - 1
-                    missed += 1
-                if now - t_start >= duration_ns:
-                    break
-        self.expirations = exp
-        if err == EINTR:
-            PyErr_CheckSignals()
-        elif err == -1:
-            raise OSError("short read from timerfd")
-        elif err != 0:
-            raise OSError(err, strerror(err).decode())
-        return {"ticks": ticks, "overruns": overruns, "missed": missed,
-                "elapsed_ns": now - t_start, "interrupted": err == EINTR}
-
-
-# ---------------------------------------------------------------------------
-# Constant-rate TCP: TcpPacedSender, TcpDrain and TCP_INFO sample rows.
 
 SAMPLE_COLUMNS = (
     "t_ns", "epoch", "app_bytes", "bytes_acked", "bytes_received", "delivery_rate",
@@ -304,19 +186,19 @@ cdef class TcpPacedSender:
     run() returns the counts of its own call.
     """
     cdef int fd
-    cdef int tfd
+    cdef periodic_t timer
     cdef char *buf
     cdef int64_t buf_size
     cdef bucket_t b
     cdef bint auto_depth, auto_write, auto_lowat, running
-    cdef int64_t first_ns, expirations, next_sample_ns
+    cdef int64_t next_sample_ns
     cdef readonly int64_t rate_bps, depth_bytes, tick_ns, write_size, notsent_lowat
     cdef readonly bint pacing
     cdef readonly int64_t ticks, timer_overruns, late_ticks, eagain, bytes_sent
     cdef readonly int error
 
     def __cinit__(self, *args, **kwargs):
-        self.tfd = -1
+        self.timer.fd = -1
         self.buf = NULL
 
     def __init__(self, int fd, rate_bps, int64_t depth_bytes=0, int64_t tick_ns=1_000_000,
@@ -343,23 +225,19 @@ cdef class TcpPacedSender:
         self.auto_lowat = notsent_lowat == 0
         self.notsent_lowat = notsent_lowat
         self.pacing = pacing
-        self.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC)
-        if self.tfd < 0:
+        if periodic_open(&self.timer, tick_ns) != 0:
             PyErr_SetFromErrno(OSError)
         self._configure(_bit_rate(rate_bps))
 
     def __dealloc__(self):
-        if self.tfd >= 0:
-            close(self.tfd)
+        periodic_close(&self.timer)
         free(self.buf)
 
     def close(self):
         """Release the timer (not the socket, which the caller owns)."""
         if self.running:
             raise RuntimeError("close() while run() is running")
-        if self.tfd >= 0:
-            close(self.tfd)
-            self.tfd = -1
+        periodic_close(&self.timer)
 
     def __enter__(self):
         return self
@@ -393,7 +271,7 @@ cdef class TcpPacedSender:
             pace = rate // 8 + rate // 160
             if setsockopt(self.fd, SOL_SOCKET, SO_MAX_PACING_RATE, &pace, sizeof(pace)) != 0:
                 PyErr_SetFromErrno(OSError)
-        if self.first_ns != 0:
+        if self.timer.first_ns != 0:
             bucket_refill(&self.b, mono_ns())          # credit earned so far at the old rate
             self.b.rate_bps = rate
             self.b.cap = depth * BUCKET_NBIT_PER_BYTE
@@ -405,19 +283,14 @@ cdef class TcpPacedSender:
         self.notsent_lowat = unsent
 
     cdef _alloc(self, int64_t size):
-        """(Re)allocate the send buffer: splitmix64 bytes, zeros replaced, so nothing compresses it away."""
+        """(Re)allocate the send buffer: PRNG bytes, zeros replaced, so nothing compresses it away."""
         cdef char *buf = <char *>malloc(size)
-        cdef uint64_t x = 0x6e657470726f6265ULL, z = 0
+        cdef uint64_t seed = 0x6e657470726f6265ULL
         cdef int64_t i
         if buf == NULL:
             raise MemoryError()
+        np_prng_fill(<uint8_t *>buf, size, &seed)
         for i in range(size):
-            if i % 8 == 0:
-                x += 0x9e3779b97f4a7c15ULL
-                z = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL
-                z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL
-                z ^= z >> 31
-            buf[i] = <char>((z >> (8 * (i % 8))) & 0xff)
             if buf[i] == 0:
                 buf[i] = <char>0xa5
         free(self.buf)
@@ -448,34 +321,27 @@ cdef class TcpPacedSender:
         """
         cdef Py_ssize_t nrows = samples.shape[0], rows = 0
         cdef int64_t t_start, now, end, due, tick = self.tick_ns
-        cdef int64_t first, exp, avail, n, total = self.bytes_sent
+        cdef int64_t avail, n, total = self.bytes_sent
         cdef int64_t ticks = 0, overruns = 0, late = 0, eagain = 0, sent = 0
         cdef int64_t every = sample_every_ns, next_sample
         cdef uint64_t count = 0
-        cdef itimerspec its
         cdef ssize_t r
         cdef int err = 0, terr = 0, write = <int>self.write_size
-        cdef int fd = self.fd, tfd = self.tfd
+        cdef int fd = self.fd
         cdef char *buf = self.buf
         _check_run_args(samples.shape[1], duration_ns, sample_every_ns)
-        if tfd < 0:
+        if self.timer.fd < 0:
             raise ValueError("TcpPacedSender is closed")
         if self.running:
             raise RuntimeError("run() is already running")
         t_start = mono_ns()
-        if self.error == 0 and self.first_ns == 0:
-            self.first_ns = t_start + tick
-            ns_to_timespec(self.first_ns, &its.it_value)
-            ns_to_timespec(tick, &its.it_interval)
-            if timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL) != 0:
-                self.first_ns = 0
+        if self.error == 0 and self.timer.first_ns == 0:
+            if periodic_arm(&self.timer, t_start + tick) != 0:
                 PyErr_SetFromErrno(OSError)
             if bucket_init(&self.b, self.rate_bps, self.depth_bytes, t_start) != 0:
                 raise ValueError(f"no token bucket of {self.rate_bps} bit/s, {self.depth_bytes} bytes")
             bucket_take(&self.b, self.depth_bytes)      # start empty: no initial burst
             self.next_sample_ns = t_start
-        first = self.first_ns
-        exp = self.expirations
         next_sample = self.next_sample_ns
         end = t_start + duration_ns
         now = t_start
@@ -492,13 +358,11 @@ cdef class TcpPacedSender:
                         next_sample = _next_due(next_sample, every, now)
                     if now >= end:
                         break
-                    r = read(tfd, &count, 8)
-                    if r != 8:
-                        terr = errno if r < 0 else -1
+                    due = periodic_due(&self.timer, self.timer.expirations + 1)   # the oldest slot served
+                    terr = periodic_wait(&self.timer, &count)
+                    if terr != 0:
                         break
                     now = mono_ns()
-                    due = first + exp * tick                # the oldest slot this wake-up serves
-                    exp += <int64_t>count
                     ticks += 1
                     overruns += <int64_t>count - 1
                     if now - due > tick:
@@ -527,7 +391,6 @@ cdef class TcpPacedSender:
                 now = mono_ns()
         finally:
             self.running = False
-            self.expirations = exp
             self.next_sample_ns = next_sample
             self.ticks += ticks
             self.timer_overruns += overruns
@@ -536,12 +399,7 @@ cdef class TcpPacedSender:
             self.bytes_sent = total
             if err != 0:
                 self.error = err
-        if terr == EINTR:
-            PyErr_CheckSignals()
-        elif terr == -1:
-            raise OSError("short read from timerfd")
-        elif terr != 0:
-            raise OSError(terr, strerror(terr).decode())
+        periodic_raise(terr)
         return {"rows": rows, "ticks": ticks, "timer_overruns": overruns, "late_ticks": late,
                 "eagain": eagain, "bytes_sent": sent, "app_bytes": total,
                 "elapsed_ns": now - t_start, "error": self.error, "interrupted": terr == EINTR}

@@ -38,6 +38,7 @@ from linux cimport (errno, EINTR, EAGAIN, timespec, CLOCK_MONOTONIC, CLOCK_REALT
                     MSG_DONTWAIT, MSG_TRUNC, MSG_CTRUNC, rx_stamps_on, sw_stamp_ns, SO_RCVBUF,
                     SO_SNDBUF, SO_RCVBUFFORCE, SO_SNDBUFFORCE, SO_TYPE, SOCK_DGRAM, iovec, msghdr,
                     mmsghdr, sendmmsg, recvmmsg, TIMER_ABSTIME, clock_nanosleep)
+from prng cimport np_prng_fill
 
 
 HEADER_LEN = 20
@@ -176,19 +177,6 @@ cdef int _check_udp(int fd) except -1:
     return 0
 
 
-cdef void _fill(uint8_t *buf, size_t size) noexcept nogil:
-    """splitmix64 bytes: filler nothing on the path can compress away."""
-    cdef uint64_t x = 0x6e657470726f6265ULL, z = 0
-    cdef size_t i
-    for i in range(size):
-        if i % 8 == 0:
-            x += 0x9e3779b97f4a7c15ULL
-            z = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL
-            z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL
-            z ^= z >> 31
-        buf[i] = <uint8_t>((z >> (8 * (i % 8))) & 0xff)
-
-
 cdef class TrainSender:
     """Sends planned trains on a connected UDP socket the caller owns.
 
@@ -217,6 +205,7 @@ cdef class TrainSender:
         self.iov = NULL
 
     def __init__(self, int fd, uint32_t token, int sndbuf=4 << 20):
+        cdef uint64_t seed = 0x6e657470726f6265ULL
         _check_udp(fd)
         self.fd = fd
         self.token = token
@@ -231,7 +220,7 @@ cdef class TrainSender:
         self.iov = <iovec *>calloc(2 * C_MAX_TRAIN, sizeof(iovec))
         if self.headers == NULL or self.filler == NULL or self.msgs == NULL or self.iov == NULL:
             raise MemoryError()
-        _fill(self.filler, C_MAX_SIZE)
+        np_prng_fill(self.filler, C_MAX_SIZE, &seed)     # filler nothing on the path can compress away
 
     def __dealloc__(self):
         free(self.headers)

@@ -22,7 +22,7 @@ from netprobe.selftest import format_selftest, timer_selftest
 
 ROOT = Path(__file__).resolve().parents[2]
 INTERVAL_NS = 1_000_000
-pacer = load_extension("_pacer")
+pacer = load_extension("_timer")
 
 
 def python_select_lateness(interval_ns, duration_ns):
@@ -67,7 +67,7 @@ import json, sys
 import numpy as np
 from netprobe.errors import load_extension
 from netprobe.probes.host.runner import measure
-pacer = load_extension("_pacer")
+pacer = load_extension("_timer")
 buf = np.empty(3000, dtype=np.int64)
 with pacer.TimerfdPacer(1_000_000) as t:
     print("ready", flush=True)
@@ -151,7 +151,7 @@ import numpy as np
 from netprobe.errors import load_extension
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
-pacer = load_extension("_pacer")
+pacer = load_extension("_timer")
 with pacer.TimerfdPacer(10**9) as t:                  # 1 s period: a tick would come late
     print("ready", flush=True)
     got = t.run(np.empty(10, dtype=np.int64), 10, 10 * 10**9)

@@ -51,7 +51,7 @@ class Runner(ProbeRunner):
 
     def __init__(self, cfg, emit):
         super().__init__(cfg, emit)
-        self._pacer = load_extension("_pacer")
+        self._pacer = load_extension("_timer")
         self._reported = set()
 
     def run(self, stop):
