@@ -64,6 +64,11 @@ test: test-deps build
 bench: bench-deps build
 	$(PY) -m bench $(BENCH_ARGS)
 
+# The netlink parser's structured fuzz at its full count (the normal suite runs a few hundred).
+.PHONY: fuzz-netlink
+fuzz-netlink: build
+	NETPROBE_FUZZ_EXAMPLES=200000 $(PY) -m pytest tests/fuzz/test_nldiag_fuzz.py -q -k structured $(PYTEST_ARGS)
+
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check netprobe tests bench
 
