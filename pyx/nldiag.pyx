@@ -17,12 +17,11 @@
 # malformed and dropped, a short tail as truncated, sockets beyond the
 # array's capacity as overflow; the dump goes on to NLMSG_DONE.
 
-from cpython.exc cimport PyErr_SetFromErrno
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from linux cimport errno, EINTR, close, iovec, msghdr, recvmsg, send, setsockopt, strerror, mono_ns
+from linux cimport errno, EINTR, close, iovec, msghdr, recvmsg, send, setsockopt, strerror, raise_errno, mono_ns
 from netlink cimport (AF_INET, AF_INET6, AF_NETLINK, SOCK_DGRAM, SOCK_CLOEXEC, SOL_SOCKET,
                       SO_RCVBUF, SO_RCVTIMEO, MSG_TRUNC, NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK,
                       NLM_F_DUMP_INTR, NLMSG_ERROR, NLMSG_DONE, NLMSG_HDRLEN, NLA_HDRLEN,
@@ -241,10 +240,38 @@ cdef int parse_buffer(const uint8_t *buf, Py_ssize_t n, uint32_t seq, int64_t t_
     return 0
 
 
-cdef dict _counters_dict(counters_t *c):
-    return {"sockets": c.sockets, "messages": c.messages, "overflow": c.overflow, "malformed": c.malformed,
-            "truncated": c.truncated, "no_info": c.no_info, "dump_intr": c.dump_intr, "foreign": c.foreign,
-            "spoofed": c.spoofed, "error": c.error}
+cdef class Counts:
+    """What one parse or dump saw (read-only; COUNTERS): sockets written to the records; netlink
+    messages; overflow (sockets past the records' capacity); malformed and truncated (dropped);
+    no_info (sockets without INET_DIAG_INFO); dump_intr (NLM_F_DUMP_INTR messages); foreign
+    (another sequence number or type); spoofed (datagrams not from the kernel, dropped)."""
+    cdef readonly int64_t sockets, messages, overflow, malformed, truncated, no_info, dump_intr, foreign
+    cdef readonly int64_t spoofed
+    _extra = ()
+
+    cdef _fill(self, counters_t *c):
+        self.sockets, self.messages, self.overflow = c.sockets, c.messages, c.overflow
+        self.malformed, self.truncated, self.no_info = c.malformed, c.truncated, c.no_info
+        self.dump_intr, self.foreign, self.spoofed = c.dump_intr, c.foreign, c.spoofed
+
+    def __repr__(self):
+        more = ", ".join(f"{k}={getattr(self, k)}" for k in self._extra)
+        return (f"{type(self).__name__}(" + ", ".join(f"{k}={getattr(self, k)}" for k in COUNTERS)
+                + (", " + more if more else "") + ")")
+
+
+cdef class ParseResult(Counts):
+    """parse(): Counts, plus done (NLMSG_DONE or NLMSG_ERROR ended the dump) and error (the errno
+    that message reported, 0 if none)."""
+    cdef readonly bint done
+    cdef readonly int error
+    _extra = ("done", "error")
+
+
+cdef class DumpResult(Counts):
+    """InetDiagDumper.dump(): Counts, plus bytes and recvs (datagrams) read and elapsed_ns."""
+    cdef readonly int64_t bytes, recvs, elapsed_ns
+    _extra = ("bytes", "recvs", "elapsed_ns")
 
 
 cdef unsigned char[::1] _records_bytes(records) except *:
@@ -260,13 +287,14 @@ cdef unsigned char[::1] _records_bytes(records) except *:
 def parse(const unsigned char[::1] data not None, records, uint32_t seq=1, int64_t t_ns=0):
     """Parse netlink bytes (one or more messages, as one recv() returns them) into `records`.
 
-    Returns {"done": NLMSG_DONE/ERROR seen, "error": its errno or 0, COUNTERS...};
-    the records written are records[:sockets]. Never raises on bad bytes.
+    Returns a ParseResult; the records written are records[:sockets]. Never
+    raises on bad bytes.
     """
     cdef unsigned char[::1] raw = _records_bytes(records)
     cdef Py_ssize_t cap = records.shape[0], count = 0
     cdef counters_t c
     cdef int done
+    cdef ParseResult res
     memset(&c, 0, sizeof(c))
     if data.shape[0] == 0:
         done = 0
@@ -274,9 +302,11 @@ def parse(const unsigned char[::1] data not None, records, uint32_t seq=1, int64
         with nogil:
             done = parse_buffer(&data[0], data.shape[0], seq, t_ns, <rec_t *>&raw[0], cap, &count, &c)
     c.sockets = count
-    out = _counters_dict(&c)
-    out["done"] = bool(done)
-    return out
+    res = ParseResult.__new__(ParseResult)
+    res._fill(&c)
+    res.done = done
+    res.error = c.error
+    return res
 
 
 def gather(records, offsets, sizes):
@@ -419,8 +449,9 @@ cdef class InetDiagDumper:
         cdef sockaddr_nl sa
         cdef timeval tv
         cdef int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+        cdef int err
         if fd < 0:
-            PyErr_SetFromErrno(OSError)
+            raise_errno(errno, "NETLINK_SOCK_DIAG socket", None)
         memset(&sa, 0, sizeof(sa))
         sa.nl_family = AF_NETLINK
         tv.tv_sec = <long>self.timeout
@@ -429,18 +460,19 @@ cdef class InetDiagDumper:
                 or connect(fd, <sockaddr *>&sa, sizeof(sa)) != 0
                 or setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0
                 or (self.rcvbuf > 0 and setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &self.rcvbuf, sizeof(int)) != 0)):
+            err = errno
             close(fd)
-            PyErr_SetFromErrno(OSError)
+            raise_errno(err, "NETLINK_SOCK_DIAG socket", None)
         self.fd = fd
         return 0
 
     def dump(self, records):
-        """Dump every matching socket into records[0:sockets]; returns counters.
+        """Dump every matching socket into records[0:sockets]; returns a DumpResult.
 
-        {"sockets", "messages", "overflow", "malformed", "truncated", "no_info",
-        "dump_intr", "foreign", "spoofed", "error" (errno of a failed syscall or an
-        NLMSG_ERROR; 0 ok), "bytes", "recvs", "elapsed_ns"}. One timestamp per
-        recv() buffer (t_ns of each record). A failed dump closes the socket.
+        One timestamp per recv() buffer (t_ns of each record). A failed dump
+        (a syscall, or the kernel's NLMSG_ERROR) closes the socket and raises
+        OSError with the DumpResult so far as .result; one that cannot open
+        its socket raises OSError with .result None.
         """
         cdef unsigned char[::1] raw = _records_bytes(records)
         cdef Py_ssize_t cap = records.shape[0], count = 0
@@ -456,6 +488,7 @@ cdef class InetDiagDumper:
         cdef int family, err = 0, done
         cdef uint16_t sock_type = TCPDIAG_GETSOCK if self.single_walk else SOCK_DIAG_BY_FAMILY
         cdef rec_t *out = <rec_t *>&raw[0]
+        cdef DumpResult res
         if self.buf == NULL:
             raise ValueError("InetDiagDumper was not initialised")
         memset(&c, 0, sizeof(c))
@@ -510,9 +543,13 @@ cdef class InetDiagDumper:
             self.errors += 1
             self.close()
         c.sockets = count
-        c.error = err
-        res = _counters_dict(&c)
-        res.update(bytes=nbytes, recvs=nrecv, elapsed_ns=now - t0)
+        res = DumpResult.__new__(DumpResult)
+        res._fill(&c)
+        res.bytes = nbytes
+        res.recvs = nrecv
+        res.elapsed_ns = now - t0
+        if err:
+            raise_errno(err, "inet_diag dump", res)
         return res
 
 

@@ -14,7 +14,7 @@ from libc.stdlib cimport free, malloc
 from bucket cimport (bucket_t, bucket_init, bucket_refill, bucket_available,
                      bucket_take, bucket_try, bucket_wait_ns, BUCKET_MAX_DEPTH,
                      BUCKET_MAX_RATE, BUCKET_NBIT_PER_BYTE)
-from linux cimport (errno, EINTR, EAGAIN, strerror, mono_ns, send, recv, setsockopt, poll, pollfd,
+from linux cimport (errno, EINTR, EAGAIN, strerror, raise_errno, mono_ns, send, recv, setsockopt, poll, pollfd,
                     POLLIN, MSG_DONTWAIT, MSG_NOSIGNAL, SOL_SOCKET, SO_MAX_PACING_RATE,
                     IPPROTO_TCP, TCP_NOTSENT_LOWAT, TCP_QUICKACK)
 from prng cimport np_prng_fill
@@ -154,6 +154,33 @@ def tcp_info_row(int fd, int64_t t_ns, int64_t epoch, int64_t app_bytes):
     if err != 0:
         raise OSError(err, strerror(err).decode())
     return [row[i] for i in range(SAMPLE_NCOLS)]
+
+
+cdef class SendRun:
+    """One TcpPacedSender.run() call (read-only): rows written, ticks, timer_overruns (slots with
+    no wake-up of their own), late_ticks (wake-ups more than a tick late), eagain (ticks that
+    found the socket buffer full), bytes_sent (this call), app_bytes (since construction),
+    elapsed_ns, interrupted (a signal ended the call)."""
+    cdef readonly Py_ssize_t rows
+    cdef readonly int64_t ticks, timer_overruns, late_ticks, eagain, bytes_sent, app_bytes, elapsed_ns
+    cdef readonly bint interrupted
+
+    def __repr__(self):
+        return (f"SendRun(rows={self.rows}, ticks={self.ticks}, timer_overruns={self.timer_overruns}, "
+                f"late_ticks={self.late_ticks}, eagain={self.eagain}, bytes_sent={self.bytes_sent}, "
+                f"app_bytes={self.app_bytes}, elapsed_ns={self.elapsed_ns}, interrupted={self.interrupted})")
+
+
+cdef class DrainRun:
+    """One TcpDrain.run() call (read-only): rows written, bytes_received (this call), app_bytes
+    (since construction), elapsed_ns, eof (the peer closed: sticky), interrupted."""
+    cdef readonly Py_ssize_t rows
+    cdef readonly int64_t bytes_received, app_bytes, elapsed_ns
+    cdef readonly bint eof, interrupted
+
+    def __repr__(self):
+        return (f"DrainRun(rows={self.rows}, bytes_received={self.bytes_received}, app_bytes={self.app_bytes}, "
+                f"elapsed_ns={self.elapsed_ns}, eof={self.eof}, interrupted={self.interrupted})")
 
 
 cdef class TcpPacedSender:
@@ -314,10 +341,9 @@ cdef class TcpPacedSender:
         while `samples` is full stays due and is written first in the next
         call. A signal ends the call early (its Python handler runs first).
 
-        Returns this call's {rows, ticks, timer_overruns, late_ticks, eagain,
-        bytes_sent, elapsed_ns, error, interrupted} and app_bytes (total
-        sent). error is the errno of a failed send (EPIPE, ECONNRESET, ...):
-        it ends this and every later run, and is reported, never raised.
+        Returns this call's SendRun. A failed send (EPIPE, ECONNRESET, ...)
+        or TCP_INFO read raises OSError carrying the SendRun so far as
+        .result; the error is sticky (.error): every later run raises it.
         """
         cdef Py_ssize_t nrows = samples.shape[0], rows = 0
         cdef int64_t t_start, now, end, due, tick = self.tick_ns
@@ -329,15 +355,20 @@ cdef class TcpPacedSender:
         cdef int err = 0, terr = 0, write = <int>self.write_size
         cdef int fd = self.fd
         cdef char *buf = self.buf
+        cdef SendRun res = SendRun.__new__(SendRun)
         _check_run_args(samples.shape[1], duration_ns, sample_every_ns)
         if self.timer.fd < 0:
             raise ValueError("TcpPacedSender is closed")
         if self.running:
             raise RuntimeError("run() is already running")
+        res.app_bytes = total
+        if self.error != 0:
+            raise_errno(self.error, "send", res)
         t_start = mono_ns()
-        if self.error == 0 and self.timer.first_ns == 0:
-            if periodic_arm(&self.timer, t_start + tick) != 0:
-                PyErr_SetFromErrno(OSError)
+        if self.timer.first_ns == 0:
+            err = periodic_arm(&self.timer, t_start + tick)
+            if err != 0:
+                raise_errno(err, "timerfd", res)
             if bucket_init(&self.b, self.rate_bps, self.depth_bytes, t_start) != 0:
                 raise ValueError(f"no token bucket of {self.rate_bps} bit/s, {self.depth_bytes} bytes")
             bucket_take(&self.b, self.depth_bytes)      # start empty: no initial burst
@@ -399,10 +430,19 @@ cdef class TcpPacedSender:
             self.bytes_sent = total
             if err != 0:
                 self.error = err
-        periodic_raise(terr)
-        return {"rows": rows, "ticks": ticks, "timer_overruns": overruns, "late_ticks": late,
-                "eagain": eagain, "bytes_sent": sent, "app_bytes": total,
-                "elapsed_ns": now - t_start, "error": self.error, "interrupted": terr == EINTR}
+        res.rows = rows
+        res.ticks = ticks
+        res.timer_overruns = overruns
+        res.late_ticks = late
+        res.eagain = eagain
+        res.bytes_sent = sent
+        res.app_bytes = total
+        res.elapsed_ns = now - t_start
+        res.interrupted = terr == EINTR
+        if err != 0:
+            raise_errno(err, "send", res)
+        periodic_raise(terr, res)
+        return res
 
 
 cdef class TcpDrain:
@@ -450,16 +490,17 @@ cdef class TcpDrain:
             int64_t epoch):
         """Read and discard for `duration_ns`, writing rows as TcpPacedSender.run() does.
 
-        Ends early when the peer closes (eof) or recv() fails (error: errno);
-        both are sticky, reported, never raised. A signal ends the call early.
-        Returns this call's {rows, bytes_received, elapsed_ns, eof, error,
-        interrupted} and app_bytes (total read).
+        Ends early when the peer closes (eof, sticky: a DrainRun field) or
+        recv() fails (OSError with the DrainRun so far as .result; sticky:
+        later runs raise it again). A signal ends the call early. Returns
+        this call's DrainRun.
         """
         cdef Py_ssize_t nrows = samples.shape[0], rows = 0
         cdef int64_t t_start, now, end, wait, every = sample_every_ns, next_sample
         cdef int64_t total = self.bytes_received, got = 0
         cdef int err = 0, perr = 0, timeout, one = 1
         cdef bint more = False, eof = self.eof
+        cdef DrainRun res
         cdef pollfd pfd
         cdef ssize_t r
         cdef size_t size = self.bufsize
@@ -533,7 +574,15 @@ cdef class TcpDrain:
             self.bytes_received = total
             self.eof = eof
             self.error = err
+        res = DrainRun.__new__(DrainRun)
+        res.rows = rows
+        res.bytes_received = got
+        res.app_bytes = total
+        res.elapsed_ns = now - t_start
+        res.eof = eof
+        res.interrupted = perr == EINTR
+        if err != 0:
+            raise_errno(err, "recv", res)
         if perr == EINTR:
             PyErr_CheckSignals()
-        return {"rows": rows, "bytes_received": got, "app_bytes": total, "elapsed_ns": now - t_start,
-                "eof": eof, "error": err, "interrupted": perr == EINTR}
+        return res

@@ -15,6 +15,22 @@ from timerfd cimport (periodic_t, periodic_open, periodic_close, periodic_arm, p
 MAX_INTERVAL_NS = MAX_DURATION_NS = 86_400 * 10**9   # a day: due times stay far inside int64
 
 
+cdef class TimerRun:
+    """One TimerfdPacer.run() call (read-only).
+
+    ticks: wake-ups, one lateness sample each; overruns: expirations that got
+    no wake-up of their own; missed: wake-ups that came after the next slot
+    was already due; elapsed_ns; interrupted: a signal ended the call.
+    """
+    cdef readonly Py_ssize_t ticks
+    cdef readonly int64_t overruns, missed, elapsed_ns
+    cdef readonly bint interrupted
+
+    def __repr__(self):
+        return (f"TimerRun(ticks={self.ticks}, overruns={self.overruns}, missed={self.missed}, "
+                f"elapsed_ns={self.elapsed_ns}, interrupted={self.interrupted})")
+
+
 cdef class TimerfdPacer:
     """A periodic CLOCK_MONOTONIC timerfd that measures its own wake-up lateness.
 
@@ -81,10 +97,10 @@ cdef class TimerfdPacer:
         read (its Python handler runs before this returns). Arms the timer
         if start() was not called.
 
-        Returns {"ticks", "overruns", "missed", "elapsed_ns", "interrupted"}:
-        overruns = expirations that got no wake-up of their own (read count
-        - 1, summed); missed = wake-ups that came after the next slot was
-        already due (each such stall skipped >= 1 slot).
+        Returns a TimerRun: overruns = expirations that got no wake-up of
+        their own (read count - 1, summed); missed = wake-ups that came after
+        the next slot was already due (each such stall skipped >= 1 slot).
+        A failed read raises OSError with the TimerRun so far as .result.
         """
         cdef Py_ssize_t limit = lateness_out.shape[0]
         cdef Py_ssize_t ticks = 0
@@ -92,6 +108,7 @@ cdef class TimerfdPacer:
         cdef int64_t t_start, now
         cdef uint64_t count = 0
         cdef int err = 0
+        cdef TimerRun res
         self._check_open()
         if not 0 < duration_ns <= MAX_DURATION_NS:
             raise ValueError(f"duration must be 1 ns to 1 day (got {duration_ns} ns)")
@@ -114,6 +131,11 @@ cdef class TimerfdPacer:
                     missed += 1
                 if now - t_start >= duration_ns:
                     break
-        periodic_raise(err)
-        return {"ticks": ticks, "overruns": overruns, "missed": missed,
-                "elapsed_ns": now - t_start, "interrupted": err == EINTR}
+        res = TimerRun.__new__(TimerRun)
+        res.ticks = ticks
+        res.overruns = overruns
+        res.missed = missed
+        res.elapsed_ns = now - t_start
+        res.interrupted = err == EINTR
+        periodic_raise(err, res)
+        return res

@@ -33,7 +33,7 @@ import numpy as _np
 from wire cimport pull_u16, pull_u32, push_u16, push_u32
 
 from linux cimport (errno, EINTR, EAGAIN, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME,
-                    clock_ns, mono_ns, ns_to_timespec, strerror, poll,
+                    clock_ns, mono_ns, ns_to_timespec, strerror, raise_errno, poll,
                     pollfd, POLLIN, SOL_SOCKET, setsockopt, getsockopt, socklen_t,
                     MSG_DONTWAIT, MSG_TRUNC, MSG_CTRUNC, rx_stamps_on, sw_stamp_ns, SO_RCVBUF,
                     SO_SNDBUF, SO_RCVBUFFORCE, SO_SNDBUFFORCE, SO_TYPE, SOCK_DGRAM, iovec, msghdr,
@@ -177,6 +177,31 @@ cdef int _check_udp(int fd) except -1:
     return 0
 
 
+cdef class SendResult:
+    """One TrainSender.send() call (read-only): trains, packets and bytes handed to the kernel
+    (a train's bytes count when all of it was), elapsed_ns, interrupted (a signal ended it)."""
+    cdef readonly int64_t trains, packets, bytes, elapsed_ns
+    cdef readonly bint interrupted
+
+    def __repr__(self):
+        return (f"SendResult(trains={self.trains}, packets={self.packets}, bytes={self.bytes}, "
+                f"elapsed_ns={self.elapsed_ns}, interrupted={self.interrupted})")
+
+
+cdef class ReceiveResult:
+    """One TrainReceiver.run() call (read-only): rows written, datagrams read, and those dropped:
+    malformed, truncated, foreign (another session's token); user_ts (rows without a kernel
+    stamp); elapsed_ns; interrupted (a signal ended it)."""
+    cdef readonly Py_ssize_t rows
+    cdef readonly int64_t datagrams, malformed, truncated, foreign, user_ts, elapsed_ns
+    cdef readonly bint interrupted
+
+    def __repr__(self):
+        return (f"ReceiveResult(rows={self.rows}, datagrams={self.datagrams}, malformed={self.malformed}, "
+                f"truncated={self.truncated}, foreign={self.foreign}, user_ts={self.user_ts}, "
+                f"elapsed_ns={self.elapsed_ns}, interrupted={self.interrupted})")
+
+
 cdef class TrainSender:
     """Sends planned trains on a connected UDP socket the caller owns.
 
@@ -229,11 +254,12 @@ cdef class TrainSender:
         free(self.iov)
 
     def send(self, int64_t[:, ::1] plan not None, int64_t[:, ::1] sent not None):
-        """Send every train of `plan`; returns {trains, packets, bytes, elapsed_ns, error, interrupted}.
+        """Send every train of `plan`; returns a SendResult.
 
-        Ends early on a send error (errno in `error`, also kept in .error) or a
-        signal (its Python handler runs first). Rows are checked before
-        anything is sent: ValueError names the first bad one.
+        A send error ends the call: OSError with the SendResult so far as
+        .result (the errno is also kept in .error). A signal ends it early
+        (its Python handler runs first). Rows are checked before anything is
+        sent: ValueError names the first bad one.
         """
         cdef Py_ssize_t n = plan.shape[0], i, k
         cdef int64_t t0, t1, due, nbytes, count, size, psize, gap, primers
@@ -241,6 +267,7 @@ cdef class TrainSender:
         cdef int r, off, err = 0, serr = 0
         cdef header_t h
         cdef timespec ts
+        cdef SendResult res
         if plan.shape[1] != PLAN_NCOLS or sent.shape[1] != SENT_NCOLS:
             raise ValueError(f"plan needs {PLAN_NCOLS} columns and sent {SENT_NCOLS}")
         if sent.shape[0] < n:
@@ -319,10 +346,17 @@ cdef class TrainSender:
             if err != 0:
                 self.errors += 1
                 self.error = err
+        res = SendResult.__new__(SendResult)
+        res.trains = trains
+        res.packets = done_packets
+        res.bytes = done_bytes
+        res.elapsed_ns = mono_ns() - t0
+        res.interrupted = serr == EINTR
+        if err != 0:
+            raise_errno(err, "sendmmsg", res)
         if serr == EINTR:
             PyErr_CheckSignals()
-        return {"trains": trains, "packets": done_packets, "bytes": done_bytes,
-                "elapsed_ns": mono_ns() - t0, "error": err, "interrupted": serr == EINTR}
+        return res
 
 
 cdef class TrainReceiver:
@@ -379,9 +413,9 @@ cdef class TrainReceiver:
         total = 0
         while True:
             got = self.run(scratch, C_RX_BATCH, 0, 0)
-            self.packets -= got["rows"]
-            total += got["datagrams"]
-            if got["datagrams"] == 0:
+            self.packets -= got.rows
+            total += got.datagrams
+            if got.datagrams == 0:
                 return total
 
     def run(self, int64_t[:, ::1] rows not None, int64_t expected, int64_t idle_ns, int64_t max_ns):
@@ -389,10 +423,10 @@ cdef class TrainReceiver:
         idle_ns (counted from the call or the last datagram), or max_ns passed.
 
         idle_ns = max_ns = 0 takes only what is queued now. A signal ends the
-        call early (its handler runs first). Returns {rows, datagrams,
-        malformed, truncated, foreign, user_ts, elapsed_ns, error,
-        interrupted} for this call; rows[0:rows] hold the packets in
-        arrival order.
+        call early (its handler runs first). Returns this call's
+        ReceiveResult; rows[0:rows] hold the packets in arrival order. A
+        failed recvmmsg()/poll() raises OSError with the ReceiveResult so far
+        as .result.
         """
         cdef Py_ssize_t cap = rows.shape[0], nrows = 0
         cdef int64_t t0, now, last, end, wait, datagrams = 0
@@ -402,6 +436,7 @@ cdef class TrainReceiver:
         cdef header_t h
         cdef pollfd pfd
         cdef msghdr *mh
+        cdef ReceiveResult res
         if rows.shape[1] != RX_NCOLS:
             raise ValueError(f"rows needs {RX_NCOLS} columns")
         if not (0 <= idle_ns <= MAX_WAIT_NS and 0 <= max_ns <= MAX_WAIT_NS):
@@ -486,9 +521,18 @@ cdef class TrainReceiver:
             self.truncated += truncated
             self.foreign += foreign
             self.user_ts += user_ts
+        res = ReceiveResult.__new__(ReceiveResult)
+        res.rows = nrows
+        res.datagrams = datagrams
+        res.malformed = malformed
+        res.truncated = truncated
+        res.foreign = foreign
+        res.user_ts = user_ts
+        res.elapsed_ns = mono_ns() - t0
+        res.interrupted = perr == EINTR
+        if err != 0:
+            raise_errno(err, "recvmmsg", res)
         if perr == EINTR:
             PyErr_CheckSignals()
-        return {"rows": nrows, "datagrams": datagrams, "malformed": malformed, "truncated": truncated,
-                "foreign": foreign, "user_ts": user_ts, "elapsed_ns": mono_ns() - t0, "error": err,
-                "interrupted": perr == EINTR}
+        return res
 

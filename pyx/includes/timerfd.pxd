@@ -9,7 +9,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport int64_t, uint64_t
 
 from linux cimport (errno, EINTR, CLOCK_MONOTONIC, TFD_CLOEXEC, TFD_TIMER_ABSTIME, itimerspec,
-                    timerfd_create, timerfd_settime, read, close, strerror, ns_to_timespec)
+                    timerfd_create, timerfd_settime, read, close, ns_to_timespec, raise_errno)
 
 ctypedef struct periodic_t:
     int fd                  # -1: closed
@@ -61,14 +61,15 @@ cdef inline int periodic_wait(periodic_t *t, uint64_t *count) noexcept nogil:
     return 0
 
 
-cdef inline int periodic_raise(int err) except -1:
+cdef inline int periodic_raise(int err, object result) except -1:
     """After a loop ended on periodic_wait's `err`: run a signal's Python handler (EINTR) or raise
-    OSError; 0 when err is 0 or EINTR and the handler did not raise."""
+    OSError with the call's `result` (raise_errno); 0 when err is 0 or EINTR and the handler did
+    not raise."""
     if err == EINTR:
         PyErr_CheckSignals()
         return 0
     if err == -1:
-        raise OSError("short read from timerfd")
+        err = 71                        # EPROTO: a read of the timerfd returned other than 8 bytes
     if err != 0:
-        raise OSError(err, strerror(err).decode())
+        raise_errno(err, "timerfd", result)
     return 0

@@ -30,7 +30,7 @@ import netprobe._timer as timer
 t = timer.TimerfdPacer(1_000_000)
 import array
 buf = array.array("q", [0] * 5)
-assert t.run(buf, 5, 10**9)["ticks"] == 5
+assert t.run(buf, 5, 10**9).ticks == 5
 print("ok")
 """
 

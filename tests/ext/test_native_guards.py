@@ -103,7 +103,7 @@ def test_train_receiver_deadlines_are_bounded_and_kept():
         rx.run(rows, 1, day, 50_000_000)                   # ends at max_ns, not after a day
         waited = time.monotonic() - t0
         assert 0.045 <= waited < 2.0, waited
-        assert got["rows"] == 0
+        assert got.rows == 0
 
 
 NL_ALIGN_CHILD = """
@@ -114,7 +114,7 @@ nl = load_extension("_nldiag")
 with open(sys.argv[1], "rb") as f:
     m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
     got = nl.parse(np.frombuffer(m, dtype=np.uint8), np.zeros(4, dtype=nl.RECORD_DTYPE), seq=1)
-print(got["messages"], got["malformed"])
+print(got.messages, got.malformed)
 """
 
 

@@ -32,11 +32,11 @@ def _agree(buf, seq=5, cap=32):
     out = np.zeros(cap, dtype=nl.RECORD_DTYPE)
     got = nl.parse(buf, out, seq=seq)
     want, wc, wdone = ref.decode(buf, seq)
-    assert got["done"] == wdone
-    assert got["sockets"] + got["overflow"] == len(want)
+    assert got.done == wdone
+    assert got.sockets + got.overflow == len(want)
     for k in COUNTS:
-        assert got[k] == wc[k], (k, got, wc)
-    for rec, w in zip(out[:got["sockets"]], want, strict=False):
+        assert getattr(got, k) == wc[k], (k, got, wc)
+    for rec, w in zip(out[:got.sockets], want, strict=False):
         assert rec["idiag_cookie"] == w["cookie"] and rec["idiag_sport"] == w["sport"]
         assert rec["info_len"] == w["info_len"] and rec["tcpi_rtt"] == w.get("tcpi_rtt", 0)
     return got
@@ -48,13 +48,13 @@ def test_truncated_dump_is_counted(n, data):
     buf = _dump(n)
     cut = data.draw(st.integers(0, len(buf) - 1))
     got = _agree(buf[:cut])
-    assert not got["done"]
+    assert not got.done
     ends = [0]
     for i in range(n):
         ends.append(ends[-1] + len(ref.encode_sock(_sock(i, socket.AF_INET if i % 2 else socket.AF_INET6), 5)))
     whole = sum(e <= cut for e in ends[1:])
-    assert got["sockets"] == whole                         # every message before the cut, none after
-    assert (got["malformed"] + got["truncated"] == 0) == (cut in ends)   # a cut mid-message is counted
+    assert got.sockets == whole                         # every message before the cut, none after
+    assert (got.malformed + got.truncated == 0) == (cut in ends)   # a cut mid-message is counted
 
 
 @settings(max_examples=400, deadline=None)
@@ -76,8 +76,8 @@ def test_every_cut_of_a_dump():
     buf = _dump(6)
     for cut in range(len(buf)):
         got = _agree(buf[:cut])
-        assert got["sockets"] <= 6
-    assert _agree(buf)["sockets"] == 6
+        assert got.sockets <= 6
+    assert _agree(buf).sockets == 6
 
 
 # -- structured: netlink message sequences with nested attributes --------------------------------------
@@ -192,12 +192,12 @@ def test_structured_messages_agree_with_reference(dgram, cap):
     out = np.zeros(cap, dtype=nl.RECORD_DTYPE)
     got = nl.parse(buf, out, seq=seq, t_ns=7)
     want, wc, wdone = ref.decode(buf, seq)
-    assert got["done"] == wdone
-    assert got["sockets"] == min(cap, len(want)) and got["overflow"] == len(want) - got["sockets"]
+    assert got.done == wdone
+    assert got.sockets == min(cap, len(want)) and got.overflow == len(want) - got.sockets
     for k in COUNTS:
-        assert got[k] == wc[k], (k, got, wc)
+        assert getattr(got, k) == wc[k], (k, got, wc)
     raw = out.view(np.uint8).reshape(cap, -1) if cap else None
-    for i, w in enumerate(want[:got["sockets"]]):
+    for i, w in enumerate(want[:got.sockets]):
         assert out[i]["t_ns"] == 7
         _same_record(out[i], raw[i].tobytes(), w)
-    assert not out[got["sockets"]:].view(np.uint8).any()     # nothing written past the records it counts
+    assert not out[got.sockets:].view(np.uint8).any()     # nothing written past the records it counts
