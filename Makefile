@@ -13,7 +13,7 @@ BENCH_ARGS  ?=
 # Debian packages: to build (BUILD_DEBS), for the tests' oracles and lab (TEST_DEBS), and the
 # benchmarks' peer tools (BENCH_DEBS).
 BUILD_DEBS := gcc python3-dev python3-venv
-TEST_DEBS  := adjtimex cython3 python3-setuptools python3-numpy libpcap0.8 iproute2 iptables ethtool iputils-ping procps irtt iperf3 rsyslog tshark tcptrace tcpdump \
+TEST_DEBS  := adjtimex strace cython3 python3-setuptools python3-numpy libpcap0.8 iproute2 iptables ethtool iputils-ping procps irtt iperf3 rsyslog tshark tcptrace tcpdump \
              prometheus prometheus-alertmanager
 BENCH_DEBS := sockperf
 
@@ -76,12 +76,17 @@ bench: bench-deps build
 fuzz: test-deps build
 	NETPROBE_FUZZ=full $(PY) -m pytest tests/fuzz/test_tcpseq_fuzz.py tests/fuzz/test_pcap_fuzz.py -q $(PYTEST_ARGS)
 
+# The netlink parser's structured fuzz at its full count (the normal suite runs a few hundred).
+.PHONY: fuzz-netlink
+fuzz-netlink: build
+	NETPROBE_FUZZ_EXAMPLES=200000 $(PY) -m pytest tests/fuzz/test_nldiag_fuzz.py -q -k structured $(PYTEST_ARGS)
+
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check netprobe tests bench
 
 # Full-count structured fuzzing (the normal suite runs a small profile of the same tests).
 .PHONY: fuzz fuzz-oneway
-fuzz: fuzz-oneway
+fuzz: fuzz-oneway fuzz-netlink
 
 fuzz-oneway: test-deps build
 	ONEWAY_FUZZ_EXAMPLES=200000 $(PY) -m pytest tests/fuzz/test_oneway_stateful.py -q

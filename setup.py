@@ -17,6 +17,7 @@ setup(
     ext_modules=cythonize(
         [
             Extension(f"netprobe._{name}", [f"pyx/{name}.pyx"],
+                      include_dirs=["pyx/includes"],          # the C helpers' .h files
                       extra_compile_args=["-O2"])
             for name in (ONLY or EXTENSIONS)
         ],

@@ -112,19 +112,19 @@ def child(n, reps, seconds):
         dumper = nl.InetDiagDumper((socket.AF_INET, socket.AF_INET6), ext=nl.EXT_INFO)
         records = np.zeros(2 * n + 16, dtype=nl.RECORD_DTYPE)
         got = dumper.dump(records)
-        assert got["error"] == 0 and got["overflow"] == 0
-        sockets = got["sockets"]
+        assert got.overflow == 0
+        sockets = got.sockets
         tracker = Tracker(max_flows=0)
         tracker.update(records[:sockets], time.monotonic_ns())
 
         def ours_tracked():
             g = dumper.dump(records)
-            tracker.update(records[:g["sockets"]], time.monotonic_ns())
+            tracker.update(records[:g.sockets], time.monotonic_ns())
         bare = nl.InetDiagDumper((socket.AF_INET, socket.AF_INET6), ext=0)
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
         ours = _timed(lambda: dumper.dump(records), reps)
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
-        row = {"connections": n, "sockets": sockets, "netlink_bytes": got["bytes"], "recvs": got["recvs"],
+        row = {"connections": n, "sockets": sockets, "netlink_bytes": got.bytes, "recvs": got.recvs,
                "ours_s": ours, "ours_user_s": (ru1.ru_utime - ru0.ru_utime) / reps,
                "ours_sys_s": (ru1.ru_stime - ru0.ru_stime) / reps,
                "no_info_s": _timed(lambda: bare.dump(records), reps),

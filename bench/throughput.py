@@ -55,15 +55,19 @@ def send_child(port, rate, seconds):
     buf = np.empty((64, NCOLS), dtype=np.int64)
     rows = []
     ru0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.monotonic()
+    error = 0
     while time.monotonic() - t0 < seconds:
-        got = sender.run(buf, CHUNK_NS, EVERY_NS, 1)
-        rows.append(buf[:got["rows"], [0, COL["app_bytes"], COL["bytes_acked"]]].copy())
-        if got["error"]:
+        try:
+            got = sender.run(buf, CHUNK_NS, EVERY_NS, 1)
+        except OSError as exc:                      # the send failed; the chunk's counts are exc.result
+            got, error = exc.result, exc.errno
+        rows.append(buf[:got.rows, [0, COL["app_bytes"], COL["bytes_acked"]]].copy())
+        if error:
             break
     ru1, elapsed = resource.getrusage(resource.RUSAGE_SELF), time.monotonic() - t0
     sock.close()
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
-    json.dump({"cpu_s": cpu, "elapsed_s": elapsed, "error": got["error"], "rows": np.concatenate(rows).tolist(),
+    json.dump({"cpu_s": cpu, "elapsed_s": elapsed, "error": error, "rows": np.concatenate(rows).tolist(),
                **{k: getattr(sender, k) for k in ("bytes_sent", "ticks", "timer_overruns", "late_ticks", "eagain")}},
               sys.stdout)
 
@@ -90,9 +94,12 @@ def ours(rate, seconds, port=0, stall_at=None):
                 rows = []
                 deadline = time.monotonic() + seconds + 10
                 while time.monotonic() < deadline:
-                    got = drain.run(buf, CHUNK_NS, EVERY_NS, 1)
-                    rows.append(buf[:got["rows"]].copy())
-                    if got["eof"] or got["error"]:
+                    try:
+                        got = drain.run(buf, CHUNK_NS, EVERY_NS, 1)
+                    except OSError:                 # recv failed: what came so far is the figure
+                        break
+                    rows.append(buf[:got.rows].copy())
+                    if got.eof:
                         break
             out, _ = child.communicate(timeout=30)
         finally:

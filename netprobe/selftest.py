@@ -17,7 +17,7 @@ from netprobe.units import format_duration
 
 def timer_selftest(interval_s, duration_s):
     """Run a timerfd at `interval_s` for `duration_s`; lateness summary in ns and counters."""
-    pacer_mod = load_extension("_pacer")
+    pacer_mod = load_extension("_timer")
     interval_ns = round(interval_s * 1e9)
     duration_ns = round(duration_s * 1e9)
     if interval_ns <= 0 or duration_ns <= 0:

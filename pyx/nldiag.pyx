@@ -17,107 +17,25 @@
 # malformed and dropped, a short tail as truncated, sockets beyond the
 # array's capacity as overflow; the dump goes on to NLMSG_DONE.
 
-from cpython.exc cimport PyErr_SetFromErrno
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from linux cimport errno, EINTR, close, recv, setsockopt, strerror, mono_ns
+from linux cimport errno, EINTR, close, iovec, msghdr, recvmsg, send, setsockopt, strerror, raise_errno, mono_ns
 from netlink cimport (AF_INET, AF_INET6, AF_NETLINK, SOCK_DGRAM, SOCK_CLOEXEC, SOL_SOCKET,
                       SO_RCVBUF, SO_RCVTIMEO, MSG_TRUNC, NETLINK_SOCK_DIAG, SOCK_DIAG_BY_FAMILY, TCPDIAG_GETSOCK,
                       NLM_F_DUMP_INTR, NLMSG_ERROR, NLMSG_DONE, NLMSG_HDRLEN, NLA_HDRLEN,
                       INET_DIAG_MSG_LEN, INET_DIAG_INFO, INET_DIAG_CONG, INET_DIAG_SKMEMINFO,
                       INET_DIAG_BBRINFO, INET_DIAG_VEGASINFO, SK_MEMINFO_VARS, sockaddr, sockaddr_nl,
-                      inet_diag_msg, tcp_bbr_info, timeval, socket, bind, sendto, ntohs, nl_align,
-                      pull_u16, pull_u32)
+                      inet_diag_msg, tcp_bbr_info, timeval, socket, bind, connect, ntohs, nl_align,
+                      load_host16, load_host32)
 from tcpinfo cimport tcp_info
 
 import struct
 
 import numpy as np
 
-cdef extern from *:
-    """
-    #include <stddef.h>
-    #include <stdint.h>
-    /* One socket of a dump. Kernel names; ports in host order, addresses in
-       network order (IPv4 in the first 4 bytes), cookie = cookie[0] | cookie[1] << 32. */
-    struct nldiag_rec {
-        int64_t  t_ns;                /* CLOCK_MONOTONIC after the recv() that returned it */
-        uint64_t idiag_cookie;
-        uint8_t  idiag_family;
-        uint8_t  idiag_state;
-        uint8_t  idiag_timer;
-        uint8_t  idiag_retrans;
-        uint16_t idiag_sport;
-        uint16_t idiag_dport;
-        uint8_t  idiag_src[16];
-        uint8_t  idiag_dst[16];
-        uint32_t idiag_if;
-        uint32_t idiag_expires;
-        uint32_t idiag_rqueue;
-        uint32_t idiag_wqueue;
-        uint32_t idiag_uid;
-        uint32_t idiag_inode;
-        uint16_t info_len;            /* bytes of tcp_info the kernel sent (0: none); fields past it read 0 */
-        uint8_t  has_bbr;
-        uint8_t  has_skmem;
-        char     ca_name[16];         /* INET_DIAG_CONG, NUL-padded */
-        uint64_t bbr_bw;              /* bytes/s: bbr_bw_hi << 32 | bbr_bw_lo */
-        uint32_t bbr_min_rtt;
-        uint32_t bbr_pacing_gain;
-        uint32_t bbr_cwnd_gain;
-        uint32_t skmem_rmem_alloc;    /* INET_DIAG_SKMEMINFO, SK_MEMINFO_* order */
-        uint32_t skmem_rcvbuf;
-        uint32_t skmem_wmem_alloc;
-        uint32_t skmem_sndbuf;
-        uint32_t skmem_fwd_alloc;
-        uint32_t skmem_wmem_queued;
-        uint32_t skmem_optmem;
-        uint32_t skmem_backlog;
-        uint32_t skmem_drops;
-        uint32_t pad0;
-        struct netprobe_tcp_info tcpi;
-    };
-    _Static_assert(offsetof(struct nldiag_rec, tcpi) % 8 == 0, "tcp_info not 8-aligned");
-    _Static_assert(offsetof(struct nldiag_rec, skmem_drops) == offsetof(struct nldiag_rec, skmem_rmem_alloc) + 32,
-                   "skmem_* must be 9 consecutive u32 (parse_attrs fills them as an array)");
-    typedef struct { const char *name; const char *fmt; size_t offset; } nldiag_field;
-    #define NLF(f, fmt) {#f, fmt, offsetof(struct nldiag_rec, f)}
-    #define NLT(f, fmt) {#f, fmt, offsetof(struct nldiag_rec, tcpi) + offsetof(struct netprobe_tcp_info, f)}
-    static const nldiag_field nldiag_fields[] = {
-        NLF(t_ns, "<i8"), NLF(idiag_cookie, "<u8"),
-        NLF(idiag_family, "u1"), NLF(idiag_state, "u1"), NLF(idiag_timer, "u1"), NLF(idiag_retrans, "u1"),
-        NLF(idiag_sport, "<u2"), NLF(idiag_dport, "<u2"), NLF(idiag_src, "V16"), NLF(idiag_dst, "V16"),
-        NLF(idiag_if, "<u4"), NLF(idiag_expires, "<u4"), NLF(idiag_rqueue, "<u4"), NLF(idiag_wqueue, "<u4"),
-        NLF(idiag_uid, "<u4"), NLF(idiag_inode, "<u4"), NLF(info_len, "<u2"), NLF(has_bbr, "u1"),
-        NLF(has_skmem, "u1"), NLF(ca_name, "S16"), NLF(bbr_bw, "<u8"), NLF(bbr_min_rtt, "<u4"),
-        NLF(bbr_pacing_gain, "<u4"), NLF(bbr_cwnd_gain, "<u4"),
-        NLF(skmem_rmem_alloc, "<u4"), NLF(skmem_rcvbuf, "<u4"), NLF(skmem_wmem_alloc, "<u4"),
-        NLF(skmem_sndbuf, "<u4"), NLF(skmem_fwd_alloc, "<u4"), NLF(skmem_wmem_queued, "<u4"),
-        NLF(skmem_optmem, "<u4"), NLF(skmem_backlog, "<u4"), NLF(skmem_drops, "<u4"),
-        NLT(tcpi_state, "u1"), NLT(tcpi_ca_state, "u1"), NLT(tcpi_retransmits, "u1"), NLT(tcpi_probes, "u1"),
-        NLT(tcpi_backoff, "u1"), NLT(tcpi_options, "u1"),
-        NLT(tcpi_rto, "<u4"), NLT(tcpi_ato, "<u4"), NLT(tcpi_snd_mss, "<u4"), NLT(tcpi_rcv_mss, "<u4"),
-        NLT(tcpi_unacked, "<u4"), NLT(tcpi_sacked, "<u4"), NLT(tcpi_lost, "<u4"), NLT(tcpi_retrans, "<u4"),
-        NLT(tcpi_fackets, "<u4"), NLT(tcpi_last_data_sent, "<u4"), NLT(tcpi_last_ack_sent, "<u4"),
-        NLT(tcpi_last_data_recv, "<u4"), NLT(tcpi_last_ack_recv, "<u4"), NLT(tcpi_pmtu, "<u4"),
-        NLT(tcpi_rcv_ssthresh, "<u4"), NLT(tcpi_rtt, "<u4"), NLT(tcpi_rttvar, "<u4"),
-        NLT(tcpi_snd_ssthresh, "<u4"), NLT(tcpi_snd_cwnd, "<u4"), NLT(tcpi_advmss, "<u4"),
-        NLT(tcpi_reordering, "<u4"), NLT(tcpi_rcv_rtt, "<u4"), NLT(tcpi_rcv_space, "<u4"),
-        NLT(tcpi_total_retrans, "<u4"), NLT(tcpi_pacing_rate, "<u8"), NLT(tcpi_max_pacing_rate, "<u8"),
-        NLT(tcpi_bytes_acked, "<u8"), NLT(tcpi_bytes_received, "<u8"), NLT(tcpi_segs_out, "<u4"),
-        NLT(tcpi_segs_in, "<u4"), NLT(tcpi_notsent_bytes, "<u4"), NLT(tcpi_min_rtt, "<u4"),
-        NLT(tcpi_data_segs_in, "<u4"), NLT(tcpi_data_segs_out, "<u4"), NLT(tcpi_delivery_rate, "<u8"),
-        NLT(tcpi_busy_time, "<u8"), NLT(tcpi_rwnd_limited, "<u8"), NLT(tcpi_sndbuf_limited, "<u8"),
-        NLT(tcpi_delivered, "<u4"), NLT(tcpi_delivered_ce, "<u4"), NLT(tcpi_bytes_sent, "<u8"),
-        NLT(tcpi_bytes_retrans, "<u8"), NLT(tcpi_dsack_dups, "<u4"), NLT(tcpi_reord_seen, "<u4"),
-        NLT(tcpi_rcv_ooopack, "<u4"), NLT(tcpi_snd_wnd, "<u4"), NLT(tcpi_rcv_wnd, "<u4"),
-        NLT(tcpi_rehash, "<u4"), NLT(tcpi_total_rto, "<u2"), NLT(tcpi_total_rto_recoveries, "<u2"),
-        NLT(tcpi_total_rto_time, "<u4"), NLT(tcpi_received_ce, "<u4"),
-    };
-    #define NLDIAG_NFIELDS (sizeof(nldiag_fields) / sizeof(nldiag_fields[0]))
-    """
+cdef extern from "nldiag_rec.h":
     ctypedef struct rec_t "struct nldiag_rec":
         int64_t t_ns
         uint64_t idiag_cookie
@@ -174,7 +92,8 @@ EXT_INFO = 1 << (INET_DIAG_INFO - 1)
 EXT_CONG = 1 << (INET_DIAG_CONG - 1)
 EXT_BBR = 1 << (INET_DIAG_VEGASINFO - 1)     # the congestion module's own info (tcp_bbr: INET_DIAG_BBRINFO)
 EXT_SKMEM = 1 << (INET_DIAG_SKMEMINFO - 1)
-COUNTERS = ("sockets", "messages", "overflow", "malformed", "truncated", "no_info", "dump_intr", "foreign")
+COUNTERS = ("sockets", "messages", "overflow", "malformed", "truncated", "no_info", "dump_intr", "foreign",
+            "spoofed")
 
 
 cdef struct counters_t:
@@ -186,6 +105,7 @@ cdef struct counters_t:
     int64_t no_info        # sockets without INET_DIAG_INFO (e.g. not a full socket)
     int64_t dump_intr      # messages flagged NLM_F_DUMP_INTR (the table changed during the dump)
     int64_t foreign        # messages of another sequence number or an unexpected type
+    int64_t spoofed        # datagrams not sent by the kernel (sender nl_pid != 0): dropped unread
     int error              # errno of NLMSG_ERROR / a negative NLMSG_DONE, or of a syscall
 
 
@@ -197,8 +117,8 @@ cdef int parse_attrs(const uint8_t *p, uint32_t n, rec_t *r) noexcept nogil:
     cdef tcp_bbr_info bbr
     cdef uint32_t *skmem = &r.skmem_rmem_alloc
     while n - off >= NLA_HDRLEN:
-        alen = pull_u16(p + off)
-        atype = pull_u16(p + off + 2) & 0x3fff        # NLA_TYPE_MASK: drop NESTED / NET_BYTEORDER
+        alen = load_host16(p + off)
+        atype = load_host16(p + off + 2) & 0x3fff        # NLA_TYPE_MASK: drop NESTED / NET_BYTEORDER
         if alen < NLA_HDRLEN or alen > n - off:
             return -1
         plen = alen - NLA_HDRLEN
@@ -226,7 +146,7 @@ cdef int parse_attrs(const uint8_t *p, uint32_t n, rec_t *r) noexcept nogil:
             memset(skmem, 0, 4 * SK_MEMINFO_VARS)
             i = 0
             while i < SK_MEMINFO_VARS and 4 * (i + 1) <= plen:
-                skmem[i] = pull_u32(a + 4 * i)
+                skmem[i] = load_host32(a + 4 * i)
                 i += 1
             r.has_skmem = 1
         off += nl_align(alen)
@@ -237,9 +157,12 @@ cdef int parse_attrs(const uint8_t *p, uint32_t n, rec_t *r) noexcept nogil:
 
 cdef void parse_sock(const uint8_t *p, uint32_t n, int64_t t_ns, rec_t *out, Py_ssize_t cap,
                      Py_ssize_t *count, counters_t *c) noexcept nogil:
-    """One SOCK_DIAG_BY_FAMILY payload (inet_diag_msg + rtattrs) into out[count]."""
+    """One SOCK_DIAG_BY_FAMILY payload (inet_diag_msg + rtattrs) into out[count]. A socket past
+    the array's capacity is still parsed (into a scratch record), so malformed and no_info
+    count the same whatever the capacity, and overflow counts only well-formed sockets."""
     cdef inet_diag_msg m
-    cdef rec_t *r
+    cdef rec_t scratch
+    cdef rec_t *r = &out[count[0]] if count[0] < cap else &scratch
     if n < INET_DIAG_MSG_LEN:
         c.malformed += 1
         return
@@ -247,14 +170,15 @@ cdef void parse_sock(const uint8_t *p, uint32_t n, int64_t t_ns, rec_t *out, Py_
     if m.idiag_family != AF_INET and m.idiag_family != AF_INET6:
         c.malformed += 1
         return
-    if count[0] >= cap:
-        c.overflow += 1
-        return
-    r = &out[count[0]]
     memset(r, 0, sizeof(rec_t))
     if parse_attrs(p + INET_DIAG_MSG_LEN, n - INET_DIAG_MSG_LEN, r) != 0:
         memset(r, 0, sizeof(rec_t))
         c.malformed += 1
+        return
+    if r.info_len == 0:
+        c.no_info += 1
+    if r == &scratch:
+        c.overflow += 1
         return
     r.t_ns = t_ns
     r.idiag_family = m.idiag_family
@@ -272,8 +196,6 @@ cdef void parse_sock(const uint8_t *p, uint32_t n, int64_t t_ns, rec_t *out, Py_
     r.idiag_wqueue = m.idiag_wqueue
     r.idiag_uid = m.idiag_uid
     r.idiag_inode = m.idiag_inode
-    if r.info_len == 0:
-        c.no_info += 1
     count[0] += 1
 
 
@@ -290,21 +212,21 @@ cdef int parse_buffer(const uint8_t *buf, Py_ssize_t n, uint32_t seq, int64_t t_
         if n - off < NLMSG_HDRLEN:
             c.truncated += 1
             return 0
-        mlen = pull_u32(buf + off)
-        mtype = pull_u16(buf + off + 4)
-        mflags = pull_u16(buf + off + 6)
+        mlen = load_host32(buf + off)
+        mtype = load_host16(buf + off + 4)
+        mflags = load_host16(buf + off + 6)
         if mlen < NLMSG_HDRLEN or mlen > n - off:
             c.malformed += 1           # no way to find the next header: drop the rest of this datagram
             return 0
         c.messages += 1
-        if pull_u32(buf + off + 8) != seq:
+        if load_host32(buf + off + 8) != seq:
             c.foreign += 1
         else:
             if mflags & NLM_F_DUMP_INTR:
                 c.dump_intr += 1
             if mtype == NLMSG_DONE or mtype == NLMSG_ERROR:
                 if mlen >= NLMSG_HDRLEN + 4:
-                    val = <int32_t>pull_u32(buf + off + NLMSG_HDRLEN)
+                    val = <int32_t>load_host32(buf + off + NLMSG_HDRLEN)
                     if val < 0:
                         c.error = -val
                 elif mtype == NLMSG_ERROR:
@@ -318,10 +240,38 @@ cdef int parse_buffer(const uint8_t *buf, Py_ssize_t n, uint32_t seq, int64_t t_
     return 0
 
 
-cdef dict _counters_dict(counters_t *c):
-    return {"sockets": c.sockets, "messages": c.messages, "overflow": c.overflow, "malformed": c.malformed,
-            "truncated": c.truncated, "no_info": c.no_info, "dump_intr": c.dump_intr, "foreign": c.foreign,
-            "error": c.error}
+cdef class Counts:
+    """What one parse or dump saw (read-only; COUNTERS): sockets written to the records; netlink
+    messages; overflow (sockets past the records' capacity); malformed and truncated (dropped);
+    no_info (sockets without INET_DIAG_INFO); dump_intr (NLM_F_DUMP_INTR messages); foreign
+    (another sequence number or type); spoofed (datagrams not from the kernel, dropped)."""
+    cdef readonly int64_t sockets, messages, overflow, malformed, truncated, no_info, dump_intr, foreign
+    cdef readonly int64_t spoofed
+    _extra = ()
+
+    cdef _fill(self, counters_t *c):
+        self.sockets, self.messages, self.overflow = c.sockets, c.messages, c.overflow
+        self.malformed, self.truncated, self.no_info = c.malformed, c.truncated, c.no_info
+        self.dump_intr, self.foreign, self.spoofed = c.dump_intr, c.foreign, c.spoofed
+
+    def __repr__(self):
+        more = ", ".join(f"{k}={getattr(self, k)}" for k in self._extra)
+        return (f"{type(self).__name__}(" + ", ".join(f"{k}={getattr(self, k)}" for k in COUNTERS)
+                + (", " + more if more else "") + ")")
+
+
+cdef class ParseResult(Counts):
+    """parse(): Counts, plus done (NLMSG_DONE or NLMSG_ERROR ended the dump) and error (the errno
+    that message reported, 0 if none)."""
+    cdef readonly bint done
+    cdef readonly int error
+    _extra = ("done", "error")
+
+
+cdef class DumpResult(Counts):
+    """InetDiagDumper.dump(): Counts, plus bytes and recvs (datagrams) read and elapsed_ns."""
+    cdef readonly int64_t bytes, recvs, elapsed_ns
+    _extra = ("bytes", "recvs", "elapsed_ns")
 
 
 cdef unsigned char[::1] _records_bytes(records) except *:
@@ -337,13 +287,14 @@ cdef unsigned char[::1] _records_bytes(records) except *:
 def parse(const unsigned char[::1] data not None, records, uint32_t seq=1, int64_t t_ns=0):
     """Parse netlink bytes (one or more messages, as one recv() returns them) into `records`.
 
-    Returns {"done": NLMSG_DONE/ERROR seen, "error": its errno or 0, COUNTERS...};
-    the records written are records[:sockets]. Never raises on bad bytes.
+    Returns a ParseResult; the records written are records[:sockets]. Never
+    raises on bad bytes.
     """
     cdef unsigned char[::1] raw = _records_bytes(records)
     cdef Py_ssize_t cap = records.shape[0], count = 0
     cdef counters_t c
     cdef int done
+    cdef ParseResult res
     memset(&c, 0, sizeof(c))
     if data.shape[0] == 0:
         done = 0
@@ -351,9 +302,11 @@ def parse(const unsigned char[::1] data not None, records, uint32_t seq=1, int64
         with nogil:
             done = parse_buffer(&data[0], data.shape[0], seq, t_ns, <rec_t *>&raw[0], cap, &count, &c)
     c.sockets = count
-    out = _counters_dict(&c)
-    out["done"] = bool(done)
-    return out
+    res = ParseResult.__new__(ParseResult)
+    res._fill(&c)
+    res.done = done
+    res.error = c.error
+    return res
 
 
 def gather(records, offsets, sizes):
@@ -412,7 +365,10 @@ cdef class InetDiagDumper:
     bits (EXT_INFO, EXT_CONG, EXT_BBR, EXT_SKMEM); bytecode: an
     INET_DIAG_REQ_BYTECODE program (netprobe.probes.flows.filters builds it),
     which the kernel checks when the request is sent. The socket is opened
-    lazily, and reopened after an error so no stale reply is read.
+    lazily, and reopened after an error so no stale reply is read. It is
+    connected to the kernel, and a datagram whose sender is not the kernel
+    (nl_pid != 0: another process's netlink socket) is dropped unread and
+    counted (`spoofed`).
     """
     cdef int fd
     cdef uint8_t *buf
@@ -427,6 +383,7 @@ cdef class InetDiagDumper:
     cdef readonly uint32_t states
     cdef readonly int ext
     cdef readonly int64_t dumps, errors
+    cdef readonly int64_t spoofed       # datagrams from a socket other than the kernel's, ignored
 
     def __cinit__(self, *args, **kwargs):
         self.fd = -1
@@ -487,35 +444,42 @@ cdef class InetDiagDumper:
         self.close()
 
     cdef int _open(self) except -1:
+        """Socket, bound (the kernel picks the port id) and connected to the kernel (nl_pid 0):
+        the kernel then refuses unicast from any other socket (ECONNREFUSED at the sender)."""
         cdef sockaddr_nl sa
         cdef timeval tv
         cdef int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC, NETLINK_SOCK_DIAG)
+        cdef int err
         if fd < 0:
-            PyErr_SetFromErrno(OSError)
+            raise_errno(errno, "NETLINK_SOCK_DIAG socket", None)
         memset(&sa, 0, sizeof(sa))
         sa.nl_family = AF_NETLINK
         tv.tv_sec = <long>self.timeout
         tv.tv_usec = <long>((self.timeout - tv.tv_sec) * 1e6)
         if (bind(fd, <sockaddr *>&sa, sizeof(sa)) != 0
+                or connect(fd, <sockaddr *>&sa, sizeof(sa)) != 0
                 or setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv)) != 0
                 or (self.rcvbuf > 0 and setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &self.rcvbuf, sizeof(int)) != 0)):
+            err = errno
             close(fd)
-            PyErr_SetFromErrno(OSError)
+            raise_errno(err, "NETLINK_SOCK_DIAG socket", None)
         self.fd = fd
         return 0
 
     def dump(self, records):
-        """Dump every matching socket into records[0:sockets]; returns counters.
+        """Dump every matching socket into records[0:sockets]; returns a DumpResult.
 
-        {"sockets", "messages", "overflow", "malformed", "truncated", "no_info",
-        "dump_intr", "foreign", "error" (errno of a failed syscall or an
-        NLMSG_ERROR; 0 ok), "bytes", "recvs", "elapsed_ns"}. One timestamp per
-        recv() buffer (t_ns of each record). A failed dump closes the socket.
+        One timestamp per recv() buffer (t_ns of each record). A failed dump
+        (a syscall, or the kernel's NLMSG_ERROR) closes the socket and raises
+        OSError with the DumpResult so far as .result; one that cannot open
+        its socket raises OSError with .result None.
         """
         cdef unsigned char[::1] raw = _records_bytes(records)
         cdef Py_ssize_t cap = records.shape[0], count = 0
         cdef counters_t c
-        cdef sockaddr_nl dst
+        cdef sockaddr_nl src
+        cdef iovec iov
+        cdef msghdr mh
         cdef bytearray req = bytearray(self.request)
         cdef uint8_t *reqp = <uint8_t *><char *>req
         cdef Py_ssize_t reqlen = len(req), got
@@ -524,9 +488,15 @@ cdef class InetDiagDumper:
         cdef int family, err = 0, done
         cdef uint16_t sock_type = TCPDIAG_GETSOCK if self.single_walk else SOCK_DIAG_BY_FAMILY
         cdef rec_t *out = <rec_t *>&raw[0]
+        cdef DumpResult res
+        if self.buf == NULL:
+            raise ValueError("InetDiagDumper was not initialised")
         memset(&c, 0, sizeof(c))
-        memset(&dst, 0, sizeof(dst))
-        dst.nl_family = AF_NETLINK
+        memset(&mh, 0, sizeof(mh))
+        iov.iov_base = self.buf
+        iov.iov_len = self.bufsize
+        mh.msg_iov = &iov
+        mh.msg_iovlen = 1
         if self.fd < 0:
             self._open()
         t0 = mono_ns()
@@ -538,16 +508,21 @@ cdef class InetDiagDumper:
                 reqp[16] = <uint8_t>family
             memcpy(reqp + 8, &seq, 4)
             with nogil:
-                if sendto(self.fd, reqp, reqlen, 0, <sockaddr *>&dst, sizeof(dst)) < 0:
+                if send(self.fd, reqp, reqlen, 0) < 0:
                     err = errno
                 done = err != 0
                 while not done:
-                    got = recv(self.fd, self.buf, self.bufsize, MSG_TRUNC)
+                    mh.msg_name = &src
+                    mh.msg_namelen = sizeof(src)
+                    got = recvmsg(self.fd, &mh, MSG_TRUNC)
                     if got < 0:
                         if errno == EINTR:
                             continue
                         err = errno
                         break
+                    if mh.msg_namelen < sizeof(src) or src.nl_family != AF_NETLINK or src.nl_pid != 0:
+                        c.spoofed += 1          # not from the kernel (queued before connect()): ignore
+                        continue
                     now = mono_ns()
                     nrecv += 1
                     if got > self.bufsize:
@@ -563,13 +538,18 @@ cdef class InetDiagDumper:
             if err:
                 break
         self.dumps += 1
+        self.spoofed += c.spoofed
         if err:
             self.errors += 1
             self.close()
         c.sockets = count
-        c.error = err
-        res = _counters_dict(&c)
-        res.update(bytes=nbytes, recvs=nrecv, elapsed_ns=now - t0)
+        res = DumpResult.__new__(DumpResult)
+        res._fill(&c)
+        res.bytes = nbytes
+        res.recvs = nrecv
+        res.elapsed_ns = now - t0
+        if err:
+            raise_errno(err, "inet_diag dump", res)
         return res
 
 

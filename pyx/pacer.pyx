@@ -1,25 +1,36 @@
-# netprobe._pacer: the periodic timer loop, the token bucket test hook, and the
-# constant-rate TCP sender and drain that write TCP_INFO sample rows.
+# netprobe._pacer: the constant-rate TCP sender and its drain, which write
+# TCP_INFO sample rows, and the token bucket test hook.
 #
-# TimerfdPacer owns one CLOCK_MONOTONIC timerfd and one blocking read() loop
-# with the GIL released. Python sees one call per chunk (<= ~100 ms): it
-# passes a preallocated int64 buffer and gets counters back. TcpPacedSender
-# and TcpDrain follow the same shape over a TCP socket the caller owns.
+# TcpPacedSender sends on the periodic timer (timerfd.pxd) through a token
+# bucket (bucket.pxd); TcpDrain reads in a poll() loop. Both work on a TCP
+# socket the caller owns, with the GIL released; Python sees one call per
+# chunk (<= ~100 ms): it passes a preallocated int64 sample buffer and gets
+# counters back.
 
 from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
-from libc.stdint cimport int64_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 from bucket cimport (bucket_t, bucket_init, bucket_refill, bucket_available,
                      bucket_take, bucket_try, bucket_wait_ns, BUCKET_MAX_DEPTH,
                      BUCKET_MAX_RATE, BUCKET_NBIT_PER_BYTE)
-from linux cimport (errno, EINTR, EAGAIN, CLOCK_MONOTONIC, TFD_CLOEXEC,
-                    TFD_TIMER_ABSTIME, itimerspec, timerfd_create,
-                    timerfd_settime, read, close, strerror, mono_ns,
-                    ns_to_timespec, send, recv, setsockopt, poll, pollfd, POLLIN,
-                    MSG_DONTWAIT, MSG_NOSIGNAL, SOL_SOCKET, SO_MAX_PACING_RATE,
+from linux cimport (errno, EINTR, EAGAIN, strerror, raise_errno, mono_ns, send, recv, setsockopt, poll, pollfd,
+                    POLLIN, MSG_DONTWAIT, MSG_NOSIGNAL, SOL_SOCKET, SO_MAX_PACING_RATE,
                     IPPROTO_TCP, TCP_NOTSENT_LOWAT, TCP_QUICKACK)
+from prng cimport np_prng_fill
 from tcpinfo cimport tcp_info as tcp_info_t, tcp_info_read, tcp_info_fill_row, SAMPLE_NCOLS
+from timerfd cimport (periodic_t, periodic_open, periodic_close, periodic_arm, periodic_due,
+                      periodic_wait, periodic_raise)
+
+
+MAX_DURATION_NS = 86_400 * 10**9    # one run() call at most: a day (no int64 overflow)
+
+
+cdef int _check_time(int64_t now_ns) except -1:
+    """bucket.pxd's times are in [0, 2**62): differences and sums of two stay inside int64."""
+    if not 0 <= now_ns < (<int64_t>1) << 62:
+        raise ValueError(f"time must be 0 <= now_ns < 2**62 (got {now_ns})")
+    return 0
 
 
 cdef class TokenBucket:
@@ -30,32 +41,41 @@ cdef class TokenBucket:
     """
     cdef bucket_t b
 
+    def __cinit__(self, *args, **kwargs):
+        bucket_init(&self.b, 1, 1, 0)       # valid even if __init__ never runs: rate 0 would divide by 0
+
     def __init__(self, int64_t rate_bps, int64_t depth_bytes, int64_t now_ns):
+        _check_time(now_ns)
         if bucket_init(&self.b, rate_bps, depth_bytes, now_ns) != 0:
             raise ValueError(
                 f"token bucket needs 1 <= rate <= {BUCKET_MAX_RATE} bit/s and "
                 f"1 <= depth <= {BUCKET_MAX_DEPTH} bytes (got {rate_bps}, {depth_bytes})")
 
     def refill(self, int64_t now_ns):
+        _check_time(now_ns)
         bucket_refill(&self.b, now_ns)
 
     def take(self, int64_t n, int64_t now_ns):
         """Refill to `now_ns`, then take up to `n` bytes; returns bytes taken."""
+        _check_time(now_ns)
         bucket_refill(&self.b, now_ns)
         return bucket_take(&self.b, n)
 
     def try_take(self, int64_t n, int64_t now_ns):
         """Refill to `now_ns`, then take exactly `n` bytes (True) or nothing (False)."""
+        _check_time(now_ns)
         bucket_refill(&self.b, now_ns)
         return bucket_try(&self.b, n)
 
     def available(self, int64_t now_ns):
         """Refill to `now_ns`; whole bytes available."""
+        _check_time(now_ns)
         bucket_refill(&self.b, now_ns)
         return bucket_available(&self.b)
 
     def wait_ns(self, int64_t n, int64_t now_ns):
         """ns from `now_ns` until `n` bytes are available (-1: more than the depth)."""
+        _check_time(now_ns)
         return bucket_wait_ns(&self.b, n, now_ns)
 
     @property
@@ -71,125 +91,6 @@ cdef class TokenBucket:
     def last_ns(self):
         return self.b.last_ns
 
-
-cdef class TimerfdPacer:
-    """A periodic CLOCK_MONOTONIC timerfd that measures its own wake-up lateness.
-
-    start() arms it: expiration k (k = 1, 2, ...) is due at
-    first_ns + (k - 1) * interval_ns. run() then reads it in a blocking loop.
-    The schedule keeps running between run() calls, so a caller can loop over
-    short chunks (checking its stop flag in between) without losing or
-    shifting a slot. Late wake-ups never turn into catch-up work: a read that
-    returns several expirations is one tick plus overruns.
-    """
-    cdef int fd
-    cdef readonly int64_t interval_ns
-    cdef readonly int64_t first_ns      # due time of expiration 1 (0: not armed)
-    cdef readonly int64_t expirations   # consumed since start(): ticks + overruns
-
-    def __cinit__(self, int64_t interval_ns):
-        self.fd = -1
-        if interval_ns <= 0:
-            raise ValueError(f"timer interval must be > 0 ns (got {interval_ns})")
-        self.interval_ns = interval_ns
-        self.fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC)
-        if self.fd < 0:
-            PyErr_SetFromErrno(OSError)
-
-    def __dealloc__(self):
-        if self.fd >= 0:
-            close(self.fd)
-
-    def close(self):
-        if self.fd >= 0:
-            close(self.fd)
-            self.fd = -1
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    cdef int _check_open(self) except -1:
-        if self.fd < 0:
-            raise ValueError("TimerfdPacer is closed")
-        return 0
-
-    def start(self):
-        """(Re)arm: first expiration one interval from now; counters restart."""
-        cdef itimerspec its
-        self._check_open()
-        self.first_ns = mono_ns() + self.interval_ns
-        ns_to_timespec(self.first_ns, &its.it_value)
-        ns_to_timespec(self.interval_ns, &its.it_interval)
-        if timerfd_settime(self.fd, TFD_TIMER_ABSTIME, &its, NULL) != 0:
-            self.first_ns = 0
-            PyErr_SetFromErrno(OSError)
-        self.expirations = 0
-
-    def run(self, int64_t[:] lateness_out not None, Py_ssize_t max_ticks, int64_t duration_ns):
-        """Wait for up to `max_ticks` wake-ups, returning once `duration_ns` has passed.
-
-        Lateness of each wake-up (now minus the due time of the latest
-        expiration it consumed, ns) goes to lateness_out[0:ticks]. The call
-        ends at the first wake-up at or after start + duration_ns, when the
-        buffer (or max_ticks) is full, or early when a signal interrupts the
-        read (its Python handler runs before this returns). Arms the timer
-        if start() was not called.
-
-        Returns {"ticks", "overruns", "missed", "elapsed_ns", "interrupted"}:
-        overruns = expirations that got no wake-up of their own (read count
-        - 1, summed); missed = wake-ups that came after the next slot was
-        already due (each such stall skipped >= 1 slot).
-        """
-        cdef Py_ssize_t limit = lateness_out.shape[0]
-        cdef Py_ssize_t ticks = 0
-        cdef int64_t overruns = 0, missed = 0
-        cdef int64_t t_start, now = 0, exp, interval = self.interval_ns
-        cdef int64_t first
-        cdef uint64_t count = 0
-        cdef ssize_t nread
-        cdef int err = 0
-        self._check_open()
-        if duration_ns <= 0:
-            raise ValueError(f"duration must be > 0 ns (got {duration_ns})")
-        if self.first_ns == 0:
-            self.start()
-        if max_ticks < limit:
-            limit = max_ticks
-        first = self.first_ns
-        exp = self.expirations
-        t_start = mono_ns()
-        now = t_start
-        with nogil:
-            while ticks < limit:
-                nread = read(self.fd, &count, 8)
-                if nread != 8:
-                    err = errno if nread < 0 else -1
-                    break
-                now = mono_ns()
-                exp += <int64_t>count
-                lateness_out[ticks] = now - (first + (exp - 1) * interval)
-                ticks += 1
-                if count > 1:
-                    overruns += <int64_t>count - 1
-                    missed += 1
-                if now - t_start >= duration_ns:
-                    break
-        self.expirations = exp
-        if err == EINTR:
-            PyErr_CheckSignals()
-        elif err == -1:
-            raise OSError("short read from timerfd")
-        elif err != 0:
-            raise OSError(err, strerror(err).decode())
-        return {"ticks": ticks, "overruns": overruns, "missed": missed,
-                "elapsed_ns": now - t_start, "interrupted": err == EINTR}
-
-
-# ---------------------------------------------------------------------------
-# Constant-rate TCP: TcpPacedSender, TcpDrain and TCP_INFO sample rows.
 
 SAMPLE_COLUMNS = (
     "t_ns", "epoch", "app_bytes", "bytes_acked", "bytes_received", "delivery_rate",
@@ -224,8 +125,8 @@ def _bytes_in(rate_bps, ns):
 cdef int _check_run_args(Py_ssize_t ncols, int64_t duration_ns, int64_t sample_every_ns) except -1:
     if ncols != SAMPLE_NCOLS:
         raise ValueError(f"samples must have {SAMPLE_NCOLS} columns (got {ncols})")
-    if duration_ns <= 0 or sample_every_ns <= 0:
-        raise ValueError(f"duration and sample interval must be > 0 ns (got {duration_ns}, {sample_every_ns})")
+    if not (0 < duration_ns <= MAX_DURATION_NS and 0 < sample_every_ns <= MAX_DURATION_NS):
+        raise ValueError(f"duration and sample interval must be 1 ns to 1 day (got {duration_ns}, {sample_every_ns})")
     return 0
 
 
@@ -253,6 +154,33 @@ def tcp_info_row(int fd, int64_t t_ns, int64_t epoch, int64_t app_bytes):
     if err != 0:
         raise OSError(err, strerror(err).decode())
     return [row[i] for i in range(SAMPLE_NCOLS)]
+
+
+cdef class SendRun:
+    """One TcpPacedSender.run() call (read-only): rows written, ticks, timer_overruns (slots with
+    no wake-up of their own), late_ticks (wake-ups more than a tick late), eagain (ticks that
+    found the socket buffer full), bytes_sent (this call), app_bytes (since construction),
+    elapsed_ns, interrupted (a signal ended the call)."""
+    cdef readonly Py_ssize_t rows
+    cdef readonly int64_t ticks, timer_overruns, late_ticks, eagain, bytes_sent, app_bytes, elapsed_ns
+    cdef readonly bint interrupted
+
+    def __repr__(self):
+        return (f"SendRun(rows={self.rows}, ticks={self.ticks}, timer_overruns={self.timer_overruns}, "
+                f"late_ticks={self.late_ticks}, eagain={self.eagain}, bytes_sent={self.bytes_sent}, "
+                f"app_bytes={self.app_bytes}, elapsed_ns={self.elapsed_ns}, interrupted={self.interrupted})")
+
+
+cdef class DrainRun:
+    """One TcpDrain.run() call (read-only): rows written, bytes_received (this call), app_bytes
+    (since construction), elapsed_ns, eof (the peer closed: sticky), interrupted."""
+    cdef readonly Py_ssize_t rows
+    cdef readonly int64_t bytes_received, app_bytes, elapsed_ns
+    cdef readonly bint eof, interrupted
+
+    def __repr__(self):
+        return (f"DrainRun(rows={self.rows}, bytes_received={self.bytes_received}, app_bytes={self.app_bytes}, "
+                f"elapsed_ns={self.elapsed_ns}, eof={self.eof}, interrupted={self.interrupted})")
 
 
 cdef class TcpPacedSender:
@@ -285,19 +213,19 @@ cdef class TcpPacedSender:
     run() returns the counts of its own call.
     """
     cdef int fd
-    cdef int tfd
+    cdef periodic_t timer
     cdef char *buf
     cdef int64_t buf_size
     cdef bucket_t b
     cdef bint auto_depth, auto_write, auto_lowat, running
-    cdef int64_t first_ns, expirations, next_sample_ns
+    cdef int64_t next_sample_ns
     cdef readonly int64_t rate_bps, depth_bytes, tick_ns, write_size, notsent_lowat
     cdef readonly bint pacing
     cdef readonly int64_t ticks, timer_overruns, late_ticks, eagain, bytes_sent
     cdef readonly int error
 
     def __cinit__(self, *args, **kwargs):
-        self.tfd = -1
+        self.timer.fd = -1
         self.buf = NULL
 
     def __init__(self, int fd, rate_bps, int64_t depth_bytes=0, int64_t tick_ns=1_000_000,
@@ -324,23 +252,19 @@ cdef class TcpPacedSender:
         self.auto_lowat = notsent_lowat == 0
         self.notsent_lowat = notsent_lowat
         self.pacing = pacing
-        self.tfd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC)
-        if self.tfd < 0:
+        if periodic_open(&self.timer, tick_ns) != 0:
             PyErr_SetFromErrno(OSError)
         self._configure(_bit_rate(rate_bps))
 
     def __dealloc__(self):
-        if self.tfd >= 0:
-            close(self.tfd)
+        periodic_close(&self.timer)
         free(self.buf)
 
     def close(self):
         """Release the timer (not the socket, which the caller owns)."""
         if self.running:
             raise RuntimeError("close() while run() is running")
-        if self.tfd >= 0:
-            close(self.tfd)
-            self.tfd = -1
+        periodic_close(&self.timer)
 
     def __enter__(self):
         return self
@@ -374,7 +298,7 @@ cdef class TcpPacedSender:
             pace = rate // 8 + rate // 160
             if setsockopt(self.fd, SOL_SOCKET, SO_MAX_PACING_RATE, &pace, sizeof(pace)) != 0:
                 PyErr_SetFromErrno(OSError)
-        if self.first_ns != 0:
+        if self.timer.first_ns != 0:
             bucket_refill(&self.b, mono_ns())          # credit earned so far at the old rate
             self.b.rate_bps = rate
             self.b.cap = depth * BUCKET_NBIT_PER_BYTE
@@ -386,19 +310,14 @@ cdef class TcpPacedSender:
         self.notsent_lowat = unsent
 
     cdef _alloc(self, int64_t size):
-        """(Re)allocate the send buffer: splitmix64 bytes, zeros replaced, so nothing compresses it away."""
+        """(Re)allocate the send buffer: PRNG bytes, zeros replaced, so nothing compresses it away."""
         cdef char *buf = <char *>malloc(size)
-        cdef uint64_t x = 0x6e657470726f6265ULL, z = 0
+        cdef uint64_t seed = 0x6e657470726f6265ULL
         cdef int64_t i
         if buf == NULL:
             raise MemoryError()
+        np_prng_fill(<uint8_t *>buf, size, &seed)
         for i in range(size):
-            if i % 8 == 0:
-                x += 0x9e3779b97f4a7c15ULL
-                z = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL
-                z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL
-                z ^= z >> 31
-            buf[i] = <char>((z >> (8 * (i % 8))) & 0xff)
             if buf[i] == 0:
                 buf[i] = <char>0xa5
         free(self.buf)
@@ -422,40 +341,38 @@ cdef class TcpPacedSender:
         while `samples` is full stays due and is written first in the next
         call. A signal ends the call early (its Python handler runs first).
 
-        Returns this call's {rows, ticks, timer_overruns, late_ticks, eagain,
-        bytes_sent, elapsed_ns, error, interrupted} and app_bytes (total
-        sent). error is the errno of a failed send (EPIPE, ECONNRESET, ...):
-        it ends this and every later run, and is reported, never raised.
+        Returns this call's SendRun. A failed send (EPIPE, ECONNRESET, ...)
+        or TCP_INFO read raises OSError carrying the SendRun so far as
+        .result; the error is sticky (.error): every later run raises it.
         """
         cdef Py_ssize_t nrows = samples.shape[0], rows = 0
         cdef int64_t t_start, now, end, due, tick = self.tick_ns
-        cdef int64_t first, exp, avail, n, total = self.bytes_sent
+        cdef int64_t avail, n, total = self.bytes_sent
         cdef int64_t ticks = 0, overruns = 0, late = 0, eagain = 0, sent = 0
         cdef int64_t every = sample_every_ns, next_sample
         cdef uint64_t count = 0
-        cdef itimerspec its
         cdef ssize_t r
         cdef int err = 0, terr = 0, write = <int>self.write_size
-        cdef int fd = self.fd, tfd = self.tfd
+        cdef int fd = self.fd
         cdef char *buf = self.buf
+        cdef SendRun res = SendRun.__new__(SendRun)
         _check_run_args(samples.shape[1], duration_ns, sample_every_ns)
-        if tfd < 0:
+        if self.timer.fd < 0:
             raise ValueError("TcpPacedSender is closed")
         if self.running:
             raise RuntimeError("run() is already running")
+        res.app_bytes = total
+        if self.error != 0:
+            raise_errno(self.error, "send", res)
         t_start = mono_ns()
-        if self.error == 0 and self.first_ns == 0:
-            self.first_ns = t_start + tick
-            ns_to_timespec(self.first_ns, &its.it_value)
-            ns_to_timespec(tick, &its.it_interval)
-            if timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL) != 0:
-                self.first_ns = 0
-                PyErr_SetFromErrno(OSError)
-            bucket_init(&self.b, self.rate_bps, self.depth_bytes, t_start)
+        if self.timer.first_ns == 0:
+            err = periodic_arm(&self.timer, t_start + tick)
+            if err != 0:
+                raise_errno(err, "timerfd", res)
+            if bucket_init(&self.b, self.rate_bps, self.depth_bytes, t_start) != 0:
+                raise ValueError(f"no token bucket of {self.rate_bps} bit/s, {self.depth_bytes} bytes")
             bucket_take(&self.b, self.depth_bytes)      # start empty: no initial burst
             self.next_sample_ns = t_start
-        first = self.first_ns
-        exp = self.expirations
         next_sample = self.next_sample_ns
         end = t_start + duration_ns
         now = t_start
@@ -472,13 +389,11 @@ cdef class TcpPacedSender:
                         next_sample = _next_due(next_sample, every, now)
                     if now >= end:
                         break
-                    r = read(tfd, &count, 8)
-                    if r != 8:
-                        terr = errno if r < 0 else -1
+                    due = periodic_due(&self.timer, self.timer.expirations + 1)   # the oldest slot served
+                    terr = periodic_wait(&self.timer, &count)
+                    if terr != 0:
                         break
                     now = mono_ns()
-                    due = first + exp * tick                # the oldest slot this wake-up serves
-                    exp += <int64_t>count
                     ticks += 1
                     overruns += <int64_t>count - 1
                     if now - due > tick:
@@ -507,7 +422,6 @@ cdef class TcpPacedSender:
                 now = mono_ns()
         finally:
             self.running = False
-            self.expirations = exp
             self.next_sample_ns = next_sample
             self.ticks += ticks
             self.timer_overruns += overruns
@@ -516,15 +430,19 @@ cdef class TcpPacedSender:
             self.bytes_sent = total
             if err != 0:
                 self.error = err
-        if terr == EINTR:
-            PyErr_CheckSignals()
-        elif terr == -1:
-            raise OSError("short read from timerfd")
-        elif terr != 0:
-            raise OSError(terr, strerror(terr).decode())
-        return {"rows": rows, "ticks": ticks, "timer_overruns": overruns, "late_ticks": late,
-                "eagain": eagain, "bytes_sent": sent, "app_bytes": total,
-                "elapsed_ns": now - t_start, "error": self.error, "interrupted": terr == EINTR}
+        res.rows = rows
+        res.ticks = ticks
+        res.timer_overruns = overruns
+        res.late_ticks = late
+        res.eagain = eagain
+        res.bytes_sent = sent
+        res.app_bytes = total
+        res.elapsed_ns = now - t_start
+        res.interrupted = terr == EINTR
+        if err != 0:
+            raise_errno(err, "send", res)
+        periodic_raise(terr, res)
+        return res
 
 
 cdef class TcpDrain:
@@ -572,21 +490,24 @@ cdef class TcpDrain:
             int64_t epoch):
         """Read and discard for `duration_ns`, writing rows as TcpPacedSender.run() does.
 
-        Ends early when the peer closes (eof) or recv() fails (error: errno);
-        both are sticky, reported, never raised. A signal ends the call early.
-        Returns this call's {rows, bytes_received, elapsed_ns, eof, error,
-        interrupted} and app_bytes (total read).
+        Ends early when the peer closes (eof, sticky: a DrainRun field) or
+        recv() fails (OSError with the DrainRun so far as .result; sticky:
+        later runs raise it again). A signal ends the call early. Returns
+        this call's DrainRun.
         """
         cdef Py_ssize_t nrows = samples.shape[0], rows = 0
         cdef int64_t t_start, now, end, wait, every = sample_every_ns, next_sample
         cdef int64_t total = self.bytes_received, got = 0
         cdef int err = 0, perr = 0, timeout, one = 1
         cdef bint more = False, eof = self.eof
+        cdef DrainRun res
         cdef pollfd pfd
         cdef ssize_t r
         cdef size_t size = self.bufsize
         cdef char *buf = self.buf
         _check_run_args(samples.shape[1], duration_ns, sample_every_ns)
+        if self.buf == NULL:
+            raise ValueError("TcpDrain was not initialised")
         if self.running:
             raise RuntimeError("run() is already running")
         t_start = mono_ns()
@@ -653,7 +574,15 @@ cdef class TcpDrain:
             self.bytes_received = total
             self.eof = eof
             self.error = err
+        res = DrainRun.__new__(DrainRun)
+        res.rows = rows
+        res.bytes_received = got
+        res.app_bytes = total
+        res.elapsed_ns = now - t_start
+        res.eof = eof
+        res.interrupted = perr == EINTR
+        if err != 0:
+            raise_errno(err, "recv", res)
         if perr == EINTR:
             PyErr_CheckSignals()
-        return {"rows": rows, "bytes_received": got, "app_bytes": total, "elapsed_ns": now - t_start,
-                "eof": eof, "error": err, "interrupted": perr == EINTR}
+        return res

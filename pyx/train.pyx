@@ -33,11 +33,12 @@ import numpy as _np
 from byteorder cimport load_be16 as pull_u16, load_be32 as pull_u32, store_be16 as push_u16, store_be32 as push_u32
 
 from linux cimport (errno, EINTR, EAGAIN, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME,
-                    clock_ns, mono_ns, ns_to_timespec, strerror, poll,
+                    clock_ns, mono_ns, ns_to_timespec, strerror, raise_errno, poll,
                     pollfd, POLLIN, SOL_SOCKET, setsockopt, getsockopt, socklen_t,
                     MSG_DONTWAIT, MSG_TRUNC, MSG_CTRUNC, rx_stamps_on, sw_stamp_ns, SO_RCVBUF,
                     SO_SNDBUF, SO_RCVBUFFORCE, SO_SNDBUFFORCE, SO_TYPE, SOCK_DGRAM, iovec, msghdr,
                     mmsghdr, sendmmsg, recvmmsg, TIMER_ABSTIME, clock_nanosleep)
+from prng cimport np_prng_fill
 
 
 HEADER_LEN = 20
@@ -47,6 +48,7 @@ FLAG_PRIMER = 1
 MAX_TRAIN = 1024             # packets per train, primer included (sendmmsg's UIO_MAXIOV)
 MAX_SIZE = 9000              # UDP payload bytes (jumbo frames); the receive buffers are this big
 RX_BATCH = 64
+MAX_WAIT_NS = 86_400 * 10**9  # a receive call waits a day at most: deadlines stay inside int64, poll()'s int ms
 
 # receiver rows: one per accepted packet
 RX_COLUMNS = ("train", "index", "count", "size", "rx_ns", "flags")
@@ -175,17 +177,29 @@ cdef int _check_udp(int fd) except -1:
     return 0
 
 
-cdef void _fill(uint8_t *buf, size_t size) noexcept nogil:
-    """splitmix64 bytes: filler nothing on the path can compress away."""
-    cdef uint64_t x = 0x6e657470726f6265ULL, z = 0
-    cdef size_t i
-    for i in range(size):
-        if i % 8 == 0:
-            x += 0x9e3779b97f4a7c15ULL
-            z = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL
-            z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL
-            z ^= z >> 31
-        buf[i] = <uint8_t>((z >> (8 * (i % 8))) & 0xff)
+cdef class SendResult:
+    """One TrainSender.send() call (read-only): trains, packets and bytes handed to the kernel
+    (a train's bytes count when all of it was), elapsed_ns, interrupted (a signal ended it)."""
+    cdef readonly int64_t trains, packets, bytes, elapsed_ns
+    cdef readonly bint interrupted
+
+    def __repr__(self):
+        return (f"SendResult(trains={self.trains}, packets={self.packets}, bytes={self.bytes}, "
+                f"elapsed_ns={self.elapsed_ns}, interrupted={self.interrupted})")
+
+
+cdef class ReceiveResult:
+    """One TrainReceiver.run() call (read-only): rows written, datagrams read, and those dropped:
+    malformed, truncated, foreign (another session's token); user_ts (rows without a kernel
+    stamp); elapsed_ns; interrupted (a signal ended it)."""
+    cdef readonly Py_ssize_t rows
+    cdef readonly int64_t datagrams, malformed, truncated, foreign, user_ts, elapsed_ns
+    cdef readonly bint interrupted
+
+    def __repr__(self):
+        return (f"ReceiveResult(rows={self.rows}, datagrams={self.datagrams}, malformed={self.malformed}, "
+                f"truncated={self.truncated}, foreign={self.foreign}, user_ts={self.user_ts}, "
+                f"elapsed_ns={self.elapsed_ns}, interrupted={self.interrupted})")
 
 
 cdef class TrainSender:
@@ -216,6 +230,7 @@ cdef class TrainSender:
         self.iov = NULL
 
     def __init__(self, int fd, uint32_t token, int sndbuf=4 << 20):
+        cdef uint64_t seed = 0x6e657470726f6265ULL
         _check_udp(fd)
         self.fd = fd
         self.token = token
@@ -230,7 +245,7 @@ cdef class TrainSender:
         self.iov = <iovec *>calloc(2 * C_MAX_TRAIN, sizeof(iovec))
         if self.headers == NULL or self.filler == NULL or self.msgs == NULL or self.iov == NULL:
             raise MemoryError()
-        _fill(self.filler, C_MAX_SIZE)
+        np_prng_fill(self.filler, C_MAX_SIZE, &seed)     # filler nothing on the path can compress away
 
     def __dealloc__(self):
         free(self.headers)
@@ -239,11 +254,12 @@ cdef class TrainSender:
         free(self.iov)
 
     def send(self, int64_t[:, ::1] plan not None, int64_t[:, ::1] sent not None):
-        """Send every train of `plan`; returns {trains, packets, bytes, elapsed_ns, error, interrupted}.
+        """Send every train of `plan`; returns a SendResult.
 
-        Ends early on a send error (errno in `error`, also kept in .error) or a
-        signal (its Python handler runs first). Rows are checked before
-        anything is sent: ValueError names the first bad one.
+        A send error ends the call: OSError with the SendResult so far as
+        .result (the errno is also kept in .error). A signal ends it early
+        (its Python handler runs first). Rows are checked before anything is
+        sent: ValueError names the first bad one.
         """
         cdef Py_ssize_t n = plan.shape[0], i, k
         cdef int64_t t0, t1, due, nbytes, count, size, psize, gap, primers
@@ -251,10 +267,13 @@ cdef class TrainSender:
         cdef int r, off, err = 0, serr = 0
         cdef header_t h
         cdef timespec ts
+        cdef SendResult res
         if plan.shape[1] != PLAN_NCOLS or sent.shape[1] != SENT_NCOLS:
             raise ValueError(f"plan needs {PLAN_NCOLS} columns and sent {SENT_NCOLS}")
         if sent.shape[0] < n:
             raise ValueError("sent needs a row per plan row")
+        if self.msgs == NULL:
+            raise ValueError("TrainSender was not initialised")
         for i in range(n):
             count, size, primers, psize, gap = plan[i, 1], plan[i, 2], plan[i, 3], plan[i, 4], plan[i, 5]
             if not (2 <= count <= MAX_TRAIN and HEADER_LEN <= size <= MAX_SIZE
@@ -327,10 +346,17 @@ cdef class TrainSender:
             if err != 0:
                 self.errors += 1
                 self.error = err
+        res = SendResult.__new__(SendResult)
+        res.trains = trains
+        res.packets = done_packets
+        res.bytes = done_bytes
+        res.elapsed_ns = mono_ns() - t0
+        res.interrupted = serr == EINTR
+        if err != 0:
+            raise_errno(err, "sendmmsg", res)
         if serr == EINTR:
             PyErr_CheckSignals()
-        return {"trains": trains, "packets": done_packets, "bytes": done_bytes,
-                "elapsed_ns": mono_ns() - t0, "error": err, "interrupted": serr == EINTR}
+        return res
 
 
 cdef class TrainReceiver:
@@ -387,9 +413,9 @@ cdef class TrainReceiver:
         total = 0
         while True:
             got = self.run(scratch, C_RX_BATCH, 0, 0)
-            self.packets -= got["rows"]
-            total += got["datagrams"]
-            if got["datagrams"] == 0:
+            self.packets -= got.rows
+            total += got.datagrams
+            if got.datagrams == 0:
                 return total
 
     def run(self, int64_t[:, ::1] rows not None, int64_t expected, int64_t idle_ns, int64_t max_ns):
@@ -397,10 +423,10 @@ cdef class TrainReceiver:
         idle_ns (counted from the call or the last datagram), or max_ns passed.
 
         idle_ns = max_ns = 0 takes only what is queued now. A signal ends the
-        call early (its handler runs first). Returns {rows, datagrams,
-        malformed, truncated, foreign, user_ts, elapsed_ns, error,
-        interrupted} for this call; rows[0:rows] hold the packets in
-        arrival order.
+        call early (its handler runs first). Returns this call's
+        ReceiveResult; rows[0:rows] hold the packets in arrival order. A
+        failed recvmmsg()/poll() raises OSError with the ReceiveResult so far
+        as .result.
         """
         cdef Py_ssize_t cap = rows.shape[0], nrows = 0
         cdef int64_t t0, now, last, end, wait, datagrams = 0
@@ -410,8 +436,13 @@ cdef class TrainReceiver:
         cdef header_t h
         cdef pollfd pfd
         cdef msghdr *mh
+        cdef ReceiveResult res
         if rows.shape[1] != RX_NCOLS:
             raise ValueError(f"rows needs {RX_NCOLS} columns")
+        if not (0 <= idle_ns <= MAX_WAIT_NS and 0 <= max_ns <= MAX_WAIT_NS):
+            raise ValueError(f"idle_ns and max_ns must be 0 to {MAX_WAIT_NS} ns (got {idle_ns}, {max_ns})")
+        if self.msgs == NULL:
+            raise ValueError("TrainReceiver was not initialised")
         if self.running:
             raise RuntimeError("run() is already running")
         self.running = True
@@ -490,9 +521,18 @@ cdef class TrainReceiver:
             self.truncated += truncated
             self.foreign += foreign
             self.user_ts += user_ts
+        res = ReceiveResult.__new__(ReceiveResult)
+        res.rows = nrows
+        res.datagrams = datagrams
+        res.malformed = malformed
+        res.truncated = truncated
+        res.foreign = foreign
+        res.user_ts = user_ts
+        res.elapsed_ns = mono_ns() - t0
+        res.interrupted = perr == EINTR
+        if err != 0:
+            raise_errno(err, "recvmmsg", res)
         if perr == EINTR:
             PyErr_CheckSignals()
-        return {"rows": nrows, "datagrams": datagrams, "malformed": malformed, "truncated": truncated,
-                "foreign": foreign, "user_ts": user_ts, "elapsed_ns": mono_ns() - t0, "error": err,
-                "interrupted": perr == EINTR}
+        return res
 

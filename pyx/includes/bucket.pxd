@@ -15,12 +15,7 @@
 
 from libc.stdint cimport int64_t
 
-cdef extern from *:
-    """
-    #define NETPROBE_BUCKET_NBIT_PER_BYTE ((int64_t)8000000000LL)
-    #define NETPROBE_BUCKET_MAX_DEPTH ((int64_t)1 << 30)
-    #define NETPROBE_BUCKET_MAX_RATE ((int64_t)1 << 50)
-    """
+cdef extern from "bucket.h":
     const int64_t BUCKET_NBIT_PER_BYTE "NETPROBE_BUCKET_NBIT_PER_BYTE"
     const int64_t BUCKET_MAX_DEPTH "NETPROBE_BUCKET_MAX_DEPTH"
     const int64_t BUCKET_MAX_RATE "NETPROBE_BUCKET_MAX_RATE"

@@ -56,6 +56,14 @@ cdef extern from "<sys/timerfd.h>" nogil:
     int timerfd_gettime(int fd, itimerspec *curr_value)
 
 
+cdef inline int raise_errno(int err, str what, object result) except -1:
+    """The loops' one error convention, applied at the Python boundary: OSError(err) naming
+    `what`, carrying the call's partial result (counts up to the failure) as .result."""
+    exc = OSError(err, f"{what}: {strerror(err).decode()}")
+    exc.result = result
+    raise exc
+
+
 cdef inline int64_t timespec_to_ns(const timespec *ts) noexcept nogil:
     """Nanoseconds in a timespec."""
     return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec

@@ -1,10 +1,10 @@
 # Netlink sock_diag (inet_diag) declarations with the kernel's names, from the
 # uapi headers <linux/netlink.h>, <linux/sock_diag.h>, <linux/inet_diag.h>.
 #
-# The message layouts are declared here, not taken from the system headers,
-# so that the parser reads only what it has length-checked: every struct is
-# read out of a byte buffer through the pull_ helpers below, which check the
-# length first. The C block asserts the sizes at compile time.
+# The message layouts are spelled out in inet_diag.h (sizes asserted at compile
+# time), not taken from the system headers. The parser copies a struct out of
+# a byte buffer only after checking its length; the load_host helpers read one
+# field (host byte order, any alignment: netlink is host-endian).
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
@@ -25,8 +25,7 @@ cdef extern from "<sys/socket.h>" nogil:
         MSG_TRUNC
     int socket(int domain, int type, int protocol)
     int bind(int sockfd, const sockaddr *addr, unsigned int addrlen)
-    ssize_t sendto(int sockfd, const void *buf, size_t len, int flags,
-                   const sockaddr *dest_addr, unsigned int addrlen)
+    int connect(int sockfd, const sockaddr *addr, unsigned int addrlen)
 
 cdef extern from "<sys/time.h>" nogil:
     struct timeval:
@@ -36,58 +35,7 @@ cdef extern from "<sys/time.h>" nogil:
 cdef extern from "<arpa/inet.h>" nogil:
     uint16_t ntohs(uint16_t v)
 
-cdef extern from *:
-    """
-    #include <stddef.h>
-    #include <stdint.h>
-    #include <linux/netlink.h>
-    #ifndef NETLINK_SOCK_DIAG
-    #define NETLINK_SOCK_DIAG 4
-    #endif
-    /* <linux/sock_diag.h>, <linux/inet_diag.h> (uapi), spelled out */
-    #define NETPROBE_SOCK_DIAG_BY_FAMILY 20
-    #define NETPROBE_TCPDIAG_GETSOCK 18      /* the pre-sock_diag request: one walk, both families */
-    struct netprobe_inet_diag_sockid {
-        uint16_t idiag_sport;      /* __be16 */
-        uint16_t idiag_dport;      /* __be16 */
-        uint32_t idiag_src[4];     /* __be32 */
-        uint32_t idiag_dst[4];
-        uint32_t idiag_if;
-        uint32_t idiag_cookie[2];
-    };
-    struct netprobe_inet_diag_req_v2 {
-        uint8_t  sdiag_family;
-        uint8_t  sdiag_protocol;
-        uint8_t  idiag_ext;
-        uint8_t  pad;
-        uint32_t idiag_states;
-        struct netprobe_inet_diag_sockid id;
-    };
-    struct netprobe_inet_diag_msg {
-        uint8_t  idiag_family;
-        uint8_t  idiag_state;
-        uint8_t  idiag_timer;
-        uint8_t  idiag_retrans;
-        struct netprobe_inet_diag_sockid id;
-        uint32_t idiag_expires;
-        uint32_t idiag_rqueue;
-        uint32_t idiag_wqueue;
-        uint32_t idiag_uid;
-        uint32_t idiag_inode;
-    };
-    struct netprobe_tcp_bbr_info {
-        uint32_t bbr_bw_lo;
-        uint32_t bbr_bw_hi;
-        uint32_t bbr_min_rtt;
-        uint32_t bbr_pacing_gain;
-        uint32_t bbr_cwnd_gain;
-    };
-    _Static_assert(sizeof(struct nlmsghdr) == 16, "nlmsghdr");
-    _Static_assert(sizeof(struct netprobe_inet_diag_sockid) == 48, "inet_diag_sockid");
-    _Static_assert(sizeof(struct netprobe_inet_diag_req_v2) == 56, "inet_diag_req_v2");
-    _Static_assert(sizeof(struct netprobe_inet_diag_msg) == 72, "inet_diag_msg");
-    _Static_assert(sizeof(struct netprobe_tcp_bbr_info) == 20, "tcp_bbr_info");
-    """
+cdef extern from "inet_diag.h":
     enum:
         NETLINK_SOCK_DIAG
         SOCK_DIAG_BY_FAMILY "NETPROBE_SOCK_DIAG_BY_FAMILY"
@@ -166,19 +114,21 @@ cdef enum:
     INET_DIAG_REQ_V2_LEN = 56
 
 
-cdef inline uint32_t nl_align(uint32_t n) noexcept nogil:
-    """NLMSG_ALIGN / RTA_ALIGN: round up to 4."""
-    return (n + 3) & ~(<uint32_t>3)
+cdef inline uint64_t nl_align(uint64_t n) noexcept nogil:
+    """NLMSG_ALIGN / RTA_ALIGN: round up to 4. 64-bit, so a u32 length near 2**32 cannot wrap
+    to 0 (the parsers step by it: a step of 0 would never end)."""
+    return (n + 3) & ~(<uint64_t>3)
 
 
-cdef inline uint16_t pull_u16(const uint8_t *p) noexcept nogil:
+cdef inline uint16_t load_host16(const uint8_t *p) noexcept nogil:
     """Host-order u16 at p (any alignment); the caller has checked 2 bytes remain."""
     cdef uint16_t v
     memcpy(&v, p, 2)
     return v
 
 
-cdef inline uint32_t pull_u32(const uint8_t *p) noexcept nogil:
+cdef inline uint32_t load_host32(const uint8_t *p) noexcept nogil:
+    """Host-order u32 at p (any alignment); the caller has checked 4 bytes remain."""
     cdef uint32_t v
     memcpy(&v, p, 4)
     return v

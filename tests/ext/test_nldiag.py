@@ -2,8 +2,14 @@
 tests/reference/netlink.py) and live dumps of loopback sockets (against getsockopt TCP_INFO and
 the reference dump)."""
 import errno
+import json
+import os
+import shutil
 import socket
 import struct
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -74,11 +80,11 @@ def test_parse_matches_reference_decoder(socks, seq):
     want, wc, wdone = ref.decode(buf, seq)
     out = records(16)
     got = nl.parse(buf, out, seq=seq, t_ns=123)
-    assert got["done"] and wdone
-    assert got["sockets"] == len(want) == len(socks)
+    assert got.done and wdone
+    assert got.sockets == len(want) == len(socks)
     for k in wc:
-        assert got[k] == wc[k], k
-    for rec, w in zip(out[:got["sockets"]], want, strict=True):
+        assert getattr(got, k) == wc[k], k
+    for rec, w in zip(out[:got.sockets], want, strict=True):
         assert rec["t_ns"] == 123
         _check_same(rec, w)
 
@@ -90,7 +96,7 @@ def test_addresses_ports_and_cookie_decode():
     out = records(2)
     got = nl.parse(ref.encode_sock(s) + ref.encode_done(), out)
     r = out[0]
-    assert got["sockets"] == 1 and r["idiag_sport"] == 443 and r["idiag_dport"] == 51000
+    assert got.sockets == 1 and r["idiag_sport"] == 443 and r["idiag_dport"] == 51000
     assert socket.inet_ntoa(bytes(r["idiag_src"])[:4]) == "192.0.2.1"
     assert socket.inet_ntoa(bytes(r["idiag_dst"])[:4]) == "198.51.100.7"
     assert r["idiag_cookie"] == 0x1122334455667788 and r["tcpi_rtt"] == 1500 and r["info_len"] == 280
@@ -102,13 +108,13 @@ def test_overflow_error_foreign_and_short_info_are_counted():
     buf = b"".join(ref.encode_sock(s, 9) for s in socks)
     out = records(3)
     got = nl.parse(buf + ref.encode_sock(socks[0], 8) + ref.encode_done(9), out, seq=9)
-    assert (got["sockets"], got["overflow"], got["foreign"], got["done"]) == (3, 2, 1, True)
+    assert (got.sockets, got.overflow, got.foreign, got.done) == (3, 2, 1, True)
     assert out[2]["info_len"] == 100 and out[2]["tcpi_rtt"] == 2
     assert out[0]["tcpi_min_rtt"] == 0                # past the kernel's length: zero, not garbage
     got = nl.parse(ref.encode_error(4, errno.EINVAL), records(1), seq=4)
-    assert got["done"] and got["error"] == errno.EINVAL
+    assert got.done and got.error == errno.EINVAL
     got = nl.parse(ref.encode_done(4, -errno.EINTR), records(1), seq=4)
-    assert got["done"] and got["error"] == errno.EINTR
+    assert got.done and got.error == errno.EINTR
 
 
 def test_bad_lengths_are_counted_not_raised():
@@ -122,9 +128,9 @@ def test_bad_lengths_are_counted_not_raised():
     for buf, field in ((bad_len, "malformed"), (too_long, "malformed"), (short_body, "malformed"),
                        (bytes(bad_attr), "malformed"), (good[:10], "truncated")):
         got = nl.parse(buf, records(4))
-        assert got[field] == 1 and got["sockets"] == 0, (field, got)
+        assert getattr(got, field) == 1 and got.sockets == 0, (field, got)
     got = nl.parse(bytes(bad_attr) + good + ref.encode_done(), records(4))
-    assert (got["sockets"], got["malformed"], got["done"]) == (1, 1, True)  # the next message still parses
+    assert (got.sockets, got.malformed, got.done) == (1, 1, True)  # the next message still parses
 
 
 def test_records_argument_is_checked():
@@ -186,8 +192,8 @@ def _ours(ports, ext=None, families=(socket.AF_INET, socket.AF_INET6)):
     d = nl.InetDiagDumper(families, ext=nl.EXT_INFO if ext is None else ext)
     out = records(4096)
     got = d.dump(out)
-    assert got["error"] == 0 and got["overflow"] == 0 and got["malformed"] == 0
-    recs = out[:got["sockets"]]
+    assert got.overflow == 0 and got.malformed == 0
+    recs = out[:got.sockets]
     return {(int(r["idiag_sport"]), int(r["idiag_dport"])): r for r in recs
             if r["idiag_sport"] in ports or r["idiag_dport"] in ports}, got
 
@@ -196,7 +202,7 @@ def test_live_dump_sees_both_families_with_tcp_info(loopback_pairs):
     conns = loopback_pairs
     ports = {s.getsockname()[1] for s in conns}
     seen, got = _ours(ports, nl.EXT_INFO | nl.EXT_CONG | nl.EXT_BBR | nl.EXT_SKMEM)
-    assert len(seen) == 12 and got["recvs"] >= 2
+    assert len(seen) == 12 and got.recvs >= 2
     cookies = {int(r["idiag_cookie"]) for r in seen.values()}
     assert len(cookies) == 12 and 0 not in cookies
     for s in conns:
@@ -234,8 +240,8 @@ def test_one_walk_for_both_families_gives_what_one_request_per_family_gives(loop
     for d in (single, per_family):
         out = records(4096)
         g = d.dump(out)
-        assert g["error"] == g["foreign"] == g["malformed"] == 0
-        got.append({(int(r["idiag_sport"]), int(r["idiag_dport"])): r for r in out[:g["sockets"]]
+        assert g.foreign == g.malformed == 0
+        got.append({(int(r["idiag_sport"]), int(r["idiag_dport"])): r for r in out[:g.sockets]
                     if r["idiag_sport"] in ports or r["idiag_dport"] in ports})
     assert set(got[0]) == set(got[1]) and len(got[0]) == 12
     for key, r in got[0].items():
@@ -252,21 +258,177 @@ def test_family_and_state_selection(loopback_pairs):
     out = records(4096)
     got = d.dump(out)
     servers = {s.getsockname()[1] for s in loopback_pairs[1::2]}          # accepted ends: the listeners' ports
-    ours = [r for r in out[:got["sockets"]] if r["idiag_sport"] in servers]
+    ours = [r for r in out[:got.sockets] if r["idiag_sport"] in servers]
     assert len(ours) == 2 and all(r["idiag_dport"] == 0 for r in ours)     # the two listeners, no connections
-    assert all(r["idiag_state"] == 10 for r in out[:got["sockets"]])
+    assert all(r["idiag_state"] == 10 for r in out[:got.sockets])
 
 
 def test_overflow_when_records_are_too_few(loopback_pairs):
     d = nl.InetDiagDumper()
     got = d.dump(records(2))
-    assert got["sockets"] == 2 and got["overflow"] >= 10 and got["error"] == 0
+    assert got.sockets == 2 and got.overflow >= 10
     got = d.dump(records(0))
-    assert got["sockets"] == 0 and got["overflow"] >= 12
+    assert got.sockets == 0 and got.overflow >= 12
 
 
-def test_kernel_rejects_bad_bytecode_as_an_error_not_a_raise():
+def test_kernel_rejects_bad_bytecode_with_an_oserror_carrying_the_counts():
     d = nl.InetDiagDumper(bytecode=struct.pack("=BBH", 200, 4, 8))      # unknown op code
-    got = d.dump(records(8))
-    assert got["error"] == errno.EINVAL and d.errors == 1
-    assert "Invalid argument" in nl.strerror_text(got["error"])
+    with pytest.raises(OSError) as exc:
+        d.dump(records(8))
+    assert exc.value.errno == errno.EINVAL and d.errors == 1
+    assert "Invalid argument" in str(exc.value) and nl.strerror_text(exc.value.errno) == "Invalid argument"
+    assert isinstance(exc.value.result, nl.DumpResult) and exc.value.result.sockets == 0
+
+
+# -- replies not from the kernel ----------------------------------------------------------------------
+
+FORGED = {"family": socket.AF_INET, "sport": 1, "dport": 7, "cookie": 0xF0F0, "inode": 4242,
+          "src": socket.inet_aton("127.0.0.9") + bytes(12), "dst": socket.inet_aton("127.0.0.9") + bytes(12),
+          "info": ref.tcp_info_bytes(tcpi_rtt=1)}
+
+
+def _forgery(seq):
+    """A datagram the kernel would send: one socket record and NLMSG_DONE (it would end the dump)."""
+    return ref.encode_sock(FORGED, seq) + ref.encode_done(seq)
+
+
+def _diag_port_ids(pid):
+    """Netlink port ids of pid's NETLINK_SOCK_DIAG sockets (/proc/net/netlink, matched by inode)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(int(link[8:-1]))
+    with open("/proc/net/netlink") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return [int(r[2]) for r in rows if r[1] == "4" and int(r[9]) in inodes]
+
+
+def _ss_keys(ports):
+    """(sport, dport, inode) of every established TCP socket ss(8) lists on `ports`."""
+    out = subprocess.run(["ss", "-tnHe", "state", "established"], capture_output=True, text=True,
+                         check=True).stdout
+    keys = set()
+    for line in out.splitlines():
+        cols = line.split()
+        sport, dport = int(cols[2].rsplit(":", 1)[1]), int(cols[3].rsplit(":", 1)[1])
+        inode = next(int(c[4:]) for c in cols if c.startswith("ino:"))
+        if sport in ports or dport in ports:
+            keys.add((sport, dport, inode))
+    return keys
+
+
+def _our_keys(out, got, ports):
+    return {(int(r["idiag_sport"]), int(r["idiag_dport"]), int(r["idiag_inode"])) for r in out[:got.sockets]
+            if r["idiag_sport"] in ports or r["idiag_dport"] in ports}
+
+
+FORGER = """
+import socket, sys, time
+port, seconds, data = int(sys.argv[1]), float(sys.argv[2]), bytes.fromhex(sys.argv[3])
+sent = refused = 0
+with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 4) as s:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            s.sendto(data, (port, 0))
+            sent += 1
+        except ConnectionRefusedError:
+            refused += 1
+print(sent, refused)
+"""
+
+
+def test_forged_reply_during_a_dump_is_refused_by_the_kernel(loopback_pairs):
+    """Another process sends a forged inet_diag reply (record + NLMSG_DONE) to the dumper's port id
+    while it dumps: the socket is connected to the kernel, so the kernel refuses every one
+    (ECONNREFUSED at the forger), and the dumps list exactly the sockets ss(8) lists."""
+    ports = {s.getsockname()[1] for s in loopback_pairs}
+    d = nl.InetDiagDumper(ext=nl.EXT_INFO)
+    out = records(4096)
+    d.dump(out)                                           # opens the socket
+    (port_id,) = _diag_port_ids(os.getpid())
+    forger = subprocess.Popen([sys.executable, "-c", FORGER, str(port_id), "1.0", _forgery(2).hex()],
+                              stdout=subprocess.PIPE, text=True)   # seq 2: the next dump's request
+    dumps = 0
+    try:
+        while forger.poll() is None and dumps < 10_000:
+            got = d.dump(out)
+            dumps += 1
+            assert got.spoofed == 0, got
+            assert not any(out[:got.sockets]["idiag_inode"] == FORGED["inode"])
+    finally:
+        sent, refused = map(int, forger.communicate(timeout=30)[0].split())
+    print(f"{dumps} dumps; forger: {sent} accepted, {refused} refused")
+    assert dumps >= 1 and sent == 0 and refused > 0
+    got = d.dump(out)
+    assert _our_keys(out, got, ports) == _ss_keys(ports) and len(_ss_keys(ports)) == 12
+    assert d.spoofed == 0
+
+
+DUMPER = """
+import json
+import numpy as np
+from netprobe.errors import load_extension
+nl = load_extension("_nldiag")
+d = nl.InetDiagDumper(ext=nl.EXT_INFO)
+out = np.zeros(4096, dtype=nl.RECORD_DTYPE)
+got = d.dump(out)
+recs = out[:got.sockets]
+counts = {k: getattr(got, k) for k in nl.COUNTERS}
+print(json.dumps({"got": counts, "total": d.spoofed, "keys": [[int(r["idiag_sport"]), int(r["idiag_dport"]),
+                  int(r["idiag_inode"])] for r in recs]}))
+"""
+
+
+def test_forged_replies_queued_before_connect_are_ignored_and_counted(loopback_pairs):
+    """The one way a forged datagram reaches the socket: sent after bind() and before connect().
+    strace holds the dumper's connect() for 2 s; another process sends three forged replies to its
+    port id meanwhile (the kernel accepts them: not connected yet). The dump must skip all three
+    (sender nl_pid != 0) and count them, and list exactly what ss(8) lists."""
+    if shutil.which("strace") is None:
+        pytest.fail("strace is missing (make test-deps installs it)")
+    ports = {s.getsockname()[1] for s in loopback_pairs}
+    child = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=connect",
+                              "-e", "inject=connect:delay_enter=2000000",
+                              sys.executable, "-c", DUMPER], stdout=subprocess.PIPE, text=True)
+    try:
+        port_id, deadline = None, time.monotonic() + 30
+        while port_id is None and time.monotonic() < deadline:
+            for task in _children(child.pid):
+                ids = _diag_port_ids(task)
+                if ids:
+                    port_id = ids[0]
+            time.sleep(0.005)
+        assert port_id is not None, "the dumper's netlink socket never appeared"
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, ref.NETLINK_SOCK_DIAG) as forger:
+            for _ in range(3):
+                forger.sendto(_forgery(1), (port_id, 0))     # seq 1: the dump's first request
+        result = json.loads(child.communicate(timeout=60)[0])
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    got = result["got"]
+    assert got["spoofed"] == 3 and result["total"] == 3, got
+    keys = {tuple(k) for k in result["keys"]}
+    assert all(k[2] != FORGED["inode"] for k in keys)
+    assert {k for k in keys if k[0] in ports or k[1] in ports} == _ss_keys(ports)
+
+
+def _children(pid):
+    """pid and every descendant (strace runs the dumper as its child)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return out

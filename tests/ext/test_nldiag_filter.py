@@ -42,7 +42,7 @@ def sockets():
 def _dump(bytecode=b""):
     out = np.zeros(8192, dtype=nl.RECORD_DTYPE)
     got = nl.InetDiagDumper(bytecode=bytecode).dump(out)
-    return out[:got["sockets"]], got
+    return out[:got.sockets], got
 
 
 def _key(r):
@@ -80,9 +80,8 @@ def test_kernel_filter_selects_what_the_filter_means(sockets, sport, dport, src,
         either = either + [(p, p) for p in data.draw(st.lists(st.sampled_from(sockets), max_size=3))]
     bc = filters.compile_filter(sport=sport, dport=dport, src=src, dst=dst, either_port=either)
     before, _ = _dump()
-    got, counters = _dump(bc)
+    got, _ = _dump(bc)                          # OSError if the kernel's audit rejected the program
     after, _ = _dump()
-    assert counters["error"] == 0, counters                 # the kernel's audit accepted the program
     stable = {_key(r) for r in before} & {_key(r) for r in after}
     want = {_key(r) for r in before if _key(r) in stable and ref.matches(_as_sock(r), sport, dport, src, dst)
             and _either(_as_sock(r), either)}

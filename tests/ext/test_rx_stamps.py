@@ -22,9 +22,9 @@ def _train_reader(fd):
 
     def read():
         got = rx.run(rows, 1, 0, 0)
-        assert got["rows"] == 1
+        assert got.rows == 1
         flagged = bool(rows[0, T.RX_COLUMNS.index("flags")] & T.RX_FLAG_USER_TS)
-        assert flagged == (got["user_ts"] == 1)
+        assert flagged == (got.user_ts == 1)
         return int(rows[0, T.RX_COLUMNS.index("rx_ns")]), flagged
     return read
 

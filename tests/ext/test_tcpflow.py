@@ -62,15 +62,15 @@ class Loop(threading.Thread):
         buf = np.empty((64, NCOLS), dtype=np.int64)
         end = time.monotonic() + self.seconds
         while not self.stop.is_set() and time.monotonic() < end:
-            got = self.obj.run(buf, CHUNK_NS, self.every_ns, self.epoch)
-            self.chunks.append(buf[:got["rows"]].copy())
+            try:
+                got, failed = self.obj.run(buf, CHUNK_NS, self.every_ns, self.epoch), False
+            except OSError as exc:
+                got, failed = exc.result, True
+            self.chunks.append(buf[:got.rows].copy())
             self.results.append(got)
             self.ends.append(time.monotonic_ns())
-            if got["error"] or got.get("eof"):
+            if failed or getattr(got, "eof", False):
                 return
-
-    def total(self, key):
-        return sum(r[key] for r in self.results)
 
     @property
     def rows(self):
@@ -130,7 +130,7 @@ def stalled_share_per_second(rows, sender):
     that ended inside the span (or within one chunk after it)."""
     t = rows[:, 0]
     ends = np.asarray(sender.ends)
-    lost = np.asarray([r["timer_overruns"] + r["eagain"] for r in sender.results], dtype=float)
+    lost = np.asarray([r.timer_overruns + r.eagain for r in sender.results], dtype=float)
     out, i = [], 0
     while i < len(t):
         j = np.searchsorted(t, t[i] + G - EVERY_NS // 2)
@@ -331,7 +331,7 @@ def test_rate_within_1_percent_per_second_and_no_100ms_window_above_110_percent(
     def attempt():
         [(s, d)] = run_flows([(rate, kw)], 4.0)
         # 4 s of 1 ms ticks: each read by a wake-up, or counted as an overrun when a stall made it late
-        assert not s.total("error") and s.obj.ticks + s.obj.timer_overruns > 3500
+        assert not s.obj.error and s.obj.ticks + s.obj.timer_overruns > 3500
         rx = receiver_rows(s, d)
         secs = per_second(rx, COL["app_bytes"], rate)
         top = max_window(rx, COL["app_bytes"], rate)
@@ -405,7 +405,7 @@ def test_set_rate_between_chunks_takes_effect_at_once():
             t0, b0, lost_ticks = time.monotonic_ns(), sender.bytes_sent, 0
             while time.monotonic_ns() - t0 < 1.5 * G:
                 got = sender.run(buf, CHUNK_NS, CHUNK_NS, 1)
-                lost_ticks += got["timer_overruns"] + got["eagain"]
+                lost_ticks += got.timer_overruns + got.eagain
             elapsed = time.monotonic_ns() - t0
             marks.append((sender.bytes_sent - b0) * 8e9 / (elapsed * rate))
             stalled.append(lost_ticks * sender.tick_ns / elapsed)   # never paid back (bounded catch-up)
@@ -461,7 +461,7 @@ def test_receiver_stall_of_2s_gives_no_burst_afterwards():
     assert acked <= 1.10, f"bytes_acked (wire): max 100 ms window {acked:.4f} of the rate after the stall"
     # the shortfall the sender itself records as lost to host stalls after the resume is never paid back
     inside = np.asarray(s_loop.ends) > settled[0, 0]
-    lost = np.asarray([r["timer_overruns"] + r["eagain"] for r in s_loop.results], dtype=float)
+    lost = np.asarray([r.timer_overruns + r.eagain for r in s_loop.results], dtype=float)
     stalled = lost[inside].sum() * sender.tick_ns / float(settled[-1, 0] - settled[0, 0])
     assert 1 - 0.02 - stalled <= recovered[0] < 1.02, (fmt(recovered), stalled)
     assert stalled < 0.2, "the host stalled too much for the figure to mean anything"
@@ -529,21 +529,26 @@ def test_sigstopped_sender_counts_overruns_and_sends_no_burst_after():
 # -- errors and arguments ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("reset", [False, True], ids=["close", "reset"])
-def test_peer_gone_is_reported_in_error_not_raised(reset):
+def test_peer_gone_raises_oserror_and_stays_failed(reset):
     a, b = tcp_pair()
     if reset:
         b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     b.close()
     buf = np.empty((4, NCOLS), dtype=np.int64)
     with a, pacer.TcpPacedSender(a.fileno(), 100e6) as sender:
-        got = {"error": 0}
+        failed = None
         deadline = time.monotonic() + 2
-        while not got["error"] and time.monotonic() < deadline:
-            got = sender.run(buf, CHUNK_NS, CHUNK_NS, 1)
-        assert got["error"] in (errno.EPIPE, errno.ECONNRESET), got
+        while failed is None and time.monotonic() < deadline:
+            try:
+                sender.run(buf, CHUNK_NS, CHUNK_NS, 1)
+            except OSError as exc:
+                failed = exc
+        assert failed is not None and failed.errno in (errno.EPIPE, errno.ECONNRESET), failed
+        assert sender.error == failed.errno and failed.result.ticks >= 1
         t0 = time.monotonic_ns()
-        again = sender.run(buf, CHUNK_NS, CHUNK_NS, 1)          # sticky: returns at once
-        assert again["error"] == got["error"] and again["ticks"] == 0
+        with pytest.raises(OSError) as again:                    # sticky: raises at once
+            sender.run(buf, CHUNK_NS, CHUNK_NS, 1)
+        assert again.value.errno == failed.errno and again.value.result.ticks == 0
         assert time.monotonic_ns() - t0 < 20_000_000
 
 
@@ -556,7 +561,7 @@ def test_drain_reports_eof_when_the_sender_closes():
         a.close()
         t0 = time.monotonic_ns()
         got = drain.run(buf, 2 * G, CHUNK_NS, 1)
-        assert got["eof"] and not got["error"] and got["bytes_received"] == 1000
+        assert got.eof and got.bytes_received == 1000
         assert time.monotonic_ns() - t0 < 500_000_000
         assert buf[0, COL["app_bytes"]] == 0 and buf[0, COL["epoch"]] == 1
 
@@ -571,7 +576,7 @@ def test_a_signal_ends_the_call_early_and_its_handler_runs():
             signal.setitimer(signal.ITIMER_REAL, 0.1)
             t0 = time.monotonic_ns()
             got = drain.run(np.empty((4, NCOLS), dtype=np.int64), 3 * G, G, 1)
-            assert got["interrupted"] and caught and time.monotonic_ns() - t0 < G, got
+            assert got.interrupted and caught and time.monotonic_ns() - t0 < G, got
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
@@ -587,8 +592,8 @@ def test_rows_follow_the_sample_grid_across_chunks():
         rows, n = [], 0
         for _ in range(10):
             got = sender.run(buf, 30_000_000, 20_000_000, 7)
-            rows.append(buf[:got["rows"]].copy())
-            n += got["ticks"]
+            rows.append(buf[:got.rows].copy())
+            n += got.ticks
         d_loop.stop.set()
         d_loop.join(5)
     r = np.concatenate(rows)
@@ -606,9 +611,9 @@ def test_full_sample_buffer_keeps_the_row_due_for_the_next_call():
         none, buf = np.empty((0, NCOLS), dtype=np.int64), np.empty((8, NCOLS), dtype=np.int64)
         for obj in (sender, drain):
             t0 = time.monotonic_ns()
-            assert obj.run(none, 20_000_000, 5_000_000, 1)["rows"] == 0
+            assert obj.run(none, 20_000_000, 5_000_000, 1).rows == 0
             assert time.monotonic_ns() - t0 < 200_000_000            # runs its time, neither spins nor hangs
-            assert obj.run(buf, 1_000_000, 5_000_000, 1)["rows"] == 1
+            assert obj.run(buf, 1_000_000, 5_000_000, 1).rows == 1
         assert drain.bytes_received > 0
 
 

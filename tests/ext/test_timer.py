@@ -22,7 +22,7 @@ from netprobe.selftest import format_selftest, timer_selftest
 
 ROOT = Path(__file__).resolve().parents[2]
 INTERVAL_NS = 1_000_000
-pacer = load_extension("_pacer")
+pacer = load_extension("_timer")
 
 
 def python_select_lateness(interval_ns, duration_ns):
@@ -67,7 +67,7 @@ import json, sys
 import numpy as np
 from netprobe.errors import load_extension
 from netprobe.probes.host.runner import measure
-pacer = load_extension("_pacer")
+pacer = load_extension("_timer")
 buf = np.empty(3000, dtype=np.int64)
 with pacer.TimerfdPacer(1_000_000) as t:
     print("ready", flush=True)
@@ -115,7 +115,7 @@ def test_run_fills_array_array_and_stops_at_max_ticks():
     buf = array.array("q", [-1] * 50)
     with pacer.TimerfdPacer(INTERVAL_NS) as t:
         got = t.run(buf, 20, 10**9)
-        assert got["ticks"] == 20 and t.expirations == 20 + got["overruns"]
+        assert got.ticks == 20 and t.expirations == 20 + got.overruns
     assert min(buf[:20]) >= 0 and sorted(buf[:20])[10] < INTERVAL_NS
     assert set(buf[20:]) == {-1}
 
@@ -127,7 +127,7 @@ def test_run_continues_the_schedule_across_chunks():
         first = t.first_ns
         n = 0
         for _ in range(4):
-            n += t.run(buf[n:], 200 - n, 20_000_000)["ticks"]
+            n += t.run(buf[n:], 200 - n, 20_000_000).ticks
         assert t.first_ns == first
         assert (t.expirations - 1) * INTERVAL_NS + first <= time.monotonic_ns()
     assert n >= 60 and (buf[:n] >= 0).all()
@@ -151,11 +151,11 @@ import numpy as np
 from netprobe.errors import load_extension
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda *_: stop.set())
-pacer = load_extension("_pacer")
+pacer = load_extension("_timer")
 with pacer.TimerfdPacer(10**9) as t:                  # 1 s period: a tick would come late
     print("ready", flush=True)
-    got = t.run(np.empty(10, dtype=np.int64), 10, 10 * 10**9)
-    got["stop"] = stop.is_set()
+    run = t.run(np.empty(10, dtype=np.int64), 10, 10 * 10**9)
+got = {"interrupted": run.interrupted, "ticks": run.ticks, "stop": stop.is_set()}
 print(json.dumps(got), flush=True)
 """
 

@@ -82,15 +82,15 @@ def test_trains_arrive_whole_with_kernel_timestamps(pair):
         offset = time.time_ns() - time.monotonic_ns()
         before = time.time_ns()
         got = sender.send(plan, sent)
-        assert got["error"] == 0 and got["trains"] == 3 and got["packets"] == 44
+        assert got.trains == 3 and got.packets == 44
         r = receiver.run(rows, 44, 500_000_000, 2_000_000_000)
         after = time.time_ns()
         if abs(time.time_ns() - time.monotonic_ns() - offset) < 50_000:
             break
-    assert got["bytes"] == 2 * 600 + 9 * 1472 + 31 * 100 + 2 * 1000
-    assert sent[:, 2].tolist() == [2, 9, 33] and sent[:, 3].sum() == got["bytes"]
+    assert got.bytes == 2 * 600 + 9 * 1472 + 31 * 100 + 2 * 1000
+    assert sent[:, 2].tolist() == [2, 9, 33] and sent[:, 3].sum() == got.bytes
     assert np.all(sent[1:, 0] - sent[:-1, 1] >= 200_000)          # the gap after each train was kept
-    assert r["rows"] == 44 and r["user_ts"] == 0 and r["malformed"] == r["foreign"] == 0
+    assert r.rows == 44 and r.user_ts == 0 and r.malformed == r.foreign == 0
     rows = rows[:44]
     for tid, count, size, primers, psize, _ in plan:
         t = rows[rows[:, COL["train"]] == tid]
@@ -114,9 +114,9 @@ def test_bad_packets_are_counted_and_dropped(pair):
     tx.send(good)
     rows = np.zeros((8, T.RX_NCOLS), dtype=np.int64)
     r = receiver.run(rows, 1, 500_000_000, 2_000_000_000)
-    assert r["rows"] == 1 and rows[0, COL["train"]] == 1
+    assert r.rows == 1 and rows[0, COL["train"]] == 1
     assert (receiver.malformed, receiver.truncated, receiver.foreign) == (6, 1, 1)
-    assert r["datagrams"] == 9
+    assert r.datagrams == 9
 
 
 def test_receiver_stops_when_idle_and_drain_discards(pair):
@@ -125,12 +125,12 @@ def test_receiver_stops_when_idle_and_drain_discards(pair):
     rows = np.zeros((8, T.RX_NCOLS), dtype=np.int64)
     t0 = time.monotonic()
     r = receiver.run(rows, 8, 50_000_000, 5_000_000_000)
-    assert r["rows"] == 0 and 0.045 < time.monotonic() - t0 < 1.0
+    assert r.rows == 0 and 0.045 < time.monotonic() - t0 < 1.0
     for _ in range(3):
         tx.send(ref.pack(0, 2, 1, 3, 0, 20))
     time.sleep(0.05)
     assert receiver.drain() == 3 and receiver.packets == 0
-    assert receiver.run(rows, 8, 0, 0)["rows"] == 0
+    assert receiver.run(rows, 8, 0, 0).rows == 0
 
 
 def test_plan_rows_are_checked_before_sending(pair):

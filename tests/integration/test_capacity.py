@@ -103,7 +103,7 @@ def test_bad_control_messages_are_counted_and_dropped(server):
     reply = call(json.dumps({"plan": [[5, 3, 200, 1, 1000, 0]]}).encode())
     assert reply["error"] == 0 and reply["sent"][0][2:] == [3, 1400]
     rows = np.zeros((4, T.RX_NCOLS), dtype=np.int64)
-    assert receiver.run(rows, 3, 500_000_000, 2_000_000_000)["rows"] == 3
+    assert receiver.run(rows, 3, 500_000_000, 2_000_000_000).rows == 3
     call(b"{}")                                                   # the 8th bad message ends the session
     assert reader.readline() == b""
     assert server.state["capacity"]["malformed"] == responder.MAX_BAD

@@ -134,8 +134,8 @@ def dump(bytecode=b"", ext=None):
     d = nl.InetDiagDumper(bytecode=bytecode, ext=nl.EXT_INFO if ext is None else ext)
     out = np.zeros(8192, dtype=nl.RECORD_DTYPE)
     got = d.dump(out)
-    assert got["error"] == 0 and got["overflow"] == 0, got
-    return out[:got["sockets"]].copy(), got
+    assert got.overflow == 0, got
+    return out[:got.sockets].copy(), got
 
 
 def cmd_filter(n):
@@ -151,7 +151,7 @@ def cmd_filter(n):
         recs, got = dump(filters.compile_filter(**args))
         expr = filters.ss_expression(**args)
         cases.append({"case": case, "expr": expr, "ours": sorted(our_set(recs)), "ss": sorted(ss_set(expr)),
-                      "bytes": got["bytes"]})
+                      "bytes": got.bytes})
     print(json.dumps({"sockets": len(socks), "dumped": len(everything),
                       "families": sorted({int(f) for f in everything["idiag_family"]}), "cases": cases}))
 

@@ -88,6 +88,7 @@ def _parse_attrs(p, out):
         if atype == INET_DIAG_INFO:
             out["info_len"] = min(len(body), 0xffff)
             info = body[:TCP_INFO_SIZE].ljust(TCP_INFO_SIZE, b"\0")
+            out["tcp_info"] = info                    # the 280 bytes a record holds
             for name, fmt, o in TCPI:
                 out[name] = struct.unpack_from("=" + fmt, info, o)[0]
         elif atype == INET_DIAG_CONG:

@@ -147,10 +147,13 @@ def respond(sock, hello, server):
                     return
                 continue
             sent = np.zeros((len(plan), train.SENT_NCOLS), dtype=np.int64)
-            got = sender.send(plan, sent)
-            counters["trains"] += got["trains"]
-            counters["bytes"] += got["bytes"]
-            serve.send_json(sock, {"sent": sent[:got["trains"]].tolist(), "error": got["error"]})
+            try:
+                got, error = sender.send(plan, sent), 0
+            except OSError as exc:               # a send failed; what went is exc.result
+                got, error = exc.result, exc.errno
+            counters["trains"] += got.trains
+            counters["bytes"] += got.bytes
+            serve.send_json(sock, {"sent": sent[:got.trains].tolist(), "error": error})
     except TimeoutError:
         log.debug("capacity session from %s: idle, closed", client)
     finally:

@@ -93,11 +93,12 @@ class Session:
         idle, limit = 300_000_000 + int(plan[:, 5].max()), 2 * span + 2_000_000_000
         n = 0
         while True:
-            got = self.receiver.run(rows[n:], expected - n, idle, limit)
-            n += got["rows"]
-            if got["error"]:
-                raise ProbeError(f"receiving trains failed: errno {got['error']}")
-            if not got["interrupted"] or n >= expected:      # a signal (SIGUSR1 progress) resumes
+            try:
+                got = self.receiver.run(rows[n:], expected - n, idle, limit)
+            except OSError as exc:
+                raise ProbeError(f"receiving trains failed: {exc.strerror}") from None
+            n += got.rows
+            if not got.interrupted or n >= expected:      # a signal (SIGUSR1 progress) resumes
                 break
         try:
             reply = self._reply()

@@ -27,6 +27,7 @@ METRICS = {
     "malformed_total": ("counter", "netlink messages or attributes dropped as malformed"),
     "truncated_total": ("counter", "truncated netlink datagrams or tails"),
     "dump_intr_total": ("counter", "messages flagged NLM_F_DUMP_INTR (socket table changed mid-dump)"),
+    "spoofed_total": ("counter", "netlink datagrams not sent by the kernel, dropped unread"),
     "late_total": ("counter", "dump slots skipped because a dump or write ran late"),
 }
 

@@ -111,36 +111,39 @@ class Runner(ProbeRunner):
 
     def _sample(self, st):
         t0 = time.monotonic_ns()
+        error = 0
         try:
             got = self.dumper.dump(self.records)
-        except OSError as exc:                     # socket()/bind() of the netlink socket
-            raise ProbeError(f"cannot open a NETLINK_SOCK_DIAG socket: {exc.strerror or exc}") from None
-        while got["overflow"] and not got["error"] and len(self.records) < self.cfg.max_sockets:
-            size = min(self.cfg.max_sockets, 2 * (len(self.records) + got["overflow"]))
-            self.records = np.zeros(size, dtype=self.nl.RECORD_DTYPE)      # grow, then dump again
-            t0 = time.monotonic_ns()
-            got = self.dumper.dump(self.records)
+            while got.overflow and len(self.records) < self.cfg.max_sockets:
+                size = min(self.cfg.max_sockets, 2 * (len(self.records) + got.overflow))
+                self.records = np.zeros(size, dtype=self.nl.RECORD_DTYPE)      # grow, then dump again
+                t0 = time.monotonic_ns()
+                got = self.dumper.dump(self.records)
+        except OSError as exc:
+            if exc.result is None:                 # socket()/bind() of the netlink socket
+                raise ProbeError(f"cannot open a NETLINK_SOCK_DIAG socket: {exc.strerror or exc}") from None
+            error = exc.errno
         t1 = time.monotonic_ns()
         tot = self.totals
         tot["dumps_total"] += 1
         tot["dump_seconds_total"] += (t1 - t0) / 1e9
-        if got["error"]:
+        if error:
             tot["dump_errors_total"] += 1
             st["errors"] += 1
             self._errors_in_row += 1
-            why = self.nl.strerror_text(got["error"])
+            why = self.nl.strerror_text(error)
             if self.tracker.dumps == 0 or self._errors_in_row >= MAX_CONSECUTIVE_ERRORS:
                 raise ProbeError(f"inet_diag dump failed: {why} ({self._errors_in_row} in a row)")
             log.warning("%s: inet_diag dump failed: %s", self.cfg.name, why)
             return
         self._errors_in_row = 0
-        n = got["sockets"]
+        n = got.sockets
         for k in self.nl.COUNTERS:
-            st[k] += got[k]
-        if got["overflow"] and "overflow" not in self._warned:
+            st[k] += getattr(got, k)
+        if got.overflow and "overflow" not in self._warned:
             self._warned.add("overflow")
             log.warning("%s: more than max_sockets=%d sockets match; %d not read (raise max_sockets or filter)",
-                        self.cfg.name, self.cfg.max_sockets, got["overflow"])
+                        self.cfg.name, self.cfg.max_sockets, got.overflow)
         recs = self.records[:n]
         ended, delta = self.tracker.update(recs, t1)
         st["agg"].add(self.grouper.assign(recs)[delta.index], delta)
@@ -151,8 +154,9 @@ class Runner(ProbeRunner):
         st["ended"] += len(ended)
         t = self.tracker
         for key, got_key in (("overflow_total", "overflow"), ("malformed_total", "malformed"),
-                             ("truncated_total", "truncated"), ("dump_intr_total", "dump_intr")):
-            tot[key] += got[got_key]
+                             ("truncated_total", "truncated"), ("dump_intr_total", "dump_intr"),
+                             ("spoofed_total", "spoofed")):
+            tot[key] += getattr(got, got_key)
         tot.update(sockets=n, tracked=len(t), stored=t.stored, stored_samples=t.total_samples,
                    flows_new_total=t.counts["new"], flows_closed_total=t.counts["closed"],
                    flows_filtered_total=t.counts["filtered"])

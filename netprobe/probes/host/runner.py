@@ -38,7 +38,7 @@ def measure(pacer, buf, duration_ns, stop=None):
             break
         got = pacer.run(buf[total["ticks"]:], len(buf) - total["ticks"], min(CHUNK_NS, left))
         for key in total:
-            total[key] += got[key]
+            total[key] += getattr(got, key)
         now = time.monotonic_ns()
     total["elapsed_ns"] = now - t0
     return total
@@ -51,7 +51,7 @@ class Runner(ProbeRunner):
 
     def __init__(self, cfg, emit):
         super().__init__(cfg, emit)
-        self._pacer = load_extension("_pacer")
+        self._pacer = load_extension("_timer")
         self._reported = set()
 
     def run(self, stop):

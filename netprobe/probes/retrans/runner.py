@@ -62,19 +62,22 @@ class SocketDumps:
         """[(cookie, (local ip, port, remote ip, port), total_retrans)] of sockets with total_retrans > 0,
         or None when the dump failed (logged)."""
         self.last = time.monotonic()
-        got = self.dumper.dump(self.records)
-        while got["overflow"] and not got["error"] and len(self.records) < MAX_SOCKETS:
-            self.records = np.zeros(min(MAX_SOCKETS, 2 * (len(self.records) + got["overflow"])),
-                                    dtype=self.nl.RECORD_DTYPE)
+        try:
             got = self.dumper.dump(self.records)
-        if got["error"]:
-            if got["error"] != self.error:
+            while got.overflow and len(self.records) < MAX_SOCKETS:
+                self.records = np.zeros(min(MAX_SOCKETS, 2 * (len(self.records) + got.overflow)),
+                                        dtype=self.nl.RECORD_DTYPE)
+                got = self.dumper.dump(self.records)
+        except OSError as exc:
+            if exc.result is None:                 # no netlink socket at all
+                raise
+            if exc.errno != self.error:
                 log.warning("inet_diag dump failed: %s (retransmits count in skbs until it works)",
-                            self.nl.strerror_text(got["error"]))
-            self.error = got["error"]
+                            self.nl.strerror_text(exc.errno))
+            self.error = exc.errno
             return None
         self.error = 0
-        recs = self.records[:got["sockets"]]
+        recs = self.records[:got.sockets]
         out = []
         for r in recs[recs["tcpi_total_retrans"] > 0]:
             n = 4 if r["idiag_family"] == socket.AF_INET else 16

@@ -83,8 +83,10 @@ def _serve_up(sock, hello, server, sessions, sid):
         rows = np.empty((64, NCOLS), dtype=np.int64)
         started = time.monotonic()
         while not server.stop.is_set() and not session.closed.is_set():
-            got = drain.run(rows, CHUNK_NS, sample_ns, 0)
-            if got["eof"] or got["error"]:
+            try:
+                if drain.run(rows, CHUNK_NS, sample_ns, 0).eof:
+                    break
+            except OSError:                      # recv failed
                 break
             if rate and not session.has_down and time.monotonic() - started > PAIR_TIMEOUT:
                 log.info("session %s: no down connection within %gs; closed", sid[:8], PAIR_TIMEOUT)
@@ -118,12 +120,15 @@ def _serve_down(sock, hello, server, sessions, sid):
     totals = dict.fromkeys(keep, 0)
     try:
         while not server.stop.is_set() and not session.closed.is_set():
-            got = sender.run(rows, CHUNK_NS, session.sample_ns, 0)
+            try:
+                got, failed = sender.run(rows, CHUNK_NS, session.sample_ns, 0), False
+            except OSError as exc:               # the send failed; the chunk's counts are exc.result
+                got, failed = exc.result, True
             for k in keep:
-                totals[k] += got[k]
-            if got["rows"]:
-                session.report(rows[:got["rows"]], totals)
-            if got["error"]:
+                totals[k] += getattr(got, k)
+            if got.rows:
+                session.report(rows[:got.rows], totals)
+            if failed:
                 break
     except OSError as exc:                       # the up connection (our report channel) is gone
         log.debug("session %s: report failed: %s", sid[:8], exc)

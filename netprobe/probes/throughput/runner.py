@@ -83,13 +83,16 @@ class Connection:
         buf = np.empty((64, NCOLS), dtype=np.int64)
         try:
             while not self._stop.is_set():
-                got = sender.run(buf, CHUNK_NS, sample_ns, self.epoch)
+                try:
+                    got, failed = sender.run(buf, CHUNK_NS, sample_ns, self.epoch), None
+                except OSError as exc:               # the send failed; the chunk's counts are exc.result
+                    got, failed = exc.result, exc
                 for k in self.sender_totals:
-                    self.sender_totals[k] += got[k]
-                if got["rows"]:
-                    self.rows.put(("a->b", buf[:got["rows"]].copy()))
-                if got["error"]:
-                    self._fail(f"a->b send failed: {_strerror(got['error'])}")
+                    self.sender_totals[k] += getattr(got, k)
+                if got.rows:
+                    self.rows.put(("a->b", buf[:got.rows].copy()))
+                if failed:
+                    self._fail(f"a->b send failed: {_strerror(failed.errno)}")
                     return
             self._final_sample(pacer, sender.bytes_sent)
         finally:
@@ -111,10 +114,13 @@ class Connection:
         drain = pacer.TcpDrain(self.down.fileno())
         buf = np.empty((64, NCOLS), dtype=np.int64)
         while not self._stop.is_set():
-            got = drain.run(buf, CHUNK_NS, sample_ns, self.epoch)
-            if got["eof"] or got["error"]:
-                self._fail("b->a connection closed by the peer" if got["eof"]
-                           else f"b->a receive failed: {_strerror(got['error'])}")
+            try:
+                got = drain.run(buf, CHUNK_NS, sample_ns, self.epoch)
+            except OSError as exc:
+                self._fail(f"b->a receive failed: {_strerror(exc.errno)}")
+                return
+            if got.eof:
+                self._fail("b->a connection closed by the peer")
                 return
 
     def _reports(self):
