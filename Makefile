@@ -17,7 +17,7 @@ TEST_DEBS  := adjtimex strace cython3 python3-setuptools python3-numpy libpcap0.
              prometheus prometheus-alertmanager
 BENCH_DEBS := sockperf
 
-.PHONY: all build-deps test-deps bench-deps venv build run test bench lint clean
+.PHONY: all build-deps test-deps bench-deps venv build run test bench soak lint clean
 
 all: build
 
@@ -80,6 +80,12 @@ fuzz: test-deps build
 .PHONY: fuzz-netlink
 fuzz-netlink: build
 	NETPROBE_FUZZ_EXAMPLES=200000 $(PY) -m pytest tests/fuzz/test_nldiag_fuzz.py -q -k structured $(PYTEST_ARGS)
+
+# Every probe kind in the lab under injected faults, then the verdict (root): SOAK=2h by
+# default; `make test` runs the 5-minute version.
+SOAK ?= 2h
+soak: test-deps build
+	$(PY) -m tests.soak.soak --duration $(SOAK) --json soak-verdict.json
 
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check netprobe tests bench

@@ -132,7 +132,8 @@ format = "json"
 [output.file]
 type = "jsonfile"
 path = "{jsonfile}"
-rotate_size = "64K"
+rotate_size = "1M"
+rotate_interval = "10s"
 keep = 3
 
 [output.syslog]
@@ -195,7 +196,7 @@ class Soak:
         self.snap_before = self.host_state()
         self.lab = netlab.Lab().up()
         self.tmpfs.mkdir()
-        self.mount_tmpfs("rw")
+        netlab.sh(self.mount_argv("rw"))
         self.syslog = Rsyslogd(self.dir)
         self.syslog.start()
         self.start_peer()
@@ -212,8 +213,12 @@ class Soak:
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
-    def mount_tmpfs(self, mode):
-        netlab.sh(["mount", "-t", "tmpfs", "-o", f"{mode},size=4m,mode=0700", "netprobe-soak", str(self.tmpfs)])
+    def mount_argv(self, mode):
+        return ["mount", "-t", "tmpfs", "-o", f"{mode},size=4m,mode=0700", "netprobe-soak", str(self.tmpfs)]
+
+    def in_daemon_ns(self, argv):
+        """argv run in the daemon's mount namespace, where its jsonfile directory is."""
+        return ["nsenter", "-t", str(self.daemon.pid), "-m", "--", *argv]
 
     def start_peer(self):
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -222,9 +227,14 @@ class Soak:
                                   stdout=subprocess.DEVNULL, stderr=open(self.dir / "b.stderr", "a"), env=env)
 
     def _notified(self):
-        """The daemon's sd_notify READY: its workers are spawned, the clock of the verdict starts."""
-        while self.ready is None:
-            if b"READY=1" in self.notify.recv(4096):
+        """The daemon's sd_notify datagrams, read all along: READY (its workers are spawned, the
+        clock of the verdict starts), then STATUS and RELOADING lines."""
+        while True:
+            try:
+                msg = self.notify.recv(4096)
+            except OSError:
+                return
+            if b"READY=1" in msg and self.ready is None:
                 self.ready = time.time()
 
     def _read(self):
@@ -272,19 +282,21 @@ class Soak:
             self.stop.wait(hold)
             self.start_peer()
         elif name == "jsonfile_readonly":
-            # a busy tmpfs cannot be remounted read-only: detach it (the open file keeps writing to
-            # the detached copy) and mount a read-only one in its place, so that the next
-            # rotation or reopen meets EROFS; then a fresh writable one
-            netlab.sh(["umount", "-l", str(self.tmpfs)])
-            self.mount_tmpfs("ro")
+            # in the daemon's own mount namespace (`ip netns exec` gave it one): a busy tmpfs
+            # cannot be remounted read-only, so detach it (the open file keeps writing to the
+            # detached copy) and mount a read-only one in its place: the next rotation (every
+            # 10 s) meets EROFS; then a fresh writable one
+            netlab.sh(self.in_daemon_ns(["umount", "-l", str(self.tmpfs)]))
+            netlab.sh(self.in_daemon_ns(self.mount_argv("ro")))
             self.stop.wait(hold)
-            netlab.sh(["umount", "-l", str(self.tmpfs)])
-            self.mount_tmpfs("rw")
+            netlab.sh(self.in_daemon_ns(["umount", "-l", str(self.tmpfs)]))
+            netlab.sh(self.in_daemon_ns(self.mount_argv("rw")))
         elif name == "jsonfile_full":
             filler = self.tmpfs / "filler"
-            subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True, check=False)
+            subprocess.run(self.in_daemon_ns(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"]),
+                           capture_output=True, check=False)
             self.stop.wait(hold)
-            filler.unlink(missing_ok=True)
+            netlab.sh(self.in_daemon_ns(["rm", "-f", str(filler)]))
         elif name == "syslog_down":
             self.syslog.stop()
             self.stop.wait(hold)
@@ -345,9 +357,10 @@ class Soak:
                 fds = len(os.listdir(f"/proc/{pid}/fd"))
             except OSError:
                 continue
-            rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))
-            threads = int(re.search(r"Threads:\s+(\d+)", status).group(1))
-            self.samples.append((now, pid, role, rss, fds, threads))
+            rss = re.search(r"VmRSS:\s+(\d+)", status)
+            threads = re.search(r"Threads:\s+(\d+)", status)
+            if rss and threads:             # an exiting process has no VmRSS
+                self.samples.append((now, pid, role, int(rss.group(1)), fds, int(threads.group(1))))
 
     # ---- tear-down ---------------------------------------------------------------------
     def finish(self):
@@ -370,6 +383,7 @@ class Soak:
             self.peer.terminate()
             self.peer.wait(timeout=15)
         self.syslog.stop()
+        self.notify.close()
         if self.lab:
             self.lab.down()
         while self.tmpfs.is_mount():
@@ -550,6 +564,8 @@ def run(duration, sample, slope_limit=None, keep=None):
     workdir = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="netprobe-soak-"))
     workdir.mkdir(parents=True, exist_ok=True)
     soak = Soak(duration, sample, workdir)
+    # SIGTERM (a timeout, make's Ctrl-C) unwinds through the clean-up below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         soak.start()
         soak.run_faults()
