@@ -10,15 +10,24 @@ import os
 import stat
 from dataclasses import dataclass
 
+from netprobe import probes
 from netprobe.config.schema import DURATION, INT, PREFIX_LIST, RATE, STR, STR_LIST, setting
 from netprobe.errors import UsageError
+from netprobe.peer import server
 from netprobe.peer.client import split_address
-from netprobe.peer.server import Limits, Server
 
 log = logging.getLogger("netprobe.serve")
 
-LIMITS = tuple(f.name for f in dataclasses.fields(Limits))     # the [serve] settings that are limits
+LIMITS = tuple(f.name for f in dataclasses.fields(server.Limits))     # the [serve] settings that are limits
 MIN_KEY = 16                  # bytes: a shorter shared key is guessable offline from one handshake
+
+
+class Server(server.Server):
+    """The peer server answering every probe kind that has a responder (unless `responders` says)."""
+
+    def __init__(self, listen, allow=server.LOOPBACK, key=None, *, responders=None, **limits):
+        super().__init__(listen, allow, key, responders=probes.responders() if responders is None else responders,
+                         **limits)
 
 
 def parse_listen(text):

@@ -45,6 +45,17 @@ def split_address(text, default_port=DEFAULT_PORT, default_host=None, min_port=1
     return host, port
 
 
+def send_line(sock, obj):
+    """One line, waiting at most SEND_TIMEOUT for buffer space (OSError after); the socket's
+    blocking mode is as it was afterwards."""
+    before = sock.gettimeout()
+    sock.settimeout(SEND_TIMEOUT)
+    try:
+        sock.sendall(protocol.encode(obj))
+    finally:
+        sock.settimeout(before)
+
+
 class Channel:
     """A session's control connection: one JSON object per line, each at most `line_max` bytes.
 
@@ -70,13 +81,7 @@ class Channel:
         return self.sock.fileno()
 
     def send(self, obj):
-        """One line, waiting at most SEND_TIMEOUT for buffer space; OSError after."""
-        before = self.sock.gettimeout()
-        self.sock.settimeout(SEND_TIMEOUT)
-        try:
-            self.sock.sendall(protocol.encode(obj))
-        finally:
-            self.sock.settimeout(before)
+        send_line(self.sock, obj)
 
     def _message(self, line):
         msg = protocol.decode(line)

@@ -25,13 +25,13 @@ import time
 
 from netprobe.errors import NetprobeError
 from netprobe.peer import protocol
+from netprobe.peer.client import send_line
 from netprobe.units import format_duration, format_rate
 
 log = logging.getLogger("netprobe.serve")
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 BACKLOG = 1024
-SEND_TIMEOUT = 2.0             # s a control line may wait for buffer space
 AUTH_LOG_EVERY = 60.0          # s between log lines about one address's failed authentications
 TICK = 0.1                     # s between deadline checks of the pool
 EPHEMERAL = ((32768, 60999),)
@@ -165,14 +165,7 @@ class Session:
             pass
 
     def send(self, obj):
-        """One line; waits at most SEND_TIMEOUT for buffer space (OSError after), then the socket's
-        blocking mode is as it was."""
-        before = self.sock.gettimeout()
-        self.sock.settimeout(SEND_TIMEOUT)
-        try:
-            self.sock.sendall(protocol.encode(obj))
-        finally:
-            self.sock.settimeout(before)
+        send_line(self.sock, obj)
 
     # -- limits -------------------------------------------------------------------------------
 
@@ -257,10 +250,7 @@ class _Pending:
 class Server:
     """Serve `responders` (kind -> respond(session)) on `listen` [(host, port), ...]."""
 
-    def __init__(self, listen, allow=LOOPBACK, key=None, *, responders=None, **limits):
-        if responders is None:
-            from netprobe.probes import responders as registry
-            responders = registry()
+    def __init__(self, listen, allow=LOOPBACK, key=None, *, responders, **limits):
         self.responders = dict(responders)
         self.allow = tuple(allow)
         self.key = key
@@ -351,6 +341,8 @@ class Server:
                 self.counters["refused_prefix"] += 1
                 _refuse_now(conn, f"client {address} is not in the allow list")
                 continue
+            if len(self._pending) >= self.limits.max_handshakes:
+                self._reap(sel)
             if len(self._pending) >= self.limits.max_handshakes and not self._evict(sel, address):
                 self.counters["refused_busy"] += 1
                 _refuse_now(conn, f"busy: max_handshakes={self.limits.max_handshakes} reached for {address}")
@@ -361,6 +353,12 @@ class Server:
             self._pending[p.fd] = p
             sel.register(conn, selectors.EVENT_READ, p)
             self._send(sel, p)
+
+    def _reap(self, sel):
+        """Finish the handshakes whose bytes are already here, before judging the pool full."""
+        for key, _ in sel.select(0):
+            if key.data is not None:
+                self._read(sel, key.data)
 
     def _evict(self, sel, newcomer):
         """Make room in a full pool: drop the oldest handshake of the address holding most of it,
@@ -378,6 +376,8 @@ class Server:
         return True
 
     def _read(self, sel, p):
+        if self._pending.get(p.fd) is not p:      # finished earlier in this round (its socket is not ours)
+            return
         try:
             data = p.sock.recv(protocol.HELLO_MAX + 1)
         except (BlockingIOError, InterruptedError):

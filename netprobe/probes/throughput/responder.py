@@ -28,6 +28,7 @@ import time
 import numpy as np
 
 from netprobe.errors import PeerError, load_extension
+from netprobe.peer.client import SEND_TIMEOUT
 from netprobe.peer.server import TokenBucket
 from netprobe.probes.throughput.config import MAX_RATE
 from netprobe.probes.throughput.protocol import set_congestion
@@ -90,6 +91,7 @@ def _serve_up(session, pairs, sid):
     pair = pairs[sid] = Pair(sid, session, session.address, float(rate), sample_ns)
     try:
         session.ok(ticket=pair.ticket)
+        session.sock.settimeout(SEND_TIMEOUT)   # bounds a report; set once: the drain loop shares the fd
         drain = load_extension("_pacer").TcpDrain(session.sock.fileno())
         rows = np.empty((64, NCOLS), dtype=np.int64)
         started = time.monotonic()
