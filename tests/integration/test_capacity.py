@@ -104,7 +104,8 @@ def test_bad_control_messages_are_counted_and_dropped(server):
     assert reply["error"] == 0 and reply["sent"][0][2:] == [3, 1400]
     rows = np.zeros((4, T.RX_NCOLS), dtype=np.int64)
     assert receiver.run(rows, 3, 500_000_000, 2_000_000_000)["rows"] == 3
-    call(b"{}")                                                   # the 8th bad message ends the session
+    end = call(b"{}")                                             # the 8th bad message ends the session
+    assert end["ok"] is False and "8 bad control messages: closed" in end["error"]
     assert reader.readline() == b""
     assert server.state["capacity"]["malformed"] == responder.MAX_BAD
     ctl.close()

@@ -14,8 +14,8 @@ checked by netprobe.peer) the client sends one JSON line per message:
                                      "error": errno or 0}.
 
 A malformed or out-of-bounds message gets {"error": "..."} and is counted
-(server.state["capacity"]["malformed"]); after MAX_BAD of them the session
-is closed. Trains only ever go to the address the control connection came
+(server.state["capacity"]["malformed"]); the MAX_BAD-th gets the refusal
+{"ok": false, "error": "..."} and the session is closed. Trains only ever go to the address the control connection came
 from, so a peer cannot be used to flood a third party.
 
 Rate: each plan reserves its average rate (its bytes over the sum of its
@@ -33,7 +33,7 @@ import numpy as np
 
 from netprobe.errors import load_extension
 from netprobe.peer.protocol import LineTooLong
-from netprobe.peer.server import TokenBucket
+from netprobe.peer.server import SessionEnd, TokenBucket
 
 log = logging.getLogger("netprobe.serve.capacity")
 
@@ -185,10 +185,10 @@ def respond(session):
             except (BadMessage, ValueError) as exc:
                 counters["malformed"] += 1
                 bad += 1
-                session.send({"error": str(exc)})
                 if bad >= MAX_BAD:
                     log.info("capacity session from %s: %d bad messages, closed", client, bad)
-                    return
+                    raise SessionEnd(f"{exc}; {bad} bad control messages: closed") from None
+                session.send({"error": str(exc)})
                 continue
             want = int(train_bytes(plan).sum()) * 8e9 / plan_span_ns(plan)
             rates.release(client, reserved)
