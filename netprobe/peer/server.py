@@ -147,7 +147,6 @@ class Session:
         self.framer = protocol.LineFramer(protocol.HELLO_MAX, trailing)
         self.started = now
         self.last_progress = now
-        self.ended = ""
 
     # -- replies ------------------------------------------------------------------------------
 
@@ -157,7 +156,6 @@ class Session:
 
     def refuse(self, why):
         """Tell the client why in one line; the server closes the connection when respond() returns."""
-        self.ended = why
         try:
             self.sock.settimeout(0.5)
             self.sock.sendall(protocol.refusal(why))

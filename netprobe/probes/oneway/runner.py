@@ -164,30 +164,36 @@ def valid_clock(clock):
 
 
 def valid_record(rec, nports):
-    """A peer's interval record, every field range-checked; ValueError naming the first bad one."""
+    """A peer's interval record with every field present and range-checked; ValueError naming
+    the first bad one."""
     def whole(v, lo, hi, what):
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v < hi:
-            raise ValueError(f"{what} out of range")
+            raise ValueError(f"{what} missing or out of range")
         return v
-    if not isinstance(rec, dict) or not isinstance(rec.get("ports"), list) or len(rec["ports"]) != nports:
-        raise ValueError(f"not an interval record of {nports} ports")
-    whole(rec.get("interval"), 0, 1 << 32, "interval")
-    for hist in [rec.get("hist", [])] + [p.get("hist", []) if isinstance(p, dict) else None for p in rec["ports"]]:
+
+    def histogram(hist):
         if not isinstance(hist, list) or len(hist) > 1 << 16 or not all(
                 isinstance(b, list) and len(b) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
                                                             and 0 <= x < U63 for x in b) for b in hist):
-            raise ValueError("histogram out of range")
-    for p in rec["ports"]:
+            raise ValueError("histogram missing or out of range")
+    if not isinstance(rec, dict) or not isinstance(rec.get("ports"), list) or len(rec["ports"]) != nports:
+        raise ValueError(f"not an interval record of {nports} ports")
+    whole(rec.get("interval"), 0, 1 << 32, "interval")
+    histogram(rec.get("hist"))
+    for i, p in enumerate(rec["ports"]):
+        if not isinstance(p, dict) or p.get("port") != i or isinstance(p.get("port"), bool):
+            raise ValueError(f"port record {i} missing or out of order")
         for k in PORT_INTS:
-            whole(p.get(k, 0), 0, U63, k)
+            whole(p.get(k), 0, U63, k)
         for k in PORT_SEQS:
-            whole(p.get(k, -1), -1, U63, k)
+            whole(p.get(k), -1, U63, k)
         for k in ("min", "max"):
-            whole(p.get(k, 0), -U63, U63, k)
+            whole(p.get(k), -U63, U63, k)
         for k in ("sum", "sumsq"):
-            v = p.get(k, 0.0)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(f"{k} out of range")
+            v = p.get(k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > 1e300:
+                raise ValueError(f"{k} missing or out of range")
+        histogram(p.get("hist"))
     return rec
 
 

@@ -180,6 +180,9 @@ def _parse_report(report, epoch):
         return rows.reshape(0, NCOLS), totals
     if rows.ndim != 2 or rows.shape[1] != NCOLS:
         return None, None
+    checked = np.delete(rows, COL["pacing_rate"], axis=1)     # ~0 ("unlimited") reads as -1 in int64
+    if np.any(checked < 0) or np.any(checked >= 1 << 62):
+        return None, None
     rows[:, COL["epoch"]] = epoch
     return rows, totals
 
