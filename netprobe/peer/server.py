@@ -103,13 +103,13 @@ class RateBudget:
         self.by_address = collections.Counter()
         self._lock = threading.Lock()
 
-    def reserve(self, address, bps, partial=False):
-        """Claim `bps` for `address`; returns what was granted (all of it, or with `partial` what is
-        free), 0.0 when nothing is. The refusal text comes from why_refused()."""
+    def reserve(self, address, bps, partial=1.0):
+        """Claim `bps` for `address`; returns what was granted: all of it, or what is free if that
+        is at least the `partial` share of it, else 0.0 (the refusal text from why_refused())."""
         with self._lock:
             free = min(self.total - self.used, self.per_address - self.by_address[address])
-            grant = bps if bps <= free else (max(free, 0.0) if partial else 0.0)
-            if grant <= 0:
+            grant = min(bps, free)
+            if grant <= 0 or grant < bps * partial:
                 return 0.0
             self.used += grant
             self.by_address[address] += grant

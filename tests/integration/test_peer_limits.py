@@ -84,9 +84,10 @@ def test_rate_budget_total_and_per_address():
     r = RateBudget(100, 60)
     assert r.reserve("a", 50) == 50
     assert r.reserve("a", 20) == 0.0 and "max_rate_per_address=60bit/s" in r.why_refused("a")
-    assert r.reserve("a", 20, partial=True) == 10
+    assert r.reserve("a", 20, partial=0.5) == 10
     assert r.reserve("b", 50) == 0.0 and "max_rate=100bit/s" in r.why_refused("b")
-    assert r.reserve("b", 50, partial=True) == 40
+    assert r.reserve("b", 100, partial=0.5) == 0.0          # 40 free is less than half of it
+    assert r.reserve("b", 50, partial=0.5) == 40
     r.release("a", 60)
     assert r.reserve("c", 60) == 60
 

@@ -20,7 +20,8 @@ from, so a peer cannot be used to flood a third party.
 
 Rate: each plan reserves its average rate (its bytes over the sum of its
 gaps, the last row's gap included) from [serve] max_rate and
-max_rate_per_address, or what is free of them, and this end sends the plan
+max_rate_per_address, or what is free of them if that is at least
+MIN_SHARE of it (else the plan is refused busy), and this end sends the plan
 a train at a time under a token bucket at the reserved rate. TrainSender
 never sleeps after the last train of a call, so the pacing is done here:
 the next train (of this plan or the next) waits for the gap and the bucket.
@@ -42,6 +43,7 @@ MAX_TRAINS = 4096             # per plan message
 MAX_PLAN_BYTES = 32 << 20     # bytes one plan may ask us to send
 MAX_BAD = 8
 MIN_SPAN_NS = 1_000_000       # a plan takes a millisecond at least
+MIN_SHARE = 0.25              # a plan runs at no less than this share of its own rate, or is refused busy
 IP_MTU = 14                   # <linux/in.h>
 IPV6_MTU = 24
 
@@ -130,8 +132,9 @@ class Trains:
         self.due = 0.0                # monotonic s the next train may start (the last gap)
         self.bucket = None
 
-    def send(self, plan, rate, stop):
-        """Send `plan` at no more than `rate` bit/s; returns (sent rows, send counters)."""
+    def send(self, plan, rate, session):
+        """Send `plan` at no more than `rate` bit/s; returns (sent rows, send counters). Waits are
+        cut into slices that check the session's limits (SessionEnd)."""
         if self.bucket is None:
             self.bucket = TokenBucket(rate)
         self.bucket.rate = rate
@@ -140,9 +143,9 @@ class Trains:
         total = {"trains": 0, "bytes": 0, "error": 0}
         for i in range(len(plan)):
             start = self.bucket.reserve(int(nbytes[i]), max(time.monotonic(), self.due))
-            wait = start - time.monotonic()
-            if wait > 0 and stop.wait(wait):
-                break
+            while (wait := start - time.monotonic()) > 0:
+                time.sleep(min(wait, 0.5))
+                session.check()
             got = self.sender.send(plan[i:i + 1], sent[i:i + 1])
             total["trains"] += got["trains"]
             total["bytes"] += got["bytes"]
@@ -192,11 +195,11 @@ def respond(session):
                 continue
             want = int(train_bytes(plan).sum()) * 8e9 / plan_span_ns(plan)
             rates.release(client, reserved)
-            reserved = rates.reserve(client, want, partial=True)
+            reserved = rates.reserve(client, want, partial=MIN_SHARE)
             if not reserved:
                 session.send({"error": rates.why_refused(client)})
                 continue
-            sent, got = trains.send(plan, reserved, session.server.stop)
+            sent, got = trains.send(plan, reserved, session)
             counters["trains"] += got["trains"]
             counters["bytes"] += got["bytes"]
             session.progress()
