@@ -17,6 +17,7 @@ from netprobe.peer import protocol
 from netprobe.peer.client import connect
 from netprobe.peer.server import RateBudget, TokenBucket
 from tests.integration import test_serve as serve_test
+from tests.integration.test_capacity import peer  # noqa: F401, F811  (the `netprobe serve` fixture)
 from tests.integration.test_throughput import ROOT, netprobe, records
 
 KEY = b"a-key-of-at-least-16-bytes"
@@ -341,11 +342,11 @@ def test_oneway_client_checks_the_peers_answer(run_server, first, detail):
 
 # -- renewal before max_session_length -------------------------------------------------------
 
-def test_clients_renew_before_max_session_length_without_a_breach(peer_cli):
+def test_clients_renew_before_max_session_length_without_a_breach(peer):  # noqa: F811
     """A peer that ends sessions after 10 s: a 14 s oneway run opens a second session before
     the first is cut (the peer logs one accepted session per renewal) and never reports the
     connection lost; every interval after the renewal is measured again."""
-    port = peer_cli("--max-session-length", "10s")
+    port = peer("--max-session-length", "10s")
     p = subprocess.run(netprobe("probe", "oneway", "--json", "--peer", f"127.0.0.1:{port}", "--duration", "14s",
                                 "--interval", "1s", "--grace", "100ms", "--gap", "5ms"),
                        cwd=ROOT, capture_output=True, text=True, timeout=90)
@@ -356,20 +357,3 @@ def test_clients_renew_before_max_session_length_without_a_breach(peer_cli):
     res = [r for r in recs if r["type"] == "RESULT" and "port" not in r]
     assert len(res) >= 12 and all(r["lost"] == 0 for r in res), res
     assert max(r["interval_id"] for r in res) < 12          # a new session numbers its intervals from 0 again
-
-
-@pytest.fixture
-def peer_cli():
-    procs = []
-
-    def start(*extra):
-        from tests.integration.test_throughput import free_port, wait_listening
-        port = free_port()
-        procs.append(subprocess.Popen(netprobe("serve", "--listen", f"127.0.0.1:{port}", *extra), cwd=ROOT,
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_listening(port)
-        return port
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait()
