@@ -357,3 +357,21 @@ def test_clients_renew_before_max_session_length_without_a_breach(peer):  # noqa
     res = [r for r in recs if r["type"] == "RESULT" and "port" not in r]
     assert len(res) >= 12 and all(r["lost"] == 0 for r in res), res
     assert max(r["interval_id"] for r in res) < 12          # a new session numbers its intervals from 0 again
+
+
+def test_throughput_renews_before_max_session_length_without_a_breach(peer):  # noqa: F811
+    """The same for throughput: a new connection (epoch) before the peer cuts the old one, no
+    BREACH, and both directions measured at their rate again after it."""
+    port = peer("--max-session-length", "10s")
+    p = subprocess.run(netprobe("probe", "throughput", "--json", "--peer", f"127.0.0.1:{port}", "--rate", "20M",
+                                "--rate-down", "10M", "--interval", "1s", "--duration", "14s"),
+                       cwd=ROOT, capture_output=True, text=True, timeout=90)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    recs = records(p.stdout)
+    assert not [r for r in recs if r["type"] == "BREACH"], p.stdout
+    assert "renewing the session" in p.stderr and "(epoch 2)" in p.stderr
+    after = [r for r in recs if r["type"] == "RESULT"][-6:-2]         # the last full intervals
+    assert {r["dir"] for r in after} == {"a->b", "b->a"}
+    for r in after:
+        want = 20e6 if r["dir"] == "a->b" else 10e6
+        assert r["samples"] > 0 and abs(r["rate"] / want - 1) < 0.1, r
