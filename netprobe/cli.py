@@ -104,8 +104,12 @@ def build_parser():
     s.add_argument("--allow", action="append", metavar="PREFIX",
                    help="client prefix allowed (repeatable; default: loopback only)")
     s.add_argument("--key-file", metavar="FILE", help="file holding the shared key clients must prove")
-    s.add_argument("--max-sessions", metavar="N", help="concurrent sessions (default 16)")
-    s.add_argument("--max-rate", metavar="RATE", help="total rate sessions may ask us to send (default 10G)")
+    from netprobe.serve import LIMITS, ServeConfig
+    for f in schema.fields(ServeConfig):
+        if f.name in LIMITS:
+            s.add_argument("--" + f.name.replace("_", "-"), metavar=f.metadata["kind"].upper(),
+                           help=f"{f.metadata['doc']} (default {schema.default_text(f.metadata['kind'], f.default)})"
+                           if not callable(f.default_factory) else f.metadata["doc"])
     s.add_argument("--duration", type=_duration_arg, help="stop after this long")
 
     st = sub.add_parser("selftest", help="measure this host as a measuring instrument")
@@ -236,9 +240,10 @@ def cmd_serve(args):
     import threading
 
     from netprobe import log, serve
-    table = {k: v for k, v in (("listen", args.listen), ("allow", args.allow), ("key_file", args.key_file),
-                               ("max_sessions", _from_cli(args.max_sessions, schema.INT)),
-                               ("max_rate", args.max_rate)) if v is not None}
+    kinds = {f.name: f.metadata["kind"] for f in schema.fields(serve.ServeConfig)}
+    table = {k: v for k, v in (("listen", args.listen), ("allow", args.allow), ("key_file", args.key_file))
+             if v is not None}
+    table.update({k: _from_cli(getattr(args, k), kinds[k]) for k in serve.LIMITS if getattr(args, k) is not None})
     cfg = schema.build(serve.ServeConfig, table, _CliWhere("netprobe serve", ""))
     log.setup("info")
     stop = threading.Event()

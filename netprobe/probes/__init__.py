@@ -2,9 +2,12 @@
 `Config` (frozen dataclass, see config.schema), `Runner` (see base.ProbeRunner),
 `SUMMARY` (one line for --help) and `EXAMPLE` (a command line for --help).
 The kind name is the same everywhere: TOML `kind = "host"`, CLI
-`netprobe probe host`, log field `probe=host`.
+`netprobe probe host`, log field `probe=host`. A kind whose peer side runs
+inside `netprobe serve` also has a module `responder` with `respond(session)`
+(see netprobe.peer.server.Session).
 """
 import importlib
+import importlib.util
 
 from netprobe.errors import ConfigError
 
@@ -16,3 +19,13 @@ def load(kind):
     if kind not in KINDS:
         raise ConfigError(f'"{kind}" is not a probe kind (valid: {", ".join(KINDS)})')
     return importlib.import_module(f"netprobe.probes.{kind}")
+
+
+def responders():
+    """kind -> respond(session) for every kind that answers as a peer."""
+    out = {}
+    for kind in KINDS:
+        name = f"netprobe.probes.{kind}.responder"
+        if importlib.util.find_spec(name) is not None:
+            out[kind] = importlib.import_module(name).respond
+    return out

@@ -11,6 +11,7 @@ import pytest
 
 from netprobe import serve
 from netprobe.errors import load_extension
+from netprobe.peer.client import connect
 from netprobe.probes.capacity import responder
 from tests.integration.test_throughput import ROOT, free_port, netprobe, records, wait_listening
 
@@ -70,7 +71,6 @@ def test_peer_refuses_clients_outside_its_allow_list(peer):
 
 @pytest.fixture
 def server():
-    serve.register_builtin_responders()
     srv = serve.Server([("127.0.0.1", 0)])
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
@@ -81,7 +81,7 @@ def server():
 
 def test_bad_control_messages_are_counted_and_dropped(server):
     host, port = server.addresses[0]
-    ctl = serve.connect(f"{host}:{port}", "capacity")
+    ctl = connect(f"{host}:{port}", "capacity").sock
     reader = ctl.makefile("rb")
 
     def call(line):
@@ -104,7 +104,8 @@ def test_bad_control_messages_are_counted_and_dropped(server):
     assert reply["error"] == 0 and reply["sent"][0][2:] == [3, 1400]
     rows = np.zeros((4, T.RX_NCOLS), dtype=np.int64)
     assert receiver.run(rows, 3, 500_000_000, 2_000_000_000).rows == 3
-    call(b"{}")                                                   # the 8th bad message ends the session
+    end = call(b"{}")                                             # the 8th bad message ends the session
+    assert end["ok"] is False and "8 bad control messages: closed" in end["error"]
     assert reader.readline() == b""
     assert server.state["capacity"]["malformed"] == responder.MAX_BAD
     ctl.close()

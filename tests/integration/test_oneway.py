@@ -18,7 +18,7 @@ from tests.lab.netlab import NFQDELAY
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = sys.executable
-UDP_PORT = 9177
+UDP_PORT = 40177                # inside the peer's default [serve] udp_ports (32768-60999)
 
 
 def netprobe(*args):
@@ -77,9 +77,10 @@ def loop_peer():
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_one_shot_on_loopback_counts_every_probe(loop_peer, tmp_path, host):
     keyfile = tmp_path / "key"
-    keyfile.write_text("s3cret\n")
+    keyfile.write_text("s3cret-s3cret-16\n")
+    keyfile.chmod(0o600)
     peer = loop_peer("--key-file", keyfile, host=host)
-    proc = subprocess.run(netprobe("probe", "oneway", "--json", "--peer", peer, "--key", "s3cret",
+    proc = subprocess.run(netprobe("probe", "oneway", "--json", "--peer", peer, "--key", "s3cret-s3cret-16",
                                    "--ports", "auto", "--ecmp-width", "4", "--gap", "500us", "--interval", "1s",
                                    "--grace", "200ms", "--duration", "2.5s", "--per-port"),
                           cwd=ROOT, capture_output=True, text=True, timeout=60)
@@ -113,7 +114,8 @@ def test_a_key_the_peer_does_not_have_is_a_one_line_breach(loop_peer):
 
 def test_wrong_key_is_a_connection_breach_not_a_traceback(loop_peer, tmp_path):
     keyfile = tmp_path / "key"
-    keyfile.write_text("right\n")
+    keyfile.write_text("right-key-of-16-bytes\n")
+    keyfile.chmod(0o600)
     peer = loop_peer("--key-file", keyfile)
     proc = subprocess.run(netprobe("probe", "oneway", "--json", "--peer", peer, "--key", "wrong",
                                    "--duration", "1s", "--interval", "1s", "--grace", "100ms"),

@@ -1,4 +1,6 @@
 """`netprobe serve` handshake and access control, on loopback."""
+import hashlib
+import hmac
 import ipaddress
 import json
 import socket
@@ -8,43 +10,53 @@ import time
 import pytest
 
 from netprobe import serve
+from netprobe.peer import protocol
 
 
-def echo_responder(sock, hello, server):
+def read_line(sock):
+    """One line, read a byte at a time so nothing after it is consumed (test helper)."""
+    out = b""
+    while not out.endswith(b"\n"):
+        b = sock.recv(1)
+        if not b:
+            raise ConnectionError(f"closed after {out!r}")
+        out += b
+    return out[:-1]
+
+
+def echo_responder(session):
     """A test responder: accepts, then echoes one line back, proving the session was handed over."""
-    serve.reply_ok(sock)
-    sock.sendall(serve.read_line(sock) + b"\n")
+    session.send({"ok": True})
+    session.send(session.read())
 
 
 @pytest.fixture
 def server(request):
     opts = getattr(request, "param", {})
-    serve.RESPONDERS["echo"] = echo_responder
-    srv = serve.Server([("127.0.0.1", 0)], **opts)
+    srv = serve.Server([("127.0.0.1", 0)], responders={"echo": echo_responder}, **opts)
     t = threading.Thread(target=srv.serve_forever, daemon=True)
     t.start()
     yield srv
     srv.stop.set()
     t.join(5)
-    del serve.RESPONDERS["echo"]
 
 
 def connect(srv):
     s = socket.create_connection(srv.addresses[0], timeout=5)
-    return s, json.loads(serve.read_line(s))
+    return s, json.loads(read_line(s))
 
 
 def hello(s, **fields):
-    serve.send_json(s, {"netprobe": 1, **fields})
-    return json.loads(serve.read_line(s))
+    s.sendall(protocol.encode({"netprobe": 1, **fields}))
+    return json.loads(read_line(s))
 
 
 def test_session_handed_to_responder(server):
     s, greeting = connect(server)
-    assert greeting == {"netprobe": 1}
+    assert set(greeting) == {"netprobe", "nonce"} and greeting["netprobe"] == 1
     assert hello(s, kind="echo") == {"ok": True}
-    s.sendall(b"ping\n")
-    assert serve.read_line(s) == b"ping"
+    s.sendall(b'{"ping": 1}\n')
+    assert json.loads(read_line(s)) == {"ping": 1}
 
 
 def test_unknown_kind_refused_with_reason(server):
@@ -56,27 +68,36 @@ def test_unknown_kind_refused_with_reason(server):
 @pytest.mark.parametrize("server", [{"allow": (ipaddress.ip_network("10.0.0.0/8"),)}], indirect=True)
 def test_client_outside_allow_list_refused(server):
     s = socket.create_connection(server.addresses[0], timeout=5)
-    reply = json.loads(serve.read_line(s))
+    reply = json.loads(read_line(s))
     assert reply == {"ok": False, "error": "client 127.0.0.1 is not in the allow list"}
     assert server.counters["refused_prefix"] == 1
 
 
-@pytest.mark.parametrize("server", [{"key": b"s3cret"}], indirect=True)
+def proof(key, challenge, **fields):
+    """The client's proof computed from the wire rules (protocol.py's docstring)."""
+    body = json.dumps({"netprobe": 1, **fields}, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(key, b"netprobe auth v1:" + challenge.encode() + b"\n" + body, hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize("server", [{"key": b"s3cret-of-16-bytes"}], indirect=True)
 def test_key_challenge(server):
     s, greeting = connect(server)
-    assert hello(s, kind="echo", auth=serve.client_auth(b"wrong", greeting["challenge"]))["ok"] is False
+    assert hello(s, kind="echo", auth=proof(b"wrong", greeting["challenge"], kind="echo"))["ok"] is False
     s, greeting = connect(server)
-    assert hello(s, kind="echo", auth=serve.client_auth(b"s3cret", greeting["challenge"])) == {"ok": True}
-    assert server.counters["bad_auth"] == 1
+    assert hello(s, kind="echo", auth="é" * 64)["ok"] is False            # not hex: refused, not a TypeError
+    s, greeting = connect(server)
+    assert hello(s, kind="echo", auth=proof(b"s3cret-of-16-bytes", greeting["challenge"], kind="echo")) == \
+        {"ok": True}
+    assert server.counters["bad_auth"] == 2
 
 
-@pytest.mark.parametrize("server", [{"max_sessions": 2}], indirect=True)
+@pytest.mark.parametrize("server", [{"max_sessions": 2, "max_sessions_per_address": 16}], indirect=True)
 def test_session_cap(server):
     held = [connect(server)[0] for _ in range(2)]
     for s in held:
         assert hello(s, kind="echo") == {"ok": True}
-    s = socket.create_connection(server.addresses[0], timeout=5)
-    assert "busy" in json.loads(serve.read_line(s))["error"]
+    s, _ = connect(server)
+    assert hello(s, kind="echo") == {"ok": False, "error": "busy: max_sessions=2 reached"}
 
 
 @pytest.mark.parametrize("server", [{"max_sessions": 64}], indirect=True)
@@ -101,14 +122,14 @@ def test_parse_listen():
         serve.parse_listen("host:99999")
 
 
-def test_partial_handshake_times_out_and_frees_the_session(server, monkeypatch):
-    monkeypatch.setattr(serve, "HELLO_TIMEOUT", 0.5)
+@pytest.mark.parametrize("server", [{"handshake_timeout": 0.5}], indirect=True)
+def test_partial_handshake_times_out_and_frees_the_session(server):
     s, _ = connect(server)
-    s.sendall(b'{"netprobe": 1, "kind": ')          # never finished
     t0 = time.monotonic()
-    reply = json.loads(serve.read_line(s))
-    assert reply["ok"] is False and "incomplete" in reply["error"]
-    assert time.monotonic() - t0 < 3
+    s.sendall(b'{"netprobe": 1, "kind": ')          # never finished
+    reply = json.loads(read_line(s))
+    assert reply == {"ok": False, "error": "bad handshake: hello incomplete after handshake_timeout=0.5s"}
+    assert 0.4 < time.monotonic() - t0 < 1.5
 
 
 def test_sigterm_stops_serve_before_its_duration():
@@ -130,3 +151,36 @@ def test_sigterm_stops_serve_before_its_duration():
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+@pytest.mark.parametrize("mode,key,message", [
+    (0o644, "k" * 32, "mode 0644 lets others read or change the key: chmod 600 {f} (or 640, group netprobe)"),
+    (0o660, "k" * 32, "mode 0660 lets others read or change the key: chmod 600 {f}"),
+    (0o600, "short", "the key has 5 bytes; use at least 16"),
+])
+def test_serve_refuses_unsafe_key_files_in_one_line(tmp_path, mode, key, message):
+    import subprocess
+
+    from tests.integration.test_throughput import ROOT, netprobe
+    f = tmp_path / "key"
+    f.write_text(key + "\n")
+    f.chmod(mode)
+    p = subprocess.run(netprobe("serve", "--listen", "127.0.0.1:0", "--key-file", f, "--duration", "1s"), cwd=ROOT,
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2 and message.format(f=f) in p.stderr and p.stderr.count("\n") == 1, p.stderr
+
+
+def test_a_group_readable_key_file_is_accepted(tmp_path):
+    from netprobe.config import schema
+    f = tmp_path / "key"
+    f.write_text("k" * 32 + "\n")
+    f.chmod(0o640)
+    cfg = schema.build(serve.ServeConfig, {"key_file": str(f)}, schema.Where("t.toml", "serve"))
+    assert cfg.shared_key() == b"k" * 32
+
+
+def test_a_short_key_in_the_table_is_a_config_error():
+    from netprobe.config import schema
+    from netprobe.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"serve.key: the shared key has 5 bytes; use at least 16"):
+        schema.build(serve.ServeConfig, {"key": "short"}, schema.Where("t.toml", "serve"))

@@ -168,7 +168,8 @@ def _ts(iso):
 ])
 def test_refusals_are_one_breach_line_not_a_traceback(peer, tmp_path, case, serve_args, probe_args, message):
     keyfile = tmp_path / "key"
-    keyfile.write_text("s3cret\n")
+    keyfile.write_text("s3cret-s3cret-16\n")
+    keyfile.chmod(0o600)
     port = free_port()
     if serve_args is not None:
         _, port = peer(*[a.format(keyfile=keyfile) for a in serve_args])

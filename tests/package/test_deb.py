@@ -69,10 +69,13 @@ def test_install_upgrade_over_itself_and_purge_leave_nothing(system, timed):
     assert (system.path / "etc/systemd/system/multi-user.target.wants/netprobe.service").is_symlink()
     assert not (system.path / "etc/systemd/system/multi-user.target.wants/netprobe-peer.service").exists()
     conf = system.path / "etc/netprobe/netprobe.toml"
+    peer_mode = "stat -c '%a %U:%G' /etc/netprobe/peer.toml"
+    assert system.sh(peer_mode).stdout.strip() == "640 root:netprobe"     # it may hold the peer's key
     with timed("chroot: dpkg -i the same .deb again (upgrade over itself)"):
         system.sh(f"dpkg -i {system.deb}")
     assert system.sh("dpkg-query -W -f '${Status}' netprobe").stdout == "install ok installed"
     assert system.sh("getent passwd netprobe").stdout.split(":")[2] == user[2], "the user is kept"
+    assert system.sh(peer_mode).stdout.strip() == "640 root:netprobe"
     with timed("chroot: dpkg --purge netprobe"):
         system.sh("dpkg --purge netprobe")
     after = system.snapshot()

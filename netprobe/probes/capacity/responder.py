@@ -1,7 +1,7 @@
 """Peer side of the capacity probe, run inside `netprobe serve`: it sends the trains.
 
-After the serve handshake ({"kind": "capacity"}; allow-list and key are
-checked by serve.py) the client sends one JSON line per message:
+After the peer handshake ({"kind": "capacity"}; allow list and key are
+checked by netprobe.peer) the client sends one JSON line per message:
 
   {"udp_port": P, "token": T}       setup: trains go to the client's own
                                      address (the TCP peer), port P, with
@@ -14,18 +14,27 @@ checked by serve.py) the client sends one JSON line per message:
                                      "error": errno or 0}.
 
 A malformed or out-of-bounds message gets {"error": "..."} and is counted
-(server.state["capacity"]["malformed"]); after MAX_BAD of them the session
-is closed. Trains only ever go to the address the control connection came
+(server.state["capacity"]["malformed"]); the MAX_BAD-th gets the refusal
+{"ok": false, "error": "..."} and the session is closed. Trains only ever go to the address the control connection came
 from, so a peer cannot be used to flood a third party.
+
+Rate: each plan reserves its average rate (its bytes over the sum of its
+gaps, the last row's gap included) from [serve] max_rate and
+max_rate_per_address, or what is free of them if that is at least
+MIN_SHARE of it (else the plan is refused busy), and this end sends the plan
+a train at a time under a token bucket at the reserved rate. TrainSender
+never sleeps after the last train of a call, so the pacing is done here:
+the next train (of this plan or the next) waits for the gap and the bucket.
 """
-import json
 import logging
 import socket
+import time
 
 import numpy as np
 
-from netprobe import serve
 from netprobe.errors import load_extension
+from netprobe.peer.protocol import LineTooLong
+from netprobe.peer.server import SessionEnd, TokenBucket
 
 log = logging.getLogger("netprobe.serve.capacity")
 
@@ -33,6 +42,8 @@ LINE_MAX = 1 << 20            # bytes per control line
 MAX_TRAINS = 4096             # per plan message
 MAX_PLAN_BYTES = 32 << 20     # bytes one plan may ask us to send
 MAX_BAD = 8
+MIN_SPAN_NS = 1_000_000       # a plan takes a millisecond at least
+MIN_SHARE = 0.25              # a plan runs at no less than this share of its own rate, or is refused busy
 IP_MTU = 14                   # <linux/in.h>
 IPV6_MTU = 24
 
@@ -41,14 +52,12 @@ class BadMessage(ValueError):
     """A control message that is not valid; the text goes back to the client."""
 
 
-def _counters(server):
-    return server.state.setdefault("capacity", {"malformed": 0, "sessions": 0, "trains": 0, "bytes": 0})
+def _counters(state):
+    return state.setdefault("capacity", {"malformed": 0, "sessions": 0, "trains": 0, "bytes": 0})
 
 
 def parse_setup(msg):
     """(port, token) of a setup message, or BadMessage."""
-    if not isinstance(msg, dict):
-        raise BadMessage("setup must be a JSON object")
     port, token = msg.get("udp_port"), msg.get("token")
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise BadMessage("udp_port must be 1-65535")
@@ -57,11 +66,17 @@ def parse_setup(msg):
     return port, token
 
 
+def train_bytes(plan):
+    """UDP payload bytes of each plan row."""
+    _, count, size, primers, primer, _ = plan.T
+    return (count - primers) * size + primers * primer
+
+
 def parse_plan(msg, max_size, max_rate):
     """A plan message as an int64 array (rows: train, count, size, primers, primer_size, gap_ns),
     or BadMessage."""
     train = load_extension("_train")
-    if not isinstance(msg, dict) or not isinstance(msg.get("plan"), list):
+    if not isinstance(msg.get("plan"), list):
         raise BadMessage('expected {"plan": [[train, count, size, primers, primer_size, gap_ns], ...]}')
     rows = msg["plan"]
     if not 1 <= len(rows) <= MAX_TRAINS:
@@ -87,13 +102,17 @@ def parse_plan(msg, max_size, max_rate):
         raise BadMessage(f"primer_size must be {train.HEADER_LEN} to {max_size} bytes")
     if np.any(gap < 0) or np.any(gap > 10**9):
         raise BadMessage("gap_ns must be 0 to 1 s")
-    nbytes = int(np.sum((count - primers) * size + primers * primer))
+    nbytes = int(np.sum(train_bytes(plan)))
     if nbytes > MAX_PLAN_BYTES:
         raise BadMessage(f"a plan may send at most {MAX_PLAN_BYTES} bytes")
-    span_ns = int(gap.sum()) + 1_000_000          # a plan takes a millisecond at least
-    if nbytes * 8e9 > max_rate * span_ns:
+    if nbytes * 8e9 > max_rate * plan_span_ns(plan):
         raise BadMessage(f"the plan's average rate exceeds this peer's max_rate ({max_rate / 1e6:g} Mbit/s)")
     return np.ascontiguousarray(plan)
+
+
+def plan_span_ns(plan):
+    """The time a plan takes: every gap, the last row's included."""
+    return int(plan[:, 5].sum()) + MIN_SPAN_NS
 
 
 def path_max_size(udp):
@@ -104,62 +123,92 @@ def path_max_size(udp):
     return udp.getsockopt(socket.IPPROTO_IP, IP_MTU) - 28
 
 
-def _read_line(reader):
-    line = reader.readline(LINE_MAX + 1)
-    if not line:
-        return None
-    if len(line) > LINE_MAX or not line.endswith(b"\n"):
-        raise BadMessage("control line too long")
-    return json.loads(line)
+class Trains:
+    """The session's sender: one train per TrainSender call, paced here (gaps and bucket)."""
+
+    def __init__(self, train, udp, token):
+        self.train = train
+        self.sender = train.TrainSender(udp.fileno(), token)
+        self.due = 0.0                # monotonic s the next train may start (the last gap)
+        self.bucket = None
+
+    def send(self, plan, rate, session):
+        """Send `plan` at no more than `rate` bit/s; returns (sent rows, send counters). Waits are
+        cut into slices that check the session's limits (SessionEnd)."""
+        if self.bucket is None:
+            self.bucket = TokenBucket(rate)
+        self.bucket.rate = rate
+        sent = np.zeros((len(plan), self.train.SENT_NCOLS), dtype=np.int64)
+        nbytes = train_bytes(plan)
+        total = {"trains": 0, "bytes": 0, "error": 0}
+        for i in range(len(plan)):
+            start = self.bucket.reserve(int(nbytes[i]), max(time.monotonic(), self.due))
+            while (wait := start - time.monotonic()) > 0:
+                time.sleep(min(wait, 0.5))
+                session.check()
+            try:
+                got, error = self.sender.send(plan[i:i + 1], sent[i:i + 1]), 0
+            except OSError as exc:               # a send failed; what went is exc.result
+                got, error = exc.result, exc.errno
+            total["trains"] += got.trains
+            total["bytes"] += got.bytes
+            self.due = time.monotonic() + plan[i, 5] / 1e9
+            if error or got.interrupted or not got.trains:
+                total["error"] = error
+                break
+        return sent[:total["trains"]], total
 
 
-def respond(sock, hello, server):
-    counters = _counters(server)
-    serve.reply_ok(sock)
-    sock.settimeout(30.0)                 # an idle client is dropped
-    reader = sock.makefile("rb")
-    client = sock.getpeername()[0]
-    udp = sender = None
+def respond(session):
+    counters = _counters(session.state)
+    rates = session.server.rates
+    session.ok()
+    session.set_line_limit(LINE_MAX)
+    client = session.address
+    udp = trains = None
+    max_size = 0
+    reserved = 0.0
     bad = 0
     counters["sessions"] += 1
     train = load_extension("_train")
     try:
-        while not server.stop.is_set():
+        while True:
             try:
-                msg = _read_line(reader)
+                msg = session.read()
                 if msg is None:
                     return
                 if udp is None:
                     port, token = parse_setup(msg)
-                    udp = socket.socket(sock.family, socket.SOCK_DGRAM)
-                    udp.connect((client, port))
-                    sender = train.TrainSender(udp.fileno(), token)
+                    udp = socket.socket(session.sock.family, socket.SOCK_DGRAM)
+                    udp.connect((session.sock.getpeername()[0], port))
+                    trains = Trains(train, udp, token)
                     max_size = min(path_max_size(udp), train.MAX_SIZE)
-                    serve.send_json(sock, {"ok": True, "max_size": max_size})
+                    session.send({"ok": True, "max_size": max_size})
                     continue
-                plan = parse_plan(msg, max_size, server.max_rate)
-            except (BadMessage, ValueError, UnicodeDecodeError) as exc:
+                plan = parse_plan(msg, max_size, session.limits.max_rate)
+            except LineTooLong:
+                raise                     # the framer cannot resync: the server refuses and closes
+            except (BadMessage, ValueError) as exc:
                 counters["malformed"] += 1
                 bad += 1
-                serve.send_json(sock, {"error": str(exc)})
                 if bad >= MAX_BAD:
                     log.info("capacity session from %s: %d bad messages, closed", client, bad)
-                    return
+                    raise SessionEnd(f"{exc}; {bad} bad control messages: closed") from None
+                session.send({"error": str(exc)})
                 continue
-            sent = np.zeros((len(plan), train.SENT_NCOLS), dtype=np.int64)
-            try:
-                got, error = sender.send(plan, sent), 0
-            except OSError as exc:               # a send failed; what went is exc.result
-                got, error = exc.result, exc.errno
-            counters["trains"] += got.trains
-            counters["bytes"] += got.bytes
-            serve.send_json(sock, {"sent": sent[:got.trains].tolist(), "error": error})
-    except TimeoutError:
-        log.debug("capacity session from %s: idle, closed", client)
+            want = int(train_bytes(plan).sum()) * 8e9 / plan_span_ns(plan)
+            rates.release(client, reserved)
+            reserved = rates.reserve(client, want, partial=MIN_SHARE)
+            if not reserved:
+                session.send({"error": rates.why_refused(client)})
+                continue
+            sent, got = trains.send(plan, reserved, session)
+            counters["trains"] += got["trains"]
+            counters["bytes"] += got["bytes"]
+            session.progress()
+            session.send({"sent": sent.tolist(), "error": got["error"]})
+            session.check()
     finally:
-        reader.close()
+        rates.release(client, reserved)
         if udp is not None:
             udp.close()
-
-
-serve.RESPONDERS["capacity"] = respond

@@ -20,8 +20,9 @@ import zipfile
 
 import numpy as np
 
-from netprobe import serve
 from netprobe.errors import PeerError, ProbeError, load_extension
+from netprobe.peer.client import PeerLink, connect
+from netprobe.peer.protocol import clean_text
 from netprobe.probes.base import ProbeRunner
 from netprobe.probes.capacity import analysis
 from netprobe.probes.capacity.analysis import PHASE1, PHASE2, PRELIM
@@ -42,6 +43,7 @@ PRIMERS = 2                         # max-size packets leading every train (see 
 REQUEST_NS = 500_000_000            # one plan message spans about this long (stop flag checks)
 STABLE_MOVE, STABLE_CI = 0.01, 0.05
 STARTUP_GRACE = 3.0                 # s an unreachable peer is retried at start-up before it is an error
+REPLY_LINE = 1 << 24                # bytes in one reply line of the peer
 
 
 class Session:
@@ -50,37 +52,30 @@ class Session:
     def __init__(self, cfg, token=None):
         self.train = load_extension("_train")
         self.token = secrets.randbits(32) if token is None else token
-        self.ctl = serve.connect(cfg.peer, "capacity", key=cfg.key.encode(), timeout=cfg.connect_timeout)
+        self.ctl = connect(cfg.peer, "capacity", key=cfg.key.encode(), timeout=cfg.connect_timeout,
+                           line_max=REPLY_LINE)
+        self.timeout = cfg.connect_timeout
         try:
-            self.ctl.settimeout(cfg.connect_timeout)
-            self.reader = self.ctl.makefile("rb")
             self.udp = socket.socket(self.ctl.family, socket.SOCK_DGRAM)
-            self.udp.bind((self.ctl.getsockname()[0], 0))
+            self.udp.bind((self.ctl.sock.getsockname()[0], 0))
             self.receiver = self.train.TrainReceiver(self.udp.fileno(), self.token)
             t0 = time.monotonic()
             reply = self._call({"udp_port": self.udp.getsockname()[1], "token": self.token})
             self.rtt = time.monotonic() - t0     # control round trip (s), loco's %lt
-            if reply.get("ok") is not True or not isinstance(reply.get("max_size"), int):
-                raise PeerError(f"peer {cfg.peer}: capacity setup refused: {reply.get('error', reply)}")
+            max_size = reply.get("max_size")
+            if reply.get("ok") is not True or isinstance(max_size, bool) or not isinstance(max_size, int) \
+                    or not 0 < max_size <= self.train.MAX_SIZE:
+                raise PeerError(f"peer {cfg.peer}: capacity setup refused: {clean_text(reply.get('error', reply))}")
         except BaseException:
             self.close()
             raise
-        self.peer_max_size = reply["max_size"]
+        self.peer_max_size = max_size
         self.ip_udp = analysis.IP6_UDP if self.ctl.family == socket.AF_INET6 and \
-            not self.ctl.getpeername()[0].startswith("::ffff:") else analysis.IP4_UDP
+            not self.ctl.sock.getpeername()[0].startswith("::ffff:") else analysis.IP4_UDP
 
     def _call(self, msg):
-        serve.send_json(self.ctl, msg)
-        line = self.reader.readline(1 << 24)
-        if not line:
-            raise PeerError("the peer closed the capacity session")
-        try:
-            reply = json.loads(line)
-        except ValueError:
-            raise PeerError("malformed reply from the peer") from None
-        if not isinstance(reply, dict):
-            raise PeerError("malformed reply from the peer")
-        return reply
+        self.ctl.send(msg)
+        return self.ctl.recv(self.timeout)
 
     def request(self, plan):
         """Have the peer send `plan` (int64 rows: train, count, size, primers, primer_size, gap_ns);
@@ -89,7 +84,7 @@ class Session:
         expected = int(plan[:, 1].sum())
         rows = np.empty((expected, len(self.train.RX_COLUMNS)), dtype=np.int64)
         span = int(plan[:, 5].sum())
-        serve.send_json(self.ctl, {"plan": plan.tolist()})
+        self.ctl.send({"plan": plan.tolist()})
         idle, limit = 300_000_000 + int(plan[:, 5].max()), 2 * span + 2_000_000_000
         n = 0
         while True:
@@ -100,35 +95,28 @@ class Session:
             n += got.rows
             if not got.interrupted or n >= expected:      # a signal (SIGUSR1 progress) resumes
                 break
-        try:
-            reply = self._reply()
-        except (OSError, ValueError) as exc:
-            raise PeerError(f"capacity session: {exc}") from None
+        reply = self.ctl.recv(self.timeout + limit / 1e9)
         if "error" in reply and "sent" not in reply:
-            raise PeerError(f"peer refused the plan: {reply['error']}")
+            raise PeerError(f"peer refused the plan: {clean_text(reply['error'])}")
         try:
             sent = np.asarray(reply["sent"], dtype=np.int64).reshape(-1, len(self.train.SENT_COLUMNS))
         except (KeyError, ValueError, TypeError, OverflowError):
             raise PeerError("malformed reply from the peer") from None
-        if reply.get("error"):
-            raise PeerError(f"the peer could not send: errno {reply['error']}")
+        if len(sent) > len(plan) or np.any(sent < 0) or np.any(sent[:, 2] > plan[:len(sent), 1]):
+            raise PeerError("the peer's sent rows are out of range")
+        err = reply.get("error")
+        if isinstance(err, bool) or not isinstance(err, int) or not 0 <= err < 4096:
+            raise PeerError("malformed reply from the peer")
+        if err:
+            raise PeerError(f"the peer could not send: errno {err}")
         return rows[:n], sent
-
-    def _reply(self):
-        line = self.reader.readline(1 << 24)
-        if not line:
-            raise ValueError("the peer closed the session")
-        reply = json.loads(line)
-        if not isinstance(reply, dict):
-            raise ValueError("malformed reply")
-        return reply
 
     def counters(self):
         r = self.receiver
         return {"malformed": r.malformed + r.truncated, "foreign": r.foreign, "user_ts": r.user_ts}
 
     def close(self):
-        for name in ("reader", "udp", "ctl"):
+        for name in ("udp", "ctl"):
             obj = getattr(self, name, None)
             if obj is not None:
                 obj.close()
@@ -382,19 +370,15 @@ class Runner(ProbeRunner):
 
     def _estimate(self, stop, first):
         t0 = time.monotonic()
-        while True:
-            try:
-                session = Session(self.cfg)
-                break
-            except PeerError as exc:
-                # a peer started beside us (the same daemon's [serve]) may take a moment to listen
-                if first and exc.unreachable and time.monotonic() - t0 < STARTUP_GRACE and not stop.is_set():
-                    stop.wait(0.2)
-                    continue
-                if not self.cfg.every:
-                    raise
-                self._error(exc)
-                return None, 0
+        if first:     # a peer started beside us (the same daemon's [serve]) may take a moment to listen
+            self.link = PeerLink(self, lambda: Session(self.cfg), grace=STARTUP_GRACE)
+        try:
+            session = self.link.connect(stop)
+        except PeerError as exc:
+            if not self.cfg.every:
+                raise
+            self._error(exc)
+            return None, 0
         try:
             run = Run(session, self.cfg, stop)
             est = run.execute()

@@ -1,71 +1,20 @@
 """The oneway probe's control connection (see PROTOCOL.md beside this file).
 
-One TCP connection per session, opened with serve.py's handshake (access
-list, optional shared-key challenge). After "ok" both ends exchange JSON
-lines of at most MAX_LINE bytes; the probes themselves travel as UDP
-datagrams in wire format v2 (pyx/includes/wire.pxd).
+One TCP connection per session, opened with the peer handshake
+(netprobe.peer.protocol: access list, optional shared-key challenge). After
+"ok" both ends exchange JSON lines of at most MAX_LINE bytes; the probes
+themselves travel as UDP datagrams in wire format v2 (pyx/includes/wire.pxd).
 """
-import hashlib
-import hmac
-import json
+from netprobe import sysinfo
 
 MAX_LINE = 4 << 20           # a results line for 5000 ports with histograms stays far below
-KEY_LABEL = b"netprobe oneway v2 session key:"
+CLIENT_LINE = 4096           # the client's lines: {"close": I, "bye": true}
+OPEN_INTERVALS = 4           # intervals the receiver keeps per port (NSLOTS): only these can hold data
 
 
-def session_key(shared, session_hex):
-    """The UDP tag key of a session: HMAC-SHA256(shared key, label + session id).
-
-    Both ends derive it, so the shared key itself never travels and each
-    session's tags differ."""
-    return hmac.new(shared, KEY_LABEL + session_hex.encode(), hashlib.sha256).digest()
-
-
-def send_line(sock, obj):
-    """One JSON line; waits at most 2 s for buffer space, then the socket is non-blocking again."""
-    data = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
-    sock.settimeout(2.0)
-    try:
-        sock.sendall(data)
-    finally:
-        sock.setblocking(False)
-
-
-class LineReader:
-    """Non-blocking reader of JSON lines; `closed` once the peer closed or sent garbage."""
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.pending = b""
-        self.closed = False
-        self.error = ""
-
-    def read(self):
-        """Every complete line available now, parsed (dicts only)."""
-        out = []
-        while not self.closed:
-            try:
-                chunk = self.sock.recv(1 << 16)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as exc:
-                self.closed, self.error = True, f"control connection failed: {exc.strerror or exc}"
-                break
-            if not chunk:
-                self.closed, self.error = True, "control connection closed by the peer"
-                break
-            self.pending += chunk
-            if len(self.pending) > MAX_LINE:
-                self.closed, self.error = True, "control line too long"
-                break
-        *lines, self.pending = self.pending.split(b"\n")
-        for line in lines:
-            try:
-                obj = json.loads(line)
-            except (ValueError, UnicodeDecodeError):
-                obj = None
-            if not isinstance(obj, dict):
-                self.closed, self.error = True, "malformed control line"
-                break
-            out.append(obj)
-        return out
+def clock_state():
+    """This host's clock as both ends report it: synced, maxerror_us (None if unknown)."""
+    got, _ = sysinfo.clock_sync()
+    if got is None:
+        return {"synced": False, "maxerror_us": None}
+    return {"synced": bool(got["synced"]), "maxerror_us": int(got["maxerror_us"])}

@@ -1,9 +1,10 @@
 """Peer side of the oneway probe, run inside `netprobe serve`: the receiver.
 
-The client's hello (after serve.py's access list and key challenge) names
-the session; this end opens a UDP socket for it, registers the session in a
-netprobe._udpio.UdpProbeReceiver and answers with the UDP port and how probes are authenticated ("auth": "shared"
-key, "session" key from the hello, or "none"). Then:
+The client's hello (after the peer handshake: access list, key challenge)
+names the session; this end opens a UDP socket for it on a port from
+[serve] udp_ports, registers the session in a netprobe._udpio.UdpProbeReceiver
+and answers with the UDP port and how probes are authenticated ("auth":
+"shared" key, "session" key from the hello, or "none"). Then:
 
   client -> {"close": I}       interval I ended at the sender (sent after its control records)
   client -> {"bye": true}      the sender stopped: close what is pending, then the session ends
@@ -11,18 +12,22 @@ key, "session" key from the hello, or "none"). Then:
                                interval records (close_through) once `grace` has passed after
                                the close, the receiver's counters and this host's clock state
 
-Memory is what add_session allocates (fixed per port); nothing grows with
-uptime. A session ends when the control connection closes.
+Only OPEN_INTERVALS intervals past the last closed one can hold data, so a
+close beyond them ends the session; nports x OPEN_INTERVALS is bounded by
+max_port_intervals, which bounds every results line. Memory is what
+add_session allocates (fixed per port); nothing grows with uptime.
 """
 import logging
 import re
+import secrets
 import socket
 import time
 
-from netprobe import serve, sysinfo
 from netprobe.errors import load_extension
+from netprobe.peer.protocol import session_key
+from netprobe.peer.server import SessionEnd
 from netprobe.probes.oneway.config import MAX_PORTS
-from netprobe.probes.oneway.protocol import LineReader, send_line, session_key
+from netprobe.probes.oneway.protocol import CLIENT_LINE, OPEN_INTERVALS, clock_state
 
 log = logging.getLogger("netprobe.serve.oneway")
 
@@ -30,14 +35,7 @@ CHUNK_NS = 50_000_000         # the receive loop returns to Python this often
 SESSION_RE = re.compile(r"[0-9a-f]{16}")
 RCVBUF = 4 << 20
 SO_RCVBUFFORCE = 33          # <asm-generic/socket.h>; the socket module lacks it
-
-
-def clock_state():
-    """This host's clock as both ends report it: synced, maxerror_us (None if unknown)."""
-    got, _ = sysinfo.clock_sync()
-    if got is None:
-        return {"synced": False, "maxerror_us": None}
-    return {"synced": bool(got["synced"]), "maxerror_us": int(got["maxerror_us"])}
+PORT_TRIES = 32              # random ports tried from udp_ports before giving up
 
 
 def _int_field(hello, name, lo, hi, default=None):
@@ -47,77 +45,113 @@ def _int_field(hello, name, lo, hi, default=None):
     return v
 
 
-def respond(sock, hello, server):
+def _ports_text(ranges):
+    return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges)
+
+
+def _bind(udp, host, udp_port, ranges):
+    """Bind to `udp_port`, or with 0 to a random free port of `ranges`; the error text otherwise."""
+    if udp_port:
+        if not any(a <= udp_port <= b for a, b in ranges):
+            return f"udp_port {udp_port} is outside udp_ports={_ports_text(ranges)}"
+        candidates = [udp_port]
+    else:
+        sizes = [b - a + 1 for a, b in ranges]
+        candidates = []
+        for _ in range(PORT_TRIES):
+            k = secrets.randbelow(sum(sizes))
+            for (a, _b), n in zip(ranges, sizes, strict=True):
+                if k < n:
+                    candidates.append(a + k)
+                    break
+                k -= n
+    err = None
+    for port in candidates:
+        try:
+            udp.bind((host, port))
+            return None
+        except OSError as exc:
+            err = exc
+    return f"cannot receive on UDP port {udp_port or _ports_text(ranges)}: {err.strerror}"
+
+
+def respond(session):
+    hello, lim = session.hello, session.limits
     sid = hello.get("session")
     if not isinstance(sid, str) or not SESSION_RE.fullmatch(sid):
-        return serve.refuse(sock, "session must be 16 lowercase hex digits")
+        return session.refuse("session must be 16 lowercase hex digits")
     try:
         nports = _int_field(hello, "nports", 1, MAX_PORTS)
         udp_port = _int_field(hello, "udp_port", 0, 65535, 0)
         grace_ns = _int_field(hello, "grace_ns", 10_000_000, 10_000_000_000, 500_000_000)
     except ValueError as exc:
-        return serve.refuse(sock, str(exc))
+        return session.refuse(str(exc))
+    if nports * OPEN_INTERVALS > lim.max_port_intervals:
+        return session.refuse(f"nports {nports} x {OPEN_INTERVALS} open intervals exceeds "
+                              f"max_port_intervals={lim.max_port_intervals}")
     udp_key = hello.get("udp_key", "")
-    mode = "shared" if server.key else "session" if udp_key else "none"
-    if server.key:
-        key = session_key(server.key, sid)
+    server_key = session.server.key
+    mode = "shared" if server_key else "session" if udp_key else "none"
+    if server_key:
+        key = session_key(server_key, sid)
     elif udp_key:
         if not isinstance(udp_key, str) or not re.fullmatch(r"[0-9a-f]{64}", udp_key):
-            return serve.refuse(sock, "udp_key must be 64 hex digits")
+            return session.refuse("udp_key must be 64 hex digits")
         key = bytes.fromhex(udp_key)
     else:
         key = b""
+    sock = session.sock
     udp = socket.socket(sock.family, socket.SOCK_DGRAM)
     try:
         try:                     # a deep buffer rides out scheduling stalls; beyond rmem_max with CAP_NET_ADMIN
             udp.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
         except PermissionError:
             udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        udp.bind((sock.getsockname()[0], udp_port))
-    except OSError as exc:
-        udp.close()
-        return serve.refuse(sock, f"cannot receive on UDP port {udp_port}: {exc.strerror}")
-    try:
-        _serve_session(sock, udp, server, sid, nports, grace_ns, key, mode)
+        why = _bind(udp, sock.getsockname()[0], udp_port, lim.udp_ports)
+        if why:
+            return session.refuse(why)
+        _serve_session(session, udp, sid, nports, grace_ns, key, mode)
     finally:
         udp.close()
 
 
-def _serve_session(sock, udp, server, sid, nports, grace_ns, key, mode):
+def _serve_session(session, udp, sid, nports, grace_ns, key, mode):
     rx = load_extension("_udpio").UdpProbeReceiver(udp.fileno(), max_sessions=1)
-    session = int(sid, 16)
-    rx.add_session(session, nports, key)
-    serve.reply_ok(sock)
-    sock.setblocking(False)
-    send_line(sock, {"udp_port": udp.getsockname()[1], "clock": clock_state(), "auth": mode,
-                     "tx_follow_up": True})
-    reader = LineReader(sock)
+    sess_id = int(sid, 16)
+    rx.add_session(sess_id, nports, key)
+    session.ok()
+    session.set_line_limit(CLIENT_LINE)
+    session.send({"udp_port": udp.getsockname()[1], "clock": clock_state(), "auth": mode, "tx_follow_up": True})
     pending = []                 # (due monotonic ns, interval id)
+    closed_to = -1               # the highest interval a close was accepted for
+    packets = 0
     bye = False
     log.info("session %s: %d ports on UDP %d", sid[:8], nports, udp.getsockname()[1])
-    while not server.stop.is_set():
+    while True:
         rx.run(CHUNK_NS)
-        for msg in reader.read():
+        got = rx.session_counters(sess_id)["packets"]
+        if got != packets:
+            packets = got
+            session.progress()
+        msgs, eof = session.poll()
+        for msg in msgs:
             if msg.get("bye") is True:
                 bye = True
             close = msg.get("close")
-            if isinstance(close, int) and not isinstance(close, bool) and 0 <= close < 1 << 32:
+            if isinstance(close, int) and not isinstance(close, bool) and close > closed_to:
+                if close > closed_to + OPEN_INTERVALS:
+                    raise SessionEnd(f"close {close}: only {OPEN_INTERVALS} intervals past the last closed "
+                                     f"({closed_to}) can hold data (max_port_intervals="
+                                     f"{session.limits.max_port_intervals})")
+                closed_to = close
                 pending.append((time.monotonic_ns() + grace_ns, close))
         now = time.monotonic_ns()
         due = [i for t, i in pending if t <= now]
         if due:
             pending = [(t, i) for t, i in pending if t > now]
-            try:
-                results = rx.close_through(session, max(due))
-            except ValueError as exc:            # a close far beyond the open intervals
-                log.info("session %s: %s; closed", sid[:8], exc)
-                break
-            counters = {**rx.counters, **rx.session_counters(session)}
-            send_line(sock, {"results": results, "counters": counters, "clock": clock_state()})
-        if reader.closed or (bye and not pending):
-            if reader.error and not bye:
-                log.debug("session %s: %s", sid[:8], reader.error)
-            break
-
-
-serve.RESPONDERS["oneway"] = respond
+            results = rx.close_through(sess_id, max(due))
+            counters = {**rx.counters, **rx.session_counters(sess_id)}
+            session.send({"results": results, "counters": counters, "clock": clock_state()})
+        if eof or (bye and not pending):
+            return
+        session.check()

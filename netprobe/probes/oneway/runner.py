@@ -9,8 +9,8 @@ the authoritative "expected" of the loss accounting (analysis.py). A lost
 control connection is a BREACH metric=connection; we reconnect with backoff.
 """
 import ipaddress
-import json
 import logging
+import math
 import os
 import queue
 import secrets
@@ -20,14 +20,14 @@ import time
 
 import numpy as np
 
-from netprobe import serve
 from netprobe.errors import PeerError, ProbeError, load_extension
+from netprobe.peer.client import PeerLink, connect, renew_at
+from netprobe.peer.protocol import clean_text, session_key
 from netprobe.probes.base import ProbeRunner
 from netprobe.probes.oneway import analysis, pathwatch
 from netprobe.probes.oneway.config import ports_for_ecmp
-from netprobe.probes.oneway.protocol import LineReader, send_line, session_key
-from netprobe.probes.oneway.responder import clock_state
-from netprobe.results import BREACH, CLEAR, Record, percent, seconds
+from netprobe.probes.oneway.protocol import MAX_LINE, clock_state
+from netprobe.results import percent, seconds
 from netprobe.stats.buckets import hist_field, parse_bounds
 
 log = logging.getLogger("netprobe.probes.oneway")
@@ -35,10 +35,11 @@ log = logging.getLogger("netprobe.probes.oneway")
 CHUNK = 0.1                    # s: the sender returns to Python this often
 LATE_SAMPLES = 200_000         # send-time errors kept per interval (memory bound)
 RESULT_WAIT = 2.0              # s beyond grace to wait at stop for the last interval's records
-BACKOFF_FIRST, BACKOFF_MAX = 0.5, 5.0
-STARTUP_GRACE = 1.5            # s a peer started beside us may take to listen
 SNDBUF = 1 << 20
 PEER_COUNTERS = ("late_closed", "malformed", "unauthenticated", "unknown_session", "overrun")
+U63 = 1 << 63
+PORT_INTS = ("received", "dup", "reordered", "stale", "n", "n_tx")
+PORT_SEQS = ("base", "max_seq", "ctl_count", "ctl_next", "piggy_count", "next_base")
 
 
 class Session:
@@ -59,24 +60,21 @@ class Session:
         elif cfg.auth:
             udp_key = os.urandom(32)
             fields["udp_key"] = udp_key.hex()
-        self.ctl = serve.connect(cfg.peer, "oneway", key=key, timeout=cfg.connect_timeout, **fields)
+        self.ctl = connect(cfg.peer, "oneway", key=key, timeout=cfg.connect_timeout, line_max=MAX_LINE, **fields)
+        self.renew_at = renew_at(self.ctl, time.monotonic())
         self.socks = []
         try:
-            self.ctl.settimeout(cfg.connect_timeout)
-            try:
-                first = json.loads(serve.read_line(self.ctl))
-            except (OSError, ValueError, UnicodeDecodeError) as exc:
-                raise PeerError(f"peer {cfg.peer}: no answer after the handshake: {exc}") from None
-            if not isinstance(first, dict) or not isinstance(first.get("udp_port"), int):
-                raise PeerError(f"peer {cfg.peer}: no UDP port in its answer")
+            first = self.ctl.recv(cfg.connect_timeout)
+            udp_port = first.get("udp_port")
+            if isinstance(udp_port, bool) or not isinstance(udp_port, int) or not 1 <= udp_port <= 65535:
+                raise PeerError(f"peer {cfg.peer}: no valid UDP port (1-65535) in its answer")
             want = "shared" if key else "session" if cfg.auth else "none"
             if first.get("auth") != want:        # e.g. our key, but the peer has none: every probe would be refused
-                raise PeerError(f"peer {cfg.peer} authenticates probes by {first.get('auth')!r} key, this probe by "
-                                f"{want!r}: configure the same shared key on both ends")
-            self.peer_clock = first.get("clock") or {}
-            self.ctl.setblocking(False)
-            self.reader = LineReader(self.ctl)
-            dst = (self.ctl.getpeername()[0], first["udp_port"])
+                raise PeerError(f"peer {cfg.peer} authenticates probes by {clean(first.get('auth'))} key, this "
+                                f"probe by {want!r}: configure the same shared key on both ends")
+            self.peer_clock = valid_clock(first.get("clock"))
+            self.ctl.sock.setblocking(False)
+            dst = (self.ctl.sock.getpeername()[0], udp_port)
             self.dst, self.watch = dst, None
             raw = None
             if cfg.next_hops:
@@ -156,6 +154,53 @@ class Session:
             self.ctl.close()
 
 
+def clean(value):
+    return repr(clean_text(value, 40)) if isinstance(value, str) else clean_text(value, 40)
+
+
+def valid_clock(clock):
+    """The peer's clock state with its fields range-checked: synced (bool), maxerror_us (0..2^32 or None)."""
+    if not isinstance(clock, dict):
+        return {}
+    err = clock.get("maxerror_us")
+    ok = isinstance(err, int) and not isinstance(err, bool) and 0 <= err < 1 << 32
+    return {"synced": clock.get("synced") is True, "maxerror_us": err if ok else None}
+
+
+def valid_record(rec, nports):
+    """A peer's interval record with every field present and range-checked; ValueError naming
+    the first bad one."""
+    def whole(v, lo, hi, what):
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v < hi:
+            raise ValueError(f"{what} missing or out of range")
+        return v
+
+    def histogram(hist):
+        if not isinstance(hist, list) or len(hist) > 1 << 16 or not all(
+                isinstance(b, list) and len(b) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                            and 0 <= x < U63 for x in b) for b in hist):
+            raise ValueError("histogram missing or out of range")
+    if not isinstance(rec, dict) or not isinstance(rec.get("ports"), list) or len(rec["ports"]) != nports:
+        raise ValueError(f"not an interval record of {nports} ports")
+    whole(rec.get("interval"), 0, 1 << 32, "interval")
+    histogram(rec.get("hist"))
+    for i, p in enumerate(rec["ports"]):
+        if not isinstance(p, dict) or p.get("port") != i or isinstance(p.get("port"), bool):
+            raise ValueError(f"port record {i} missing or out of order")
+        for k in PORT_INTS:
+            whole(p.get(k), 0, U63, k)
+        for k in PORT_SEQS:
+            whole(p.get(k), -1, U63, k)
+        for k in ("min", "max"):
+            whole(p.get(k), -U63, U63, k)
+        for k in ("sum", "sumsq"):
+            v = p.get(k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or abs(v) > 1e300:
+                raise ValueError(f"{k} missing or out of range")
+        histogram(p.get("hist"))
+    return rec
+
+
 def _err_us(clock):
     err = clock.get("maxerror_us")
     return min(int(err), 0xFFFFFFFF) if isinstance(err, int) and err >= 0 else 0xFFFFFFFF
@@ -169,52 +214,27 @@ class Runner(ProbeRunner):
     def __init__(self, cfg, emit):
         super().__init__(cfg, emit)
         self.udpio = load_extension("_udpio")
-        self.down_since = None
         self.late = np.empty(LATE_SAMPLES, dtype=np.int64)
 
     def run(self, stop):
-        self.started = time.monotonic()
-        backoff = BACKOFF_FIRST
+        link = PeerLink(self, lambda: Session(self.cfg, self.udpio))
         while not stop.is_set():
-            sess = self._connect()
+            sess = link.open(stop)
             if sess is None:
-                stop.wait(0.1 if self.down_since is None else backoff)
-                if self.down_since is not None:
-                    backoff = min(backoff * 2, BACKOFF_MAX)
+                link.wait(stop)
                 continue
-            backoff = BACKOFF_FIRST
+            log.info("%s: session %s with %s, %d source ports", self.cfg.name, sess.sid, self.cfg.peer,
+                     len(sess.port_numbers))
             try:
-                self._session(sess, stop)
+                reason = self._session(sess, stop)
             finally:
                 sess.close()
-
-    def _connect(self):
-        try:
-            sess = Session(self.cfg, self.udpio)
-        except PeerError as exc:
-            if self.down_since is None and exc.unreachable and time.monotonic() - self.started < STARTUP_GRACE:
-                return None
-            self._lost(str(exc))
-            return None
-        if self.down_since is not None:
-            self.emit(self._connection(CLEAR, "connected", f"after {time.monotonic() - self.down_since:.1f}s"))
-            self.down_since = None
-        log.info("%s: session %s with %s, %d source ports", self.cfg.name, sess.sid, self.cfg.peer,
-                 len(sess.port_numbers))
-        return sess
-
-    def _lost(self, reason):
-        if self.down_since is None:
-            self.down_since = time.monotonic()
-            self.emit(self._connection(BREACH, "lost", reason))
-            log.warning("%s: %s", self.cfg.name, reason)
-
-    def _connection(self, kind, state, detail):
-        return Record(kind, self.kind, self.cfg.name,
-                      {"metric": "connection", "state": state, "peer": self.cfg.peer, "detail": detail})
+            if reason:
+                link.lost(reason)
 
     def _session(self, sess, stop):
-        """Run one session until `stop` or until the control connection fails.
+        """Run one session until `stop`, until the control connection fails (returns why), or
+        until it is due for renewal before the peer's max_session_length (ends it like a stop).
 
         The sender runs on its own thread (its chunks release the GIL), so the
         Python work here (reading and judging results) does not delay probes."""
@@ -231,9 +251,12 @@ class Runner(ProbeRunner):
             while not stop.is_set() and t.is_alive():
                 self._take(rolled, sent_by_interval)
                 self._read_results(sess, sent_by_interval, judge=True)
-                if sess.reader.closed:
-                    self._lost(sess.reader.error)
-                    return
+                if sess.ctl.closed:
+                    return sess.ctl.error
+                if sess.renew_at is not None and time.monotonic() >= sess.renew_at:
+                    log.info("%s: renewing session %s before the peer's max_session_length", self.cfg.name,
+                             sess.sid)
+                    break
                 stop.wait(0.02)
         finally:
             sender_stop.set()
@@ -241,10 +264,10 @@ class Runner(ProbeRunner):
             if sess.watch:
                 sess.watch.stop()
         if failed:
-            self._lost(failed[0])
-            return
+            return failed[0]
         self._take(rolled, sent_by_interval)
         self._drain(sess, sent_by_interval)
+        return None
 
     @staticmethod
     def _take(rolled, sent_by_interval):
@@ -282,7 +305,7 @@ class Runner(ProbeRunner):
             errors_before = sender.send_errors
             sender.set_clock(_err_us(clock), not clock["synced"])
             try:
-                send_line(sess.ctl, {"close": iid, **({"bye": True} if stopping else {})})
+                sess.ctl.send({"close": iid, **({"bye": True} if stopping else {})})
             except OSError as exc:
                 failed.append(f"control connection failed: {exc.strerror or exc}")
                 return
@@ -295,29 +318,29 @@ class Runner(ProbeRunner):
     def _drain(self, sess, sent_by_interval):
         """At stop: wait for the records of every interval still open at the peer."""
         end = time.monotonic() + self.cfg.grace + RESULT_WAIT
-        while sent_by_interval and time.monotonic() < end and not sess.reader.closed:
+        while sent_by_interval and time.monotonic() < end and not sess.ctl.closed:
             time.sleep(0.02)
             self._read_results(sess, sent_by_interval, judge=False)
 
     def _read_results(self, sess, sent_by_interval, judge):
-        for msg in sess.reader.read():
+        for msg in sess.ctl.poll():
             results = msg.get("results")
             if not isinstance(results, list):
                 continue
-            peer_clock = msg.get("clock") or {}
+            peer_clock = valid_clock(msg.get("clock"))
             totals = msg.get("counters") if isinstance(msg.get("counters"), dict) else {}
             # the peer's counters are totals since the session began: report what is new since its last message
             counters = {k: v - sess.peer_totals.get(k, 0) for k, v in totals.items()
-                        if k in PEER_COUNTERS and isinstance(v, int)}
+                        if k in PEER_COUNTERS and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < U63}
             sess.peer_totals.update({k: totals[k] for k in counters})
             for n, rec in enumerate(results):
                 if n:
                     counters = {}                 # several intervals in one message: the news goes to the first
                 try:
-                    iid = int(rec["interval"])
+                    iid = valid_record(rec, len(sess.port_numbers))["interval"]
                     counts, stats, clock = sent_by_interval.pop(iid)
                     summary = analysis.summarize(rec, counts)
-                except (KeyError, TypeError, ValueError) as exc:
+                except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:
                     log.warning("%s: unusable interval record from the peer: %s", self.cfg.name, exc)
                     continue
                 # the final record of a stop is reported, not judged (a partial interval)

@@ -10,21 +10,28 @@ has its own congestion state and its own TCP_INFO:
   "down" peer -> client: payload paced here at the rate the client asked for.
 
 The up connection is opened first with {"role": "up", "session": ID,
-"rate_down": bit/s, "sample_ns": N}; the down one follows with {"role":
-"down", "session": ID}. The session ends when either connection ends.
+"rate_down": bit/s, "sample_ns": N}; its ok carries a "ticket" (a server
+nonce). The down one follows with {"role": "down", "session": ID, "ticket":
+T} from the same client address: a session id alone joins nothing. The
+rate_down is reserved from [serve] max_rate and max_rate_per_address for the
+session's life, and what the down leg sends is held to it. The session ends
+when either connection ends or a limit (idle_timeout, max_session_length) is
+reached.
 """
-import json
+import hmac
 import logging
 import re
+import secrets
 import threading
 import time
 
 import numpy as np
 
-from netprobe import serve
 from netprobe.errors import PeerError, load_extension
+from netprobe.peer.client import SEND_TIMEOUT
+from netprobe.peer.server import TokenBucket
 from netprobe.probes.throughput.config import MAX_RATE
-from netprobe.probes.throughput.runner import set_congestion
+from netprobe.probes.throughput.protocol import set_congestion
 from netprobe.probes.throughput.samples import NCOLS
 
 log = logging.getLogger("netprobe.serve.throughput")
@@ -32,109 +39,128 @@ log = logging.getLogger("netprobe.serve.throughput")
 CHUNK_NS = 100_000_000       # the loops return to Python this often to see stop flags
 PAIR_TIMEOUT = 5.0           # an up connection whose down one never comes is dropped
 SESSION_RE = re.compile(r"[0-9a-f]{16,64}")
+TICKET_RE = re.compile(r"[0-9a-f]{32}")
 
 
-class Session:
-    def __init__(self, sid, up, rate_down, sample_ns):
+class Pair:
+    """The two connections of one session: the up leg's state the down leg joins."""
+
+    def __init__(self, sid, up, address, rate_down, sample_ns):
         self.sid = sid
         self.up = up
+        self.address = address
         self.rate_down = rate_down
         self.sample_ns = sample_ns
+        self.ticket = secrets.token_hex(16)
         self.has_down = False
         self.closed = threading.Event()
         self._send_lock = threading.Lock()
 
     def report(self, rows, counters):
-        line = json.dumps({"rows": rows.tolist(), "sender": counters}, separators=(",", ":")) + "\n"
         with self._send_lock:
-            self.up.sendall(line.encode())
+            self.up.send({"rows": rows.tolist(), "sender": counters})
 
 
-def respond(sock, hello, server):
-    sessions = server.state.setdefault("throughput", {})
+def respond(session):
+    pairs = session.state.setdefault("throughput", {})
+    hello = session.hello
     role = hello.get("role")
     sid = hello.get("session")
     if not isinstance(sid, str) or not SESSION_RE.fullmatch(sid):
-        return serve.refuse(sock, "session must be 16-64 lowercase hex digits")
+        return session.refuse("session must be 16-64 lowercase hex digits")
     if role == "up":
-        return _serve_up(sock, hello, server, sessions, sid)
+        return _serve_up(session, pairs, sid)
     if role == "down":
-        return _serve_down(sock, hello, server, sessions, sid)
-    return serve.refuse(sock, 'role must be "up" or "down"')
+        return _serve_down(session, pairs, sid)
+    return session.refuse('role must be "up" or "down"')
 
 
-def _serve_up(sock, hello, server, sessions, sid):
+def _serve_up(session, pairs, sid):
+    hello = session.hello
     rate = hello.get("rate_down")
     sample_ns = hello.get("sample_ns", 100_000_000)
     if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= MAX_RATE:
-        return serve.refuse(sock, f"rate_down must be 0 to {MAX_RATE:.0f} bit/s")
+        return session.refuse(f"rate_down must be 0 to {MAX_RATE:.0f} bit/s")
     if isinstance(sample_ns, bool) or not isinstance(sample_ns, int) or not 10**7 <= sample_ns <= 10**10:
-        return serve.refuse(sock, "sample_ns must be 10 ms to 10 s in ns")
-    if sid in sessions:
-        return serve.refuse(sock, "session already open")
-    if not server.reserve_rate(rate):
-        return serve.refuse(sock, f"this peer's send budget (max_rate {server.max_rate / 1e9:g} Gbit/s) "
-                                  "is taken by other sessions")
-    session = sessions[sid] = Session(sid, sock, float(rate), sample_ns)
+        return session.refuse("sample_ns must be 10 ms to 10 s in ns")
+    if sid in pairs:
+        return session.refuse("session already open")
+    rates = session.server.rates
+    if rate and not rates.reserve(session.address, rate):
+        return session.refuse(rates.why_refused(session.address))
+    pair = pairs[sid] = Pair(sid, session, session.address, float(rate), sample_ns)
     try:
-        serve.reply_ok(sock)
-        sock.settimeout(2.0)                    # bounds how long a report may block
-        drain = load_extension("_pacer").TcpDrain(sock.fileno())
+        session.ok(ticket=pair.ticket)
+        session.sock.settimeout(SEND_TIMEOUT)   # bounds a report; set once: the drain loop shares the fd
+        drain = load_extension("_pacer").TcpDrain(session.sock.fileno())
         rows = np.empty((64, NCOLS), dtype=np.int64)
         started = time.monotonic()
-        while not server.stop.is_set() and not session.closed.is_set():
+        while not pair.closed.is_set():
             try:
-                if drain.run(rows, CHUNK_NS, sample_ns, 0).eof:
-                    break
+                got = drain.run(rows, CHUNK_NS, sample_ns, 0)
             except OSError:                      # recv failed
                 break
-            if rate and not session.has_down and time.monotonic() - started > PAIR_TIMEOUT:
+            if got.eof:
+                break
+            if got.bytes_received:
+                session.progress()
+            if rate and not pair.has_down and time.monotonic() - started > PAIR_TIMEOUT:
                 log.info("session %s: no down connection within %gs; closed", sid[:8], PAIR_TIMEOUT)
                 break
+            session.check()
     finally:
-        session.closed.set()
-        sessions.pop(sid, None)
-        server.release_rate(rate)
+        pair.closed.set()
+        pairs.pop(sid, None)
+        if rate:
+            rates.release(session.address, rate)
 
 
-def _serve_down(sock, hello, server, sessions, sid):
-    session = sessions.get(sid)
-    if session is None or session.has_down:
-        return serve.refuse(sock, "no such session waiting for its down connection")
-    session.has_down = True
-    if not session.rate_down:
-        return serve.refuse(sock, "this session asked for rate_down 0: no down connection")
+def _serve_down(session, pairs, sid):
+    hello = session.hello
+    pair = pairs.get(sid)
+    ticket = hello.get("ticket")
+    if pair is None or pair.has_down or pair.address != session.address or not isinstance(ticket, str) \
+            or not TICKET_RE.fullmatch(ticket) or not hmac.compare_digest(ticket, pair.ticket):
+        return session.refuse("no such session waiting for its down connection")
+    pair.has_down = True
+    if not pair.rate_down:
+        return session.refuse("this session asked for rate_down 0: no down connection")
     congestion = hello.get("congestion") or ""
     if congestion:
         if not isinstance(congestion, str) or len(congestion) > 15:
-            return serve.refuse(sock, "congestion must be a congestion control name")
+            return session.refuse("congestion must be a congestion control name")
         try:
-            set_congestion(sock, congestion)
+            set_congestion(session.sock, congestion, session.limits.congestion_allow)
         except PeerError as exc:
-            return serve.refuse(sock, str(exc))
-    serve.reply_ok(sock)
+            return session.refuse(str(exc))
+    session.ok()
     pacer = load_extension("_pacer")
-    sender = pacer.TcpPacedSender(sock.fileno(), session.rate_down, pacing=bool(hello.get("pacing")))
+    sender = pacer.TcpPacedSender(session.sock.fileno(), pair.rate_down, pacing=bool(hello.get("pacing")))
+    bucket = TokenBucket(pair.rate_down)
     rows = np.empty((64, NCOLS), dtype=np.int64)
     keep = ("ticks", "timer_overruns", "late_ticks", "eagain", "bytes_sent")
     totals = dict.fromkeys(keep, 0)
     try:
-        while not server.stop.is_set() and not session.closed.is_set():
+        while not pair.closed.is_set():
             try:
-                got, failed = sender.run(rows, CHUNK_NS, session.sample_ns, 0), False
+                got, failed = sender.run(rows, CHUNK_NS, pair.sample_ns, 0), False
             except OSError as exc:               # the send failed; the chunk's counts are exc.result
                 got, failed = exc.result, True
             for k in keep:
                 totals[k] += getattr(got, k)
             if got.rows:
-                session.report(rows[:got.rows], totals)
+                pair.report(rows[:got.rows], totals)
             if failed:
                 break
+            if got.bytes_sent:
+                session.progress()
+                now = time.monotonic()
+                ahead = bucket.reserve(got.bytes_sent, now) - now
+                if ahead > 0:                     # the pacer ran ahead of the reserved rate: hold it to it
+                    pair.closed.wait(min(ahead, 1.0))
+            session.check()
     except OSError as exc:                       # the up connection (our report channel) is gone
         log.debug("session %s: report failed: %s", sid[:8], exc)
     finally:
-        session.closed.set()
+        pair.closed.set()
         sender.close()
-
-
-serve.RESPONDERS["throughput"] = respond

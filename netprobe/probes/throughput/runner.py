@@ -7,24 +7,24 @@ peer's reports on the up connection (see responder.py). A lost connection
 is a BREACH metric=connection at once; we reconnect with backoff, and a new
 connection starts a new epoch, so no sample from before it enters a window.
 """
-import json
 import logging
 import os
 import queue
+import re
 import secrets
 import select
-import socket
 import threading
 import time
 
 import numpy as np
 
-from netprobe import serve
 from netprobe.errors import PeerError, ProbeError, load_extension
+from netprobe.peer.client import PeerLink, connect, renew_at
 from netprobe.probes.base import ProbeRunner
 from netprobe.probes.throughput import analysis
+from netprobe.probes.throughput.protocol import set_congestion
 from netprobe.probes.throughput.samples import COL, NCOLS, SAMPLE_COLUMNS
-from netprobe.results import BREACH, CLEAR, Record, percent, rate, seconds
+from netprobe.results import percent, rate, seconds
 from netprobe.stats.buckets import cumulative, hist_field, parse_bounds
 
 log = logging.getLogger("netprobe.probes.throughput")
@@ -32,9 +32,10 @@ log = logging.getLogger("netprobe.probes.throughput")
 CHUNK_NS = 100_000_000
 DRAIN_AT_STOP = 1.0           # s to wait at stop for the peer to acknowledge what we sent
 REPORT_SILENCE = 3.0          # s without a peer report: the b->a side is considered lost
-BACKOFF_FIRST, BACKOFF_MAX = 0.5, 5.0      # reconnect delays, s
-STARTUP_GRACE = 1.5           # s a peer started beside us (same daemon) may take to listen
+REPORT_LINE = 1 << 20         # bytes in one peer report line
 DIRECTIONS = ("a->b", "b->a")
+SENDER_TOTALS = ("timer_overruns", "late_ticks", "eagain")
+TICKET_RE = re.compile(r"[0-9a-f]{32}")
 
 
 class Connection:
@@ -46,28 +47,34 @@ class Connection:
         self.rows = queue.SimpleQueue()         # (direction, rows array)
         self.failed = threading.Event()
         self.reason = ""
-        self.sender_totals = dict.fromkeys(("timer_overruns", "late_ticks", "eagain"), 0)
+        self.sender_totals = dict.fromkeys(SENDER_TOTALS, 0)
         self.peer_totals = {}
         self._stop = threading.Event()
         sid = secrets.token_hex(16)
         key = cfg.key.encode()
         sample_ns = round(cfg.sample_interval * 1e9)
-        self.up = serve.connect(cfg.peer, "throughput", key=key, timeout=cfg.connect_timeout, role="up",
-                                session=sid, rate_down=cfg.down_rate, sample_ns=sample_ns)
+        self.up = connect(cfg.peer, "throughput", key=key, timeout=cfg.connect_timeout, line_max=REPORT_LINE,
+                          role="up", session=sid, rate_down=cfg.down_rate, sample_ns=sample_ns)
+        self.renew_at = renew_at(self.up, time.monotonic())
         self.down = None
         try:
             if cfg.down_rate:
-                self.down = serve.connect(cfg.peer, "throughput", key=key, timeout=cfg.connect_timeout,
-                                          role="down", session=sid, pacing=cfg.pacing, congestion=cfg.congestion)
+                ticket = self.up.reply.get("ticket")
+                if not isinstance(ticket, str) or not TICKET_RE.fullmatch(ticket):
+                    raise PeerError(f"peer {cfg.peer}: no valid session ticket in its answer")
+                self.down = connect(cfg.peer, "throughput", key=key, timeout=cfg.connect_timeout, role="down",
+                                    session=sid, ticket=ticket, pacing=cfg.pacing, congestion=cfg.congestion)
+            if cfg.congestion:
+                set_congestion(self.up.sock, cfg.congestion)
         except PeerError:
             self.up.close()
+            if self.down is not None:
+                self.down.close()
             raise
-        if cfg.congestion:
-            set_congestion(self.up, cfg.congestion)
-        self.up.setblocking(False)
+        self.up.sock.setblocking(False)
         self.threads = [threading.Thread(target=self._send, args=(pacer, sample_ns), daemon=True)]
         if self.down is not None:
-            self.down.setblocking(False)
+            self.down.sock.setblocking(False)
             self.threads += [threading.Thread(target=self._drain, args=(pacer, sample_ns), daemon=True),
                              threading.Thread(target=self._reports, daemon=True)]
         for t in self.threads:
@@ -125,35 +132,21 @@ class Connection:
 
     def _reports(self):
         """Read the peer's JSON report lines (its b->a sender's TCP_INFO) off the up connection."""
-        pending = b""
         last = time.monotonic()
         offset = None          # our monotonic clock minus the peer's, fixed at the first report
         while not self._stop.is_set():
-            ready, _, _ = select.select([self.up], [], [], 0.2)
+            ready, _, _ = select.select([self.up.sock], [], [], 0.2)
             if not ready:
                 if time.monotonic() - last > REPORT_SILENCE:
                     self._fail(f"peer sent no report for {REPORT_SILENCE:g}s")
                     return
                 continue
-            try:
-                chunk = self.up.recv(1 << 16)
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                self._fail(f"report channel failed: {exc.strerror}")
-                return
-            if not chunk:
-                self._fail("a->b connection closed by the peer")
-                return
-            last = time.monotonic()
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            if len(pending) > 1 << 20:
-                self._fail("peer report line too long")
-                return
-            for line in lines:
-                rows, totals = _parse_report(line, self.epoch)
-                if isinstance(totals, dict):
+            msgs = self.up.poll()
+            if msgs:
+                last = time.monotonic()
+            for msg in msgs:
+                rows, totals = _parse_report(msg, self.epoch)
+                if totals is not None:
                     self.peer_totals = totals
                 if rows is None:
                     self._fail("malformed report from the peer")
@@ -163,6 +156,9 @@ class Connection:
                         offset = time.monotonic_ns() - int(rows[:, COL["t_ns"]].max())
                     rows[:, COL["t_ns"]] += offset
                     self.rows.put(("b->a", rows))
+            if self.up.closed:
+                self._fail(self.up.error)
+                return
 
     def close(self):
         self._stop.set()
@@ -173,35 +169,26 @@ class Connection:
                 s.close()
 
 
-def set_congestion(sock, name):
-    """Choose the sending socket's congestion control; PeerError naming the allowed ones."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
-    except OSError as exc:
-        try:
-            with open("/proc/sys/net/ipv4/tcp_allowed_congestion_control") as fh:
-                allowed = fh.read().split()
-        except OSError:
-            allowed = []
-        raise PeerError(f'congestion "{name}": {exc.strerror} (allowed here: {", ".join(allowed) or "unknown"})') \
-            from None
-
-
-def _parse_report(line, epoch):
-    """Rows of a peer report, stamped with our epoch; None if malformed.
+def _parse_report(report, epoch):
+    """Rows of a peer report (a decoded line), stamped with our epoch, and the peer sender's
+    counters (range-checked, the others dropped); None if malformed.
 
     Their times are the peer's monotonic clock; the caller shifts them onto ours
     by one offset per connection, which keeps the peer's exact sample spacing.
     """
     try:
-        report = json.loads(line)
         rows = np.asarray(report["rows"], dtype=np.int64)
     except (ValueError, KeyError, TypeError, OverflowError):
         return None, None
-    totals = report.get("sender")
+    sender = report.get("sender")
+    totals = {k: v for k, v in sender.items() if k in SENDER_TOTALS and isinstance(v, int)
+              and not isinstance(v, bool) and 0 <= v < 1 << 63} if isinstance(sender, dict) else None
     if rows.size == 0:
         return rows.reshape(0, NCOLS), totals
     if rows.ndim != 2 or rows.shape[1] != NCOLS:
+        return None, None
+    checked = np.delete(rows, COL["pacing_rate"], axis=1)     # ~0 ("unlimited") reads as -1 in int64
+    if np.any(checked < 0) or np.any(checked >= 1 << 62):
         return None, None
     rows[:, COL["epoch"]] = epoch
     return rows, totals
@@ -227,29 +214,31 @@ class Runner(ProbeRunner):
         self.ack_guard = analysis.AckPathGuard(cfg.window)
         self.active = [d for d in DIRECTIONS if d == "a->b" or cfg.down_rate]
         self.epoch = 0
-        self.down_since = None        # monotonic time the connection was lost, while in breach
 
     def run(self, stop):
         conn = None
-        backoff = BACKOFF_FIRST
-        self.started = time.monotonic()
+        self.link = PeerLink(self, self._connect)
         next_result = time.monotonic() + self.cfg.interval
         try:
             while not stop.is_set():
                 if conn is None:
-                    conn = self._connect()
+                    conn = self.link.open(stop)
                     if conn is None:
-                        if self.down_since is None:   # start-up grace: try again soon
-                            stop.wait(0.1)
-                            continue
-                        stop.wait(backoff)
-                        backoff = min(backoff * 2, BACKOFF_MAX)
+                        if self.link.down_since is not None:
+                            self._mark_disconnected()
+                        self.link.wait(stop)
                         continue
-                    backoff = BACKOFF_FIRST
                 self._collect(conn)
                 if conn.failed.is_set():
-                    self._lost(conn.reason)
+                    self._mark_disconnected()
+                    self.link.lost(conn.reason)
                     conn.close()
+                    conn = None
+                    continue
+                if conn.renew_at is not None and time.monotonic() >= conn.renew_at:
+                    log.info("%s: renewing the session before the peer's max_session_length", self.cfg.name)
+                    conn.close()
+                    self._collect(conn)
                     conn = None
                     continue
                 if time.monotonic() >= next_result:
@@ -263,29 +252,17 @@ class Runner(ProbeRunner):
             self._interval(conn, judge=False)    # the final, partial interval: reported, not judged
 
     def _connect(self):
-        try:
-            conn = Connection(self.cfg, self.epoch + 1, self.pacer)
-        except PeerError as exc:
-            if self.epoch == 0 and exc.unreachable and time.monotonic() - self.started < STARTUP_GRACE:
-                return None                       # not listening yet: not a breach at start-up
-            self._lost(str(exc))
-            return None
+        """A new connection: a new epoch, so no sample from before it enters a window."""
+        conn = Connection(self.cfg, self.epoch + 1, self.pacer)
         self.epoch += 1
         for w in self.windows.values():
             w.clear()
-        if self.down_since is not None:
-            self.emit(_connection_event(CLEAR, self, "connected", f"after {time.monotonic() - self.down_since:.1f}s"))
-            self.down_since = None
         log.info("%s: connected to %s (epoch %d)", self.cfg.name, self.cfg.peer, self.epoch)
         return conn
 
-    def _lost(self, reason):
+    def _mark_disconnected(self):
         for w in self.windows.values():
             w.mark_disconnected(time.monotonic_ns())
-        if self.down_since is None:
-            self.down_since = time.monotonic()
-            self.emit(_connection_event(BREACH, self, "lost", reason))
-            log.warning("%s: %s", self.cfg.name, reason)
 
     def _collect(self, conn):
         while True:
@@ -331,11 +308,6 @@ class Runner(ProbeRunner):
             for v in (analysis.verdicts(m, sla, d, withhold=withhold) if judge else ()):
                 self.judge((d, v.metric), v.bad, metric=v.metric, value=v.value, op=v.op,
                            threshold=v.threshold, window=seconds(self.cfg.window), dir=d)
-
-
-def _connection_event(kind, runner, state, detail):
-    return Record(kind, runner.kind, runner.cfg.name,
-                  {"metric": "connection", "state": state, "peer": runner.cfg.peer, "detail": detail})
 
 
 def _result_fields(direction, m, sla, window):
