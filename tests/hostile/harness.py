@@ -121,6 +121,11 @@ class Peer:
     def hwm_kb(self):
         return status_kb(self.pid, "VmHWM")
 
+    def reset_peak(self):
+        """Restart VmHWM from the current RSS (proc(5): clear_refs 5), so hwm_kb() is this attack's peak."""
+        with open(f"/proc/{self.pid}/clear_refs", "w") as fh:
+            fh.write("5")
+
     def log(self):
         return self.log_path.read_text(errors="replace")
 
