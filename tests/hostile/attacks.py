@@ -9,6 +9,7 @@
   capacity-gap    --sessions N capacity sessions sending, back to back, plans whose whole gap is on
                   the last row and whose average rate is just under --max-rate
   throughput-over --sessions N throughput sessions, each asking --rate-down of the peer
+  bomb            --sessions N oneway close bombs (5,000 ports, then close 1,023), again and again
   sample-tx       --dev's tx_bytes every --every s (run inside the peer's namespace)
 
 Its own namespace's addresses only: the tests start it on loopback or in a lab namespace.
@@ -307,6 +308,48 @@ def throughput_over(args):
     return {**stats, "refusals": dict(stats["refusals"])}
 
 
+# -- memory ------------------------------------------------------------------------------------
+
+def close_bomb_once(addr, key, source, timeout=20.0):
+    """A oneway session with 5,000 ports that asks to close 1,024 intervals at once:
+    (the lines the peer sent after it, whether it closed within `timeout`, seconds)."""
+    t0 = time.monotonic()
+    try:
+        s, reply = wire.open_session(addr, "oneway", key, source, **wire.oneway_fields(secrets.token_hex(8), 5000))
+    except OSError as exc:
+        return [f"connect failed: {exc}"], True, 0.0
+    with s:
+        if not wire.accepted(reply):
+            return [reply], True, time.monotonic() - t0
+        try:
+            s.reader.json(timeout)                # the UDP port
+            wire.send(s.sock, {"close": 1023})
+        except OSError as exc:
+            return [f"failed: {exc}"], True, time.monotonic() - t0
+        lines, closed = s.reader.rest(timeout)
+        return lines, closed, time.monotonic() - t0
+
+
+def _bombs(args, key, end, ends, lock):
+    while time.monotonic() < end:
+        lines, closed, _ = close_bomb_once(args.address, key, args.source, max(0.5, end - time.monotonic()))
+        with lock:
+            ends[wire.why(lines[-1]) if lines and closed else "still open" if not closed else "closed silently"] += 1
+
+
+def bomb(args):
+    key = read_key(args.key_file)
+    end = time.monotonic() + args.duration
+    ends, lock = Counter(), threading.Lock()
+    threads = [threading.Thread(target=_bombs, args=(args, key, end, ends, lock), daemon=True)
+               for _ in range(args.sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(args.duration + 15)
+    return {"ends": dict(ends)}
+
+
 def sample_tx(args):
     path = f"/sys/class/net/{args.dev}/statistics/tx_bytes"
     out, t0 = [], time.monotonic()
@@ -318,7 +361,7 @@ def sample_tx(args):
 
 
 TOOLS = {"legit": legit, "flood": flood, "capacity-gap": capacity_gap, "throughput-over": throughput_over,
-         "sample-tx": sample_tx}
+         "bomb": bomb, "sample-tx": sample_tx}
 
 
 def main():

@@ -8,12 +8,11 @@ attacked session must end with exactly one line, {"ok": false, "error":
 """
 import secrets
 import threading
-import time
 
 import pytest
 
 from tests.hostile import wire
-from tests.hostile.attacks import legit_probe
+from tests.hostile.attacks import close_bomb_once, legit_probe
 from tests.hostile.harness import Peer
 
 ATTACKER = "127.0.0.2"
@@ -93,30 +92,12 @@ def test_bad_control_line_is_refused_in_one_line(peer, stage, name):
     served(peer)
 
 
-def _bomb(peer, out):
-    """A oneway session with 5,000 ports that asks to close 1,024 intervals at once."""
-    t0 = time.monotonic()
-    try:
-        s, reply = wire.open_session(peer.address, "oneway", peer.key, ATTACKER,
-                                     **wire.oneway_fields(secrets.token_hex(8), 5000))
-    except OSError as exc:
-        out.append(([f"connect failed: {exc}"], True, 0.0))
-        return
-    with s:
-        if not wire.accepted(reply):
-            out.append(([reply], True, time.monotonic() - t0))
-            return
-        s.reader.json(10.0)                  # the UDP port
-        wire.send(s.sock, {"close": 1023})
-        lines, closed = s.reader.rest(timeout=20.0)
-        out.append((lines, closed, time.monotonic() - t0))
-
-
 def test_oneway_close_bomb(peer):
     rss = peer.rss_kb()
     peer.reset_peak()
     ends = []
-    bombs = [threading.Thread(target=_bomb, args=(peer, ends), daemon=True) for _ in range(BOMBS)]
+    bombs = [threading.Thread(target=lambda: ends.append(close_bomb_once(peer.address, peer.key, ATTACKER)),
+                              daemon=True) for _ in range(BOMBS)]
     for t in bombs:
         t.start()
     during = [legit_probe(peer.address, peer.key) for _ in range(3)]
