@@ -28,6 +28,7 @@ from collections import Counter
 from tests.hostile import wire
 
 MAX_CONNECTS = 200_000        # over a whole flood, whatever its duration
+REOPEN_RATE = 500             # half-open connections reopened a second, once the first N are open
 TRAIN_MAX = 1000              # packets per train row (the sender's limit is 1024)
 
 
@@ -51,14 +52,13 @@ def legit_probe(addr, key):
     """One capacity session; {"ok", "handshake_s", "received", "error"}."""
     t0 = time.monotonic()
     try:
-        ctl = wire.legit_connect(addr, "capacity", key, timeout=5.0)
+        sess = wire.legit_connect(addr, "capacity", key, timeout=5.0)
     except Exception as exc:          # the outcome is the datum: any failure counts as one
         return {"ok": False, "handshake_s": time.monotonic() - t0, "received": 0, "error": short(exc)}
     handshake = time.monotonic() - t0
-    sess = wire.Session(sock=ctl)
-    udp = socket.socket(ctl.family, socket.SOCK_DGRAM)
+    udp = socket.socket(sess.sock.family, socket.SOCK_DGRAM)
     try:
-        udp.bind((ctl.getsockname()[0], 0))
+        udp.bind((sess.sock.getsockname()[0], 0))
         udp.settimeout(1.0)
         setup = wire.capacity_setup(sess, udp.getsockname()[1], secrets.randbits(32))
         if not wire.accepted(setup):
@@ -81,7 +81,7 @@ def legit_probe(addr, key):
         return {"ok": False, "handshake_s": handshake, "received": 0, "error": short(exc)}
     finally:
         udp.close()
-        ctl.close()
+        sess.close()
 
 
 def legit(args):
@@ -103,20 +103,21 @@ def legit(args):
 # -- handshake flood ---------------------------------------------------------------------------
 
 def _half_open(args, end, stats):
-    """Hold up to N connections that never send a byte; reopen those the peer closes."""
+    """Hold up to N connections that never send a byte; reopen those the peer closes, at most
+    REOPEN_RATE a second."""
     sel = selectors.DefaultSelector()
     live = 0
     fam = socket.AF_INET6 if ":" in args.address[0] else socket.AF_INET
+    t0 = time.monotonic()
     while time.monotonic() < end:
-        opened = 0
-        while live < args.half_open and opened < 200 and stats["connects"] < MAX_CONNECTS:
+        budget = args.half_open + REOPEN_RATE * (time.monotonic() - t0)
+        while live < args.half_open and stats["connects"] < min(budget, MAX_CONNECTS):
             s = socket.socket(fam, socket.SOCK_STREAM)
             s.setblocking(False)
             s.bind((args.source, 0))
             s.connect_ex(args.address)
             sel.register(s, selectors.EVENT_READ)
             live += 1
-            opened += 1
             stats["connects"] += 1
         stats["half_open_peak"] = max(stats["half_open_peak"], live)
         for k, _ in sel.select(0.05):

@@ -38,3 +38,11 @@ def test_authenticated_client_completes_its_handshake_under_a_flood(make_peer):
     assert statistics.median(hs) < 1.0, f"median handshake {statistics.median(hs):.3f} s"
     assert attack["authed_ok"] <= PER_ADDRESS, \
         f"the flooding address held {attack['authed_ok']} sessions (max_sessions_per_address {PER_ADDRESS})"
+
+
+def test_authenticated_client_alone(make_peer):
+    """The same client and count without an attack: the baseline the flood test is read against."""
+    peer = make_peer(SETTINGS)
+    got = finish(tool("legit", duration=12, every=0.1, count=20, address=peer.address, key_file=peer.key_file))
+    assert got["ok"] == 20, got["errors"]
+    assert got["handshake_median_s"] < 1.0

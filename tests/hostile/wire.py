@@ -26,11 +26,6 @@ def sign(key, challenge, hello):
     return serve.client_auth(key, challenge)
 
 
-def legit_connect(address, kind, key, timeout=5.0, **fields):
-    """A session opened by the product's own client; returns the socket after "ok"."""
-    return serve.connect(f"{address[0]}:{address[1]}", kind, key=key, timeout=timeout, **fields)
-
-
 def dial(address, source=None, timeout=5.0):
     """A TCP connection to the peer from `source` (an address on this host) or the route's choice."""
     s = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
@@ -130,9 +125,12 @@ class Session:
         return self.greeting
 
     def hello(self, kind, key=None, auth=None, timeout=5.0, **fields):
-        """Send a hello of `kind` (signed with `key`, or carrying `auth` as given); the reply."""
+        """Send a hello of `kind` (signed with `key`, or carrying `auth` as given); the reply
+        (the greeting itself if that was already a refusal, e.g. busy)."""
         if self.greeting is None:
             self.greet(timeout)
+        if not isinstance(self.greeting, dict) or is_refusal(self.greeting):
+            return self.greeting
         msg = {"netprobe": PROTOCOL, "kind": kind, **fields}
         if auth is not None:
             msg["auth"] = auth
@@ -159,6 +157,11 @@ def open_session(address, kind, key, source=None, timeout=5.0, **fields):
     except BaseException:
         s.close()
         raise
+
+
+def legit_connect(address, kind, key, timeout=5.0, **fields):
+    """A session opened by the product's own client, as a Session (after "ok")."""
+    return Session(sock=serve.connect(f"{address[0]}:{address[1]}", kind, key=key, timeout=timeout, **fields))
 
 
 # -- per-kind messages after the handshake -----------------------------------------------------
