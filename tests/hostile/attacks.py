@@ -311,31 +311,49 @@ def throughput_over(args):
 
 # -- memory ------------------------------------------------------------------------------------
 
-def close_bomb_once(addr, key, source, timeout=20.0):
-    """A oneway session with 5,000 ports that asks to close 1,024 intervals at once:
-    (the lines the peer sent after it, whether it closed within `timeout`, seconds)."""
-    t0 = time.monotonic()
+def bomb_session(addr, key, source, timeout=10.0):
+    """A oneway session with 5,000 ports, read up to its first line: (Session, None), or (None, why
+    it was not opened: the refusal, or the error)."""
     try:
-        s, reply = wire.open_session(addr, "oneway", key, source, **wire.oneway_fields(secrets.token_hex(8), 5000))
+        s, reply = wire.open_session(addr, "oneway", key, source, timeout=timeout,
+                                     **wire.oneway_fields(secrets.token_hex(8), 5000))
     except OSError as exc:
-        return [f"connect failed: {exc}"], True, 0.0
-    with s:
-        if not wire.accepted(reply):
-            return [reply], True, time.monotonic() - t0
+        return None, f"connect failed: {exc}"
+    if not wire.accepted(reply):
+        s.close()
+        return None, reply
+    try:
+        s.reader.json(timeout)                # the UDP port
+    except OSError as exc:
+        s.close()
+        return None, f"no first line: {exc}"
+    return s, None
+
+
+def detonate(sess, timeout=20.0):
+    """Ask a bomb session to close 1,024 intervals at once: (the lines the peer sent after it,
+    whether it closed within `timeout`, seconds). Closes the session."""
+    t0 = time.monotonic()
+    with sess:
         try:
-            s.reader.json(timeout)                # the UDP port
-            wire.send(s.sock, {"close": 1023})
+            wire.send(sess.sock, {"close": 1023})
         except OSError as exc:
-            return [f"failed: {exc}"], True, time.monotonic() - t0
-        lines, closed = s.reader.rest(timeout)
+            return [f"failed: {exc}"], True, 0.0
+        lines, closed = sess.reader.rest(timeout)
         return lines, closed, time.monotonic() - t0
 
 
 def _bombs(args, key, end, ends, lock):
     while time.monotonic() < end:
-        lines, closed, _ = close_bomb_once(args.address, key, args.source, max(0.5, end - time.monotonic()))
+        sess, why = bomb_session(args.address, key, args.source)
+        if sess is None:
+            ended = f"not opened: {wire.why(why)}"
+            time.sleep(0.2)
+        else:
+            lines, closed, _ = detonate(sess, max(0.5, end - time.monotonic()))
+            ended = wire.why(lines[-1]) if lines and closed else "still open" if not closed else "closed silently"
         with lock:
-            ends[wire.why(lines[-1]) if lines and closed else "still open" if not closed else "closed silently"] += 1
+            ends[ended] += 1
 
 
 def bomb(args):
