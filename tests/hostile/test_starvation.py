@@ -17,7 +17,7 @@ from tests.hostile import wire
 from tests.hostile.attacks import legit_probe
 
 ATTACKER = "127.0.0.2"
-HANDSHAKE, IDLE, LENGTH = 2.0, 2.0, 6.0
+HANDSHAKE, IDLE, LENGTH = 2.0, 2.0, 10.0
 SLACK = 2.0
 SETTINGS = {"handshake_timeout": f"{HANDSHAKE:g}s", "idle_timeout": f"{IDLE:g}s",
             "max_session_length": f"{LENGTH:g}s", "max_sessions": 16, "max_sessions_per_address": 16}
