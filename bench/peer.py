@@ -1,7 +1,7 @@
 """`netprobe serve` under hostile clients, in the netns lab: what the peer sent, its RSS, and the
 handshake latency of a legitimate client probing meanwhile.
 
-The peer runs in B with max_rate 20 Mbit/s; each attack comes from a second address in A
+The peer runs in B with max_rate 20 Mbit/s (10 per address); each attack comes from a second address in A
 (the tools of tests/hostile/attacks.py) while the legitimate client (A's first address, the
 product's connect()) opens a capacity session every 0.25 s. Per attack, on a fresh peer:
 the peak and mean bit/s over 1 s on B's interface counter (veth-b tx_bytes), the peer's
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 MAX_RATE = 20e6
 ATTACKER = "198.18.1.3"
-SETTINGS = {"max_rate": "20M", "max_rate_per_address": "20M", "max_sessions": 16, "max_sessions_per_address": 4,
+SETTINGS = {"max_rate": "20M", "max_rate_per_address": "10M", "max_sessions": 16, "max_sessions_per_address": 4,
             "handshake_timeout": "2s", "idle_timeout": "10s"}
 # name -> (tool, its options)
 ATTACKS = {

@@ -21,8 +21,9 @@ FIELDS = ("session", "nports", "udp_port", "grace_ns", "udp_key", "role", "rate_
           "pacing", "token", "plan")
 KINDS = ("capacity", "oneway", "throughput")
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False, allow_infinity=False),
-                    st.text(max_size=80), st.sampled_from(["up", "down", "reno", "0" * 16, "ab" * 32]))
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
+                    st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=80),
+                    st.sampled_from(["up", "down", "reno", "0" * 16, "ab" * 32]))
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=6) | st.dictionaries(st.text(max_size=8),
                                                                                           inner, max_size=4),
                       max_leaves=20)

@@ -8,6 +8,8 @@ legitimate client (127.0.0.1, the product's connect()) probes meanwhile.
 import statistics
 import time
 
+from tests.hostile import wire
+from tests.hostile.attacks import legit_probe
 from tests.hostile.harness import finish, tool
 
 FLOODER = "127.0.0.2"
@@ -46,3 +48,25 @@ def test_authenticated_client_alone(make_peer):
     got = finish(tool("legit", duration=12, every=0.1, count=20, address=peer.address, key_file=peer.key_file))
     assert got["ok"] == 20, got["errors"]
     assert got["handshake_median_s"] < 1.0
+
+
+def test_sessions_per_address(make_peer):
+    """Without a flood: one address gets exactly max_sessions_per_address signed sessions, the rest are
+    refused naming it, and another address is still served."""
+    peer = make_peer(SETTINGS)
+    held, refused = [], []
+    try:
+        for _ in range(3 * PER_ADDRESS):
+            s, reply = wire.open_session(peer.address, "capacity", peer.key, FLOODER)
+            if wire.accepted(reply):
+                held.append(s)
+            else:
+                refused.append(reply)
+                s.close()
+        other = legit_probe(peer.address, peer.key)
+    finally:
+        for s in held:
+            s.close()
+    assert len(held) == PER_ADDRESS, f"{FLOODER} holds {len(held)} sessions (max_sessions_per_address {PER_ADDRESS})"
+    assert all(wire.is_refusal(r) and "max_sessions_per_address" in r["error"] for r in refused), refused[:3]
+    assert other["ok"], other
