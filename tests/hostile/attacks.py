@@ -249,18 +249,22 @@ def _capacity_gap_session(args, key, end, stats, lock):
         time.sleep(0.2)
 
 
-def capacity_gap(args):
+def in_threads(args, target, stats):
+    """target(args, key, end, stats, lock) on --sessions threads until --duration; the stats."""
     key = read_key(args.key_file)
     end = time.monotonic() + args.duration
-    stats = {"plans_served": 0, "bytes_reported": 0, "ends": Counter()}
     lock = threading.Lock()
-    threads = [threading.Thread(target=_capacity_gap_session, args=(args, key, end, stats, lock), daemon=True)
+    threads = [threading.Thread(target=target, args=(args, key, end, stats, lock), daemon=True)
                for _ in range(args.sessions)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(args.duration + 15)
-    return {**stats, "ends": dict(stats["ends"])}
+    return {k: dict(v) if isinstance(v, Counter) else v for k, v in stats.items()}
+
+
+def capacity_gap(args):
+    return in_threads(args, _capacity_gap_session, {"plans_served": 0, "bytes_reported": 0, "ends": Counter()})
 
 
 def _throughput_session(args, key, end, stats, lock):
@@ -296,17 +300,7 @@ def _throughput_session(args, key, end, stats, lock):
 
 
 def throughput_over(args):
-    key = read_key(args.key_file)
-    end = time.monotonic() + args.duration
-    stats = {"served": 0, "bytes_received": 0, "refusals": Counter()}
-    lock = threading.Lock()
-    threads = [threading.Thread(target=_throughput_session, args=(args, key, end, stats, lock), daemon=True)
-               for _ in range(args.sessions)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(args.duration + 15)
-    return {**stats, "refusals": dict(stats["refusals"])}
+    return in_threads(args, _throughput_session, {"served": 0, "bytes_received": 0, "refusals": Counter()})
 
 
 # -- memory ------------------------------------------------------------------------------------
@@ -343,7 +337,7 @@ def detonate(sess, timeout=20.0):
         return lines, closed, time.monotonic() - t0
 
 
-def _bombs(args, key, end, ends, lock):
+def _bombs(args, key, end, stats, lock):
     while time.monotonic() < end:
         sess, why = bomb_session(args.address, key, args.source)
         if sess is None:
@@ -353,20 +347,11 @@ def _bombs(args, key, end, ends, lock):
             lines, closed, _ = detonate(sess, max(0.5, end - time.monotonic()))
             ended = wire.why(lines[-1]) if lines and closed else "still open" if not closed else "closed silently"
         with lock:
-            ends[ended] += 1
+            stats["ends"][ended] += 1
 
 
 def bomb(args):
-    key = read_key(args.key_file)
-    end = time.monotonic() + args.duration
-    ends, lock = Counter(), threading.Lock()
-    threads = [threading.Thread(target=_bombs, args=(args, key, end, ends, lock), daemon=True)
-               for _ in range(args.sessions)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(args.duration + 15)
-    return {"ends": dict(ends)}
+    return in_threads(args, _bombs, {"ends": Counter()})
 
 
 def sample_tx(args):
