@@ -11,6 +11,7 @@ import pytest
 
 from tests.hostile import wire
 from tests.hostile.attacks import legit_probe
+from tests.hostile.harness import Peer
 
 OWNER, ATTACKER, ATTACKER2 = "127.0.0.1", "127.0.0.2", "127.0.0.3"
 UDP_PORTS = (40000, 40099)
@@ -18,9 +19,10 @@ SETTINGS = {"congestion_allow": ["reno"], "udp_ports": f"{UDP_PORTS[0]}-{UDP_POR
             "max_sessions": 16, "max_sessions_per_address": 8, "idle_timeout": "30s"}
 
 
-@pytest.fixture
-def peer(make_peer):
-    return make_peer(SETTINGS)
+@pytest.fixture(scope="module")
+def peer(tmp_path_factory):
+    with Peer(tmp_path_factory.mktemp("peer"), SETTINGS) as p:
+        yield p
 
 
 def up_leg(peer, source=OWNER, rate=1e6):

@@ -15,12 +15,19 @@ import pytest
 
 from tests.hostile import wire
 from tests.hostile.attacks import legit_probe
+from tests.hostile.harness import Peer
 
 ATTACKER = "127.0.0.2"
 HANDSHAKE, IDLE, LENGTH = 2.0, 2.0, 10.0
 SLACK = 2.0
 SETTINGS = {"handshake_timeout": f"{HANDSHAKE:g}s", "idle_timeout": f"{IDLE:g}s",
             "max_session_length": f"{LENGTH:g}s", "max_sessions": 16, "max_sessions_per_address": 16}
+
+
+@pytest.fixture(scope="module")
+def peer(tmp_path_factory):
+    with Peer(tmp_path_factory.mktemp("peer"), SETTINGS) as p:
+        yield p
 
 
 def trickled_hello(peer):
@@ -116,9 +123,8 @@ def drive(sess, act, every, limit):
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_slot_holder_is_ended(make_peer, case):
+def test_slot_holder_is_ended(peer, case):
     opener, settings, bound = CASES[case]
-    peer = make_peer(SETTINGS)
     sess, act = opener(peer)
     with sess:
         took, lines, closed = drive(sess, act, 0.25, bound + SLACK)
