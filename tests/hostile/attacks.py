@@ -149,8 +149,8 @@ def _unauth_once(args, stats, lock, slots):
 
 def _unauth(args, end, stats, lock):
     """Wrong-key hellos at --rate a second, each on its own thread so a slow peer cannot slow the
-    pace; at most 400 pending (beyond that an attempt is skipped and counted)."""
-    slots = threading.BoundedSemaphore(400)
+    pace; at most 800 pending (beyond that an attempt is skipped and counted)."""
+    slots = threading.BoundedSemaphore(800)
     gap, nxt = 1.0 / args.rate, time.monotonic()
     while time.monotonic() < end:
         if slots.acquire(blocking=False):
