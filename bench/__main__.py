@@ -6,7 +6,7 @@ import pathlib
 import platform
 import time
 
-BENCHES = ["timer", "throughput", "retrans", "oneway", "capacity", "flows", "metrics"]
+BENCHES = ["timer", "throughput", "retrans", "oneway", "capacity", "flows", "metrics", "peer"]
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
