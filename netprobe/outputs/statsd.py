@@ -114,6 +114,25 @@ def metric_lines(record, fmt, prefix):
     return [f"{prefix}.{record.probe}.{path}.{_name(k)}:{_num(v)}|{t}" for k, v, t in items]
 
 
+def datagrams(lines, max_packet):
+    """statsd text lines (str, no newline) packed whole into datagrams (bytes) of at most
+    `max_packet` bytes, in order; a line that cannot fit in one is returned apart.
+    Returns (datagrams, too_long). The sink and udping_server both send this way."""
+    out, too_long, buf = [], [], bytearray()
+    for line in lines:
+        data = line.encode() + b"\n"
+        if len(data) > max_packet:
+            too_long.append(line)
+            continue
+        if len(buf) + len(data) > max_packet:
+            out.append(bytes(buf))
+            buf.clear()
+        buf += data
+    if buf:
+        out.append(bytes(buf))
+    return out, too_long
+
+
 class StatsdSink(Sink):
     def __init__(self, cfg, name="statsd"):
         self.cfg = cfg
@@ -126,17 +145,13 @@ class StatsdSink(Sink):
         self.sock = socket.socket(self.family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
 
     def write(self, record):
-        too_long = 0
-        for line in metric_lines(record, self.cfg.format, self.cfg.prefix):
-            data = line.encode() + b"\n"
-            if len(data) > self.cfg.max_packet:
-                too_long += 1
-                continue
+        packed, too_long = datagrams(metric_lines(record, self.cfg.format, self.cfg.prefix), self.cfg.max_packet)
+        for data in packed:       # a record's lines continue the buffer of the ones before
             if len(self.buf) + len(data) > self.cfg.max_packet:
                 self._send()
             self.buf += data
         if too_long:           # the runner logs it once and counts the record as failed
-            raise OSError(f"{self.name}: {too_long} line(s) of a {record.probe} record exceed "
+            raise OSError(f"{self.name}: {len(too_long)} line(s) of a {record.probe} record exceed "
                           f"max_packet={self.cfg.max_packet} bytes; not sent")
 
     def flush(self):

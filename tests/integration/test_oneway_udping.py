@@ -29,6 +29,17 @@ def free_udp_port():
         return s.getsockname()[1]
 
 
+def wait_bound(port, timeout=20.0):
+    """Until a UDP socket is bound to `port` (the server started; a loaded host took over 1 s)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        with open("/proc/net/udp") as f:       # local_address is HEXADDR:HEXPORT
+            if any(line.split()[1].endswith(f":{port:04X}") for line in f.readlines()[1:]):
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"nothing bound UDP port {port} within {timeout} s")
+
+
 def sender(src, port):
     """A UDP socket from src to the server on 127.0.0.1:port."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -68,7 +79,7 @@ def test_server_prints_udping_json_and_sends_statsd(tmp_path):
                                  "-s", f"127.0.0.1:{statsd.getsockname()[1]}",
                                  "-t", f"127.0.0.1:{tagged.getsockname()[1]}", "-m", "ping"),
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    wait_bound(port)
     senders = []
     for guid in ("aaaaaaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbbbbbb"):
         s = sender("127.0.0.1", port)
@@ -141,7 +152,7 @@ def test_server_allow_list_session_cap_and_no_dns(tmp_path):
     srv = subprocess.Popen(entry("server_main", "-l", "127.0.0.1", "-p", port, "-k", "30", "--allow", "127.0.0.1/32",
                                  "--max-sessions", "1", "--no-dns"),
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.0)
+    wait_bound(port)
     a, b, outsider = (sender(src, port) for src in ("127.0.0.1", "127.0.0.1", "127.0.0.2"))
     pa, pb = (str(s.getsockname()[1]) for s in (a, b))
     for s, seqs in ((a, range(0, 5)), (outsider, range(0, 7)), (b, range(0, 3)), (a, range(5, 9))):

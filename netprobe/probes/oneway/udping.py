@@ -40,6 +40,7 @@ from collections import OrderedDict
 import numpy as np
 
 from netprobe.errors import load_extension
+from netprobe.outputs import statsd
 from netprobe.probes.oneway.config import parse_ports
 from netprobe.probes.oneway.responder import RCVBUF, SO_RCVBUFFORCE
 
@@ -653,22 +654,14 @@ STATSD_DATAGRAM = 1432      # statsd's advice for a datagram on a 1500-byte path
 
 
 def _send(sock, addr, text):
-    """Best effort, as in UDPing: whole lines, in datagrams of at most STATSD_DATAGRAM bytes."""
-    chunk = b""
-    for line in text.encode().splitlines(keepends=True):
-        if chunk and len(chunk) + len(line) > STATSD_DATAGRAM:
-            _sendto(sock, addr, chunk)
-            chunk = b""
-        chunk += line
-    if chunk:
-        _sendto(sock, addr, chunk)
-
-
-def _sendto(sock, addr, data):
-    try:
-        sock.sendto(data, addr)
-    except OSError:
-        pass
+    """Best effort, as in UDPing: whole lines, packed into datagrams of at most STATSD_DATAGRAM
+    bytes as the [output.statsd] sink packs them."""
+    packed, _ = statsd.datagrams(text.splitlines(), STATSD_DATAGRAM)
+    for data in packed:
+        try:
+            sock.sendto(data, addr)
+        except OSError:
+            pass
 
 
 SIOCGIFADDR = 0x8915
