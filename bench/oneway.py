@@ -95,7 +95,7 @@ def ours_rate(duration, nports, gap_ns, tx_stamp=False, nrx=1):
             x.close()
     sent = got.sent
     stamps = ", kernel TX stamps" if tx_stamp else ""
-    spread = f", {nrx} rx (SO_REUSEPORT)" if nrx > 1 else ""
+    spread = f", {nrx} rx" if nrx > 1 else ""
     return {"section": "rate", "tool": f"netprobe udpio {1e6 / gap_ns:g}k offered, {nports} port(s){stamps}{spread}",
             "sent_pps": sent / duration, "recv_pps": received / duration, "tx_kpps_per_core": sent / tx_cpu / 1e3,
             "rx_kpps_per_core": received / sum(cpu) / 1e3, "recv_of_sent": received / sent if sent else None,
@@ -277,6 +277,8 @@ def table(rows):
                      f"{num(r.get('recv_of_sent'), 1, '9.4f')} "
                      f"{num(r.get('tx_kpps_per_core')):>11} {num(r.get('rx_kpps_per_core')):>11} "
                      f"{num(r.get('loss_pct'), 1, '9.4f')}")
+    lines.append("'2 rx': two receivers, one thread each, sharing the port with SO_REUSEPORT (the kernel\n"
+                 "hashes each source port to one of them); sockperf's rate is its client's, from this run.")
     lines += ["", f"{'send-time error at 1 ms (us)':54} {'p50':>9} {'p99':>9} {'p99.99':>9} {'max':>9} {'mean':>9} "
                   f"{'missed':>7}"]
     for r in (r for r in rows if r["section"] == "timer"):
