@@ -16,7 +16,7 @@ ONLY = [n for n in os.environ.get("NETPROBE_EXTENSIONS", "").split(",") if n]
 setup(
     ext_modules=cythonize(
         [
-            Extension(f"netprobe._{name}", [f"pyx/{name}.pyx"],
+            Extension(f"netprobe._{name}", [f"pyx/{name}.pyx"], include_dirs=["pyx/includes"],
                       extra_compile_args=["-O2"])
             for name in (ONLY or EXTENSIONS)
         ],

@@ -89,16 +89,6 @@ cdef extern from "<linux/if_packet.h>" nogil:
         uint16_t tp_mac
     size_t TPACKET_ALIGN(size_t x)
 
-cdef extern from * nogil:
-    """
-    /* The block status word is shared with the kernel: read it before the block's
-       contents (acquire), hand the block back after reading them (release). */
-    static inline unsigned int np_block_status(volatile unsigned int *s) {
-        return __atomic_load_n(s, __ATOMIC_ACQUIRE);
-    }
-    static inline void np_block_release(volatile unsigned int *s) {
-        __atomic_store_n(s, TP_STATUS_KERNEL, __ATOMIC_RELEASE);
-    }
-    """
+cdef extern from "packet_ring.h" nogil:
     uint32_t np_block_status(uint32_t *s)
     void np_block_release(uint32_t *s)
