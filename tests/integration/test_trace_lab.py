@@ -7,6 +7,7 @@ datagrams from fresh sockets with the same ports (EcmpLab.flow_members)."""
 import json
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -46,8 +47,7 @@ def _run(lab, family, every):
     return lab.flow_members(PORTS, DPORT, family), out
 
 
-@pytest.mark.parametrize("stages,every", [(1, 0), (2, 0), (2, 2)])
-@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("family,stages,every", [(4, 1, 0), (6, 2, 0), (4, 2, 2), (6, 1, 2)])
 def test_trace_names_the_members_each_port_crosses(make_ecmp_lab, stages, every, family):
     lab = make_ecmp_lab(stages=stages)
     if every:
@@ -71,8 +71,8 @@ def test_trace_names_the_members_each_port_crosses(make_ecmp_lab, stages, every,
     assert out["at_peer"] == sum(v[3] for v in out["paths"].values()) <= 2 * (tries + 2)
     # every other answer dropped, 4 tries per TTL: a star needs 4 misses in a row
     assert stars <= (0.1 * hops if every else 0), (stars, hops)
-    used = {m.name for ms in members.values() for m in ms}
-    assert len(used) == 2 * stages, "every member carries some port"
+    combos = {tuple(m.name for m in ms) for ms in members.values()}
+    assert len(combos) == 2 ** stages, "every member pair carries some port (the stages hash apart)"
 
 
 # -- the oneway probe end to end: BREACH names the faulty hop --------------------------------
@@ -141,16 +141,22 @@ def suspects(recs, since=0.0):
 
 
 def _fault_named(lab, fault, family=4, **impair):
-    """Start the probe, wait until it has every port's path and one interval more,
-    put the fault on, and return (onset, records, the faulty node's address)."""
-    p = Probe(lab, family)
-    p.wait(lambda r: r.get("traced_ports") == 24 and r.get("interval_id", 0) >= 1)
-    p.wait(lambda r: r["type"] == "RESULT" and "interval_id" in r and "port" not in r
-           and r["interval_id"] >= 2)
+    """Start the probe, wait until it has every port's path, put the fault on at the
+    next interval's start, let it run until a suspect is named (at most 5 intervals)
+    and one interval more, then stop it; returns (onset, records, probe)."""
+    p = Probe(lab, family, duration=60)
+    p.wait(lambda r: r.get("traced_ports") == 24)
+    seen = len(p.recs)
+    p.wait(lambda r: r in [x for _, x in p.recs[seen:]] and "trace_share" in r)
     lab.impair(fault, **impair)
     onset = time.monotonic()
-    recs = p.finish()
-    return onset, recs, p
+    try:
+        p.wait(lambda r: r["type"] == "BREACH" and "suspect_hop" in r, timeout=5 * INTERVAL + 1)
+        time.sleep(INTERVAL)
+    except AssertionError:
+        pass                 # the checks say what is missing
+    p.proc.send_signal(signal.SIGINT)
+    return onset, p.finish(), p
 
 
 def _check_named(onset, recs, want, metric="loss", scope=None):

@@ -36,7 +36,7 @@ TIME_EXCEEDED = {4: 11, 6: 3}           # ICMP / ICMPv6 type
 UNREACH = {4: 3, 6: 1}
 PORT_UNREACH = {4: 3, 6: 4}
 PAYLOAD = struct.Struct("!4s8sHBB")     # magic, trace token, port, ttl, try
-MIN_WAIT, MAX_WAIT, RTT_FACTOR = 0.25, 2.0, 4    # s: no answer after 4x the slowest one seen is a miss
+MIN_WAIT, MAX_WAIT, RTT_FACTOR = 0.25, 1.0, 4    # s: no answer after 4x the slowest one seen is a miss
 
 
 @dataclass
@@ -133,7 +133,7 @@ def trace(dst, dport, ports, *, depth=None, **kw):
     no trace datagram reaches the peer.  None: the first port is traced alone until the
     path goes silent (those last datagrams reach the peer), and its depth caps the rest.
     Keywords: local, max_hops, rate, retries, timeout (default: 4 x the slowest answer so
-    far, 0.25 to 2 s; MAX_WAIT until one came), gap_limit (silent TTLs that end a
+    far, 0.25 to 1 s; MAX_WAIT until one came), gap_limit (silent TTLs that end a
     path), budget (take() -> bool), deadline (time.monotonic()), stop (an Event), socks
     ({port: socket from open_socket}, else opened and closed here).
     """
