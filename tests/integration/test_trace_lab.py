@@ -226,3 +226,17 @@ def test_no_fault_no_suspect_and_tracing_within_its_share(make_ecmp_lab):
     assert trace_n == sum(r["trace_packets"] for r in res)
     # ... and over the run (a full retrace period included) tracing cost at most 1 % of the probes
     assert 0 < trace_n <= 0.01 * probe_n, (trace_n, probe_n)
+
+
+def test_one_shot_trace_command_lists_each_ports_hops(make_ecmp_lab):
+    lab = make_ecmp_lab(stages=2)
+    sink = lab.popen(lab.b, [sys.executable, "-c", SINK])
+    assert sink.stdout.readline().startswith("READY")
+    p = lab.run(lab.a, [sys.executable, "-m", "netprobe", "probe", "trace", "--peer", lab.b6, "--ports",
+                        "5000-5015", "--dst-port", DPORT, "--rate", "200", "--json"], cwd=ROOT, timeout=120)
+    recs = [json.loads(line) for line in p.stdout.splitlines()]
+    members = lab.flow_members(list(range(5000, 5016)), DPORT, 6)
+    assert [r["port"] for r in recs] == list(range(5000, 5016))
+    for r in recs:
+        assert r["type"] == "RESULT" and r["scope"] == "path" and r["reached"] is True
+        assert r["hops"] == ",".join(lab.expected_hops(members[r["port"]], 6)), r

@@ -187,5 +187,6 @@ def fields(s):
 
 
 def hop_list(hops):
-    """"198.18.1.1,*,198.18.10.2": the hop list of a scope=path RESULT (* = no answer)."""
-    return ",".join("*" if h is None else h for h in hops) or "*"
+    """"198.18.1.1,*,198.18.10.2": the hop list of a scope=path RESULT (* = no answer;
+    "direct" = no router on the way)."""
+    return ",".join("*" if h is None else h for h in hops) or "direct"
