@@ -226,6 +226,8 @@ def test_no_fault_no_suspect_and_tracing_within_its_share(make_ecmp_lab):
     assert trace_n == sum(r["trace_packets"] for r in res)
     # ... and over the run (a full retrace period included) tracing cost at most 1 % of the probes
     assert 0 < trace_n <= 0.01 * probe_n, (trace_n, probe_n)
+    # the peer saw (as malformed) exactly the scouts' datagrams past the last router, no other
+    assert sum(r["malformed"] for r in res) == res[-1]["trace_to_peer"] <= 2 * 2 * (2 + 3)
 
 
 def test_one_shot_trace_command_lists_each_ports_hops(make_ecmp_lab):

@@ -91,7 +91,7 @@ class PathWatch:
         try:
             self._trace(self.ports, None)
             step = self.cfg.trace_every / max(1, len(self.ports))
-            nxt, i = time.monotonic() + step, 0
+            nxt, i = time.monotonic() + step, 1      # the start's trace had this period's scout
             while not self.stop_event.wait(0.1):
                 with self.lock:
                     due, self.urgent = sorted(self.urgent), set()
