@@ -140,11 +140,11 @@ def suspects(recs, since=0.0):
     return [(t, r) for t, r in recs if r["type"] == "BREACH" and "suspect_hop" in r and t >= since]
 
 
-def _fault_named(lab, fault, family=4, **impair):
+def _fault_named(lab, fault, family=4, *extra, **impair):
     """Start the probe, wait until it has every port's path, put the fault on at the
     next interval's start, let it run until a suspect is named (at most 5 intervals)
     and one interval more, then stop it; returns (onset, records, probe)."""
-    p = Probe(lab, family, duration=60)
+    p = Probe(lab, family, *extra, duration=60)
     p.wait(lambda r: r.get("traced_ports") == 24)
     seen = len(p.recs)
     p.wait(lambda r: r in [x for _, x in p.recs[seen:]] and "trace_share" in r)
@@ -184,7 +184,7 @@ def test_loss_on_a_random_member_is_named_within_3_intervals(make_ecmp_lab, run)
 def test_delay_on_one_member_is_named_as_a_delay_suspect(make_ecmp_lab):
     lab = make_ecmp_lab()
     fault = lab.members[0][1]
-    onset, recs, _ = _fault_named(lab, fault, delay_ms=50)
+    onset, recs, _ = _fault_named(lab, fault, 4, "--max-delay-p99", "20ms", delay_ms=50)
     _check_named(onset, recs, fault.addr4, metric="delay_p99")
 
 

@@ -166,14 +166,15 @@ def _evidence(metric, sus, paths, losses, delays, cfg):
 
 
 def suspects(paths, losses, delays, *, max_loss_pct, max_delay_p99=None):
-    """One interval's verdicts: [(metric, Suspect)], loss then delay.
+    """One interval's verdicts: [(metric, Suspect)], loss then (with a delay SLA) delay.
 
     losses {port: (expected, lost)}; delays {port: p99 seconds or None}."""
     out = []
     bad, clean = localise.loss_marks(losses, max_loss_pct)
     out += [("loss", s) for s in localise.localise(paths, bad, clean)]
-    bad, clean = localise.delay_marks(delays, max_delay_p99)
-    out += [("delay_p99", s) for s in localise.localise(paths, bad, clean)]
+    if max_delay_p99 is not None:       # without a delay SLA, paths of unequal length are no fault
+        bad, clean = localise.delay_marks(delays, max_delay_p99)
+        out += [("delay_p99", s) for s in localise.localise(paths, bad, clean)]
     return out
 
 
