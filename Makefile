@@ -67,6 +67,11 @@ test: test-deps build
 soak-udping: test-deps build
 	UDPING_SPOOF_SOURCES=1000000 UDPING_SPOOF_SECONDS=600 $(PY) -m pytest tests/integration/test_udping_spoof.py $(PYTEST_ARGS)
 
+# the lab's fault-localisation acceptance with all 10 random-member runs (make test runs 2; root)
+.PHONY: test-trace
+test-trace: test-deps build
+	NETPROBE_TRACE_RUNS=10 $(PY) -m pytest tests/integration/test_trace_lab.py $(PYTEST_ARGS)
+
 bench: bench-deps build
 	$(PY) -m bench $(BENCH_ARGS)
 

@@ -97,6 +97,8 @@ def build_parser():
     kinds = pr.add_subparsers(dest="probe_kind", metavar="KIND", parser_class=Parser, required=True)
     for kind in probes.KINDS:
         _add_probe_options(kinds, kind)
+    from netprobe.probes.oneway import tracecli
+    tracecli.add_arguments(kinds.add_parser("trace", help="the hops of each source port's path, once (Paris-style)"))
 
     s = sub.add_parser("serve", help="the peer side: answer probes from other hosts")
     s.add_argument("--listen", action="append", metavar="ADDR",
@@ -201,6 +203,9 @@ def _from_cli(text, kind):
 
 
 def cmd_probe(args):
+    if args.probe_kind == "trace":
+        from netprobe.probes.oneway import tracecli
+        return tracecli.run(args)
     from netprobe import log
     from netprobe.config.load import load_dict
     from netprobe.supervisor.daemon import Supervisor

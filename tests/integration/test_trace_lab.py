@@ -7,6 +7,7 @@ datagrams from fresh sockets with the same ports (EcmpLab.flow_members)."""
 import json
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -46,8 +47,7 @@ def _run(lab, family, every):
     return lab.flow_members(PORTS, DPORT, family), out
 
 
-@pytest.mark.parametrize("stages,every", [(1, 0), (2, 0), (2, 2)])
-@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("family,stages,every", [(4, 1, 0), (6, 2, 0), (4, 2, 2), (6, 1, 2)])
 def test_trace_names_the_members_each_port_crosses(make_ecmp_lab, stages, every, family):
     lab = make_ecmp_lab(stages=stages)
     if every:
@@ -71,8 +71,8 @@ def test_trace_names_the_members_each_port_crosses(make_ecmp_lab, stages, every,
     assert out["at_peer"] == sum(v[3] for v in out["paths"].values()) <= 2 * (tries + 2)
     # every other answer dropped, 4 tries per TTL: a star needs 4 misses in a row
     assert stars <= (0.1 * hops if every else 0), (stars, hops)
-    used = {m.name for ms in members.values() for m in ms}
-    assert len(used) == 2 * stages, "every member carries some port"
+    combos = {tuple(m.name for m in ms) for ms in members.values()}
+    assert len(combos) == 2 ** stages, "every member pair carries some port (the stages hash apart)"
 
 
 # -- the oneway probe end to end: BREACH names the faulty hop --------------------------------
@@ -140,17 +140,23 @@ def suspects(recs, since=0.0):
     return [(t, r) for t, r in recs if r["type"] == "BREACH" and "suspect_hop" in r and t >= since]
 
 
-def _fault_named(lab, fault, family=4, **impair):
-    """Start the probe, wait until it has every port's path and one interval more,
-    put the fault on, and return (onset, records, the faulty node's address)."""
-    p = Probe(lab, family)
-    p.wait(lambda r: r.get("traced_ports") == 24 and r.get("interval_id", 0) >= 1)
-    p.wait(lambda r: r["type"] == "RESULT" and "interval_id" in r and "port" not in r
-           and r["interval_id"] >= 2)
+def _fault_named(lab, fault, family=4, *extra, **impair):
+    """Start the probe, wait until it has every port's path, put the fault on at the
+    next interval's start, let it run until a suspect is named (at most 5 intervals)
+    and one interval more, then stop it; returns (onset, records, probe)."""
+    p = Probe(lab, family, *extra, duration=60)
+    p.wait(lambda r: r.get("traced_ports") == 24)
+    seen = len(p.recs)
+    p.wait(lambda r: r in [x for _, x in p.recs[seen:]] and "trace_share" in r)
     lab.impair(fault, **impair)
     onset = time.monotonic()
-    recs = p.finish()
-    return onset, recs, p
+    try:
+        p.wait(lambda r: r["type"] == "BREACH" and "suspect_hop" in r, timeout=5 * INTERVAL + 1)
+        time.sleep(INTERVAL)
+    except AssertionError:
+        pass                 # the checks say what is missing
+    p.proc.send_signal(signal.SIGINT)
+    return onset, p.finish(), p
 
 
 def _check_named(onset, recs, want, metric="loss", scope=None):
@@ -178,7 +184,7 @@ def test_loss_on_a_random_member_is_named_within_3_intervals(make_ecmp_lab, run)
 def test_delay_on_one_member_is_named_as_a_delay_suspect(make_ecmp_lab):
     lab = make_ecmp_lab()
     fault = lab.members[0][1]
-    onset, recs, _ = _fault_named(lab, fault, delay_ms=50)
+    onset, recs, _ = _fault_named(lab, fault, 4, "--max-delay-p99", "20ms", delay_ms=50)
     _check_named(onset, recs, fault.addr4, metric="delay_p99")
 
 
@@ -220,3 +226,19 @@ def test_no_fault_no_suspect_and_tracing_within_its_share(make_ecmp_lab):
     assert trace_n == sum(r["trace_packets"] for r in res)
     # ... and over the run (a full retrace period included) tracing cost at most 1 % of the probes
     assert 0 < trace_n <= 0.01 * probe_n, (trace_n, probe_n)
+    # the peer saw (as malformed) exactly the scouts' datagrams past the last router, no other
+    assert sum(r["malformed"] for r in res) == res[-1]["trace_to_peer"] <= 2 * 2 * (2 + 3)
+
+
+def test_one_shot_trace_command_lists_each_ports_hops(make_ecmp_lab):
+    lab = make_ecmp_lab(stages=2)
+    sink = lab.popen(lab.b, [sys.executable, "-c", SINK])
+    assert sink.stdout.readline().startswith("READY")
+    p = lab.run(lab.a, [sys.executable, "-m", "netprobe", "probe", "trace", "--peer", lab.b6, "--ports",
+                        "5000-5015", "--dst-port", DPORT, "--rate", "200", "--json"], cwd=ROOT, timeout=120)
+    recs = [json.loads(line) for line in p.stdout.splitlines()]
+    members = lab.flow_members(list(range(5000, 5016)), DPORT, 6)
+    assert [r["port"] for r in recs] == list(range(5000, 5016))
+    for r in recs:
+        assert r["type"] == "RESULT" and r["scope"] == "path" and r["reached"] is True
+        assert r["hops"] == ",".join(lab.expected_hops(members[r["port"]], 6)), r

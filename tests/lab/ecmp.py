@@ -124,7 +124,7 @@ class EcmpLab:
             sh(["ip", "-n", n.ns, "-6", "addr", "add", "%s::%d/64" % (net6, host), "dev", dev, "nodad"])
 
     def _build(self):
-        for n in self.nodes():
+        for i, n in enumerate(self.nodes()):
             sh(["ip", "netns", "add", n.ns])
             sh(["ip", "-n", n.ns, "link", "set", "lo", "up"])
             sysctls = ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]
@@ -133,7 +133,10 @@ class EcmpLab:
                             "net.ipv4.fib_multipath_hash_policy=3", "net.ipv6.fib_multipath_hash_policy=3",
                             "net.ipv4.fib_multipath_hash_fields=0x37", "net.ipv6.fib_multipath_hash_fields=0x37",
                             "net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0",
-                            "net.ipv4.icmp_msgs_per_sec=100000", "net.ipv4.icmp_msgs_burst=100000"]
+                            "net.ipv4.icmp_msgs_per_sec=100000", "net.ipv4.icmp_msgs_burst=100000",
+                            # its own hash seed (IPv4 and IPv6), as real routers have: with one seed
+                            # J1 would pick member k of row 2 for exactly the flows J0 sent to member k
+                            "net.ipv4.fib_multipath_hash_seed=%d" % (1000 + i)]
             sh(["ip", "netns", "exec", n.ns, "sysctl", "-qw", *sysctls])
         j0, jn = self.junctions[0], self.junctions[-1]
         self._link(self.a, "e0", 2, j0, "ea", 1, "198.18.1", "2001:2:0:1")

@@ -91,7 +91,7 @@ class PathWatch:
         try:
             self._trace(self.ports, None)
             step = self.cfg.trace_every / max(1, len(self.ports))
-            nxt, i = time.monotonic() + step, 0
+            nxt, i = time.monotonic() + step, 1      # the start's trace had this period's scout
             while not self.stop_event.wait(0.1):
                 with self.lock:
                     due, self.urgent = sorted(self.urgent), set()
@@ -166,14 +166,15 @@ def _evidence(metric, sus, paths, losses, delays, cfg):
 
 
 def suspects(paths, losses, delays, *, max_loss_pct, max_delay_p99=None):
-    """One interval's verdicts: [(metric, Suspect)], loss then delay.
+    """One interval's verdicts: [(metric, Suspect)], loss then (with a delay SLA) delay.
 
     losses {port: (expected, lost)}; delays {port: p99 seconds or None}."""
     out = []
     bad, clean = localise.loss_marks(losses, max_loss_pct)
     out += [("loss", s) for s in localise.localise(paths, bad, clean)]
-    bad, clean = localise.delay_marks(delays, max_delay_p99)
-    out += [("delay_p99", s) for s in localise.localise(paths, bad, clean)]
+    if max_delay_p99 is not None:       # without a delay SLA, paths of unequal length are no fault
+        bad, clean = localise.delay_marks(delays, max_delay_p99)
+        out += [("delay_p99", s) for s in localise.localise(paths, bad, clean)]
     return out
 
 
@@ -187,5 +188,6 @@ def fields(s):
 
 
 def hop_list(hops):
-    """"198.18.1.1,*,198.18.10.2": the hop list of a scope=path RESULT (* = no answer)."""
-    return ",".join("*" if h is None else h for h in hops) or "*"
+    """"198.18.1.1,*,198.18.10.2": the hop list of a scope=path RESULT (* = no answer;
+    "direct" = no router on the way)."""
+    return ",".join("*" if h is None else h for h in hops) or "direct"

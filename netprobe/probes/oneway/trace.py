@@ -36,7 +36,7 @@ TIME_EXCEEDED = {4: 11, 6: 3}           # ICMP / ICMPv6 type
 UNREACH = {4: 3, 6: 1}
 PORT_UNREACH = {4: 3, 6: 4}
 PAYLOAD = struct.Struct("!4s8sHBB")     # magic, trace token, port, ttl, try
-MIN_WAIT, MAX_WAIT, RTT_FACTOR = 0.25, 2.0, 4    # s: no answer after 4x the slowest one seen is a miss
+MIN_WAIT, MAX_WAIT, RTT_FACTOR = 0.25, 1.0, 4    # s: no answer after 4x the slowest one seen is a miss
 
 
 @dataclass
@@ -133,7 +133,7 @@ def trace(dst, dport, ports, *, depth=None, **kw):
     no trace datagram reaches the peer.  None: the first port is traced alone until the
     path goes silent (those last datagrams reach the peer), and its depth caps the rest.
     Keywords: local, max_hops, rate, retries, timeout (default: 4 x the slowest answer so
-    far, 0.25 to 2 s; MAX_WAIT until one came), gap_limit (silent TTLs that end a
+    far, 0.25 to 1 s; MAX_WAIT until one came), gap_limit (silent TTLs that end a
     path), budget (take() -> bool), deadline (time.monotonic()), stop (an Event), socks
     ({port: socket from open_socket}, else opened and closed here).
     """
@@ -175,6 +175,9 @@ def _trace(dst, dport, ports, *, cap, local=None, max_hops=16, rate=20.0, retrie
             now = time.monotonic()
             if (deadline is not None and now >= deadline) or (stop is not None and stop.is_set()):
                 break
+            for fd, _ in poller.poll(0):    # answers already queued count, however late we woke
+                _read_errors(by_fd[fd], family, dst_ip, token, gap_limit, max_hops, rtt)
+            now = time.monotonic()
             wait_for = timeout or (min(MAX_WAIT, max(MIN_WAIT, RTT_FACTOR * rtt[0])) if rtt[0] else MAX_WAIT)
             for st in states.values():
                 if st.out and now - st.out[0] >= wait_for:
@@ -237,14 +240,17 @@ def _read_errors(st, family, dst, token, gap_limit, max_hops, rtt):
         except (BlockingIOError, InterruptedError):
             return
         got = parse_error(anc, family)
-        if got is None or st.done or st.out is None:
+        if got is None or st.done:
             continue
-        if len(data) >= PAYLOAD.size:        # the router quoted our token: it must be this packet's
-            magic, tok, _, ttl, tries = PAYLOAD.unpack_from(data)
-            if magic != TRACE_MAGIC or tok != token or (ttl, tries) != st.out[1:]:
-                continue                     # a late answer to an earlier try or trace
+        if len(data) >= PAYLOAD.size:        # the router quoted our token: any try at this TTL will do
+            magic, tok, _, ttl, _ = PAYLOAD.unpack_from(data)
+            if magic != TRACE_MAGIC or tok != token or ttl != st.ttl:
+                continue                     # an answer for an earlier TTL or trace
+        elif st.out is None:                 # too short a quote: only the packet in flight can match
+            continue
         etype, code, addr = got
-        rtt[0] = max(rtt[0], time.monotonic() - st.out[0])
+        if st.out is not None:
+            rtt[0] = max(rtt[0], time.monotonic() - st.out[0])
         if ipaddress.ip_address(addr) == dst:        # the peer itself (no listener)
             del st.path.hops[st.deepest:]
             st.path.reached, st.out, st.done = True, None, True
