@@ -31,10 +31,9 @@ NUM_WIDTH, STR_WIDTH, NAME_WIDTH = 24, 24, 64
 # booleans: 1.0 true, 0.0 false) or "" (strings).
 FIELDS = {
     "throughput": (("dir", STR), ("sla_rate", NUM), ("rate", NUM), ("ratio", NUM), ("rtt", NUM),
-                   ("rtt_p99", NUM), ("retrans", NUM), ("retrans_pct", NUM), ("limited_by", STR),
-                   ("window", NUM)),
-    "oneway": (("port", NUM), ("sent", NUM), ("lost", NUM), ("loss", NUM), ("delay_p50", NUM),
-               ("delay_p99", NUM), ("clock_synced", BOOL), ("delay_bound", NUM)),
+                   ("retrans_pct", NUM), ("limited_by", STR)),
+    "oneway": (("port", NUM), ("loss", NUM), ("delay_p50", NUM), ("delay_p99", NUM), ("clock_synced", BOOL),
+               ("delay_bound", NUM)),
     "capacity": (("capacity", NUM), ("ci_lo", NUM), ("ci_hi", NUM)),
     "host": (("late_p50", NUM), ("late_p99", NUM), ("clock_synced", BOOL), ("clock_maxerror", NUM)),
 }
@@ -204,48 +203,59 @@ def _cut(rows, length, fill=_SPACE):
 
 
 def _numbers(rows, length):
-    """Rows of number text (each `length` long) -> float64; null or anything else -> NaN."""
+    """Rows of number text (each `length` long) -> (float64 values, valid). null is NaN and
+    valid; text that is not a JSON number is invalid (the line then goes to json.loads)."""
     digit = (rows[:, 0] - 48 < 10) | ((rows[:, 0] == ord("-")) & (rows[:, 1] - 48 < 10))
+    null = (length == 4) & (rows[:, :4] == np.frombuffer(b"null", np.uint8)).all(axis=1)
     raw = _cut(rows, np.where(digit, length, 0))
     raw[~digit] = b"nan"
+    valid = digit | null
     try:
-        return raw.astype(np.float64)
+        return raw.astype(np.float64), valid
     except ValueError:             # a mangled number among them: one by one
         out = np.full(len(raw), np.nan)
         for i, t in enumerate(raw):
             try:
                 out[i] = float(t)
             except ValueError:
-                pass
-        return out
+                valid[i] = False
+        return out, valid
 
 
 class _Kind:
-    """Column blocks of one kind, concatenated at the end."""
+    """Column blocks of one kind, concatenated at the end. Strings (names, directions) are
+    kept as int32 codes into `words`: a month of records holds no per-record bytes."""
 
     def __init__(self, kind):
         self.kind = kind
         self.fields = FIELDS[kind]
         self.ts, self.names = [], []
         self.cols = {f: [] for f, _ in self.fields}
+        self.words = {}
+
+    def codes(self, strings):
+        """Fixed-width bytes array -> int32 codes."""
+        uniq, inv = np.unique(strings, return_inverse=True)
+        table = np.array([self.words.setdefault(bytes(u), len(self.words)) for u in uniq], dtype=np.int32)
+        return table[inv.ravel()]
 
     def add(self, ts, names, cols):
         self.ts.append(ts)
-        self.names.append(names)
-        for f, _ in self.fields:
-            self.cols[f].append(cols[f])
+        self.names.append(self.codes(names))
+        for f, t in self.fields:
+            self.cols[f].append(self.codes(cols[f]) if t == STR else cols[f])
 
     def add_dicts(self, objs):
         """Records that took the slow path (json.loads), as columns."""
         if not objs:
             return
         ts = np.array([round(o["ts"] * 1000) for o in objs], dtype=np.int64)
-        names = np.array([o["name"].encode() for o in objs], dtype=f"S{NAME_WIDTH}")
+        names = np.array([o["name"].encode() for o in objs], dtype=object)
         cols = {}
         for f, t in self.fields:
             vals = [o.get(f) for o in objs]
             if t == STR:
-                cols[f] = np.array([v.encode() if isinstance(v, str) else b"" for v in vals], dtype=f"S{STR_WIDTH}")
+                cols[f] = np.array([v.encode() if isinstance(v, str) else b"" for v in vals], dtype=object)
             elif t == BOOL:
                 cols[f] = np.array([float(v) if isinstance(v, bool) else np.nan for v in vals])
             else:
@@ -259,40 +269,45 @@ class _Kind:
         ts = np.concatenate(self.ts)
         names = np.concatenate(self.names)
         self.ts = self.names = None
-        cols = {f: np.concatenate(v) for f, v in self.cols.items()}
-        self.cols = None
+        words = np.empty(len(self.words), dtype=object)
+        for w, i in self.words.items():
+            words[i] = w.decode(errors="replace")
         split = SPLIT.get(self.kind)
         if split is None:
             sub = np.zeros(len(ts), dtype=np.int64)
-        elif cols[split].dtype.kind == "f":
-            sub = np.where(np.isnan(cols[split]), -1, cols[split]).astype(np.int64)
         else:
-            sub = cols[split]
+            sub = np.concatenate(self.cols[split])
+            if sub.dtype.kind == "f":                   # a port number; -1: the probe as a whole
+                sub = np.where(np.isnan(sub), -1, sub).astype(np.int64)
         name_codes, name_idx = np.unique(names, return_inverse=True)
         sub_codes, sub_idx = np.unique(sub, return_inverse=True)
         key = name_idx.astype(np.int64) * len(sub_codes) + sub_idx
+        del names, sub, name_idx, sub_idx
         order = np.lexsort((ts, key))
         key, ts = key[order], ts[order]
         # de-duplicate: the same interval read twice (an archive copied, a file named twice)
         keep = np.ones(len(order), dtype=bool)
         keep[1:] = (key[1:] != key[:-1]) | (ts[1:] != ts[:-1])
         order, key, ts = order[keep], key[keep], ts[keep]
+        cols = {}
+        for f, t in self.fields:                        # one field at a time: the blocks freed as we go
+            if f != split:
+                v = np.concatenate(self.cols.pop(f))[order]
+                cols[f] = words[v] if t == STR else v
+        self.cols = None
         out = []
         bounds = np.flatnonzero(np.diff(key)) + 1
         for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(key)], strict=True):
             k = key[lo]
-            name = name_codes[k // len(sub_codes)].decode(errors="replace")
+            name = words[name_codes[k // len(sub_codes)]]
             s = sub_codes[k % len(sub_codes)]
-            if isinstance(s, bytes):
-                s = s.decode(errors="replace")
-            elif split is None or s < 0:
+            if split is None:
                 s = ""
+            elif self.kind == "oneway":
+                s = "" if s < 0 else str(int(s))
             else:
-                s = str(int(s))
-            idx = order[lo:hi]
-            scol = {f: (v[idx] if v.dtype.kind == "f" else v[idx].astype("U"))
-                    for f, v in cols.items() if f != split}
-            out.append(Series(self.kind, name, s, ts[lo:hi] / 1000.0, scol))
+                s = words[s]
+            out.append(Series(self.kind, name, s, ts[lo:hi] / 1000.0, {f: v[lo:hi] for f, v in cols.items()}))
         return out
 
 
@@ -352,7 +367,7 @@ class _Block:
         for f, t in FIELDS[kind]:
             key = f.encode()
             if key not in keys:
-                out[f] = np.full(len(rows), np.nan) if t != STR else np.zeros(len(rows), dtype=f"S{STR_WIDTH}")
+                out[f] = np.full(len(rows), np.nan) if t != STR else np.full(len(rows), b"", dtype="S1")
                 continue
             j = keys.index(key)
             at = cols_at[:, j]
@@ -367,13 +382,16 @@ class _Block:
                 out[f] = _cut(raw, width - 2, 0)
             elif t == BOOL:
                 c0 = buf[vstart]
+                ok &= ((c0 == ord("t")) & (width == 4)) | ((c0 == ord("f")) & (width == 5)) | \
+                    ((c0 == ord("n")) & (width == 4))
                 out[f] = np.where(c0 == ord("t"), 1.0, np.where(c0 == ord("f"), 0.0, np.nan))
             else:
                 ok &= width <= NUM_WIDTH
-                out[f] = _numbers(_gather(buf, vstart, NUM_WIDTH), width)
+                out[f], valid = _numbers(_gather(buf, vstart, NUM_WIDTH), width)
+                ok &= valid
         ms = _unix_ms(_gather(buf, starts[rows] + _TS_AT, _TS_LEN))
         ok &= ms >= 0
-        acc.add(ms, names[ok], {f: v[ok] for f, v in out.items()})
+        acc.add(ms[ok], names[ok], {f: v[ok] for f, v in out.items()})
         return ok
 
 

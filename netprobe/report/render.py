@@ -36,34 +36,38 @@ def _plt():
 
 
 def binned(ts, values, start, end, nbins=BINS):
-    """(centres as datetime64, mean, min, max) of `values` in nbins equal time bins; NaN where empty."""
-    width = max((end - start) / nbins, 1e-9)
-    ok = ~np.isnan(values) & (ts >= start) & (ts <= end)
-    idx = np.minimum(((ts[ok] - start) / width).astype(np.int64), nbins - 1)
-    v = values[ok]
-    n = np.bincount(idx, minlength=nbins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.bincount(idx, v, minlength=nbins) / n
-    lo = np.full(nbins, np.inf)
-    hi = np.full(nbins, -np.inf)
-    np.minimum.at(lo, idx, v)
-    np.maximum.at(hi, idx, v)
-    empty = n == 0
-    lo[empty] = hi[empty] = np.nan
-    centres = ((start + (np.arange(nbins) + 0.5) * width) * 1000).astype("datetime64[ms]")
+    """(centres as datetime64, mean, min, max) of `values` in nbins equal time bins; NaN where
+    empty. `ts` is sorted (a Series' stamps), so each bin is one slice."""
+    ok = ~np.isnan(values)
+    ts, v = ts[ok], values[ok]
+    edges = start + (end - start) * np.arange(nbins + 1) / nbins
+    cut = np.searchsorted(ts, edges, side="right")
+    cut[0] = np.searchsorted(ts, start, side="left")
+    n = np.diff(cut)
+    mean, lo, hi = (np.full(nbins, np.nan) for _ in range(3))
+    full = np.flatnonzero(n > 0)
+    if len(full):
+        at = cut[:-1][full]
+        v = v[:cut[-1]]                       # past the end: not in the last bin
+        sums = np.add.reduceat(v, at)
+        mean[full] = sums / n[full]
+        lo[full] = np.minimum.reduceat(v, at)
+        hi[full] = np.maximum.reduceat(v, at)
+    centres = (((edges[:-1] + edges[1:]) / 2) * 1000).astype("datetime64[ms]")
     return centres, mean, lo, hi
 
 
 def _png(fig):
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=DPI)
     _plt().close(fig)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
 def _figure(rows=1):
     plt = _plt()
-    fig, axes = plt.subplots(rows, 1, figsize=(WIDTH, HEIGHT * rows), sharex=True, squeeze=False)
+    fig, axes = plt.subplots(rows, 1, figsize=(WIDTH, HEIGHT * rows), sharex=True, squeeze=False,
+                             layout="constrained")
     for ax in axes[:, 0]:
         ax.xaxis_date()
     axes[-1, 0].set_xlabel("time (UTC)")
@@ -124,7 +128,7 @@ def plot_loss_heatmap(ports, start, end):
     for i, s in enumerate(ports):
         _, mean, _, _ = binned(s.ts, s.cols["loss"], start, end, nb)
         grid[i] = mean
-    fig, ax = plt.subplots(figsize=(WIDTH, max(1.6, 0.16 * len(ports) + 0.8)))
+    fig, ax = plt.subplots(figsize=(WIDTH, max(1.6, 0.16 * len(ports) + 0.8)), layout="constrained")
     x0, x1 = (np.datetime64(int(v * 1000), "ms").astype(object) for v in (start, end))
     import matplotlib.dates as mdates
     img = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap="Greys", interpolation="nearest",
