@@ -18,7 +18,7 @@ import tempfile
 import numpy as np
 
 from netprobe.errors import NetprobeError
-from netprobe.report.sla import interval_of, metrics
+from netprobe.report.sla import hms, interval_of, metrics
 from netprobe.results import iso_time
 
 BINS = 600
@@ -185,16 +185,6 @@ def _pct(x):
     return "–" if math.isnan(x) else f"{x:.3f}%"
 
 
-def _dur(s):
-    s = float(s)
-    if math.isnan(s):
-        return "open"
-    d, rest = divmod(round(s), 86400)
-    h, rest = divmod(rest, 3600)
-    m, sec = divmod(rest, 60)
-    return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{sec:02d}"
-
-
 CSS = """
 body{font-family:sans-serif;font-size:10pt;margin:1.5em;color:#000}
 h1{font-size:16pt}h2{font-size:13pt;border-bottom:1px solid #888;margin-top:1.4em}h3{font-size:11pt}
@@ -212,7 +202,7 @@ def html_report(archive, report, title="netprobe SLA report"):
     out = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>",
            f"<style>{CSS}</style></head><body>",
            f"<h1>{e(title)}</h1>",
-           f"<p>Period {e(iso_time(start))} to {e(iso_time(end))} ({_dur(end - start)}); "
+           f"<p>Period {e(iso_time(start))} to {e(iso_time(end))} ({hms(end - start)}); "
            f"{archive.files} file(s), {archive.lines} line(s) read.</p>",
            "<h2>SLA compliance</h2>",
            "<p>Held: share of the measured time each SLA held. Not measured: share of the period with no "
@@ -222,7 +212,7 @@ def html_report(archive, report, title="netprobe SLA report"):
     for p in report.paths:
         for c in p.compliance:
             out.append(f"<tr><td>{e(p.name)}</td><td>{e(p.kind)}</td><td>{e(p.sub)}</td><td>{e(c.metric)}</td>"
-                       f"<td>{e(c.sla)}</td><td class=n>{_pct(c.held_pct)}</td><td class=n>{_dur(c.measured)}</td>"
+                       f"<td>{e(c.sla)}</td><td class=n>{_pct(c.held_pct)}</td><td class=n>{hms(c.measured)}</td>"
                        f"<td class=n>{_pct(c.not_measured_pct)}</td></tr>")
     out.append("</table><h2>Breaches</h2>")
     if report.breaches:
@@ -232,7 +222,7 @@ def html_report(archive, report, title="netprobe SLA report"):
             out.append(f"<tr><td>{e(b.name)}</td><td>{e(b.sub)}</td><td>{e(b.metric)}</td>"
                        f"<td>{e(iso_time(b.start))}</td>"
                        f"<td>{'open' if math.isnan(b.end) else e(iso_time(b.end))}</td>"
-                       f"<td class=n>{_dur(b.duration)}</td><td class=n>{e(b.worst)}</td><td>{e(b.sla)}</td></tr>")
+                       f"<td class=n>{hms(b.duration)}</td><td class=n>{e(b.worst)}</td><td>{e(b.sla)}</td></tr>")
         out.append("</table>")
     else:
         out.append("<p>No breach in the period.</p>")

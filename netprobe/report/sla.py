@@ -161,11 +161,30 @@ def coverage(ts, interval, start, end):
 
 
 def interval_of(series, cfg):
+    """The span one RESULT covers: the configured interval, or for a kind that reports
+    when it has a result (capacity: one per estimate) the median spacing of its stamps."""
     i = cfg.get("interval")
-    if isinstance(i, (int, float)) and i > 0:
+    if isinstance(i, (int, float)) and i > 0 and _periodic(series.kind):
         return float(i)
     d = np.diff(series.ts)
     return float(np.median(d)) if len(d) else 10.0
+
+
+def _periodic(kind):
+    try:
+        return bool(importlib.import_module(f"netprobe.probes.{kind}.config").Config.periodic)
+    except (ImportError, AttributeError):
+        return True
+
+
+def hms(s):
+    """Seconds as [Nd ]HH:MM:SS."""
+    if not math.isfinite(s):
+        return "open"
+    d, rest = divmod(round(s), 86400)
+    h, rest = divmod(rest, 3600)
+    m, sec = divmod(rest, 60)
+    return (f"{d}d " if d else "") + f"{h:02d}:{m:02d}:{sec:02d}"
 
 
 def build(archive, start=None, end=None, probe=None):
@@ -200,13 +219,13 @@ def build(archive, start=None, end=None, probe=None):
     breaches = _breaches(archive, judged_by, start, end, probe)
     quality = list(archive.quality)
     for g in gaps:
-        quality.append(f"GAP {g['name']}: {units.format_duration(g['end'] - g['start'])} not measured "
+        quality.append(f"GAP {g['name']}: {hms(g['end'] - g['start'])} not measured "
                        f"({_iso(g['start'])} to {_iso(g['end'])}): {g.get('reason', 'no reason given')}")
     for p in paths:
         for a, b, why in p.unmeasured:
             if why == "missing":
                 quality.append(f"{p.name}{' ' + p.sub if p.sub else ''}: no intervals for "
-                               f"{units.format_duration(b - a)} ({_iso(a)} to {_iso(b)}) and no GAP record says why")
+                               f"{hms(b - a)} ({_iso(a)} to {_iso(b)}) and no GAP record says why")
     return Report(start, end, paths, breaches, quality)
 
 
