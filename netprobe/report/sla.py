@@ -234,10 +234,10 @@ def _unmeasured(ts, interval, start, end, gaps):
     edges_lo = np.r_[start, ts]
     edges_hi = np.r_[ts - interval, end] if len(ts) else np.array([end])
     out = []
-    for a, b in zip(edges_lo, edges_hi, strict=True):
-        if b - a > interval / 2:
-            reasons = [g.get("reason", "") for g in gaps if g["start"] < b and g["end"] > a]
-            out.append((float(a), float(b), "; ".join(r for r in reasons if r) or "missing"))
+    long = np.flatnonzero(edges_hi - edges_lo > interval / 2)
+    for a, b in zip(edges_lo[long], edges_hi[long], strict=True):
+        reasons = [g.get("reason", "") for g in gaps if g["start"] < b and g["end"] > a]
+        out.append((float(a), float(b), "; ".join(r for r in reasons if r) or "missing"))
     return out
 
 
