@@ -132,6 +132,7 @@ def _blocks(path, quality):
     with open(path, "rb") as fh:
         magic = fh.read(2)
         fh.seek(0)
+        before = len(quality)
         if magic == b"\x1f\x8b":
             raw = _gunzip(fh, path, quality)
         else:
@@ -143,7 +144,7 @@ def _blocks(path, quality):
             rest = data[cut:]
             if cut:
                 yield data[:cut]
-        if rest:
+        if rest and len(quality) == before:     # after a cut gzip stream the partial line is that cut
             yield rest + b"\n"
 
 
