@@ -12,8 +12,10 @@ Problems never stop the read: a corrupt or cut line, a truncated last gzip membe
 an unreadable file, a file without a HEADER (an older version's or not an archive)
 are counted and returned as data-quality items, one line each.
 """
+import concurrent.futures
 import dataclasses
 import json
+import multiprocessing
 import os
 import stat
 import zlib
@@ -246,6 +248,21 @@ class _Kind:
         for f, t in self.fields:
             self.cols[f].append(self.codes(cols[f]) if t == STR else cols[f])
 
+    def export(self):
+        """The blocks concatenated, with the words their codes index (to merge elsewhere)."""
+        return {"ts": np.concatenate(self.ts), "names": np.concatenate(self.names),
+                "cols": {f: np.concatenate(v) for f, v in self.cols.items()},
+                "words": sorted(self.words, key=self.words.get)}
+
+    def merge(self, part):
+        """Add another _Kind's export, its codes mapped to this one's words."""
+        remap = np.array([self.words.setdefault(w, len(self.words)) for w in part["words"]], dtype=np.int32)
+        self.ts.append(part["ts"])
+        self.names.append(remap[part["names"]])
+        for f, t in self.fields:
+            v = part["cols"][f]
+            self.cols[f].append(remap[v] if t == STR else v)
+
     def add_dicts(self, objs):
         """Records that took the slow path (json.loads), as columns."""
         if not objs:
@@ -396,41 +413,21 @@ class _Block:
         return ok
 
 
-def read(paths):
-    """Read every archive file under `paths` into an Archive. Never raises for bad data."""
+def read(paths, workers=None):
+    """Read every archive file under `paths` into an Archive. Never raises for bad data.
+    Files are read in parallel by up to `workers` processes (default: one per CPU)."""
     files, quality = discover(paths)
     kinds = {k: _Kind(k) for k in FIELDS}
     events, gaps, errors, headers = {}, {}, [], []
-    slow = {k: [] for k in FIELDS}
     lines = 0
-    for path in files:
-        file_quality = []
-        first, corrupt, first_bad = True, 0, None
-        try:
-            for data in _blocks(path, file_quality):
-                if first:
-                    first = False
-                    if not data.startswith(b'{"type":"HEADER"'):
-                        file_quality.append(f"{path}: no HEADER line (an older netprobe's archive, "
-                                            "or not a netprobe archive): read with the current layout")
-                block = _Block(data)
-                for line in block.parse(kinds):
-                    obj = _parse_other(line, path, headers)
-                    if obj is None:
-                        corrupt += 1
-                        first_bad = first_bad or lines + 1
-                    elif obj.get("type") == "RESULT" and obj.get("probe") in slow:
-                        slow[obj["probe"]].append(obj)
-                    else:
-                        _file_other(obj, events, gaps, errors)
-                lines += len(block.starts)
-        except OSError as exc:
-            file_quality.append(f"{path}: cannot read: {exc.strerror or exc}")
-        if corrupt:
-            file_quality.append(f"{path}: {corrupt} corrupt line(s) skipped")
+    for cols, others, file_headers, file_quality, n in _map(_read_file, files, workers):
+        for k, part in cols.items():
+            kinds[k].merge(part)
+        for obj in others:
+            _file_other(obj, events, gaps, errors)
+        headers.extend(file_headers)
         quality.extend(file_quality)
-    for k, objs in slow.items():
-        kinds[k].add_dicts(objs)
+        lines += n
     series = [s for k in kinds.values() for s in k.series()]
     series.sort(key=lambda s: (s.kind, s.name, _sub_key(s.sub)))
     headers.sort(key=lambda h: h["started"])
@@ -440,6 +437,49 @@ def read(paths):
                            "fields it did not write read as missing")
     return Archive(series, sorted(events.values(), key=lambda e: e["ts"]),
                    sorted(gaps.values(), key=lambda g: g["start"]), errors, headers, quality, lines, len(files))
+
+
+def _map(fn, files, workers):
+    """fn over files, in order; in forked worker processes when there are several files."""
+    workers = min(workers or os.cpu_count() or 1, len(files))
+    if workers <= 1:
+        yield from map(fn, files)
+        return
+    ctx = multiprocessing.get_context("fork")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        yield from pool.map(fn, files)
+
+
+def _read_file(path):
+    """One file: (columns per kind, other records, HEADERs, data-quality lines, lines read)."""
+    kinds = {k: _Kind(k) for k in FIELDS}
+    slow = {k: [] for k in FIELDS}
+    others, headers, quality = [], [], []
+    first, corrupt, lines = True, 0, 0
+    try:
+        for data in _blocks(path, quality):
+            if first:
+                first = False
+                if not data.startswith(b'{"type":"HEADER"'):
+                    quality.append(f"{path}: no HEADER line (an older netprobe's archive, "
+                                   "or not a netprobe archive): read with the current layout")
+            block = _Block(data)
+            for line in block.parse(kinds):
+                obj = _parse_other(line, path, headers)
+                if obj is None:
+                    corrupt += 1
+                elif obj.get("type") == "RESULT" and obj.get("probe") in slow:
+                    slow[obj["probe"]].append(obj)
+                elif obj:
+                    others.append(obj)
+            lines += len(block.starts)
+    except OSError as exc:
+        quality.append(f"{path}: cannot read: {exc.strerror or exc}")
+    if corrupt:
+        quality.append(f"{path}: {corrupt} corrupt line(s) skipped")
+    for k, objs in slow.items():
+        kinds[k].add_dicts(objs)
+    return {k: acc.export() for k, acc in kinds.items() if acc.ts}, others, headers, quality, lines
 
 
 def _sub_key(sub):
