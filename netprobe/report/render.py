@@ -90,7 +90,7 @@ def plot_throughput(series, cfg, start, end):
             if m.metric == "rate":
                 sla = np.nanmedian(s.cols["sla_rate"]) * m.threshold / 1e6 if len(s.ts) else math.nan
                 ax.axhline(sla, ls=ls, color="0", lw=1.6, label=f"{s.sub} SLA ({sla:.4g} Mbit/s)")
-        t, rtt, _, rtt_hi = binned(s.ts, s.cols["rtt"] * 1e3, start, end)
+        t, rtt, _, _ = binned(s.ts, s.cols["rtt"] * 1e3, start, end)
         ax_rtt.plot(t, rtt, ls=ls, color=grey, marker=mk, markevery=max(1, BINS // 12), ms=3,
                     label=f"{s.sub} mean RTT")
         t, re_, _, _ = binned(s.ts, s.cols["retrans_pct"], start, end)
@@ -109,7 +109,7 @@ def plot_oneway(s, start, end):
     """One-way delay p50 and p99 with the clock error bound as a band around p99."""
     fig, (ax,) = _figure(1)
     t, p50, _, _ = binned(s.ts, s.cols["delay_p50"] * 1e3, start, end)
-    _, p99, _, p99_hi = binned(s.ts, s.cols["delay_p99"] * 1e3, start, end)
+    _, p99, _, _ = binned(s.ts, s.cols["delay_p99"] * 1e3, start, end)
     _, bound, _, _ = binned(s.ts, s.cols["delay_bound"] * 1e3, start, end)
     ax.fill_between(t, p99 - bound, p99 + bound, color="0.75", lw=0, label="p99 ± clock error bound")
     ax.plot(t, p50, "-", color="0.1", label="p50")
@@ -164,14 +164,14 @@ def plot_capacity(s, start, end):
 def plot_host(s, start, end):
     """The measurer's trust: clock synchronised, and timer lateness p50/p99."""
     fig, (ax_sync, ax_late) = _figure(2)
-    t, synced, lo, _ = binned(s.ts, s.cols["clock_synced"], start, end)
+    t, _, lo, _ = binned(s.ts, s.cols["clock_synced"], start, end)
     ax_sync.step(t, lo, where="mid", color="0.1", label="clock synchronised (worst in bin)")
     ax_sync.set_yticks([0, 1])
     ax_sync.set_yticklabels(["no", "yes"])
     ax_sync.set_ylim(-0.2, 1.2)
     ax_sync.set_ylabel("clock synced (yes/no)")
     t, p50, _, _ = binned(s.ts, s.cols["late_p50"] * 1e3, start, end)
-    _, p99, _, p99_hi = binned(s.ts, s.cols["late_p99"] * 1e3, start, end)
+    _, _, _, p99_hi = binned(s.ts, s.cols["late_p99"] * 1e3, start, end)
     ax_late.plot(t, p50, "-", color="0.1", label="timer lateness p50")
     ax_late.plot(t, p99_hi, "--", color="0.45", label="timer lateness p99 (worst in bin)")
     ax_late.set_ylabel("timer lateness (ms)")

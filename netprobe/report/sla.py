@@ -24,7 +24,7 @@ import numpy as np
 
 from netprobe import units
 from netprobe.config.schema import fields as schema_fields
-from netprobe.results import BREACH, CLEAR
+from netprobe.results import BREACH, CLEAR, iso_time
 
 SLA_KINDS = ("throughput", "oneway", "capacity", "host")
 
@@ -213,21 +213,21 @@ def build(archive, start=None, end=None, probe=None):
             judged, good = judged[inside], good[inside]
             measured = float(cov[judged].sum())
             comp.append(Compliance(m.metric, m.text(), measured, float(cov[good].sum()), period - measured, period))
-            judged_by[(s.name, s.sub, m.metric)] = (s, m, inside)
+            judged_by[(s.name, s.sub, m.metric)] = (s, m, interval)
         paths.append(PathReport(s.kind, s.name, s.sub, interval, int(inside.sum()), comp,
                                 _unmeasured(ts, interval, start, end, [g for g in gaps if g["name"] == s.name])))
     breaches = _breaches(archive, judged_by, start, end, probe)
     quality = list(archive.quality)
     for g in gaps:
         quality.append(f"GAP {g['name']}: {hms(g['end'] - g['start'])} not measured "
-                       f"({_iso(g['start'])} to {_iso(g['end'])}): {g.get('reason', 'no reason given')}")
+                       f"({iso_time(g['start'])} to {iso_time(g['end'])}): {g.get('reason', 'no reason given')}")
     for p in paths:
         if p.kind == "oneway" and p.sub:
             continue                        # a port's spans are its probe's: said once, for the probe
         for a, b, why in p.unmeasured:
             if why == "missing":
                 quality.append(f"{p.name}{' ' + p.sub if p.sub else ''}: no intervals for "
-                               f"{hms(b - a)} ({_iso(a)} to {_iso(b)}) and no GAP record says why")
+                               f"{hms(b - a)} ({iso_time(a)} to {iso_time(b)}) and no GAP record says why")
     return Report(start, end, paths, breaches, quality)
 
 
@@ -279,10 +279,9 @@ def _breach(b, c, judged_by, key):
     worst_text = _fmt(worst, unit) if isinstance(worst, (int, float)) else str(worst)
     found = judged_by.get((name, sub, metric))
     if found is not None:
-        s, m, _ = found
+        s, m, interval = found
         judged, good = verdicts(s, m)
         bad = judged & ~good
-        interval = interval_of(s, {})
         i = np.searchsorted(s.ts, start, side="right") - 1       # the last interval at or before BREACH
         while i >= 0 and not bad[i]:
             i -= 1
@@ -320,25 +319,19 @@ def _fmt(v, unit):
     return f"{v:.4g}{unit if unit not in ('ratio',) else ''}"
 
 
-def _iso(ts):
-    from netprobe.results import iso_time
-    return iso_time(ts)
-
-
 def to_json(report):
     """The Report as plain JSON-able data (times ISO 8601 UTC, durations in s)."""
-    iso = _iso
     return {
-        "start": iso(report.start), "end": iso(report.end),
+        "start": iso_time(report.start), "end": iso_time(report.end),
         "paths": [{"kind": p.kind, "name": p.name, "path": p.sub, "interval_s": p.interval, "intervals": p.intervals,
                    "compliance": [{"metric": c.metric, "sla": c.sla, "measured_s": round(c.measured, 3),
                                    "held_s": round(c.held, 3), "held_pct": _num(c.held_pct),
                                    "not_measured_s": round(c.not_measured, 3),
                                    "not_measured_pct": _num(c.not_measured_pct)} for c in p.compliance],
-                   "unmeasured": [{"start": iso(a), "end": iso(b), "reason": r} for a, b, r in p.unmeasured]}
+                   "unmeasured": [{"start": iso_time(a), "end": iso_time(b), "reason": r} for a, b, r in p.unmeasured]}
                   for p in report.paths],
-        "breaches": [{"kind": b.kind, "name": b.name, "path": b.sub, "metric": b.metric, "start": iso(b.start),
-                      "end": None if math.isnan(b.end) else iso(b.end),
+        "breaches": [{"kind": b.kind, "name": b.name, "path": b.sub, "metric": b.metric, "start": iso_time(b.start),
+                      "end": None if math.isnan(b.end) else iso_time(b.end),
                       "duration_s": None if math.isnan(b.end) else round(b.duration, 3),
                       "worst": b.worst, "sla": b.sla} for b in report.breaches],
         "data_quality": report.quality,
