@@ -17,6 +17,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+import re
 import stat
 import zlib
 
@@ -340,6 +341,7 @@ class _Block:
         ends = np.flatnonzero(self.buf == _NL)
         self.starts = np.r_[0, ends[:-1] + 1]
         self.ends = ends
+        self._found = {}
 
     def parse(self, kinds):
         buf, starts, ends = self.buf, self.starts, self.ends
@@ -365,6 +367,13 @@ class _Block:
         blank = ends == starts
         return [self.data[a:b] for a, b in zip(starts[~done & ~blank], ends[~done & ~blank], strict=True)]
 
+    def _lines_with(self, tag):
+        """Indices of the lines holding `tag` (found with re, once per block)."""
+        if tag not in self._found:
+            pos = np.array([m.start() for m in re.finditer(re.escape(tag), self.data)], dtype=np.int64)
+            self._found[tag] = np.searchsorted(self.starts, pos, side="right") - 1
+        return self._found[tag]
+
     def _layout(self, kind, acc, rows, sep, first, nsep):
         """Lines of one kind with `nsep` fields after the name: take each wanted field at
         the column its key is at in the first line, where every line has that key there.
@@ -386,6 +395,7 @@ class _Block:
             key = f.encode()
             if key not in keys:
                 out[f] = np.full(len(rows), np.nan) if t != STR else np.full(len(rows), b"", dtype="S1")
+                ok &= ~np.isin(rows, self._lines_with(b',"' + key + b'":'))     # elsewhere in a line: not this layout
                 continue
             j = keys.index(key)
             at = cols_at[:, j]
