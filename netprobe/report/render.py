@@ -27,7 +27,11 @@ STYLES = (("-", "o", "0.1"), ("--", "s", "0.45"), (":", "^", "0.3"), ("-.", "D",
 
 
 def _plt():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise NetprobeError("the HTML report needs matplotlib (Debian: apt install python3-matplotlib); "
+                            "--json alone does not") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     plt.rcParams.update({"font.size": 8, "axes.grid": True, "grid.color": "0.85", "lines.linewidth": 1.0,

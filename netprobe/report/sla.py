@@ -41,6 +41,8 @@ class Metric:
     def text(self):
         if self.op == "==":
             return "yes"
+        if self.unit == "ratio":
+            return f"{self.op}{self.threshold * 100:g}% of the rate"
         return f"{self.op}{_fmt(self.threshold, self.unit)}"
 
 
