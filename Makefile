@@ -14,7 +14,7 @@ BENCH_ARGS  ?=
 # benchmarks' peer tools (BENCH_DEBS).
 BUILD_DEBS := gcc python3-dev python3-venv
 TEST_DEBS  := adjtimex strace cython3 python3-setuptools python3-numpy libpcap0.8 iproute2 iptables ethtool iputils-ping procps irtt iperf3 rsyslog tshark tcptrace tcpdump \
-             prometheus prometheus-alertmanager
+             prometheus prometheus-alertmanager chromium poppler-utils
 BENCH_DEBS := sockperf
 
 .PHONY: all build-deps test-deps bench-deps venv build run test bench soak lint clean
@@ -34,7 +34,7 @@ bench-deps:
 $(VENV)/.deps: pyproject.toml | build-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel
-	$(PIP) install -q "Cython>=3.0" numpy scipy python-daemon "prometheus-client==0.16.0" pytest hypothesis scapy ruff
+	$(PIP) install -q "Cython>=3.0" numpy scipy python-daemon "prometheus-client==0.16.0" pytest hypothesis scapy ruff matplotlib
 	touch $@
 
 venv: $(VENV)/.deps

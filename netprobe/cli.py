@@ -127,6 +127,12 @@ def build_parser():
     from netprobe.probes.retrans import pcapcli
     pcapcli.add_arguments(pc)
 
+    rp = sub.add_parser("report", help="an SLA report (HTML, PDF, JSON) from jsonfile archives",
+                        description="Compliance per probe and path, the breach table, data quality and "
+                                    "plots for a period, from the jsonfile sink's files.")
+    from netprobe.report import command as report_command
+    report_command.add_arguments(rp)
+
     sub.add_parser("version", help="print the version")
     return p
 
@@ -240,6 +246,11 @@ def cmd_pcap(args):
     return pcapcli.run(args)
 
 
+def cmd_report(args):
+    from netprobe.report import command
+    return command.run(args)
+
+
 def cmd_serve(args):
     import signal
     import threading
@@ -263,7 +274,7 @@ def cmd_serve(args):
 
 
 COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "probe": cmd_probe,
-            "selftest": cmd_selftest, "serve": cmd_serve, "pcap": cmd_pcap,
+            "selftest": cmd_selftest, "serve": cmd_serve, "pcap": cmd_pcap, "report": cmd_report,
             "version": lambda a: print(f"netprobe {__version__}") or EXIT_OK}
 
 

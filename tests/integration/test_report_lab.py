@@ -1,0 +1,158 @@
+"""`netprobe report` on what the daemon wrote in the netns lab while R injected a rate
+limit, then delay and loss, at known times. Oracles: the test's own clock for when each
+impairment was on, and the compliance computed here from the archive's RESULT lines."""
+import gzip
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from netprobe.report.read import iso_to_unix
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PY = sys.executable
+IV = 1.0
+# a RESULT is stamped when its interval's figures are in: for oneway after the peer's grace
+# (0.3 s) and the reply; the stamp of the interval that saw an edge may be that late
+SLACK = 0.8
+# throughput judges a sliding window: it reads below the SLA until the window has left the
+# limited time; and after the tbf is deleted TCP recovers from the dropped backlog by a
+# retransmission timeout (up to ~2 s)
+WINDOW, TCP_RECOVERY = 3.0, 2.5
+
+CONFIG = """
+[daemon]
+log_level = "warning"
+
+[[probe]]
+kind = "throughput"
+name = "wan"
+peer = "{peer}"
+rate = "40M"
+interval = "1s"
+window = "3s"
+breach_after = 2
+clear_after = 2
+
+[[probe]]
+kind = "oneway"
+name = "wan-owd"
+peer = "{peer}"
+ecmp_width = 2
+gap = "2ms"
+interval = "1s"
+grace = "300ms"
+breach_after = 2
+clear_after = 2
+max_loss_pct = 2.0
+max_delay_p99 = "15ms"
+per_port = true
+
+[output.jsonfile]
+path = "{path}"
+rotate_size = "64K"
+"""
+
+
+def netprobe(*args):
+    return [PY, "-m", "netprobe", *map(str, args)]
+
+
+def archive_records(directory):
+    out = []
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(path, "rt") as fh:
+            out.extend(json.loads(line) for line in fh if line.strip())
+    return out
+
+
+def oracle(results, judged, good):
+    """(measured, held) seconds: each RESULT covers the interval before its stamp, never
+    overlapping the one before."""
+    measured = held = 0.0
+    prev = None
+    for r in sorted(results, key=lambda r: r["ts"]):
+        t = iso_to_unix(r["ts"])
+        span = IV if prev is None else min(IV, t - prev)
+        prev = t
+        if judged(r):
+            measured += span
+            held += span if good(r) else 0.0
+    return measured, held
+
+
+@pytest.mark.lab
+def test_lab_breaches_and_compliance_in_the_report(make_lab, tmp_path):
+    lab = make_lab(offload="off")
+    serve = lab.popen("b", netprobe("serve", "--listen", f"{lab.b4}:7171", "--allow", "198.18.0.0/15",
+                                    "--duration", "90s"), cwd=ROOT)
+    end = time.monotonic() + 15
+    while ":7171" not in lab.run("b", ["ss", "-ltnH"], check=False).stdout:
+        assert time.monotonic() < end, "peer in B did not come up"
+        time.sleep(0.1)
+    out = tmp_path / "archive"
+    out.mkdir()
+    cfg = tmp_path / "netprobe.toml"
+    cfg.write_text(CONFIG.format(peer=f"{lab.b4}:7171", path=out / "results.json"))
+    daemon = lab.popen("a", netprobe("run", "-c", cfg, "--duration", "36s"), cwd=ROOT)
+    try:
+        time.sleep(7)
+        lab.set(rate_ab="15mbit")
+        rate_on = time.time()
+        time.sleep(8)
+        lab.clear()
+        rate_off = time.time()
+        time.sleep(9)                     # the window, TCP's recovery and clear_after: the breach ends first
+        lab.set(delay_ab=40, loss_ab=10)
+        owd_on = time.time()
+        time.sleep(6)
+        lab.clear()
+        owd_off = time.time()
+        daemon.wait(timeout=60)
+    finally:
+        lab.clear()
+        if daemon.poll() is None:
+            daemon.kill()
+        serve.kill()
+    assert daemon.returncode == 0, daemon.stderr.read() if daemon.stderr else ""
+
+    p = subprocess.run(netprobe("report", out, "--json", "-o", tmp_path / "report.html"), cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    rep = json.loads(p.stdout)
+
+    def breach(name, path, metric, on, off, recovery=0.0):
+        rows = [b for b in rep["breaches"] if (b["name"], b["path"], b["metric"]) == (name, path, metric)
+                and b["end"] is not None and iso_to_unix(b["start"]) < off and iso_to_unix(b["end"]) > on]
+        assert len(rows) == 1, (name, metric, rep["breaches"])
+        start, stop = iso_to_unix(rows[0]["start"]), iso_to_unix(rows[0]["end"])
+        assert on - IV - SLACK <= start <= on + IV + SLACK, (rows[0], on)
+        assert off - IV - SLACK <= stop <= off + IV + SLACK + recovery, (rows[0], off)
+
+    breach("wan", "a->b", "rate", rate_on, rate_off, recovery=WINDOW + TCP_RECOVERY)
+    breach("wan-owd", "", "delay_p99", owd_on, owd_off)
+    breach("wan-owd", "", "loss", owd_on, owd_off)
+
+    recs = archive_records(out)
+    tput = [r for r in recs if r["type"] == "RESULT" and r["probe"] == "throughput" and r["dir"] == "a->b"]
+    owd = [r for r in recs if r["type"] == "RESULT" and r["probe"] == "oneway" and "port" not in r]
+    want = {
+        ("wan", "a->b", "rate"): oracle(tput, lambda r: r.get("ratio") is not None and r["limited_by"] != "sender",
+                                        lambda r: r["ratio"] >= 0.95),
+        ("wan-owd", "", "loss"): oracle(owd, lambda r: r.get("loss") is not None, lambda r: r["loss"] <= 2.0),
+        ("wan-owd", "", "delay_p99"): oracle(owd, lambda r: r.get("delay_p99") is not None,
+                                             lambda r: r["delay_p99"] <= 0.015),
+    }
+    got = {(p_["name"], p_["path"], c["metric"]): c for p_ in rep["paths"] for c in p_["compliance"]}
+    for key, (measured, held) in want.items():
+        c = got[key]
+        assert c["measured_s"] == pytest.approx(measured, abs=2e-3), key
+        assert c["held_s"] == pytest.approx(held, abs=2e-3), key
+        assert 0 < held < measured, key                       # the injected impairments cost compliance
+    # the heatmap had per-port rows to draw
+    assert len({r["port"] for r in recs if r["type"] == "RESULT" and "port" in r}) >= 2
