@@ -6,7 +6,7 @@ import pathlib
 import platform
 import time
 
-BENCHES = ["timer", "throughput", "retrans", "oneway", "capacity", "flows"]
+BENCHES = ["timer", "throughput", "retrans", "oneway", "capacity", "flows", "mesh"]
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
