@@ -16,7 +16,7 @@ from netprobe.config.defaults import DEFAULT_OUTPUTS, DaemonConfig
 from netprobe.errors import ConfigError
 from netprobe.units import show
 
-TOP_LEVEL = ("daemon", "serve", "probe", "output", "peer")
+TOP_LEVEL = ("daemon", "serve", "probe", "output", "peer", "mesh")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class Config:
     peers: dict                    # peer name -> PeerConfig
     serve: object = None           # serve.ServeConfig when the file has a [serve] table
     serve_table: dict = None
+    mesh: object = None            # mesh.fetch.MeshConfig when the file has a [mesh] table
     supplied: dict = field(repr=False, default_factory=dict)     # the document as written, keys redacted
 
     def effective(self):
@@ -69,6 +70,7 @@ class Config:
             "output": {n: _plain(dataclasses.asdict(c)) for n, c in self.outputs.items()},
             "peer": {n: _plain(dataclasses.asdict(c)) for n, c in self.peers.items()},
             "serve": None if self.serve is None else _plain(dataclasses.asdict(self.serve)),
+            "mesh": None if self.mesh is None else dataclasses.asdict(self.mesh),
         })
 
 
@@ -118,8 +120,12 @@ def load_dict(doc, file="<config>"):
     if "serve" in doc:
         from netprobe.serve import ServeConfig
         serve_cfg = schema.build(ServeConfig, doc["serve"], schema.Where(file, "serve"))
+    mesh_cfg = None
+    if "mesh" in doc:
+        from netprobe.mesh.fetch import MeshConfig
+        mesh_cfg = schema.build(MeshConfig, doc["mesh"], schema.Where(file, "mesh"))
     return Config(file, daemon, tuple(probe_specs), out_cfgs, copy.deepcopy(out_tables), peers,
-                  serve_cfg, copy.deepcopy(doc.get("serve")), redact.redact(doc))
+                  serve_cfg, copy.deepcopy(doc.get("serve")), mesh_cfg, redact.redact(doc))
 
 
 def _load_peers(tables, file):
