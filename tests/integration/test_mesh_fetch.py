@@ -138,3 +138,14 @@ def test_mesh_table_errors(table, expected):
     with pytest.raises(ConfigError) as exc:
         cfg(**table)
     assert expected in str(exc.value)
+
+
+def test_host_config_mesh_table():
+    from netprobe.config.load import load_text
+    cfg = load_text('[mesh]\nfile = "/etc/netprobe/mesh.toml"\nself = "fra1"\nrefresh = "1m"\n', "h.toml")
+    assert (cfg.mesh.file, cfg.mesh.self, cfg.mesh.refresh) == ("/etc/netprobe/mesh.toml", "fra1", 60.0)
+    assert cfg.effective()["mesh"]["self"] == "fra1"
+    with pytest.raises(ConfigError, match=r"^h.toml: mesh.url: must be an http"):
+        load_text('[mesh]\nurl = "ftp://x/m"\n', "h.toml")
+    with pytest.raises(ConfigError, match=r"^h.toml: mesh.selff: unknown key; did you mean 'self'\?"):
+        load_text('[mesh]\nfile = "m"\nselff = "x"\n', "h.toml")
