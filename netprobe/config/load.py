@@ -84,24 +84,36 @@ def _plain(d):
 
 
 def load_file(path):
+    return load_dict(read_toml(path), path)
+
+
+def read_toml(path):
+    """A TOML file as a document, or a ConfigError naming the file (unreadable, not UTF-8, not TOML)."""
     try:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+    return parse_toml(data, path)
+
+
+def parse_toml(data, file):
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=path) from None
-    return load_text(text, path)
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=file) from None
+    return _toml(text, file)
+
+
+def _toml(text, file):
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", file=file) from None
 
 
 def load_text(text, file="<config>"):
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML: {exc}", file=file) from None
-    return load_dict(doc, file)
+    return load_dict(_toml(text, file), file)
 
 
 def load_dict(doc, file="<config>"):

@@ -10,11 +10,11 @@ naming the file and the TOML path, as for the host config.
 import hashlib
 import json
 import re
-import tomllib
 from dataclasses import dataclass, field
 
 from netprobe import probes
 from netprobe.config import schema
+from netprobe.config.load import parse_toml, read_toml
 from netprobe.config.schema import DURATION, setting
 from netprobe.errors import ConfigError
 from netprobe.units import show
@@ -84,24 +84,11 @@ class Mesh:
 
 
 def load_file(path):
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except OSError as exc:
-        raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
-    return load_bytes(data, path)
+    return load_dict(read_toml(path), path)
 
 
 def load_bytes(data, file="<mesh>"):
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=file) from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML: {exc}", file=file) from None
-    return load_dict(doc, file)
+    return load_dict(parse_toml(data, file), file)
 
 
 def version_of(doc):

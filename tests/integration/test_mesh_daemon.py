@@ -29,15 +29,16 @@ def mesh_text():
     return "\n".join(out)
 
 
-def host_config(tmp_path, name, addr):
+def host_config(tmp_path, name, listen, allow="127.0.0.0/8"):
+    """A host's own config: the peer side on `listen`, the shared mesh file, a jsonfile per host."""
     return f"""
 [daemon]
-restart_backoff = "200ms"
-stop_timeout = "5s"
+restart_backoff = "500ms"
+stop_timeout = "10s"
 
 [serve]
-listen = ["{addr}:{PORT}"]
-allow = ["127.0.0.0/8"]
+listen = ["{listen}"]
+allow = ["{allow}"]
 
 [mesh]
 file = "{tmp_path / 'mesh.toml'}"
@@ -60,7 +61,7 @@ def fleet(tmp_path):
     procs = []
     for name, addr, _ in HOSTS:
         cfg = tmp_path / f"{name}.toml"
-        cfg.write_text(host_config(tmp_path, name, addr))
+        cfg.write_text(host_config(tmp_path, name, f"{addr}:{PORT}"))
         procs.append(subprocess.Popen([sys.executable, "-m", "netprobe", "run", "-c", str(cfg)], cwd=ROOT,
                                       stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}.err", "w")))
     yield tmp_path, procs

@@ -3,7 +3,6 @@ per host from one mesh file (oneway full mesh, throughput between sites exclusiv
 scaled down in time. Judged from each host's jsonfile: no two throughput tests on one host or one
 site uplink at once, every planned site pair measured in every cycle, every directed oneway path
 reported, and every test the daemons ran lies in a run `netprobe mesh plan --json` printed."""
-import datetime
 import itertools
 import json
 import os
@@ -16,6 +15,7 @@ from collections import defaultdict
 import pytest
 
 from tests.conftest import IS_ROOT, NOT_ROOT_REASON
+from tests.integration.test_mesh_daemon import _ts, host_config
 from tests.lab.mesh import MeshLab
 
 pytestmark = pytest.mark.lab
@@ -35,30 +35,6 @@ def mesh_text(lab):
     out.append(f'[[test]]\nkind = "throughput"\nbetween = "site"\nrate = "4M"\ninterval = "1s"\nwindow = "2s"\n'
                f'duration = "3s"\nevery = "{EVERY:g}s"\nexclusive_by = ["host", "site"]\n')
     return "\n".join(out)
-
-
-def host_config(tmp_path, name, addr):
-    return f"""
-[daemon]
-restart_backoff = "500ms"
-stop_timeout = "10s"
-
-[serve]
-listen = ["{addr}:7171"]
-allow = ["198.18.0.0/15"]
-
-[mesh]
-file = "{tmp_path / 'mesh.toml'}"
-self = "{name}"
-
-[output.file]
-type = "jsonfile"
-path = "{tmp_path / (name + '.jsonl')}"
-"""
-
-
-def _ts(text):
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def read(tmp_path, name):
@@ -86,7 +62,7 @@ def fleet(tmp_path):
         procs = []
         for name, (_, addr, _) in lab.hosts.items():
             cfg = tmp_path / f"{name}.toml"
-            cfg.write_text(host_config(tmp_path, name, addr))
+            cfg.write_text(host_config(tmp_path, name, f"{addr}:7171", allow="198.18.0.0/15"))
             procs.append(lab.popen(name, [sys.executable, "-m", "netprobe", "run", "-c", cfg], cwd=ROOT,
                                    stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}.err", "w")))
         yield lab, tmp_path, procs
