@@ -6,7 +6,7 @@ import pathlib
 import platform
 import time
 
-BENCHES = ["timer", "throughput", "retrans", "oneway", "capacity", "flows", "metrics", "peer", "report"]
+BENCHES = ["timer", "throughput", "retrans", "oneway", "capacity", "flows", "metrics", "peer", "report", "mesh"]
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 

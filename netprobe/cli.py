@@ -132,6 +132,8 @@ def build_parser():
                                     "plots for a period, from the jsonfile sink's files.")
     from netprobe.report import command as report_command
     report_command.add_arguments(rp)
+    from netprobe.mesh import cli as mesh_cli
+    mesh_cli.add_arguments(sub.add_parser("mesh", help="check a mesh file, print the probes and timetable it derives"))
 
     sub.add_parser("version", help="print the version")
     return p
@@ -273,8 +275,14 @@ def cmd_serve(args):
     return EXIT_OK
 
 
+def cmd_mesh(args):
+    from netprobe.mesh import cli as mesh_cli
+    return mesh_cli.run(args)
+
+
 COMMANDS = {"run": cmd_run, "check-config": cmd_check_config, "probe": cmd_probe,
             "selftest": cmd_selftest, "serve": cmd_serve, "pcap": cmd_pcap, "report": cmd_report,
+            "mesh": cmd_mesh,
             "version": lambda a: print(f"netprobe {__version__}") or EXIT_OK}
 
 

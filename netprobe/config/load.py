@@ -16,7 +16,7 @@ from netprobe.config.defaults import DEFAULT_OUTPUTS, DaemonConfig
 from netprobe.errors import ConfigError
 from netprobe.units import show
 
-TOP_LEVEL = ("daemon", "serve", "probe", "output", "peer")
+TOP_LEVEL = ("daemon", "serve", "probe", "output", "peer", "mesh")
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class Config:
     peers: dict                    # peer name -> PeerConfig
     serve: object = None           # serve.ServeConfig when the file has a [serve] table
     serve_table: dict = None
+    mesh: object = None            # mesh.fetch.MeshConfig when the file has a [mesh] table
     supplied: dict = field(repr=False, default_factory=dict)     # the document as written, keys redacted
 
     def effective(self):
@@ -69,6 +70,7 @@ class Config:
             "output": {n: _plain(dataclasses.asdict(c)) for n, c in self.outputs.items()},
             "peer": {n: _plain(dataclasses.asdict(c)) for n, c in self.peers.items()},
             "serve": None if self.serve is None else _plain(dataclasses.asdict(self.serve)),
+            "mesh": None if self.mesh is None else dataclasses.asdict(self.mesh),
         })
 
 
@@ -82,24 +84,36 @@ def _plain(d):
 
 
 def load_file(path):
+    return load_dict(read_toml(path), path)
+
+
+def read_toml(path):
+    """A TOML file as a document, or a ConfigError naming the file (unreadable, not UTF-8, not TOML)."""
     try:
         with open(path, "rb") as fh:
             data = fh.read()
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", file=path) from None
+    return parse_toml(data, path)
+
+
+def parse_toml(data, file):
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=path) from None
-    return load_text(text, path)
+        raise ConfigError(f"not UTF-8 text (byte {exc.start})", file=file) from None
+    return _toml(text, file)
+
+
+def _toml(text, file):
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", file=file) from None
 
 
 def load_text(text, file="<config>"):
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML: {exc}", file=file) from None
-    return load_dict(doc, file)
+    return load_dict(_toml(text, file), file)
 
 
 def load_dict(doc, file="<config>"):
@@ -118,8 +132,12 @@ def load_dict(doc, file="<config>"):
     if "serve" in doc:
         from netprobe.serve import ServeConfig
         serve_cfg = schema.build(ServeConfig, doc["serve"], schema.Where(file, "serve"))
+    mesh_cfg = None
+    if "mesh" in doc:
+        from netprobe.mesh.fetch import MeshConfig
+        mesh_cfg = schema.build(MeshConfig, doc["mesh"], schema.Where(file, "mesh"))
     return Config(file, daemon, tuple(probe_specs), out_cfgs, copy.deepcopy(out_tables), peers,
-                  serve_cfg, copy.deepcopy(doc.get("serve")), redact.redact(doc))
+                  serve_cfg, copy.deepcopy(doc.get("serve")), mesh_cfg, redact.redact(doc))
 
 
 def _load_peers(tables, file):

@@ -14,6 +14,7 @@ whose table is unchanged keep running. SIGUSR1 is passed on to every probe
 sd_notify: READY, RELOADING, WATCHDOG, STOPPING, STATUS.
 """
 import copy
+import dataclasses
 import errno
 import json
 import logging
@@ -39,12 +40,15 @@ SERVE_NAME = "(serve)"        # the [serve] worker's name; probe names cannot co
 CHECK_EVERY = 0.25            # s between liveness checks
 
 
-def specs(config):
-    """Every worker the config asks for: the probes, and the peer side if [serve] is set."""
+def specs(config, mesh=None):
+    """Every worker the config asks for: the probes, the peer side if [serve] is set, and the
+    probes the mesh derives for this host now."""
     out = {}
     if config.serve is not None:          # first, so that probes against it find it listening
         out[SERVE_NAME] = ProbeSpec("serve", config.serve, config.serve_table, 0, SERVE_NAME)
     out.update((p.name, p) for p in config.probes)
+    if mesh is not None:
+        out.update(mesh.specs(time.time()))
     return out
 
 
@@ -95,6 +99,11 @@ class Supervisor:
         self.probe_errors = 0         # ERROR records seen (exit code of one-shot runs)
         self._drops_seen = {}
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.mesh = None
+        self._mesh_due = None         # wall time the mesh next needs a look (a slot edge, a refresh)
+        if config.mesh is not None:           # a mesh that cannot run stops the start, as a bad config does
+            from netprobe.mesh.runtime import MeshRuntime
+            self.mesh = MeshRuntime(config.mesh, time.time())
 
     # ---- sinks -------------------------------------------------------------------------
     def _output_tables(self, config):
@@ -128,6 +137,8 @@ class Supervisor:
             s.close()
 
     def publish(self, record):
+        if self.mesh is not None:             # a derived probe's records name its peer and the peer's tags
+            record = self.mesh.annotate(record)
         for s in self.sinks:
             s.submit(record)
 
@@ -346,38 +357,73 @@ class Supervisor:
             self.publish(Record(ERROR, "daemon", "reload", {"error": why}))
             self.notifier.notify("READY=1", "STATUS=reload failed; running the previous config")
             return False
+        if new.mesh != self.config.mesh:
+            try:
+                self.mesh = None if new.mesh is None else self._new_mesh(new.mesh)
+            except ConfigError as exc:
+                log.error("reload: %s; keeping the running mesh", exc)
+                self.publish(Record(ERROR, "daemon", "reload", {"error": f"mesh not changed: {exc}"}))
+                new = dataclasses.replace(new, mesh=self.config.mesh)
+        elif self.mesh is not None:
+            for rec in self.mesh.refresh(time.time()):
+                self.publish(rec)
+        self._mesh_due = None
         old_specs = {w.name: w.spec for w in self.workers.values()}
-        new_specs = specs(new)
-        for name, w in list(self.workers.items()):
-            spec = new_specs.get(name)
-            if spec is None or spec.kind != w.spec.kind or spec.table != w.spec.table:
-                w.retired = True
-                self._stop_worker(w)
         if new.output_tables != self.config.output_tables:
             old_sinks, self.sinks = self.sinks, self._start_sinks(new)
             self._close_sinks(old_sinks)
         self.config = new
-        for name, spec in new_specs.items():
-            w = self.workers.get(name)
-            if w is not None and not w.retired:
-                w.spec, w.file = spec, new.file       # same table; index may have moved
-                continue
-            self.workers[name] = nw = Worker(spec, new.file, new.daemon.stale_grace)
-            nw.next_start = 0.0
-            if w is not None:       # the same name, restarted with changed settings: the old
-                nw.live.lost(time.time(), "reload: settings changed")   # one measures until now
+        new_specs = specs(new, self.mesh)
+        self._apply(new_specs)
         kept = sum(1 for n in new_specs if n in old_specs and old_specs[n].table == new_specs[n].table)
         log.info("reloaded %s: %d probes kept, %d started, %d stopped", new.file, kept,
                  len(new_specs) - kept, len(old_specs) - kept)
         self.notifier.notify("READY=1", f"STATUS=running {len(new_specs)} probes")
         return True
 
+    def _new_mesh(self, cfg):
+        from netprobe.mesh.runtime import MeshRuntime
+        return MeshRuntime(cfg, time.time())
+
+    def _apply(self, new_specs):
+        """Stop workers whose spec went or changed, start new ones; unchanged ones run on."""
+        for name, w in list(self.workers.items()):
+            spec = new_specs.get(name)
+            if spec is None or spec.kind != w.spec.kind or spec.table != w.spec.table:
+                w.retired = True
+                self._stop_worker(w)
+        for name, spec in new_specs.items():
+            w = self.workers.get(name)
+            if w is not None and not w.retired:
+                w.spec = spec                         # same table; index may have moved
+                w.file = self._file_of(spec)
+                continue
+            self.workers[name] = nw = Worker(spec, self._file_of(spec), self.config.daemon.stale_grace)
+            nw.next_start = 0.0
+            if w is not None:       # the same name, restarted with changed settings: the old
+                nw.live.lost(time.time(), "reload: settings changed")   # one measures until now
+
+    def _file_of(self, spec):
+        """The file a worker's table came from: the mesh file for a derived probe."""
+        if self.mesh is not None and spec.name in self.mesh.derived:
+            return self.mesh.mesh.file
+        return self.config.file
+
+    def _mesh_tick(self):
+        wall = time.time()
+        if wall >= self.mesh.next_refresh:
+            for rec in self.mesh.refresh(wall):
+                self.publish(rec)
+        for rec in self.mesh.flush(wall):
+            self.publish(rec)
+        self._apply(specs(self.config, self.mesh))
+
     # ---- main loop ---------------------------------------------------------------------
     def run(self):
         self._install_signals()
         self.sinks = self._start_sinks(self.config)
-        for name, spec in specs(self.config).items():
-            self.workers[name] = Worker(spec, self.config.file, self.config.daemon.stale_grace)
+        for name, spec in specs(self.config, self.mesh).items():
+            self.workers[name] = Worker(spec, self._file_of(spec), self.config.daemon.stale_grace)
         if not self.workers:
             log.warning("%s has no [[probe]] tables; nothing to run", self.config.file)
         t0 = time.monotonic()
@@ -394,6 +440,12 @@ class Supervisor:
             if self.reload_pending:
                 self.reload_pending = False
                 self.reload()
+            mesh_due = None
+            if self.mesh is not None:
+                if self._mesh_due is None or time.time() >= self._mesh_due:
+                    self._mesh_tick()
+                    self._mesh_due = self.mesh.due(time.time())
+                mesh_due = now + max(0.0, self._mesh_due - time.time())
             for w in list(self.workers.values()):
                 if w.retired and w.proc is None:
                     del self.workers[w.name]
@@ -417,7 +469,7 @@ class Supervisor:
                 self._report_drops()
                 next_drops = now + self.config.daemon.drops_interval
             timeout = self._next_timeout(now, deadline, next_wd if wd else None, next_drops,
-                                         next_check if self.restart else None)
+                                         next_check if self.restart else None, mesh_due)
             for key, _ in self.sel.select(timeout):
                 if key.data is None:
                     self._drain_wakeup()

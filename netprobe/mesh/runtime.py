@@ -1,0 +1,154 @@
+"""The mesh inside the daemon: which probe workers this host runs at a given time.
+
+The supervisor asks `specs(now)` for the derived probes due now (every
+background probe, and the exclusive ones whose slot is running), `due` for
+when that answer next changes, and hands each record of a derived probe to
+`annotate`, which adds the peer's name and tags and feeds the rollup. A mesh
+that changed (SIGHUP, `refresh`, a new copy at the URL) takes effect at the
+next slot boundary, so the timetable of a slot never changes under it.
+"""
+import ipaddress
+import logging
+import socket
+from dataclasses import replace
+
+from netprobe.config import schema
+from netprobe.config.load import ProbeSpec, build_probe_config
+from netprobe.errors import ConfigError
+from netprobe.mesh import fetch, plan, rollup
+from netprobe.results import ERROR, RESULT, Record
+
+log = logging.getLogger("netprobe.mesh")
+ANNOTATED = ("RESULT", "BREACH", "CLEAR")
+
+
+def local_host(mesh):
+    """The one [[host]] whose address this machine owns (a bind to it succeeds)."""
+    from netprobe.serve import split_address
+    found = []
+    for h in mesh.hosts:
+        host, _ = split_address(h.address)
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            continue                      # a DNS name: never guessed, name it with [mesh] self
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            try:
+                s.bind((str(ip), 0))
+            except OSError:
+                continue
+        found.append(h.name)
+    if len(found) != 1:
+        which = ", ".join(found) if found else "none"
+        raise ConfigError(f"cannot tell which [[host]] this is (local addresses match: {which}); "
+                          "set [mesh] self", file=mesh.file)
+    return found[0]
+
+
+class MeshRuntime:
+    def __init__(self, cfg, now):
+        self.cfg = cfg
+        self.source = fetch.Source(cfg)
+        got = self.source.get()
+        self.self_name = cfg.self or local_host(got.mesh)
+        self._install(got.mesh)
+        self.pending = None               # (mesh, time it takes effect)
+        self.next_refresh = now + cfg.refresh
+        self.next_flush = now + self.flush_every if self.flush_every else None
+
+    def _install(self, mesh):
+        if self.self_name not in mesh.by_name:
+            raise ConfigError(f'[mesh] self = "{self.self_name}" is not a [[host]] name', file=mesh.file)
+        tt = plan.timetable(mesh)
+        self.mesh, self.tt = mesh, tt
+        self.derived = {p.name: p for p in plan.probes(mesh, self.self_name)}
+        self.rollup = rollup.Rollup(mesh, self.self_name)
+        self._built = {}
+        self.flush_every = min((self._spec(p).config.interval for p in self.derived.values()
+                                if p.kind == rollup.KIND), default=None)
+
+    # ---- what runs when -----------------------------------------------------------------
+    def _spec(self, p):
+        spec = self._built.get(p.name)
+        if spec is None:
+            where = schema.Where(self.mesh.file, f"test[{p.test}]")
+            spec = self._built[p.name] = ProbeSpec(p.kind, build_probe_config(p.kind, p.table, where),
+                                                   p.table, p.test)
+        return spec
+
+    def _active_runs(self, now):
+        """Exclusive runs this host starts whose window holds `now`: from the slot's start until
+        the test's duration plus the connect time have passed."""
+        late = self.tt.slot
+        return [r for r in self.tt.runs(now - late, now + 1e-6, host=self.self_name)
+                if r.slotted.a == self.self_name and r.start <= now < r.end + self.mesh.schedule.connect_time]
+
+    def specs(self, now):
+        if self.pending is not None and now >= self.pending[1]:
+            mesh, self.pending = self.pending[0], None
+            self._install(mesh)
+            log.info("mesh version %s in effect", mesh.version)
+        out = {p.name: self._spec(p) for p in self.derived.values() if not p.exclusive}
+        for r in self._active_runs(now):
+            s = r.slotted
+            p = self.derived.get(f"{s.b}.t{s.test}")
+            if p is not None:
+                out[p.name] = self._spec(p)
+        return out
+
+    def due(self, now):
+        """The next time specs() may answer differently, a refresh or a rollup is due."""
+        times = [self.next_refresh]
+        if self.next_flush is not None:
+            times.append(self.next_flush)
+        if self.pending is not None:
+            times.append(self.pending[1])
+        for r in self.tt.runs(now - self.tt.slot, now + self.tt.cycle * self.tt.slot, host=self.self_name):
+            if r.slotted.a == self.self_name:
+                for t in (r.start, r.end + self.mesh.schedule.connect_time):
+                    if t > now:
+                        times.append(t)
+        return min(times)
+
+    # ---- mesh changes ---------------------------------------------------------------------
+    def refresh(self, now):
+        """Re-read the source; a changed, valid mesh is pending until the next slot boundary.
+        Returns ERROR records for a source that failed or a mesh that cannot run."""
+        self.next_refresh = now + self.cfg.refresh
+        got = self.source.get()
+        out = []
+        if got.error:
+            out.append(Record(ERROR, "mesh", self.self_name, {"error": f"mesh source: {got.error}; "
+                                                                       f"running version {self.mesh.version}"}))
+        if got.mesh.version not in (self.mesh.version, self.pending and self.pending[0].version):
+            try:
+                if self.self_name not in got.mesh.by_name:
+                    raise ConfigError(f'"{self.self_name}" is no longer a [[host]]', file=got.mesh.file)
+                plan.timetable(got.mesh)
+            except ConfigError as exc:
+                out.append(Record(ERROR, "mesh", self.self_name, {
+                    "error": f"new mesh not used: {exc}; running version {self.mesh.version}"}))
+                return out
+            self.pending = (got.mesh, self.tt.next_boundary(now))
+            log.info("mesh version %s read; in effect at the next slot boundary", got.mesh.version)
+        return out
+
+    # ---- records --------------------------------------------------------------------------
+    def annotate(self, rec):
+        p = self.derived.get(rec.name)
+        if p is None or rec.type not in ANNOTATED:
+            return rec
+        host = self.mesh.by_name[p.peer]
+        rec = replace(rec, fields={**rec.fields, "peer_name": host.name,
+                                   **{f"peer_{k}": v for k, v in host.tags}})
+        self.rollup.feed(rec)
+        return rec
+
+    def flush(self, now):
+        """The rollup records, when an interval has ended."""
+        if self.next_flush is None or now < self.next_flush:
+            return []
+        self.next_flush = now + self.flush_every
+        return [r for r in self.rollup.flush(now) if r.type == RESULT]
+

@@ -1,0 +1,132 @@
+"""A fleet lab for mesh tests (root only): sites behind rate-limited uplinks to one core.
+
+    [host ns] -- br0 [site router ns] == uplink (tbf both ways) == [core ns] == ... other sites
+
+Site s (0, 1, ...) is the LAN 198.18.s.0/24 on a bridge in its router
+namespace (gateway .254); host i of the site is 198.18.s.(i+1). The router's
+uplink to the core is 198.18.(100+s).2/30 (core side .1), shaped by a tbf
+root qdisc on both ends, so all of a site's traffic to the others shares
+one uplink of `uplink` bit/s each way. Namespace names are
+"labm<owner pid base36>-..."; `down()` removes them and every process in
+them, and `cleanup_stale()` removes those of owners that are gone.
+"""
+import os
+import re
+import subprocess
+
+from tests.lab.netlab import require, sh
+
+PREFIX = "labm"
+
+
+def _b36(n):
+    digits = ""
+    while True:
+        n, r = divmod(n, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + digits
+        if not n:
+            return digits
+
+
+def _namespaces():
+    return [line.split()[0] for line in sh(["ip", "netns", "list"]).stdout.splitlines() if line]
+
+
+def _remove(ns):
+    pids = sh(["ip", "netns", "pids", ns], check=False).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), 9)
+        except (ProcessLookupError, ValueError):
+            pass
+    sh(["ip", "netns", "del", ns], check=False)
+
+
+def cleanup_stale():
+    """Remove mesh-lab namespaces whose owner process is gone."""
+    for ns in _namespaces():
+        m = re.fullmatch(PREFIX + r"([0-9a-z]+)-.*", ns)
+        if m and not os.path.exists(f"/proc/{int(m.group(1), 36)}"):
+            _remove(ns)
+
+
+class MeshLab:
+    def __init__(self, sites, uplink="20mbit"):
+        """sites: {site name: number of hosts}; hosts are named SITE1, SITE2, ..."""
+        self.tag = PREFIX + _b36(os.getpid())
+        self.sites = dict(sites)
+        self.uplink = uplink
+        self.hosts = {}             # host name -> (namespace, address, site)
+        self.procs = []
+
+    def ns(self, host):
+        return self.hosts[host][0]
+
+    def up(self):
+        require("ip", "tc")
+        cleanup_stale()
+        self.down()
+        try:
+            self._build()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def _build(self):
+        core = f"{self.tag}-c"
+        self._netns(core)
+        for s, (site, count) in enumerate(self.sites.items()):
+            router = f"{self.tag}-s{s}"
+            self._netns(router)
+            sh(["ip", "link", "add", f"to{s}", "netns", core, "type", "veth",
+                "peer", "name", "uplink", "netns", router])
+            sh(["ip", "-n", core, "addr", "add", f"198.18.{100 + s}.1/30", "dev", f"to{s}"])
+            sh(["ip", "-n", router, "addr", "add", f"198.18.{100 + s}.2/30", "dev", "uplink"])
+            for ns, dev in ((core, f"to{s}"), (router, "uplink")):
+                sh(["ip", "-n", ns, "link", "set", dev, "up"])
+                sh(["tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", self.uplink,
+                    "burst", "32kb", "latency", "50ms"])
+            sh(["ip", "-n", core, "route", "add", f"198.18.{s}.0/24", "via", f"198.18.{100 + s}.2"])
+            sh(["ip", "-n", router, "route", "add", "default", "via", f"198.18.{100 + s}.1"])
+            sh(["ip", "-n", router, "link", "add", "br0", "type", "bridge"])
+            sh(["ip", "-n", router, "addr", "add", f"198.18.{s}.254/24", "dev", "br0"])
+            sh(["ip", "-n", router, "link", "set", "br0", "up"])
+            for i in range(count):
+                name = f"{site}{i + 1}"
+                ns, addr = f"{self.tag}-{name}", f"198.18.{s}.{i + 1}"
+                self._netns(ns, forward=False)
+                sh(["ip", "link", "add", "eth0", "netns", ns, "type", "veth", "peer", "name", f"p{i}",
+                    "netns", router])
+                sh(["ip", "-n", router, "link", "set", f"p{i}", "master", "br0", "up"])
+                sh(["ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", "eth0"])
+                sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
+                sh(["ip", "-n", ns, "route", "add", "default", "via", f"198.18.{s}.254"])
+                self.hosts[name] = (ns, addr, site)
+
+    def _netns(self, ns, forward=True):
+        sh(["ip", "netns", "add", ns])
+        sh(["ip", "-n", ns, "link", "set", "lo", "up"])
+        if forward:
+            sh(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+
+    def popen(self, host, argv, **kw):
+        p = subprocess.Popen(["ip", "netns", "exec", self.ns(host), *map(str, argv)], **kw)
+        self.procs.append(p)
+        return p
+
+    def ping(self, a, b):
+        """True when host a reaches host b (one ping, 2 s)."""
+        return sh(["ip", "netns", "exec", self.ns(a), "ping", "-c1", "-W2", self.hosts[b][1]],
+                  check=False).returncode == 0
+
+    def down(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        self.procs = []
+        for ns in _namespaces():
+            if ns.startswith(self.tag + "-"):
+                _remove(ns)
+        self.hosts = {}

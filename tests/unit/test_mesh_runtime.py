@@ -1,0 +1,104 @@
+"""The daemon's view of the mesh at a given time: which workers, when the answer changes, reloads."""
+import pytest
+
+from netprobe.config import schema
+from netprobe.errors import ConfigError
+from netprobe.mesh import fetch, model, plan, runtime
+from netprobe.results import BREACH, RESULT, Record, event
+from tests.unit.test_mesh_cli import toml
+from tests.unit.test_mesh_model import doc
+
+
+def mesh_doc():
+    d = doc(3, 1)                                    # fra0, ams0, lon0
+    d["schedule"] = {"clock_error": "0s", "connect_time": "1s"}
+    d["test"][1].update(between="all", duration="10s", every="1m", exclusive_by=["host"])
+    return d
+
+
+def write(path, d):
+    path.write_text("".join(f"{k} = {toml(v)}\n" for k, v in d.items()))
+
+
+def make(tmp_path, d=None, **table):
+    write(tmp_path / "mesh.toml", d or mesh_doc())
+    cfg = schema.build(fetch.MeshConfig, {"file": str(tmp_path / "mesh.toml"), **table},
+                       schema.Where("host.toml", "mesh"))
+    return runtime.MeshRuntime(cfg, 0.0)
+
+
+def test_exclusive_probe_runs_only_inside_its_window(tmp_path):
+    rt = make(tmp_path, self="ams0")
+    rt.next_flush = rt.next_refresh = 1e9          # only the timetable moves due() here
+    tt = plan.timetable(model.load_dict(mesh_doc()))
+    mine = [r for r in tt.runs(0, 600) if r.slotted.a == "ams0"]
+    assert mine
+    background = {n for n, p in rt.derived.items() if not p.exclusive}
+    def running(t):                     # from the timetable: start .. end + connect time
+        return {f"{x.slotted.b}.t1" for x in mine if x.start <= t < x.end + 1.0}
+
+    for r in mine:
+        before, inside, after = r.start - 0.01, r.start + 5, r.end + 1.0 + 0.01
+        assert f"{r.slotted.b}.t1" in running(inside)
+        for t in (before, inside, after):
+            assert set(rt.specs(t)) == background | running(t)
+        assert rt.due(inside) <= r.end + 1.0 + 1e-6
+        if not running(before):
+            assert rt.due(before) == pytest.approx(min(r.start, rt.next_flush, rt.next_refresh))
+    assert background == {"fra0.t0", "lon0.t0"}
+
+
+def test_a_changed_mesh_waits_for_the_slot_boundary_and_keeps_unchanged_probes(tmp_path):
+    rt = make(tmp_path, self="fra0")
+    now = 1000.3
+    old = rt.specs(now)
+    d = mesh_doc()
+    d["host"].append({"name": "nyc0", "address": "10.9.0.1", "tags": {"site": "nyc", "rack": "nyc-r0"}})
+    write(tmp_path / "mesh.toml", d)
+    assert rt.refresh(now) == []
+    boundary = rt.tt.next_boundary(now)
+    assert now < boundary <= now + rt.tt.slot
+    assert set(rt.specs(boundary - 0.001)) == set(old)           # the old mesh until the boundary
+    new = rt.specs(boundary)
+    assert "nyc0.t0" in new
+    for name in ("ams0.t0", "lon0.t0"):
+        assert new[name].table == old[name].table                   # unchanged: the supervisor keeps it
+
+
+def test_a_bad_new_mesh_is_an_error_record_and_changes_nothing(tmp_path):
+    rt = make(tmp_path, self="fra0")
+    (tmp_path / "mesh.toml").write_text("[[host]]\nname = 'x y'\naddress = '10.0.0.1'\n")
+    recs = rt.refresh(10.0)
+    assert len(recs) == 1 and recs[0].type == "ERROR" and "host[0].name" in recs[0].fields["error"]
+    assert rt.pending is None and rt.mesh.version == model.load_dict(mesh_doc()).version
+    d = mesh_doc()
+    d["host"] = [h for h in d["host"] if h["name"] != "fra0"]
+    d["test"][1]["between"] = "all"
+    write(tmp_path / "mesh.toml", d)
+    recs = rt.refresh(20.0)
+    assert "is no longer a [[host]]" in recs[0].fields["error"] and rt.pending is None
+
+
+def test_annotation_and_rollup(tmp_path):
+    rt = make(tmp_path, self="fra0")
+    rec = rt.annotate(Record(RESULT, "oneway", "ams0.t0", {"sent": 10, "lost": 1}))
+    assert rec.fields["peer_name"] == "ams0" and rec.fields["peer_site"] == "ams"
+    assert rec.fields["peer_rack"] == "ams-r0"
+    b = rt.annotate(event(BREACH, "oneway", "lon0.t0", metric="stale", value=1, op="<=", threshold=1))
+    assert b.fields["peer_name"] == "lon0"
+    other = Record(RESULT, "host", "self", {})
+    assert rt.annotate(other) is other
+    assert rt.flush(rt.next_flush - 0.01) == []
+    out = {r.name: r.fields for r in rt.flush(rt.next_flush)}
+    assert out["site:fra->ams"]["loss"].value == 10 and out["site:fra->lon"]["breaching"] == 1
+
+
+def test_self_from_the_local_address(tmp_path):
+    d = mesh_doc()
+    d["host"][1]["address"] = "127.0.0.1:7171"                     # ams0 is this machine
+    assert make(tmp_path, d).self_name == "ams0"
+    d["host"][2]["address"] = "127.0.0.2"
+    with pytest.raises(ConfigError, match=r"local addresses match: ams0, lon0\); set \[mesh\] self"):
+        make(tmp_path, d)
+    with pytest.raises(ConfigError, match='self = "nobody" is not a'):
+        make(tmp_path, self="nobody")
