@@ -51,6 +51,7 @@ class Limits:
     congestion_allow: tuple = ()               # empty: the host's allowed congestion controls
     udp_ports: tuple = EPHEMERAL               # (first, last) ranges oneway sessions may receive on
     max_port_intervals: int = 20000
+    max_port_intervals_total: int = 40000
 
     @property
     def rate_per_address(self):
