@@ -82,6 +82,8 @@ class ServeConfig:
                                                  "FIRST-LAST or a comma list")
     max_port_intervals: int = setting(INT, 20000, "oneway: a session's ports x the 4 intervals the receiver "
                                                   "keeps open", min=4, max=20000)
+    max_port_intervals_total: int = setting(INT, 40000, "oneway: the same for all open sessions together "
+                                                        "(the receivers keep about 11 kB a port)", min=4)
 
     def check(self, where):
         for addr in self.listen:

@@ -51,6 +51,7 @@ class Limits:
     congestion_allow: tuple = ()               # empty: the host's allowed congestion controls
     udp_ports: tuple = EPHEMERAL               # (first, last) ranges oneway sessions may receive on
     max_port_intervals: int = 20000
+    max_port_intervals_total: int = 40000
 
     @property
     def rate_per_address(self):
@@ -74,6 +75,22 @@ def host_of(address):
     return str(ip)
 
 
+ETHERNET = 14                     # link header the interface counter includes
+TCPI_OPT_TIMESTAMPS = 1           # <linux/tcp.h> tcpi_options
+
+
+def tcp_wire_factor(sock):
+    """Bytes on the wire per payload byte of a connected TCP socket: each segment of snd_mss
+    payload bytes carries IP (20 or 40), TCP (20, + 12 with timestamps) and Ethernet (14)."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 24)
+    options, mss = info[5], int.from_bytes(info[16:20], "little") if len(info) >= 20 else 0
+    if mss <= 0:
+        mss = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG)
+    ip = 40 if sock.family == socket.AF_INET6 and not sock.getpeername()[0].startswith("::ffff:") else 20
+    tcp = 20 + (12 if options & TCPI_OPT_TIMESTAMPS else 0)
+    return (mss + ip + tcp + ETHERNET) / max(mss, 1)
+
+
 class SessionEnd(Exception):
     """A session limit was reached; the text names the setting (sent to the client as is)."""
 
@@ -92,21 +109,31 @@ class TokenBucket:
         self._next = start + nbytes * 8 / self.rate
         return start
 
+    def debt(self, now):
+        """Seconds until what was sent is paid for at `rate` (0 when it is)."""
+        return 0.0 if self._next is None else max(0.0, self._next - now)
+
 
 class RateBudget:
-    """Reservations of send rate from `total`, at most `per_address` for one client address."""
+    """Reservations of send rate from `total`, at most `per_address` for one client address.
 
-    def __init__(self, total, per_address):
+    A session's bytes stay in a sliding window after it stops sending, so release() may hold a
+    reservation `hold` s longer: the next session cannot add its bytes to the same window."""
+
+    def __init__(self, total, per_address, clock=time.monotonic):
         self.total = total
         self.per_address = per_address
         self.used = 0.0
         self.by_address = collections.Counter()
+        self._held = []                   # (monotonic s, address, bit/s) released then
+        self._clock = clock
         self._lock = threading.Lock()
 
     def reserve(self, address, bps, partial=1.0):
         """Claim `bps` for `address`; returns what was granted: all of it, or what is free if that
         is at least the `partial` share of it, else 0.0 (the refusal text from why_refused())."""
         with self._lock:
+            self._expire()
             free = min(self.total - self.used, self.per_address - self.by_address[address])
             grant = min(bps, free)
             if grant <= 0 or grant < bps * partial:
@@ -115,12 +142,26 @@ class RateBudget:
             self.by_address[address] += grant
             return grant
 
-    def release(self, address, bps):
+    def release(self, address, bps, hold=0.0):
         with self._lock:
-            self.used = max(0.0, self.used - bps)
-            self.by_address[address] -= bps
-            if self.by_address[address] <= 1e-6:
-                del self.by_address[address]
+            if hold > 0:
+                self._held.append((self._clock() + hold, address, bps))
+            else:
+                self._free(address, bps)
+
+    def _expire(self):
+        now = self._clock()
+        due = [h for h in self._held if h[0] <= now]
+        if due:
+            self._held = [h for h in self._held if h[0] > now]
+            for _, address, bps in due:
+                self._free(address, bps)
+
+    def _free(self, address, bps):
+        self.used = max(0.0, self.used - bps)
+        self.by_address[address] -= bps
+        if self.by_address[address] <= 1e-6:
+            del self.by_address[address]
 
     def why_refused(self, address):
         if self.total - self.used < self.per_address - self.by_address[address]:

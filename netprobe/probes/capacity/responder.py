@@ -13,19 +13,30 @@ checked by netprobe.peer) the client sends one JSON line per message:
                                      t_end_ns, packets, bytes], ...],
                                      "error": errno or 0}.
 
-A malformed or out-of-bounds message gets {"error": "..."} and is counted
-(server.state["capacity"]["malformed"]); the MAX_BAD-th gets the refusal
-{"ok": false, "error": "..."} and the session is closed. Trains only ever go to the address the control connection came
-from, so a peer cannot be used to flood a third party.
+A malformed, oversized or out-of-bounds message is counted
+(server.state["capacity"]["malformed"]) and ends the session with one
+refusal line {"ok": false, "error": "..."} naming what refused it, as the
+other kinds do: a client that breaks the protocol once is not served more.
+Trains only ever go to the address the control connection came from, so a
+peer cannot be used to flood a third party.
 
-Rate: each plan reserves its average rate (its bytes over the sum of its
-gaps, the last row's gap included) from [serve] max_rate and
-max_rate_per_address, or what is free of them if that is at least
-MIN_SHARE of it (else the plan is refused busy), and this end sends the plan
-a train at a time under a token bucket at the reserved rate. TrainSender
-never sleeps after the last train of a call, so the pacing is done here:
-the next train (of this plan or the next) waits for the gap and the bucket.
+Rate, counted on the wire (UDP payload + UDP, IP and Ethernet headers):
+a train leaves at line rate, so over any window of WINDOW_S a session may
+send its bucket's rate x WINDOW_S plus one train. A session therefore
+reserves from [serve] max_rate and max_rate_per_address its plan's average
+rate (bytes over the sum of its gaps, the last row's gap included) plus its
+largest train per WINDOW_S, or what is free if that leaves at least
+MIN_SHARE of the average rate, else the plan is refused busy. This end sends
+the plan a train at a time under a token bucket at the reservation less the
+train allowance. TrainSender never sleeps after the last train of a call, so
+the pacing is done here: the next train (of this plan or the next) waits for
+the gap and the bucket. A session keeps its reservation from plan to plan
+(growing it when a plan needs more, giving back a surplus WINDOW_S later);
+when it ends, what it sent in its last WINDOW_S stays reserved for
+WINDOW_S more, so the next session's trains never add to a window its last
+ones are in.
 """
+import collections
 import logging
 import socket
 import time
@@ -33,7 +44,7 @@ import time
 import numpy as np
 
 from netprobe.errors import load_extension
-from netprobe.peer.protocol import LineTooLong
+from netprobe.peer.protocol import ProtocolError
 from netprobe.peer.server import SessionEnd, TokenBucket
 
 log = logging.getLogger("netprobe.serve.capacity")
@@ -41,9 +52,10 @@ log = logging.getLogger("netprobe.serve.capacity")
 LINE_MAX = 1 << 20            # bytes per control line
 MAX_TRAINS = 4096             # per plan message
 MAX_PLAN_BYTES = 32 << 20     # bytes one plan may ask us to send
-MAX_BAD = 8
 MIN_SPAN_NS = 1_000_000       # a plan takes a millisecond at least
 MIN_SHARE = 0.25              # a plan runs at no less than this share of its own rate, or is refused busy
+WINDOW_S = 1.0                # the window max_rate holds over (s)
+ETHERNET = 14                 # link header the interface counts
 IP_MTU = 14                   # <linux/in.h>
 IPV6_MTU = 24
 
@@ -110,6 +122,12 @@ def parse_plan(msg, max_size, max_rate):
     return np.ascontiguousarray(plan)
 
 
+def wire_bytes(plan, family):
+    """Bytes each plan row puts on the wire: payload plus UDP, IP and Ethernet headers."""
+    ip = 40 if family == socket.AF_INET6 else 20
+    return train_bytes(plan) + plan[:, 1] * (8 + ip + ETHERNET)
+
+
 def plan_span_ns(plan):
     """The time a plan takes: every gap, the last row's included."""
     return int(plan[:, 5].sum()) + MIN_SPAN_NS
@@ -128,7 +146,9 @@ class Trains:
 
     def __init__(self, train, udp, token):
         self.train = train
+        self.family = udp.family
         self.sender = train.TrainSender(udp.fileno(), token)
+        self.recent = collections.deque()     # (monotonic s, wire bytes) of the trains of the last WINDOW_S
         self.due = 0.0                # monotonic s the next train may start (the last gap)
         self.bucket = None
 
@@ -139,7 +159,7 @@ class Trains:
             self.bucket = TokenBucket(rate)
         self.bucket.rate = rate
         sent = np.zeros((len(plan), self.train.SENT_NCOLS), dtype=np.int64)
-        nbytes = train_bytes(plan)
+        nbytes = wire_bytes(plan, self.family)
         total = {"trains": 0, "bytes": 0, "error": 0}
         for i in range(len(plan)):
             start = self.bucket.reserve(int(nbytes[i]), max(time.monotonic(), self.due))
@@ -152,11 +172,19 @@ class Trains:
                 got, error = exc.result, exc.errno
             total["trains"] += got.trains
             total["bytes"] += got.bytes
+            self.recent.append((time.monotonic(), int(nbytes[i])))
             self.due = time.monotonic() + plan[i, 5] / 1e9
             if error or got.interrupted or not got.trains:
                 total["error"] = error
                 break
         return sent[:total["trains"]], total
+
+    def recent_bps(self):
+        """What this session sent in the last WINDOW_S, as bit/s over WINDOW_S."""
+        now = time.monotonic()
+        while self.recent and self.recent[0][0] < now - WINDOW_S:
+            self.recent.popleft()
+        return sum(n for _, n in self.recent) * 8 / WINDOW_S
 
 
 def respond(session):
@@ -168,7 +196,6 @@ def respond(session):
     udp = trains = None
     max_size = 0
     reserved = 0.0
-    bad = 0
     counters["sessions"] += 1
     train = load_extension("_train")
     try:
@@ -186,29 +213,40 @@ def respond(session):
                     session.send({"ok": True, "max_size": max_size})
                     continue
                 plan = parse_plan(msg, max_size, session.limits.max_rate)
-            except LineTooLong:
-                raise                     # the framer cannot resync: the server refuses and closes
+            except ProtocolError:
+                counters["malformed"] += 1
+                raise                     # the server refuses "bad control line: ..." and closes
             except (BadMessage, ValueError) as exc:
                 counters["malformed"] += 1
-                bad += 1
-                if bad >= MAX_BAD:
-                    log.info("capacity session from %s: %d bad messages, closed", client, bad)
-                    raise SessionEnd(f"{exc}; {bad} bad control messages: closed") from None
-                session.send({"error": str(exc)})
+                log.info("capacity session from %s: bad control message: %s", client, exc)
+                raise SessionEnd(f"bad capacity message: {exc}") from None
+            wire = wire_bytes(plan, udp.family)
+            want = int(wire.sum()) * 8e9 / plan_span_ns(plan)
+            burst = int(wire.max()) * 8 / WINDOW_S
+            least = burst + MIN_SHARE * want
+            if least > min(rates.total, rates.per_address):
+                session.send({"error": f"a train of {int(wire.max())} bytes on the wire is more than max_rate "
+                                       f"({min(rates.total, rates.per_address) / 1e6:g} Mbit/s) allows "
+                                       f"in {WINDOW_S:g} s with this plan's rate"})
                 continue
-            want = int(train_bytes(plan).sum()) * 8e9 / plan_span_ns(plan)
-            rates.release(client, reserved)
-            reserved = rates.reserve(client, want, partial=MIN_SHARE)
-            if not reserved:
+            if reserved < burst + want:
+                more = burst + want - reserved
+                reserved += rates.reserve(client, more, partial=max(0.0, least - reserved) / more)
+            elif reserved > burst + want:
+                rates.release(client, reserved - burst - want, hold=WINDOW_S)
+                reserved = burst + want
+            if reserved < least:
                 session.send({"error": rates.why_refused(client)})
                 continue
-            sent, got = trains.send(plan, reserved, session)
+            sent, got = trains.send(plan, reserved - burst, session)
             counters["trains"] += got["trains"]
             counters["bytes"] += got["bytes"]
             session.progress()
             session.send({"sent": sent.tolist(), "error": got["error"]})
             session.check()
     finally:
-        rates.release(client, reserved)
+        held = min(reserved, trains.recent_bps()) if trains else 0.0
+        rates.release(client, reserved - held)
+        rates.release(client, held, hold=WINDOW_S)
         if udp is not None:
             udp.close()

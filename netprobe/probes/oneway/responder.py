@@ -13,14 +13,19 @@ and answers with the UDP port and how probes are authenticated ("auth":
                                the close, the receiver's counters and this host's clock state
 
 Only OPEN_INTERVALS intervals past the last closed one can hold data, so a
-close beyond them ends the session; nports x OPEN_INTERVALS is bounded by
-max_port_intervals, which bounds every results line. Memory is what
-add_session allocates (fixed per port); nothing grows with uptime.
+close beyond them ends the session. max_port_intervals bounds a session's
+ports x OPEN_INTERVALS, which bounds every results line;
+max_port_intervals_total bounds the same for all open sessions together (a
+session that would pass it is refused busy naming it), which bounds the
+peer's receiver memory: add_session allocates a fixed amount per port
+(about 11 kB), so the default 40000 (10,000 ports) is about 110 MB however
+many sessions are open; nothing grows with uptime.
 """
 import logging
 import re
 import secrets
 import socket
+import threading
 import time
 
 from netprobe.errors import load_extension
@@ -86,9 +91,26 @@ def respond(session):
         grace_ns = _int_field(hello, "grace_ns", 10_000_000, 10_000_000_000, 500_000_000)
     except ValueError as exc:
         return session.refuse(str(exc))
-    if nports * OPEN_INTERVALS > lim.max_port_intervals:
+    need = nports * OPEN_INTERVALS
+    if need > lim.max_port_intervals:
         return session.refuse(f"nports {nports} x {OPEN_INTERVALS} open intervals exceeds "
                               f"max_port_intervals={lim.max_port_intervals}")
+    ledger = session.state.setdefault("oneway_port_intervals", {"lock": threading.Lock(), "used": 0})
+    with ledger["lock"]:
+        free = lim.max_port_intervals_total - ledger["used"]
+        if need > free:
+            return session.refuse(f"busy: nports {nports} x {OPEN_INTERVALS} open intervals exceeds the "
+                                  f"{free} left of max_port_intervals_total={lim.max_port_intervals_total}")
+        ledger["used"] += need
+    try:
+        _open(session, sid, nports, udp_port, grace_ns)
+    finally:
+        with ledger["lock"]:
+            ledger["used"] -= need
+
+
+def _open(session, sid, nports, udp_port, grace_ns):
+    hello, lim = session.hello, session.limits
     udp_key = hello.get("udp_key", "")
     server_key = session.server.key
     mode = "shared" if server_key else "session" if udp_key else "none"

@@ -13,8 +13,10 @@ The up connection is opened first with {"role": "up", "session": ID,
 "rate_down": bit/s, "sample_ns": N}; its ok carries a "ticket" (a server
 nonce). The down one follows with {"role": "down", "session": ID, "ticket":
 T} from the same client address: a session id alone joins nothing. The
-rate_down is reserved from [serve] max_rate and max_rate_per_address for the
-session's life, and what the down leg sends is held to it. The session ends
+rate_down, counted on the wire (each segment's IP, TCP and Ethernet headers
+added, peer.server.tcp_wire_factor), is reserved from [serve] max_rate and
+max_rate_per_address for the session's life, and what the down leg sends,
+counted the same way, is held to it. The session ends
 when either connection ends or a limit (idle_timeout, max_session_length) is
 reached.
 """
@@ -29,7 +31,7 @@ import numpy as np
 
 from netprobe.errors import PeerError, load_extension
 from netprobe.peer.client import SEND_TIMEOUT
-from netprobe.peer.server import TokenBucket
+from netprobe.peer.server import TokenBucket, tcp_wire_factor
 from netprobe.probes.throughput.config import MAX_RATE
 from netprobe.probes.throughput.protocol import set_congestion
 from netprobe.probes.throughput.samples import NCOLS
@@ -53,6 +55,8 @@ class Pair:
         self.sample_ns = sample_ns
         self.ticket = secrets.token_hex(16)
         self.has_down = False
+        self.rate_wire = 0.0              # rate_down with the headers on the wire, as reserved
+        self.hold = 0.0                   # s the reservation stays held after the session (its debt)
         self.closed = threading.Event()
         self._send_lock = threading.Lock()
 
@@ -86,9 +90,11 @@ def _serve_up(session, pairs, sid):
     if sid in pairs:
         return session.refuse("session already open")
     rates = session.server.rates
-    if rate and not rates.reserve(session.address, rate):
+    wire = rate * tcp_wire_factor(session.sock)
+    if rate and not rates.reserve(session.address, wire):
         return session.refuse(rates.why_refused(session.address))
     pair = pairs[sid] = Pair(sid, session, session.address, float(rate), sample_ns)
+    pair.rate_wire = wire
     try:
         session.ok(ticket=pair.ticket)
         session.sock.settimeout(SEND_TIMEOUT)   # bounds a report; set once: the drain loop shares the fd
@@ -112,7 +118,7 @@ def _serve_up(session, pairs, sid):
         pair.closed.set()
         pairs.pop(sid, None)
         if rate:
-            rates.release(session.address, rate)
+            rates.release(session.address, wire, hold=pair.hold)
 
 
 def _serve_down(session, pairs, sid):
@@ -136,7 +142,8 @@ def _serve_down(session, pairs, sid):
     session.ok()
     pacer = load_extension("_pacer")
     sender = pacer.TcpPacedSender(session.sock.fileno(), pair.rate_down, pacing=bool(hello.get("pacing")))
-    bucket = TokenBucket(pair.rate_down)
+    bucket = TokenBucket(pair.rate_wire)
+    factor = tcp_wire_factor(session.sock)
     rows = np.empty((64, NCOLS), dtype=np.int64)
     keep = ("ticks", "timer_overruns", "late_ticks", "eagain", "bytes_sent")
     totals = dict.fromkeys(keep, 0)
@@ -155,12 +162,13 @@ def _serve_down(session, pairs, sid):
             if got.bytes_sent:
                 session.progress()
                 now = time.monotonic()
-                ahead = bucket.reserve(got.bytes_sent, now) - now
+                ahead = bucket.reserve(got.bytes_sent * factor, now) - now
                 if ahead > 0:                     # the pacer ran ahead of the reserved rate: hold it to it
                     pair.closed.wait(min(ahead, 1.0))
             session.check()
     except OSError as exc:                       # the up connection (our report channel) is gone
         log.debug("session %s: report failed: %s", sid[:8], exc)
     finally:
+        pair.hold = bucket.debt(time.monotonic())
         pair.closed.set()
         sender.close()
