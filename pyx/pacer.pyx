@@ -7,16 +7,16 @@
 # call per chunk (<= ~100 ms): it passes a preallocated int64 sample buffer and
 # gets a result back.
 
-from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
+from cpython.exc cimport PyErr_SetFromErrno
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 from bucket cimport (bucket_t, bucket_init, bucket_refill, bucket_available,
                      bucket_take, bucket_try, bucket_wait_ns, BUCKET_MAX_DEPTH,
                      BUCKET_MAX_RATE, BUCKET_NBIT_PER_BYTE)
-from linux cimport (errno, EINTR, EAGAIN, strerror, raise_errno, mono_ns, send, recv, setsockopt, poll, pollfd,
-                    POLLIN, MSG_DONTWAIT, MSG_NOSIGNAL, SOL_SOCKET, SO_MAX_PACING_RATE,
-                    IPPROTO_TCP, TCP_NOTSENT_LOWAT, TCP_QUICKACK)
+from linux cimport (errno, EINTR, EAGAIN, strerror, raise_errno, loop_end, mono_ns, send, recv,
+                    setsockopt, poll, pollfd, POLLIN, MSG_DONTWAIT, MSG_NOSIGNAL, SOL_SOCKET,
+                    SO_MAX_PACING_RATE, IPPROTO_TCP, TCP_NOTSENT_LOWAT, TCP_QUICKACK)
 from prng cimport np_prng_fill
 from tcpinfo cimport tcp_info as tcp_info_t, tcp_info_read, tcp_info_fill_row, SAMPLE_NCOLS
 from timerfd cimport (periodic_t, periodic_open, periodic_close, periodic_arm, periodic_due,

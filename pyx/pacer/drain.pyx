@@ -150,8 +150,5 @@ cdef class TcpDrain:
         res.elapsed_ns = now - t_start
         res.eof = eof
         res.interrupted = perr == EINTR
-        if err != 0:
-            raise_errno(err, "recv", res)
-        if perr == EINTR:
-            PyErr_CheckSignals()
+        loop_end(err, res.interrupted, "recv", res)
         return res
