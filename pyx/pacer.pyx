@@ -2,21 +2,21 @@
 # TCP_INFO sample rows, and the token bucket test hook.
 #
 # TcpPacedSender sends on the periodic timer (timerfd.pxd) through a token
-# bucket (bucket.pxd); TcpDrain reads in a poll() loop. Both work on a TCP
-# socket the caller owns, with the GIL released; Python sees one call per
-# chunk (<= ~100 ms): it passes a preallocated int64 sample buffer and gets
-# counters back.
+# bucket (bucket.pxd); TcpDrain (pacer/drain.pyx) reads in a poll() loop. Both
+# work on a TCP socket the caller owns, with the GIL released; Python sees one
+# call per chunk (<= ~100 ms): it passes a preallocated int64 sample buffer and
+# gets a result back.
 
-from cpython.exc cimport PyErr_CheckSignals, PyErr_SetFromErrno
+from cpython.exc cimport PyErr_SetFromErrno
 from libc.stdint cimport int64_t, uint8_t, uint64_t
 from libc.stdlib cimport free, malloc
 
 from bucket cimport (bucket_t, bucket_init, bucket_refill, bucket_available,
                      bucket_take, bucket_try, bucket_wait_ns, BUCKET_MAX_DEPTH,
                      BUCKET_MAX_RATE, BUCKET_NBIT_PER_BYTE)
-from linux cimport (errno, EINTR, EAGAIN, strerror, raise_errno, mono_ns, send, recv, setsockopt, poll, pollfd,
-                    POLLIN, MSG_DONTWAIT, MSG_NOSIGNAL, SOL_SOCKET, SO_MAX_PACING_RATE,
-                    IPPROTO_TCP, TCP_NOTSENT_LOWAT, TCP_QUICKACK)
+from linux cimport (errno, EINTR, EAGAIN, strerror, raise_errno, loop_end, mono_ns, send, recv,
+                    setsockopt, poll, pollfd, POLLIN, MSG_DONTWAIT, MSG_NOSIGNAL, SOL_SOCKET,
+                    SO_MAX_PACING_RATE, IPPROTO_TCP, TCP_NOTSENT_LOWAT, TCP_QUICKACK)
 from prng cimport np_prng_fill
 from tcpinfo cimport tcp_info as tcp_info_t, tcp_info_read, tcp_info_fill_row, SAMPLE_NCOLS
 from timerfd cimport (periodic_t, periodic_open, periodic_close, periodic_arm, periodic_due,
@@ -169,18 +169,6 @@ cdef class SendRun:
         return (f"SendRun(rows={self.rows}, ticks={self.ticks}, timer_overruns={self.timer_overruns}, "
                 f"late_ticks={self.late_ticks}, eagain={self.eagain}, bytes_sent={self.bytes_sent}, "
                 f"app_bytes={self.app_bytes}, elapsed_ns={self.elapsed_ns}, interrupted={self.interrupted})")
-
-
-cdef class DrainRun:
-    """One TcpDrain.run() call (read-only): rows written, bytes_received (this call), app_bytes
-    (since construction), elapsed_ns, eof (the peer closed: sticky), interrupted."""
-    cdef readonly Py_ssize_t rows
-    cdef readonly int64_t bytes_received, app_bytes, elapsed_ns
-    cdef readonly bint eof, interrupted
-
-    def __repr__(self):
-        return (f"DrainRun(rows={self.rows}, bytes_received={self.bytes_received}, app_bytes={self.app_bytes}, "
-                f"elapsed_ns={self.elapsed_ns}, eof={self.eof}, interrupted={self.interrupted})")
 
 
 cdef class TcpPacedSender:
@@ -445,144 +433,4 @@ cdef class TcpPacedSender:
         return res
 
 
-cdef class TcpDrain:
-    """The receiving end: reads and discards in a poll() loop, GIL released.
-
-    Same run() signature and sample schedule as TcpPacedSender (app_bytes =
-    bytes read so far). pause(True) stops reading (rows continue) so a test
-    can play a receiver that stalls; pause(False) resumes. The socket is the
-    caller's.
-    """
-    cdef int fd
-    cdef char *buf
-    cdef readonly Py_ssize_t bufsize
-    cdef bint paused, running
-    cdef int64_t next_sample_ns
-    cdef readonly int64_t bytes_received
-    cdef readonly bint eof
-    cdef readonly int error
-
-    def __cinit__(self, *args, **kwargs):
-        self.buf = NULL
-
-    def __init__(self, int fd, Py_ssize_t bufsize=1 << 20):
-        cdef tcp_info_t ti
-        cdef int err
-        if not 1 <= bufsize <= 1 << 30:
-            raise ValueError(f"bufsize must be 1 byte to 1 GiB (got {bufsize})")
-        err = tcp_info_read(fd, &ti)
-        if err != 0:
-            raise OSError(err, f"fd {fd} is not a TCP socket: {strerror(err).decode()}")
-        self.buf = <char *>malloc(bufsize)
-        if self.buf == NULL:
-            raise MemoryError()
-        self.fd = fd
-        self.bufsize = bufsize
-
-    def __dealloc__(self):
-        free(self.buf)
-
-    def pause(self, bint paused=True):
-        """Stop (True) or resume (False) reading; safe to call from another thread during run()."""
-        self.paused = paused
-
-    def run(self, int64_t[:, ::1] samples not None, int64_t duration_ns, int64_t sample_every_ns,
-            int64_t epoch):
-        """Read and discard for `duration_ns`, writing rows as TcpPacedSender.run() does.
-
-        Ends early when the peer closes (eof, sticky: a DrainRun field) or
-        recv() fails (OSError with the DrainRun so far as .result; sticky:
-        later runs raise it again). A signal ends the call early. Returns
-        this call's DrainRun.
-        """
-        cdef Py_ssize_t nrows = samples.shape[0], rows = 0
-        cdef int64_t t_start, now, end, wait, every = sample_every_ns, next_sample
-        cdef int64_t total = self.bytes_received, got = 0
-        cdef int err = 0, perr = 0, timeout, one = 1
-        cdef bint more = False, eof = self.eof
-        cdef DrainRun res
-        cdef pollfd pfd
-        cdef ssize_t r
-        cdef size_t size = self.bufsize
-        cdef char *buf = self.buf
-        _check_run_args(samples.shape[1], duration_ns, sample_every_ns)
-        if self.buf == NULL:
-            raise ValueError("TcpDrain was not initialised")
-        if self.running:
-            raise RuntimeError("run() is already running")
-        t_start = mono_ns()
-        if self.next_sample_ns == 0:
-            self.next_sample_ns = t_start
-        next_sample = self.next_sample_ns
-        end = t_start + duration_ns
-        pfd.fd = self.fd
-        pfd.events = POLLIN
-        err = self.error
-        self.running = True
-        try:
-            with nogil:
-                while err == 0 and not eof:
-                    now = mono_ns()
-                    if now >= next_sample and rows < nrows:
-                        err = tcp_info_fill_row(pfd.fd, &samples[rows, 0], now, epoch, total)
-                        if err != 0:
-                            break
-                        rows += 1
-                        next_sample = _next_due(next_sample, every, now)
-                    if now >= end:
-                        break
-                    wait = end - now
-                    if rows < nrows and next_sample - now < wait:    # > 0: a due row was just written
-                        wait = next_sample - now
-                    timeout = <int>((wait + 999_999) // 1_000_000)
-                    if self.paused:
-                        more = False
-                        if timeout > 5:
-                            timeout = 5                     # sees pause(False) within 5 ms
-                        if poll(NULL, 0, timeout) < 0 and errno == EINTR:
-                            perr = EINTR
-                            break
-                        continue
-                    if not more:
-                        r = poll(&pfd, 1, timeout)
-                        if r < 0:
-                            if errno == EINTR:
-                                perr = EINTR
-                                break
-                            err = errno
-                            break
-                        if r == 0 or self.paused:
-                            continue
-                    r = recv(pfd.fd, buf, size, MSG_DONTWAIT)
-                    if r > 0:
-                        total += r
-                        got += r
-                        # ACK at once, not after the delayed-ACK timer: the sender's RTT
-                        # samples then measure the path (quick-ack mode is not sticky)
-                        setsockopt(pfd.fd, IPPROTO_TCP, TCP_QUICKACK, &one, sizeof(one))
-                        more = <size_t>r == size            # likely more queued: skip the next poll
-                    elif r == 0:
-                        eof = True
-                    else:
-                        more = False
-                        if errno != EAGAIN and errno != EINTR:
-                            err = errno
-                now = mono_ns()
-        finally:
-            self.running = False
-            self.next_sample_ns = next_sample
-            self.bytes_received = total
-            self.eof = eof
-            self.error = err
-        res = DrainRun.__new__(DrainRun)
-        res.rows = rows
-        res.bytes_received = got
-        res.app_bytes = total
-        res.elapsed_ns = now - t_start
-        res.eof = eof
-        res.interrupted = perr == EINTR
-        if err != 0:
-            raise_errno(err, "recv", res)
-        if perr == EINTR:
-            PyErr_CheckSignals()
-        return res
+include "pacer/drain.pyx"

@@ -23,7 +23,6 @@
 # SO_TXTIME is not used: it spaces packets (it needs the fq or etf qdisc),
 # while a train must leave as fast as the host can send it.
 
-from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
@@ -33,7 +32,7 @@ import numpy as _np
 from byteorder cimport load_be16 as pull_u16, load_be32 as pull_u32, store_be16 as push_u16, store_be32 as push_u32
 
 from linux cimport (errno, EINTR, EAGAIN, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME,
-                    clock_ns, mono_ns, ns_to_timespec, strerror, raise_errno, poll,
+                    clock_ns, mono_ns, ns_to_timespec, strerror, loop_end, poll,
                     pollfd, POLLIN, SOL_SOCKET, setsockopt, getsockopt, socklen_t,
                     MSG_DONTWAIT, MSG_TRUNC, MSG_CTRUNC, rx_stamps_on, sw_stamp_ns, SO_RCVBUF,
                     SO_SNDBUF, SO_RCVBUFFORCE, SO_SNDBUFFORCE, SO_TYPE, SOCK_DGRAM, iovec, msghdr,
@@ -352,10 +351,7 @@ cdef class TrainSender:
         res.bytes = done_bytes
         res.elapsed_ns = mono_ns() - t0
         res.interrupted = serr == EINTR
-        if err != 0:
-            raise_errno(err, "sendmmsg", res)
-        if serr == EINTR:
-            PyErr_CheckSignals()
+        loop_end(err, res.interrupted, "sendmmsg", res)
         return res
 
 
@@ -530,9 +526,6 @@ cdef class TrainReceiver:
         res.user_ts = user_ts
         res.elapsed_ns = mono_ns() - t0
         res.interrupted = perr == EINTR
-        if err != 0:
-            raise_errno(err, "recvmmsg", res)
-        if perr == EINTR:
-            PyErr_CheckSignals()
+        loop_end(err, res.interrupted, "recvmmsg", res)
         return res
 

@@ -3,6 +3,7 @@
 # Declared here (not cimported from Cython's posix.*) so that every extension
 # sees one consistent set of names; the C types are the system headers' own.
 
+from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport int64_t, uint64_t
 
 cdef extern from "<errno.h>" nogil:
@@ -62,6 +63,16 @@ cdef inline int raise_errno(int err, str what, object result) except -1:
     exc = OSError(err, f"{what}: {strerror(err).decode()}")
     exc.result = result
     raise exc
+
+
+cdef inline int loop_end(int err, bint interrupted, str what, object result) except -1:
+    """How a loop's call ends: raise_errno for a failure, else run the Python handler of a signal
+    that interrupted it (which may raise); 0 otherwise."""
+    if err != 0:
+        raise_errno(err, what, result)
+    if interrupted:
+        PyErr_CheckSignals()
+    return 0
 
 
 cdef inline int64_t timespec_to_ns(const timespec *ts) noexcept nogil:

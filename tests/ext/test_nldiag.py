@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netprobe.errors import load_extension
+from tests.integration.test_retrans_live import socket_inodes
 from tests.reference import netlink as ref
 
 nl = load_extension("_nldiag")
@@ -294,14 +295,7 @@ def _forgery(seq):
 
 def _diag_port_ids(pid):
     """Netlink port ids of pid's NETLINK_SOCK_DIAG sockets (/proc/net/netlink, matched by inode)."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(int(link[8:-1]))
+    inodes = socket_inodes(pid)
     with open("/proc/net/netlink") as f:
         rows = [line.split() for line in f.readlines()[1:]]
     return [int(r[2]) for r in rows if r[1] == "4" and int(r[9]) in inodes]

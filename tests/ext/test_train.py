@@ -144,3 +144,27 @@ def test_plan_rows_are_checked_before_sending(pair):
     assert sender.packets == 0
     with pytest.raises(ValueError, match="not a UDP socket"):
         T.TrainSender(socket.socket().fileno(), 1)
+
+
+def test_send_error_raises_with_what_was_sent():
+    """A connected UDP socket whose peer port is closed: the kernel's ICMP port unreachable turns
+    the next sendmmsg() into ECONNREFUSED. send() raises it, with the read-only SendResult of
+    what went before the failure."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        tx.connect(("127.0.0.1", port))
+        sender = T.TrainSender(tx.fileno(), 5)
+        plan = plan_of([(1, 4, 200, 0, 0, 0), (2, 4, 200, 0, 0, 0)])
+        sent = np.zeros((2, T.SENT_NCOLS), dtype=np.int64)
+        first = sender.send(plan[:1], sent)            # goes out; the ICMP error comes back
+        assert (first.trains, first.packets, first.bytes) == (1, 4, 800)
+        time.sleep(0.05)
+        with pytest.raises(ConnectionRefusedError) as exc:
+            sender.send(plan, sent)
+        got = exc.value.result
+        assert (got.trains, got.packets, got.bytes) == (1, 0, 0) and sent[0, 2] == 0
+        assert sender.error == exc.value.errno and sender.errors == 1
+        with pytest.raises(AttributeError):
+            got.trains = 2                             # results are read-only
