@@ -70,6 +70,8 @@ def _counters(state):
 
 def parse_setup(msg):
     """(port, token) of a setup message, or BadMessage."""
+    if not isinstance(msg, dict):
+        raise BadMessage('expected {"udp_port": P, "token": T}')
     port, token = msg.get("udp_port"), msg.get("token")
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise BadMessage("udp_port must be 1-65535")
@@ -88,7 +90,7 @@ def parse_plan(msg, max_size, max_rate):
     """A plan message as an int64 array (rows: train, count, size, primers, primer_size, gap_ns),
     or BadMessage."""
     train = load_extension("_train")
-    if not isinstance(msg.get("plan"), list):
+    if not isinstance(msg, dict) or not isinstance(msg.get("plan"), list):
         raise BadMessage('expected {"plan": [[train, count, size, primers, primer_size, gap_ns], ...]}')
     rows = msg["plan"]
     if not 1 <= len(rows) <= MAX_TRAINS:
