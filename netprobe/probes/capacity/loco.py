@@ -29,6 +29,7 @@ import numpy as np
 from netprobe import __version__
 from netprobe.config.schema import Where, build
 from netprobe.errors import EXIT_RUNTIME, NetprobeError, UsageError
+from netprobe.fileio import open_private
 from netprobe.probes.capacity import analysis
 from netprobe.probes.capacity.config import Config
 from netprobe.probes.capacity.runner import Run, Session
@@ -96,7 +97,7 @@ def write_csv(path, meas):
         # full precision (loco wrote %.4f); without preliminary trains, -r comes close to the
         # online line but not exactly (netprobe's `record` file re-analyses exactly)
         lines += [f"{r / 1e6!r},{d / 1e3:.4f}" for r, d in zip(meas.rate[ok].tolist(), meas.disp_ns[ok], strict=True)]
-    with open(path, "w") as fh:
+    with open_private(path) as fh:
         fh.write("\n".join(lines) + "\n")
 
 

@@ -21,6 +21,7 @@ import zipfile
 import numpy as np
 
 from netprobe.errors import PeerError, ProbeError, load_extension
+from netprobe.fileio import open_private
 from netprobe.peer.client import PeerLink, connect
 from netprobe.peer.protocol import clean_text
 from netprobe.probes.base import ProbeRunner
@@ -290,7 +291,7 @@ def stable(est, last):
 
 def save_record(path, rx, plan, meta):
     """Raw data of one estimate (.npz): rx rows, plan rows and the settings the analysis needs."""
-    with open(path, "wb") as fh:
+    with open_private(path, "wb") as fh:
         np.savez_compressed(fh, rx=rx, plan=plan, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8))
 
 
