@@ -1,8 +1,8 @@
 """Capacity estimates against tbf bottlenecks with a one-frame bucket (--burst 1514), in the netns lab.
 
 For each rate (10 to 200 Mbit/s, round and not) and run: the L2 rate a 3 s UDP flow of
-full-size frames gets through the same tbf (iperf3, the ground truth lab.md recommends on a
-busy host), then `netprobe probe capacity` in quick mode (and in full mode with --full).
+full-size frames gets through the same tbf (iperf3: on a busy host the flow, not the
+configured rate, is the ground truth), then `netprobe probe capacity` in quick mode (and in full mode with --full).
 Figures: our estimate, its error against the configured rate and against the UDP flow, the
 share of runs within 5 % of each, confidence, method, time, probe bytes on R's qdisc; and, from
 the same run's raw timestamps, what loco's formula (8 * max size * L / dispersion, no headers)

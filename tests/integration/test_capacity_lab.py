@@ -2,7 +2,7 @@
 in the netns lab, B (`netprobe serve`) sending to A (the probe).
 
 Oracle: the tbf's configured rate, and the L2 rate a long UDP flow of full-size frames gets
-through the same tbf in the same lab just before (iperf3): lab.md 2.6 recommends the flow when
+through the same tbf in the same lab just before (iperf3): the flow is the oracle when
 the host is busy, because a one-frame bucket releases every packet on a timer, and timer
 lateness on a loaded 2-vCPU VM is lost rate (measured here: 85 % of 100 Mbit/s at load 3).
 Probe traffic is counted on R's qdisc (tc -s), independently of what the probe reports.

@@ -4,7 +4,7 @@ Input: what the receiver (netprobe._udpio.UdpProbeReceiver.close_through)
 reports for one closed interval, per source port, plus what the sender says
 it sent. Nothing here reads a clock or a socket.
 
-Loss accounting (what UDPing got wrong, seed-tools.md 2.9):
+Loss accounting (what UDPing got wrong):
 - "expected" for (port, interval) comes from the best source available, in
   this order: the sender's own count (reported over the control connection:
   exact), an in-band end-of-interval control record (sent `control_copies`

@@ -1,7 +1,7 @@
 """`udping_client` and `udping_server`: UDPing-compatible entry points over netprobe's
 oneway machinery, so an existing UDPing pipeline keeps working.
 
-Same flags, ranges and error messages as yahoo/UDPing (seed-tools.md section 2),
+Same flags, ranges and error messages as yahoo/UDPing,
 the same 72-byte v1 header (pyx/includes/wire.pxd), the same JSON lines (every
 value a quoted string, latencies in ms) and statsd formats (dotted and tagged),
 with UDPing's bugs fixed: any gap or reordering size is counted (no 10-packet
