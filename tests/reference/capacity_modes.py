@@ -1,4 +1,4 @@
-"""pathrate's get_mode written out loop by loop from its description (seed-tools.md 5.5):
+"""pathrate's get_mode written out loop by loop from its description:
 the oracle for the vectorised netprobe.stats.modes."""
 
 

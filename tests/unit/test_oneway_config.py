@@ -22,7 +22,7 @@ def p_all_hit(n, k):
 
 @pytest.mark.parametrize("n,k", [(8, 51), (16, 115), (32, 255)])
 def test_auto_ports_cover_every_path_with_99_percent(n, k):
-    assert ports_for_ecmp(n) == k                     # anchors.md T7 figures
+    assert ports_for_ecmp(n) == k                     # the published figures
     assert p_all_hit(n, k) >= Fraction(99, 100)
     assert n * math.log(n / 0.01) * 0.9 <= k <= n * math.log(n / 0.01)   # ~ the N ln(N/0.01)
 
