@@ -89,6 +89,7 @@ format = "text"
 type = "jsonfile"
 path = "{tmp_path}/out/results.jsonl"
 rotate_size = "4K"
+keep = 1000                     # rotated and gzipped, none pruned: every record is searched
 
 [output.alerts]
 type = "syslog"
