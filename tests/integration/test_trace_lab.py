@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.lab
 
 PORTS = list(range(5000, 5024))
-DPORT = 7000
+DPORT = 40700                   # inside the peer's default udp_ports (32768-60999)
 SCRIPT = r'''
 import json, sys, time
 from netprobe.probes.oneway import trace
