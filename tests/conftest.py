@@ -36,6 +36,19 @@ def _lab_stale_cleanup():
         ecmp.cleanup_stale(mine=True)
 
 
+@pytest.fixture(autouse=True)
+def _secrets_stay_with_their_test():
+    """Key values a test's config registered for scrubbing (netprobe.redact keeps them for the
+    process's life, as the daemon should) are forgotten after the test, so a random key from
+    one test is not scrubbed out of another test's expected text."""
+    from netprobe import redact
+    with redact._lock:
+        before = set(redact._secrets)
+    yield
+    with redact._lock:
+        redact._secrets.intersection_update(before)
+
+
 @pytest.fixture
 def make_lab():
     """Factory make_lab(offload="on", mtu=1500, **impairments) -> an up Lab.
