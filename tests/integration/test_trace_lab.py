@@ -17,21 +17,21 @@ import pytest
 pytestmark = pytest.mark.lab
 
 PORTS = list(range(5000, 5024))
-DPORT = 40700                   # inside the peer's default udp_ports (32768-60999)
+DPORT = 40700                   # inside the peer's default udp_ports (32768-60999); the scripts below too
 SCRIPT = r'''
 import json, sys, time
 from netprobe.probes.oneway import trace
 dst, fam, every = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 ports = [int(p) for p in sys.argv[4:]]
-socks = {p: trace.open_socket(dst, 7000, p) for p in ports}
+socks = {p: trace.open_socket(dst, 40700, p) for p in ports}
 t0 = time.monotonic()
-paths = trace.trace(dst, 7000, ports, rate=200, retries=3 if every else 1, timeout=0.3, socks=socks)
+paths = trace.trace(dst, 40700, ports, rate=200, retries=3 if every else 1, timeout=0.3, socks=socks)
 took = time.monotonic() - t0
 print(json.dumps({"took": took, "paths": {p: [v.hops, v.reached, v.sent, v.to_peer] for p, v in paths.items()}}))
 '''
 
 
-SINK = ("import socket\ns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\ns.bind(('::', 7000))\n"
+SINK = ("import socket\ns = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\ns.bind(('::', 40700))\n"
         "print('READY', flush=True)\nwhile True:\n    print(s.recv(2048)[:4].decode(errors='replace'), flush=True)")
 
 
