@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bench.mesh import big_mesh
 from netprobe.mesh import model, plan
+from tests.unit.mesh_big import big_mesh
 from tests.unit.test_mesh_model import doc
 
 T0 = 1_796_000_000.0          # any wall-clock time: the planner is a pure function of it
