@@ -144,6 +144,7 @@ def test_unit_tests_pass_on_the_deb_with_debian_numpy_and_scipy(deb, tmp_path, t
     run(["dpkg-deb", "-x", str(deb), str(tmp_path / "root")])
     site = tmp_path / "root/usr/lib/python3/dist-packages"
     shutil.copytree(ROOT / "tests", tmp_path / "t" / "tests", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "contrib", tmp_path / "t" / "contrib")   # the rules the rule tests check
     # the shipped config files the tests read from the source tree's place; without an
     # __init__.py this netprobe/ is a namespace portion, so the .deb's package still wins
     shutil.copytree(ROOT / "netprobe", tmp_path / "t" / "netprobe",
