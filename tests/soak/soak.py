@@ -10,7 +10,9 @@ runs a cycle of faults (FAULTS, times in seconds from the cycle's start) again a
 the peer killed and restarted, the peer paused (SIGSTOP) longer than its timeouts, a worker
 killed (SIGKILL) and one frozen (SIGSTOP), SIGHUP every 30 s alternating an unchanged, an
 invalid and a changed config, the jsonfile directory read-only then full, rsyslogd stopped
-and restarted, the path black-holed. The clock step is skipped with its reason (SKIPPED).
+and restarted, the path black-holed with Alertmanager restarted while the breach is open,
+Prometheus restarted. The clock step is skipped with its reason (SKIPPED); so are Prometheus
+and Alertmanager when they are not installed.
 
 The verdict, from the stdout stream alone (independent of the jsonfile under fault):
 - per periodic probe, the interval slots after start-up, each covered by a RESULT
@@ -18,7 +20,10 @@ The verdict, from the stdout stream alone (independent of the jsonfile under fau
 - RSS, open fds and threads of every process sampled each `--sample` seconds, with the
   slope of each process that lived through the run after warm-up;
 - no zombie, no tracefs instance, namespace, qdisc or iptables rule left behind;
-- for each fault that must breach, a BREACH after it began and a CLEAR after it ended.
+- for each fault that must breach, a BREACH after it began and a CLEAR after it ended;
+- Alertmanager's own API holding the open breach again after its restart (the daemon
+  re-posts) and no alert left active at the end; Prometheus scraping the daemon again after
+  its restart.
 """
 import argparse
 import json
@@ -32,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from datetime import datetime
 from pathlib import Path
 
@@ -55,11 +61,17 @@ FAULTS = (                         # (offset s, name, hold s)
     (170, "syslog_down", 20),
     (200, "blackhole", 45),
     (260, "worker_freeze", 0),
+    (270, "prometheus_restart", 10),
 )
 HUP_EVERY = 30.0
 SKIPPED = {"clock_step": "time namespaces offset CLOCK_MONOTONIC and CLOCK_BOOTTIME only; a 2 s step of "
                          "CLOCK_REALTIME would step the whole host and every other process on it"}
 TRACEFS = Path("/sys/kernel/tracing/instances")
+SCRAPE = "127.0.0.1:9471"          # daemon A's exporter; Prometheus and Alertmanager run in A's namespace
+PROM = "127.0.0.1:9090"
+AM = "127.0.0.1:9093"
+RESEND = 5.0                       # s, the alertmanager sink's re-post period
+FETCH = "import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
 
 
 def parse_ts(text):
@@ -138,6 +150,15 @@ keep = 3
 
 [output.syslog]
 address = "{syslog_sock}"
+
+[output.prom]
+type = "prometheus"
+listen = "{SCRAPE}"
+
+[output.am]
+type = "alertmanager"
+urls = ["http://{AM}"]
+resend = "{RESEND}s"
 """
 
 
@@ -174,6 +195,66 @@ class Rsyslogd:
         self.proc = None
 
 
+class Service:
+    """Prometheus or Alertmanager (Debian's packages) in daemon A's namespace, restarted by the
+    injector; `get` reads its HTTP API from inside the namespace."""
+
+    def __init__(self, lab, workdir, name, argv, listen):
+        self.lab, self.dir, self.name, self.argv, self.listen = lab, workdir, name, argv, listen
+        self.proc = None
+
+    def start(self):
+        self.proc = self.lab.exec("a", self.argv, stdout=subprocess.DEVNULL,
+                                  stderr=open(self.dir / f"{self.name}.stderr", "a"))
+        end = time.monotonic() + 30
+        while self.get("/-/ready", raw=True) is None:
+            if time.monotonic() > end or self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} did not become ready (see {self.dir}/{self.name}.stderr)")
+            time.sleep(0.2)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def get(self, path, raw=False):
+        """The body (parsed JSON unless raw), or None while it does not answer."""
+        out = self.lab.run("a", [sys.executable, "-c", FETCH, f"http://{self.listen}{path}"], check=False, timeout=15)
+        if out.returncode != 0:
+            return None
+        return out.stdout if raw else json.loads(out.stdout)
+
+
+def services(lab, workdir):
+    """Prometheus scraping daemon A every second and an Alertmanager without receivers, or
+    ({}, reasons) for those not installed."""
+    have, skipped = {}, {}
+    prom, am = shutil.which("prometheus"), shutil.which("prometheus-alertmanager")
+    if prom:
+        (workdir / "prometheus.yml").write_text(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 900ms\nscrape_configs:\n"
+            f"  - job_name: netprobe\n    static_configs:\n      - targets: ['{SCRAPE}']\n")
+        have["prometheus"] = Service(lab, workdir, "prometheus", [
+            prom, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
+            f"--web.listen-address={PROM}"], PROM)
+    else:
+        skipped["prometheus_restart"] = "prometheus is not installed (apt-get install prometheus)"
+    if am:
+        (workdir / "alertmanager.yml").write_text("route:\n  receiver: none\nreceivers:\n  - name: none\n")
+        have["alertmanager"] = Service(lab, workdir, "alertmanager", [
+            am, f"--config.file={workdir / 'alertmanager.yml'}", f"--storage.path={workdir / 'am-data'}",
+            f"--web.listen-address={AM}", "--cluster.listen-address="], AM)
+    else:
+        skipped["alertmanager_restart"] = ("prometheus-alertmanager is not installed "
+                                           "(apt-get install prometheus-alertmanager)")
+    return have, skipped
+
+
 class Soak:
     def __init__(self, duration, sample, workdir):
         self.duration = duration
@@ -190,6 +271,8 @@ class Soak:
         self.tmpfs = workdir / "results"
         self.cfg = workdir / "a.toml"
         self.hup_state = 0
+        self.checks = []          # what Prometheus and Alertmanager showed around their restarts
+        self.services = {}
 
     # ---- set-up ------------------------------------------------------------------------
     def start(self):
@@ -200,6 +283,9 @@ class Soak:
         self.syslog = Rsyslogd(self.dir)
         self.syslog.start()
         self.start_peer()
+        self.services, self.skipped = services(self.lab, self.dir)
+        for svc in self.services.values():
+            svc.start()
         self.cfg.write_text(config_text(self.lab, 0, self.tmpfs / "a.jsonl", self.syslog.sock))
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(self.dir / "notify.sock"))
@@ -302,12 +388,80 @@ class Soak:
             self.stop.wait(hold)
             self.syslog.start()
         elif name == "blackhole":
+            t_end = time.time() + hold
             for ipt in ("iptables", "ip6tables"):
                 self.lab.run("r", [ipt, "-I", "FORWARD", "-j", "DROP"])
-            self.stop.wait(hold)
+            if "alertmanager" in self.services:
+                self.stop.wait(10)
+                self.restart_alertmanager(t_end)
+            self.stop.wait(max(0.0, t_end - time.time()))
             for ipt in ("iptables", "ip6tables"):
                 self.lab.run("r", [ipt, "-D", "FORWARD", "-j", "DROP"])
+        elif name == "prometheus_restart" and "prometheus" in self.services:
+            self.restart_prometheus(hold)
         self.mark(name, "end")
+
+    def open_breaches(self):
+        """(probe name, metric) of the BREACHes in the stdout stream not CLEARed since."""
+        open_ = set()
+        for r in list(self.records):
+            if r.get("type") in ("BREACH", "CLEAR"):
+                key = (r.get("name"), r.get("metric"))
+                (open_.add if r["type"] == "BREACH" else open_.discard)(key)
+        return open_
+
+    def am_alerts(self):
+        got = self.services["alertmanager"].get("/api/v2/alerts?active=true&silenced=false&inhibited=false")
+        return None if got is None else {(a["labels"].get("probe"), a["labels"].get("metric")) for a in got
+                                         if a["labels"].get("alertname") == "NetprobeBreach"}
+
+    def restart_alertmanager(self, deadline):
+        """Alertmanager keeps alerts in memory: restarted while the black hole's breach is open,
+        it must hold that breach again within a few re-posts (read from its own API)."""
+        am = self.services["alertmanager"]
+        self.mark("alertmanager_restart", "begin")
+        t0 = time.time()
+        am.stop()
+        self.stop.wait(5)
+        am.start()
+        t_up = time.time()
+        seen = None
+        want = self.open_breaches()
+        while time.time() < min(deadline, t_up + 6 * RESEND) and not self.stop.is_set():
+            got = self.am_alerts()
+            want = self.open_breaches()
+            if got and want and want <= got:
+                seen = time.time()
+                break
+            self.stop.wait(0.5)
+        self.mark("alertmanager_restart", "end")
+        self.checks.append({"fault": "alertmanager_restart", "begin_s": round(t0 - self.t0, 1),
+                            "end_s": round(t_up - self.t0, 1), "record": "alert re-posted",
+                            "open_breaches": sorted(map(list, want)),
+                            "seen_s": None if seen is None else round(seen - self.t0, 1), "ok": seen is not None})
+
+    def restart_prometheus(self, hold):
+        """Prometheus restarted: it must scrape the daemon again (its own `up` and a fresh
+        netprobe series after the restart)."""
+        prom = self.services["prometheus"]
+        t0 = time.time()
+        prom.stop()
+        self.stop.wait(hold)
+        prom.start()
+        t_up = time.time()
+        seen = None
+        while time.time() < t_up + 30 and not self.stop.is_set():
+            self.stop.wait(2)
+            span = max(1, int(time.time() - t_up))
+            q = urllib.parse.urlencode({"query": f'max_over_time(up{{job="netprobe"}}[{span}s]) * on(instance) '
+                                                 f'count_over_time(netprobe_oneway_sent_total[{span}s])'})
+            got = prom.get(f"/api/v1/query?{q}")
+            if got and got.get("data", {}).get("result") and float(got["data"]["result"][0]["value"][1]) > 0:
+                seen = time.time()
+                break
+        self.checks.append({"fault": "prometheus_restart", "begin_s": round(t0 - self.t0, 1),
+                            "end_s": round(t_up - self.t0, 1), "record": "scraped again",
+                            "seen_s": None if seen is None else round(seen - self.t0, 1), "ok": seen is not None})
 
     def hup(self):
         self.hup_state = (self.hup_state + 1) % 3
@@ -365,6 +519,19 @@ class Soak:
     # ---- tear-down ---------------------------------------------------------------------
     def finish(self):
         self.t_end = time.time()
+        if "alertmanager" in self.services and self.services["alertmanager"].proc:
+            # Alertmanager holds the breaches still open at the end, and nothing else (the
+            # quiet tail clears the injected ones); a state just changed gets a few re-posts
+            end = time.time() + 3 * RESEND
+            while True:
+                left, want = self.am_alerts(), self.open_breaches()
+                if left == want or time.time() > end:
+                    break
+                time.sleep(0.5)
+            self.checks.append({"fault": "alertmanager_at_end", "begin_s": round(self.t_end - self.t0, 1),
+                                "record": "alerts equal to the open breaches", "seen_s": None,
+                                "active": None if left is None else sorted(map(list, left)),
+                                "open_breaches": sorted(map(list, want)), "ok": left == want})
         if self.daemon and self.daemon.poll() is None:
             self.daemon.send_signal(signal.SIGTERM)
             try:
@@ -383,6 +550,8 @@ class Soak:
             self.peer.terminate()
             self.peer.wait(timeout=15)
         self.syslog.stop()
+        for svc in self.services.values():
+            svc.stop()
         self.notify.close()
         if self.lab:
             self.lab.down()
@@ -439,8 +608,8 @@ class Soak:
             "probes": probes,
             "unexplained": sum(p["unexplained"] for p in probes.values()),
             "growth": self.growth(),
-            "faults": self.fault_records(),
-            "skipped": SKIPPED,
+            "faults": self.fault_records() + self.checks,
+            "skipped": {**SKIPPED, **getattr(self, "skipped", {})},
             "leaks": self.leaks(),
             "errors": self.errors,
         }
