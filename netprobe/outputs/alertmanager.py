@@ -28,7 +28,7 @@ from netprobe.units import show
 log = logging.getLogger("netprobe.outputs")
 
 ALERTNAME = "NetprobeBreach"
-LABEL_FIELDS = ("metric", "dir", "group", "peer", "port")
+LABEL_FIELDS = ("metric", "dir", "group", "peer", "port", "suspect_hop")
 FIRST_BACKOFF, MAX_BACKOFF = 0.5, 30.0
 ENDS_AHEAD = 4           # an active alert's endsAt: this many resends ahead
 

@@ -188,6 +188,8 @@ class RecordCollector:
             self._result(record)
         elif record.type in (BREACH, CLEAR):
             labels = dict(self._labels(record), kind=record.probe, metric=str(record.fields.get("metric", "")))
+            if record.fields.get("suspect_hop") is not None:    # the hop path localisation blames
+                labels["suspect_hop"] = str(record.fields["suspect_hop"])
             with self.lock:
                 self.breach[tuple(sorted(labels.items()))] = 1.0 if record.type == BREACH else 0.0
         elif record.type == ERROR:

@@ -5,7 +5,7 @@ within its interval (the counters of [output.prometheus]) is a counter (`|c`);
 every other number is a gauge (`|g`) in base units (bit/s, bytes; percentages as
 percent). A BREACH sets `breach.<metric>` to 1, its CLEAR back to 0.
 
-Names: dotted (Graphite) `<prefix>.<kind>.<probe>[.<dir>][.<group>][.port.<port>].<field>`,
+Names: dotted (Graphite) `<prefix>.<kind>.<probe>[.<dir>][.<group>][.port.<port>][.hop.<suspect_hop>].<field>`,
 or tagged (InfluxDB/Telegraf style, as udping_server's -t) `<prefix>.<kind>.<field>,probe=..,dir=..`.
 Lines go out packed into datagrams of at most `max_packet` bytes (under the path MTU,
 whole lines only), over UDP or a Unix datagram socket. statsd is best effort: a send
@@ -24,6 +24,7 @@ from netprobe.results import BREACH, CLEAR, RESULT, Quantity
 from netprobe.units import show
 
 LABEL_FIELDS = ("dir", "group", "port")
+EVENT_LABELS = LABEL_FIELDS + ("suspect_hop",)      # a BREACH/CLEAR of path localisation names its hop
 SKIP_FIELDS = ("interval_id", "scope", "peer")
 _SEGMENT_BAD = re.compile(r"[^A-Za-z0-9_-]+")
 _TAG_BAD = re.compile(r"[,=:|\s]+")
@@ -106,11 +107,12 @@ def metric_lines(record, fmt, prefix):
                 items.append((key, value, "c" if key in sums else "g"))
     else:
         return []
-    labels = [(k, f[k]) for k in LABEL_FIELDS if f.get(k) is not None]
+    labels = [(k, f[k]) for k in (LABEL_FIELDS if record.type == RESULT else EVENT_LABELS) if f.get(k) is not None]
     if fmt == "tagged":
         tags = "".join(f",{k}={_tag(v)}" for k, v in [("probe", record.name), *labels])
         return [f"{prefix}.{record.probe}.{_name(k)}{tags}:{_num(v)}|{t}" for k, v, t in items]
-    path = ".".join([_segment(record.name)] + [_segment(v) if k != "port" else f"port.{v}" for k, v in labels])
+    named = {"port": "port.", "suspect_hop": "hop."}
+    path = ".".join([_segment(record.name)] + [named.get(k, "") + _segment(v) for k, v in labels])
     return [f"{prefix}.{record.probe}.{path}.{_name(k)}:{_num(v)}|{t}" for k, v, t in items]
 
 

@@ -385,3 +385,12 @@ def test_annotations_read_like_the_breach_line():
     _, alert = alert_of(rec, "h")
     assert alert["annotations"] == {"value": "no", "sla": "yes", "window": "5s"}
     assert "value=no sla=yes window=5s" in rec.to_text()
+
+
+def test_a_suspect_hop_is_an_alert_label():
+    """The hop path localisation blames groups and routes alerts like any other label."""
+    from netprobe.outputs.alertmanager import alert_of
+    rec = event(BREACH, "oneway", "ow", metric="loss", value=percent(20), op="<=", threshold=percent(1),
+                peer="192.0.2.10:7171", suspect_hop="198.18.11.2", hop=2, ports_bad="7/7")
+    _, alert = alert_of(rec, "h")
+    assert alert["labels"]["suspect_hop"] == "198.18.11.2"

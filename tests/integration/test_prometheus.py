@@ -387,3 +387,31 @@ def test_both_formats_parse_with_histograms_counters_and_breach(tmp_path):
     assert [s.value for s in fams["netprobe_oneway_lost"].samples if s.name.endswith("_total")] == [2]
     (b,) = fams["netprobe_breach"].samples
     assert b.value == 1 and b.labels == {"probe": "ow", "peer": "p:1", "kind": "oneway", "metric": "loss"}
+
+
+def test_suspect_hop_is_a_breach_label_until_its_clear(tmp_path):
+    """Path localisation's BREACH names a hop: the exporter carries it as the suspect_hop label
+    the fleet rule counts by (read back with prometheus_client's parser), 0 after the CLEAR."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from netprobe.results import BREACH, CLEAR, event, percent
+    port = _free_port()
+    sink = _sink(tmp_path, listen=f"127.0.0.1:{port}")
+    sink.start({})
+    kw = dict(metric="loss", value=percent(20), op="<=", threshold=percent(1), peer="p:1",
+              suspect_hop="198.18.11.2", hop=2, ports_bad="7/7", ports_clean="0/9", confidence="high")
+
+    def breach():
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            fams = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+        return [(s.labels, s.value) for s in fams["netprobe_breach"].samples]
+    try:
+        sink.write(event(BREACH, "oneway", "ow", **kw))
+        labels = {"probe": "ow", "peer": "p:1", "kind": "oneway", "metric": "loss", "suspect_hop": "198.18.11.2"}
+        assert breach() == [(labels, 1.0)]
+        sink.write(event(CLEAR, "oneway", "ow", **kw))
+        assert breach() == [(labels, 0.0)]
+    finally:
+        sink.close()

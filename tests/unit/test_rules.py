@@ -31,7 +31,7 @@ def _run(argv, cwd):
 
 
 def test_promtool_check_rules():
-    assert "SUCCESS: 8 rules found" in _run([_tool("promtool"), "check", "rules", RULES.name], RULES.parent)
+    assert "SUCCESS: 10 rules found" in _run([_tool("promtool"), "check", "rules", RULES.name], RULES.parent)
 
 
 def test_promtool_test_rules():

@@ -106,6 +106,16 @@ def test_breach_and_clear_set_a_gauge(udp):
                                    ("netprobe.throughput.dc1-dc2.a_to_b.breach.rate", {}, 0.0, "g")]
 
 
+
+def test_a_suspect_hop_names_the_breach_gauge(udp):
+    port = udp.getsockname()[1]
+    kw = {"metric": "loss", "value": percent(20), "op": "<=", "threshold": percent(1), "suspect_hop": "198.18.11.2"}
+    _run(_sink(address=f"udp://127.0.0.1:{port}"), [event(BREACH, "oneway", "ow", **kw)])
+    _run(_sink(address=f"udp://127.0.0.1:{port}", format="tagged"), [event(CLEAR, "oneway", "ow", **kw)])
+    assert _receive(udp, 1432) == [("netprobe.oneway.ow.hop.198_18_11_2.breach.loss", {}, 1.0, "g"),
+                                   ("netprobe.oneway.breach.loss", {"probe": "ow", "suspect_hop": "198.18.11.2"},
+                                    0.0, "g")]
+
 def test_115_ports_are_packed_under_the_mtu_without_losing_a_line(udp):
     port = udp.getsockname()[1]
     recs = [Record(RESULT, "oneway", "ow", {"port": 40000 + i, "sent": 100 + i, "received": 99, "lost": 1,
