@@ -75,16 +75,23 @@ test-trace: test-deps build
 bench: bench-deps build
 	$(PY) -m bench $(BENCH_ARGS)
 
-# The capture analyser's fuzzers at full count (200,000 examples per target; `make test` runs a
-# CI count): structured TCP segment sequences against the reference, and the byte fuzzers.
-.PHONY: fuzz
+# The structured fuzzers and the capture byte fuzzers at full count, 200,000 examples per target
+# (`make test` runs each file's CI count; tests/fuzz/__init__.py): TCP segment sequences and pcap
+# files against the reference analyser, netlink messages against the reference decoder, the
+# oneway receivers against the reference receiver. One part: `make fuzz-capture`, `fuzz-netlink`,
+# `fuzz-oneway`.
+FUZZ_CAPTURE = tests/fuzz/test_tcpseq_fuzz.py tests/fuzz/test_pcap_fuzz.py
+FUZZ_NETLINK = tests/fuzz/test_nldiag_fuzz.py
+FUZZ_ONEWAY = tests/fuzz/test_oneway_stateful.py
+.PHONY: fuzz fuzz-capture fuzz-netlink fuzz-oneway
 fuzz: test-deps build
-	NETPROBE_FUZZ=full $(PY) -m pytest tests/fuzz/test_tcpseq_fuzz.py tests/fuzz/test_pcap_fuzz.py -q $(PYTEST_ARGS)
-
-# The netlink parser's structured fuzz at its full count (the normal suite runs a few hundred).
-.PHONY: fuzz-netlink
-fuzz-netlink: build
-	NETPROBE_FUZZ_EXAMPLES=200000 $(PY) -m pytest tests/fuzz/test_nldiag_fuzz.py -q -k structured $(PYTEST_ARGS)
+	NETPROBE_FUZZ=full $(PY) -m pytest $(FUZZ_CAPTURE) $(FUZZ_NETLINK) $(FUZZ_ONEWAY) -q $(PYTEST_ARGS)
+fuzz-capture: test-deps build
+	NETPROBE_FUZZ=full $(PY) -m pytest $(FUZZ_CAPTURE) -q $(PYTEST_ARGS)
+fuzz-netlink: test-deps build
+	NETPROBE_FUZZ=full $(PY) -m pytest $(FUZZ_NETLINK) -q -k structured $(PYTEST_ARGS)
+fuzz-oneway: test-deps build
+	NETPROBE_FUZZ=full $(PY) -m pytest $(FUZZ_ONEWAY) -q $(PYTEST_ARGS)
 
 # Every probe kind in the lab under injected faults, then the verdict (root): SOAK=2h by
 # default; `make test` runs the 5-minute version.
@@ -94,13 +101,6 @@ soak: test-deps build
 
 lint: $(VENV)/.deps
 	$(VENV)/bin/ruff check netprobe tests bench
-
-# Full-count structured fuzzing (the normal suite runs a small profile of the same tests).
-.PHONY: fuzz fuzz-oneway
-fuzz: fuzz-oneway fuzz-netlink
-
-fuzz-oneway: test-deps build
-	ONEWAY_FUZZ_EXAMPLES=200000 $(PY) -m pytest tests/fuzz/test_oneway_stateful.py -q
 
 # Packaging: the .deb, built offline from Debian 12's own packages (dist/),
 # the container image (podman, base made with mmdebstrap; no registry), and

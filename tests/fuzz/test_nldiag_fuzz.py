@@ -1,7 +1,6 @@
 """Hypothesis fuzz of the inet_diag parser (netprobe._nldiag.parse): truncated, corrupted and random
 netlink bytes never crash it; every bad message is counted, and the counts and sockets agree with
 the pure-Python reference decoder (tests/reference/netlink.py)."""
-import os
 import socket
 import struct
 
@@ -10,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netprobe.errors import load_extension
+from tests.fuzz import examples
 from tests.reference import netlink as ref
 
 nl = load_extension("_nldiag")
@@ -86,9 +86,9 @@ def test_every_cut_of_a_dump():
 # long, zero or unaligned; NLA_F_NESTED attributes hold further attributes; NLMSG_DONE, NLMSG_ERROR,
 # NOOP and unknown types fall anywhere, with the dump's sequence number or another. The bytes go to
 # the extension and to the reference decoder; they must agree on every counter and every record.
-# NETPROBE_FUZZ_EXAMPLES sets the count (`make fuzz-netlink`: 200,000).
+# 300 examples in the normal suite; `make fuzz`: 200,000 (tests/fuzz/__init__.py).
 
-EXAMPLES = int(os.environ.get("NETPROBE_FUZZ_EXAMPLES", "300"))
+EXAMPLES = examples(300)
 NLA_F_NESTED = 0x8000
 NLA_F_NET_BYTEORDER = 0x4000
 ATTR_TYPES = (ref.INET_DIAG_INFO, ref.INET_DIAG_CONG, ref.INET_DIAG_BBRINFO, ref.INET_DIAG_SKMEMINFO,

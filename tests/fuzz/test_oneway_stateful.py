@@ -8,11 +8,10 @@ through a real loopback socket and run(). After every close the receiver's recor
 equal the reference's (received, lost, dup, reordered, control and next-interval counts),
 and every datagram must be counted exactly once under the right reason.
 
-CI runs ONEWAY_FUZZ_EXAMPLES (default 40) examples per machine; `make fuzz-oneway` runs
-200,000.
+The normal suite runs 40 examples per machine; `make fuzz` runs 200,000
+(tests/fuzz/__init__.py).
 """
 import ipaddress
-import os
 import socket
 import time
 from collections import defaultdict
@@ -24,6 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from netprobe.errors import load_extension
 from netprobe.probes.oneway import analysis
+from tests.fuzz import examples
 from tests.reference import oneway as ref
 
 udpio = load_extension("_udpio")
@@ -32,7 +32,7 @@ udping = load_extension("_udping")
 SID, OTHER_SID = 0x5EED, 0xBAD5EED
 T0 = 1_700_000_000 * 10**9
 KEY = b"oneway fuzz key"
-EXAMPLES = int(os.environ.get("ONEWAY_FUZZ_EXAMPLES", "40"))
+EXAMPLES = examples(40)
 PROFILE = settings(max_examples=EXAMPLES, stateful_step_count=40, deadline=None,
                    suppress_health_check=list(HealthCheck))
 

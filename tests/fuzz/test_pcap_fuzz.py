@@ -5,7 +5,6 @@ errors) or raise PcapError with one line; never crash, hang or read out of
 bounds (the build has bounds checks off, so an overread would show as a
 crash or as garbage counters, which the invariants below catch).
 """
-import os
 import struct
 
 import numpy as np
@@ -13,14 +12,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netprobe.probes.retrans import pcapfile
+from tests.fuzz import examples
 from tests.reference import retrans_gen as gen
 
 SCRIPT = [("send", 0)] * 4 + [("lose", 0), ("send", 0), ("dupack", 0), ("retrans", 4), ("dsack", 0)]
 V4 = [gen.link(ip, 1) for _, ip in gen.conversation(SCRIPT)]
 V6 = [gen.link(ip, 276) for _, ip in gen.conversation(SCRIPT, v6=True)]
-# NETPROBE_FUZZ=full (`make fuzz`): 200,000 examples per target; the normal suite runs 300
-FULL = os.environ.get("NETPROBE_FUZZ") == "full"
-FUZZ = settings(max_examples=200_000 if FULL else 300, deadline=None,
+# 300 examples per target in the normal suite; `make fuzz`: 200,000 (tests/fuzz/__init__.py)
+FUZZ = settings(max_examples=examples(300), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -12,21 +12,20 @@ pure-Python reference (tests/reference/tcpflow.py, written from Wireshark's
 tcp.analysis rules and the verdict's specification): no crash, and the same
 flags for every frame, the same flow and direction, the same counters.
 
-Example counts: NETPROBE_FUZZ=full (`make fuzz`) runs 200,000 per target; the
-normal suite runs a CI count (NETPROBE_FUZZ_EXAMPLES overrides either).
+Example counts: 3,000 per target in the normal suite; `make fuzz` runs 200,000
+(tests/fuzz/__init__.py).
 """
-import os
 import struct
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from netprobe.probes.retrans import pcapfile
+from tests.fuzz import examples
 from tests.reference import retrans_gen as gen
 from tests.reference import tcpflow
 
-FULL = os.environ.get("NETPROBE_FUZZ") == "full"
-EXAMPLES = int(os.environ.get("NETPROBE_FUZZ_EXAMPLES", 200_000 if FULL else 3000))
+EXAMPLES = examples(3000)
 FUZZ = settings(max_examples=EXAMPLES, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
