@@ -1,0 +1,115 @@
+"""The target each `make bench` figure is held to by `python -m bench --check`.
+
+A target reads our figure out of a bench's rows and, where the bench runs a peer tool, the
+peer's figure from the same run: on a shared, noisy host the bound is then a multiple of the
+peer's figure, so both tools meet the same host. Without a peer the bound is absolute, and is
+taken on a figure the host's load moves least (CPU time rather than wall time). The README and
+docs/ quote these figures; docs/figures.md says which target holds each one.
+"""
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Target:
+    figure: str                             # what is measured; named when it misses
+    ours: Callable                          # rows -> our figure
+    op: str                                 # "<=" or ">="
+    bound: float                            # the limit, or the multiple of the peer's figure
+    unit: str = ""
+    peer: Callable | None = None            # rows -> the peer tool's figure from the same run
+    peer_name: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: Target
+    ours: float | None
+    peer: float | None
+    limit: float | None
+    ok: bool
+    note: str = ""
+
+
+def row(rows, **match):
+    """The first row whose fields equal match (KeyError when there is none: not measured)."""
+    for r in rows:
+        if all(r.get(k) == v for k, v in match.items()):
+            return r
+    raise KeyError(f"no row with {match}")
+
+
+def _median(values):
+    v = sorted(values)
+    return v[len(v) // 2]
+
+
+# -- the targets, per bench -----------------------------------------------------------------------
+
+TARGETS = {}
+
+# bench/timer.py: netprobe's timerfd loop beside a Python select() loop and irtt's sleep test.
+TIMER_OURS, TIMER_PY = "netprobe selftest timer (timerfd)", "python select() loop"
+TIMER_IRTT = "irtt sleep 1ms (mean only)"
+TARGETS["timer"] = [
+    Target(f"timer: 1 ms lateness {stat} (us)", lambda rows, stat=stat: row(rows, tool=TIMER_OURS)[stat] / 1e3, "<=",
+           bound, " us", peer=lambda rows, stat=stat, tool=tool: row(rows, tool=tool)[stat] / 1e3, peer_name=name)
+    for stat, bound, tool, name in (("p50", 0.75, TIMER_PY, "select()"), ("p99", 1.5, TIMER_PY, "select()"),
+                                    ("mean", 1.0, TIMER_IRTT, "irtt"))
+]
+
+# bench/mesh.py: the timetable every host computes at start-up (docs/mesh.md).
+TARGETS["mesh"] = [
+    Target(f"mesh: load + plan, {layout} (CPU s)", lambda rows, layout=layout: sum(
+        row(rows, layout=layout)[k] for k in ("load_s", "plan_s")), "<=", 1.0, " s")
+    for layout in ("10,000 [[test]] tables", "1 [[test]] with 10,000 pairs")
+]
+
+# bench/metrics.py: [output.prometheus] scrape cost at a 15 s scrape interval (docs/metrics.md).
+TARGETS["metrics"] = [
+    Target(f"metrics: scrape CPU at 15 s, {n} oneway per port (% of a core)",
+           lambda rows, n=n: row(rows, case=f"20 probes, {n} oneway per port (115 ports)")["cpu_pct_at_15s"],
+           "<=", bound, " %")
+    for n, bound in ((1, 0.1), (11, 0.6))
+]
+
+
+# -- checking -------------------------------------------------------------------------------------
+
+def evaluate(t, rows):
+    try:
+        ours = float(t.ours(rows))
+        peer = float(t.peer(rows)) if t.peer else None
+    except (LookupError, TypeError, ValueError, ZeroDivisionError) as exc:
+        return Verdict(t, None, None, None, False, f"not measured: {exc}")
+    limit = t.bound * peer if peer is not None else t.bound
+    ok = math.isfinite(ours) and (ours <= limit if t.op == "<=" else ours >= limit)
+    return Verdict(t, ours, peer, limit, ok)
+
+
+def check(name, rows, targets=None):
+    """Verdicts for one bench's rows; rows that are a string (why the bench did not run) fail every target."""
+    targets = TARGETS.get(name, ()) if targets is None else targets
+    if isinstance(rows, str):
+        return [Verdict(t, None, None, None, False, rows) for t in targets]
+    return [evaluate(t, rows) for t in targets]
+
+
+def _num(v, unit=""):
+    return "-" if v is None else f"{v:,.4g}{unit}"
+
+
+def table(verdicts):
+    if not verdicts:
+        return "(no targets)"
+    lines = [f"{'figure':58} {'ours':>12} {'peer (same run)':>24} {'target':>30}  verdict"]
+    for v in verdicts:
+        t = v.target
+        peer = f"{t.peer_name} {_num(v.peer, t.unit)}" if t.peer else ""
+        want = f"{t.op} {t.bound:g} x peer" if t.peer else f"{t.op} {_num(t.bound, t.unit)}"
+        if t.peer and v.limit is not None:
+            want += f" = {_num(v.limit, t.unit)}"
+        lines.append(f"{t.figure:58} {_num(v.ours, t.unit):>12} {peer:>24} {want:>30}  "
+                     + ("ok" if v.ok else f"FAILED{': ' + v.note if v.note else ''}"))
+    return "\n".join(lines)
