@@ -59,6 +59,55 @@ TARGETS["timer"] = [
                                     ("mean", 1.0, TIMER_IRTT, "irtt"))
 ]
 
+# bench/throughput.py: constant-rate TCP on loopback beside `iperf3 -b`, and the 5 s receiver stall
+# at 1 Gbit/s (README: the throughput kind, "up to 10 Gbit/s each", the window after a stall).
+def _rate(tool, gbit, key):
+    return lambda rows: row(rows, kind="rate", tool=tool, rate_gbit=gbit)[key]
+
+
+def _stall(tool):
+    return lambda rows: next(r for r in rows if r.get("kind") == "stall" and r["tool"].startswith(tool))[
+        "wire_max_100ms_pct"]
+
+
+TPUT_OURS, TPUT_IPERF = "netprobe TcpPacedSender", "iperf3 -b"
+TARGETS["throughput"] = [
+    *(Target(f"throughput: achieved at {g} Gbit/s (Gbit/s)", _rate(TPUT_OURS, g, "achieved_gbit"), ">=", 0.99,
+             " Gbit/s", peer=_rate(TPUT_IPERF, g, "achieved_gbit"), peer_name="iperf3") for g in (1, 5, 10)),
+    Target("throughput: achieved at 10 Gbit/s, of the rate (Gbit/s)", _rate(TPUT_OURS, 10, "achieved_gbit"), ">=",
+           9.8, " Gbit/s"),
+    *(Target(f"throughput: sender CPU per Gbit at {g} Gbit/s (s)", _rate(TPUT_OURS, g, "cpu_s_per_gbit"), "<=", 1.25,
+             " s", peer=_rate(TPUT_IPERF, g, "cpu_s_per_gbit"), peer_name="iperf3") for g in (1, 5, 10)),
+    Target("throughput: max 100 ms window after a 5 s stall (% of rate)", _stall("netprobe"), "<=", 110.0, " %"),
+    Target("throughput: iperf3's window after the same stall (% of rate)", _stall("iperf3"), ">=", 200.0, " %"),
+]
+
+# bench/flows.py at 10,000 loopback connections (20,000 sockets): one dump + parse with tcp_info,
+# medians of the same run's repetitions, beside the kernel's own walk without tcp_info, `ss -tin`
+# and two Python dumps (README, the flows probe).
+def _flows_ms(key):
+    return lambda rows: 1e3 * _median(row(rows, connections=10_000)[key])
+
+
+def _flows_pct(key):
+    return lambda rows: row(rows, connections=10_000)[key]
+
+
+TARGETS["flows"] = [
+    Target("flows: dump+parse 10k connections, vs without tcp_info (ms)", _flows_ms("ours_s"), "<=", 1.25, " ms",
+           peer=_flows_ms("no_info_s"), peer_name="no tcp_info"),
+    Target("flows: dump+parse 10k connections, vs ss -tin (ms)", _flows_ms("ours_s"), "<=", 0.33, " ms",
+           peer=_flows_ms("ss_tin_s"), peer_name="ss -tin"),
+    Target("flows: dump+parse 10k connections, vs Python dump (ms)", _flows_ms("ours_s"), "<=", 0.25, " ms",
+           peer=_flows_ms("python_s"), peer_name="Python"),
+    Target("flows: dump+parse 10k connections, vs no-parse dump (ms)", _flows_ms("ours_s"), "<=", 1.25, " ms",
+           peer=_flows_ms("raw_s"), peer_name="no-parse"),
+    Target("flows: probe sampling at 10 Hz, vs its dump alone (% core)", _flows_pct("cpu_10hz_pct"), "<=", 2.0, " %",
+           peer=_flows_pct("dump_10hz_pct"), peer_name="dump alone"),
+    Target("flows: dump at 10 Hz, vs without tcp_info (% core)", _flows_pct("dump_10hz_pct"), "<=", 1.5, " %",
+           peer=_flows_pct("no_info_10hz_pct"), peer_name="no tcp_info"),
+]
+
 # bench/mesh.py: the timetable every host computes at start-up (docs/mesh.md).
 TARGETS["mesh"] = [
     Target(f"mesh: load + plan, {layout} (CPU s)", lambda rows, layout=layout: sum(
