@@ -82,6 +82,31 @@ TARGETS["throughput"] = [
     Target("throughput: iperf3's window after the same stall (% of rate)", _stall("iperf3"), ">=", 200.0, " %"),
 ]
 
+# bench/retrans.py: pcap analysis of the same 1 M-frame file beside tshark and tcptrace, and the
+# live probe's cost to an iperf3 flow in the lab (median of alternating runs, ratio to no probe;
+# the lab's sender, router and receiver share two vCPUs, so each is held against a peer that
+# runs on the same path in the same rounds).
+def _pcap(prefix, key):
+    return lambda rows: next(r for r in rows if r.get("tool", "").startswith(prefix))[key]
+
+
+def _live(mode, offload="off"):
+    return lambda rows: row(rows, mode=mode, offload=offload)["ratio"]
+
+
+CAPTURE_IN = "probe (tracefs + capture in)"
+TARGETS["retrans"] = [
+    Target("retrans: pcap analysis speed, vs tshark (frames/s)", _pcap("netprobe pcap", "frames_per_s"), ">=", 100.0,
+           peer=_pcap("tshark", "frames_per_s"), peer_name="tshark"),
+    Target("retrans: pcap analysis speed, vs tcptrace (frames/s)", _pcap("netprobe pcap", "frames_per_s"), ">=", 2.0,
+           peer=_pcap("tcptrace", "frames_per_s"), peer_name="tcptrace"),
+    Target("retrans: pcap analysis, frames per CPU second", _pcap("netprobe pcap", "frames_per_cpu_s"), ">=", 10e6),
+    Target("retrans live, A receiving: capture in, vs tcpdump -Q in (rate kept)", _live(f"B -> A: {CAPTURE_IN}"),
+           ">=", 1.0, peer=_live("B -> A: tcpdump -Q in"), peer_name="tcpdump -Q in"),
+    Target("retrans live, A sending: capture in, vs tracefs only (rate kept)", _live(f"A -> B: {CAPTURE_IN}"),
+           ">=", 0.85, peer=_live("A -> B: probe (tracefs)"), peer_name="tracefs only"),
+]
+
 # bench/flows.py at 10,000 loopback connections (20,000 sockets): one dump + parse with tcp_info,
 # medians of the same run's repetitions, beside the kernel's own walk without tcp_info, `ss -tin`
 # and two Python dumps (README, the flows probe).
@@ -156,19 +181,21 @@ def check(name, rows, targets=None):
 
 
 def _num(v, unit=""):
-    return "-" if v is None else f"{v:,.4g}{unit}"
+    if v is None:
+        return "-"
+    return f"{v:,.0f}{unit}" if abs(v) >= 1e5 else f"{v:,.4g}{unit}"
 
 
 def table(verdicts):
     if not verdicts:
         return "(no targets)"
-    lines = [f"{'figure':58} {'ours':>12} {'peer (same run)':>24} {'target':>30}  verdict"]
+    lines = [f"{'figure':66} {'ours':>12} {'peer (same run)':>24} {'target':>30}  verdict"]
     for v in verdicts:
         t = v.target
         peer = f"{t.peer_name} {_num(v.peer, t.unit)}" if t.peer else ""
         want = f"{t.op} {t.bound:g} x peer" if t.peer else f"{t.op} {_num(t.bound, t.unit)}"
         if t.peer and v.limit is not None:
             want += f" = {_num(v.limit, t.unit)}"
-        lines.append(f"{t.figure:58} {_num(v.ours, t.unit):>12} {peer:>24} {want:>30}  "
+        lines.append(f"{t.figure:66} {_num(v.ours, t.unit):>12} {peer:>24} {want:>30}  "
                      + ("ok" if v.ok else f"FAILED{': ' + v.note if v.note else ''}"))
     return "\n".join(lines)
