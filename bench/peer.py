@@ -27,8 +27,9 @@ ATTACKS = {
     "none": (None, {}),
     "handshake flood (1000 half-open + 200/s)": ("flood", {"half_open": 1000, "rate": 200, "authed": 12}),
     # sized to the attacker address's own cap, so its plans and sessions are admitted and what the
-    # peer sends is held by the rate limit, not refused at the door
-    "16 capacity sessions, trailing gap": ("capacity-gap", {"sessions": 16, "max_rate": PER_ADDRESS}),
+    # peer sends is held by the rate limit, not refused at the door (a plan's largest train counts
+    # whole against the cap: at the full cap a one-train plan is refused)
+    "16 capacity sessions, trailing gap": ("capacity-gap", {"sessions": 16, "max_rate": PER_ADDRESS / 2}),
     "4 throughput sessions at half the address cap": ("throughput-over", {"sessions": 4, "rate_down": PER_ADDRESS / 2}),
     "4 oneway close bombs": ("bomb", {"sessions": 4}),
 }

@@ -201,11 +201,14 @@ TARGETS["capacity"] = [
            "<=", 10.0, " MB"),
 ]
 
-# bench/mesh.py: the timetable every host computes at start-up (docs/mesh.md).
+# bench/mesh.py: the timetable every host computes at start-up and on each mesh change
+# (docs/mesh.md): placing 10,000 tests well under a second, validating the file within two.
+MESH_LAYOUTS = ("10,000 [[test]] tables", "1 [[test]] with 10,000 pairs")
 TARGETS["mesh"] = [
-    Target(f"mesh: load + plan, {layout} (CPU s)", lambda rows, layout=layout: sum(
-        row(rows, layout=layout)[k] for k in ("load_s", "plan_s")), "<=", 1.0, " s")
-    for layout in ("10,000 [[test]] tables", "1 [[test]] with 10,000 pairs")
+    *(Target(f"mesh: plan, {layout} (CPU s)", lambda rows, layout=layout: row(rows, layout=layout)["plan_s"], "<=",
+             1.0, " s") for layout in MESH_LAYOUTS),
+    *(Target(f"mesh: load, {layout} (CPU s)", lambda rows, layout=layout: row(rows, layout=layout)["load_s"], "<=",
+             2.0, " s") for layout in MESH_LAYOUTS),
 ]
 
 # bench/metrics.py: [output.prometheus] scrape cost at a 15 s scrape interval (docs/metrics.md).
