@@ -119,14 +119,10 @@ def _flows_pct(key):
 
 
 TARGETS["flows"] = [
-    Target("flows: dump+parse 10k connections, vs without tcp_info (ms)", _flows_ms("ours_s"), "<=", 1.25, " ms",
-           peer=_flows_ms("no_info_s"), peer_name="no tcp_info"),
-    Target("flows: dump+parse 10k connections, vs ss -tin (ms)", _flows_ms("ours_s"), "<=", 0.33, " ms",
-           peer=_flows_ms("ss_tin_s"), peer_name="ss -tin"),
-    Target("flows: dump+parse 10k connections, vs Python dump (ms)", _flows_ms("ours_s"), "<=", 0.25, " ms",
-           peer=_flows_ms("python_s"), peer_name="Python"),
-    Target("flows: dump+parse 10k connections, vs no-parse dump (ms)", _flows_ms("ours_s"), "<=", 1.25, " ms",
-           peer=_flows_ms("raw_s"), peer_name="no-parse"),
+    *(Target(f"flows: dump+parse 10k connections, vs {name} (ms)", _flows_ms("ours_s"), "<=", bound, " ms",
+             peer=_flows_ms(key), peer_name=name)
+      for name, key, bound in (("no tcp_info", "no_info_s", 1.25), ("ss -tin", "ss_tin_s", 0.33),
+                               ("Python dump", "python_s", 0.25), ("no-parse dump", "raw_s", 1.25))),
     Target("flows: probe sampling at 10 Hz, vs its dump alone (% core)", _flows_pct("cpu_10hz_pct"), "<=", 2.0, " %",
            peer=_flows_pct("dump_10hz_pct"), peer_name="dump alone"),
     Target("flows: dump at 10 Hz, vs without tcp_info (% core)", _flows_pct("dump_10hz_pct"), "<=", 1.5, " %",
