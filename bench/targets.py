@@ -7,6 +7,7 @@ taken on a figure the host's load moves least (CPU time rather than wall time). 
 docs/ quote these figures; docs/figures.md says which target holds each one.
 """
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,11 +39,6 @@ def row(rows, **match):
         if all(r.get(k) == v for k, v in match.items()):
             return r
     raise KeyError(f"no row with {match}")
-
-
-def _median(values):
-    v = sorted(values)
-    return v[len(v) // 2]
 
 
 # -- the targets, per bench -----------------------------------------------------------------------
@@ -111,7 +107,7 @@ TARGETS["retrans"] = [
 # medians of the same run's repetitions, beside the kernel's own walk without tcp_info, `ss -tin`
 # and two Python dumps (README, the flows probe).
 def _flows_ms(key):
-    return lambda rows: 1e3 * _median(row(rows, connections=10_000)[key])
+    return lambda rows: 1e3 * statistics.median_high(row(rows, connections=10_000)[key])
 
 
 def _flows_pct(key):
@@ -229,9 +225,9 @@ def evaluate(t, rows):
     return Verdict(t, ours, peer, limit, ok)
 
 
-def check(name, rows, targets=None):
+def check(name, rows):
     """Verdicts for one bench's rows; rows that are a string (why the bench did not run) fail every target."""
-    targets = TARGETS.get(name, ()) if targets is None else targets
+    targets = TARGETS.get(name, ())
     if isinstance(rows, str):
         return [Verdict(t, None, None, None, False, rows) for t in targets]
     return [evaluate(t, rows) for t in targets]
