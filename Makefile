@@ -72,8 +72,18 @@ soak-udping: test-deps build
 test-trace: test-deps build
 	NETPROBE_TRACE_RUNS=10 $(PY) -m pytest tests/integration/test_trace_lab.py $(PYTEST_ARGS)
 
+# `make bench CHECK=1` (or `make bench-check`) also holds each figure to its target in
+# bench/targets.py and fails naming each one missed. `make bench --check` works too: make reads
+# --check as its own --check-symlink-times (-L), which is taken here to mean CHECK=1.
+# BENCH_ARGS picks benches and options, e.g. BENCH_ARGS="mesh timer --quick".
+CHECK ?= $(if $(findstring L,$(firstword -$(MAKEFLAGS))),1)
+
 bench: bench-deps build
-	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench $(if $(CHECK),--check) $(BENCH_ARGS)
+
+.PHONY: bench-check
+bench-check: bench-deps build
+	$(PY) -m bench --check $(BENCH_ARGS)
 
 # The structured fuzzers and the capture byte fuzzers at full count, 200,000 examples per target
 # (`make test` runs each file's CI count; tests/fuzz/__init__.py): TCP segment sequences and pcap

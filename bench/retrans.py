@@ -25,7 +25,8 @@ in A; and the floor of any capture of arriving packets: the capture's packet
 ring in A with a filter that keeps nothing (what the tap and a filter cost
 before any copy); and the floor of a stateful in-kernel filter that would thin
 the capture (bench/ebpf_floor.py: one per-flow hash lookup and update per
-arriving packet, nothing kept).
+arriving packet, nothing kept); and a bare `tcpdump -Q in` of the same packets (the
+probe's snaplen and port filter, written to /dev/null), also with `--immediate-mode -U`.
 Rows give the median receiver rate and its ratio to the run without the probe.
 """
 import os
@@ -159,6 +160,12 @@ time.sleep(120)
 """
 
 
+def _tcpdump_in(options):
+    """A bare tcpdump of the same arriving packets (the probe's snaplen and port filter) to /dev/null;
+    its "listening" line (stderr) is its start signal on stdout."""
+    return ["sh", "-c", f"exec tcpdump -n -i veth-a -Q in -s 128 {options}-w /dev/null 'tcp port 5201' 2>&1"]
+
+
 def _live_cost(quick):
     """iperf3 rate without and with the live probe (same lab, alternating rounds), offload off then on."""
     if os.geteuid() != 0:
@@ -173,7 +180,9 @@ def _live_cost(quick):
              "probe (tracefs + capture)": probe + ["--capture-iface", "veth-a"],
              "probe (tracefs + capture in)": probe + ["--capture-iface", "veth-a", "--capture-direction", "in"],
              "capture floor (filter keeps nothing)": [sys.executable, "-c", FLOOR],
-             "eBPF per-flow filter floor": [sys.executable, "-m", "bench.ebpf_floor", "veth-a"]}
+             "eBPF per-flow filter floor": [sys.executable, "-m", "bench.ebpf_floor", "veth-a"],
+             "tcpdump -Q in": _tcpdump_in(""),
+             "tcpdump -Q in --immediate-mode -U": _tcpdump_in("--immediate-mode -U ")}
     ways = {"A -> B": [], "B -> A": ["-R"]}           # the probe's host sending, then receiving
     rows = []
     for offload in ("off", "on"):
