@@ -107,5 +107,6 @@ cdef class _TrainEnd:
         if size > 0 and setsockopt(self.fd, SOL_SOCKET, force_opt, &size, sizeof(size)) != 0:
             setsockopt(self.fd, SOL_SOCKET, opt, &size, sizeof(size))
 
+
 include "train/sender.pyx"
 include "train/receiver.pyx"

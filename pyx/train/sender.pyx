@@ -36,8 +36,8 @@ cdef class TrainSender(_TrainEnd):
     def __init__(self, int fd, uint32_t token, int sndbuf=4 << 20):
         cdef uint64_t seed = 0x6e657470726f6265ULL
         self._open(fd, token, C_MAX_TRAIN, 2 * C_MAX_TRAIN)
-        self._set_buf(sndbuf, SO_SNDBUFFORCE, SO_SNDBUF)     # a whole train must fit, or sendmmsg
-                                                            # blocks half-way and splits it
+        # a whole train must fit, or sendmmsg blocks half-way and splits it
+        self._set_buf(sndbuf, SO_SNDBUFFORCE, SO_SNDBUF)
         self.headers = <uint8_t *>calloc(C_MAX_TRAIN, C_HEADER_LEN)
         self.filler = <uint8_t *>malloc(C_MAX_SIZE)
         if self.headers == NULL or self.filler == NULL:
