@@ -15,10 +15,11 @@ from bucket cimport (bucket_t, bucket_init, bucket_refill, bucket_available,
                      bucket_take, bucket_try, bucket_wait_ns, BUCKET_MAX_DEPTH,
                      BUCKET_MAX_RATE, BUCKET_NBIT_PER_BYTE)
 from linux cimport (errno, EINTR, EAGAIN, strerror, raise_errno, loop_end, mono_ns, send, recv,
-                    setsockopt, poll, pollfd, POLLIN, MSG_DONTWAIT, MSG_NOSIGNAL, SOL_SOCKET,
+                    setsockopt, pollfd, poll_in, poll_ns, MSG_DONTWAIT, MSG_NOSIGNAL, SOL_SOCKET,
                     SO_MAX_PACING_RATE, IPPROTO_TCP, TCP_NOTSENT_LOWAT, TCP_QUICKACK)
 from prng cimport np_prng_fill
-from tcpinfo cimport tcp_info as tcp_info_t, tcp_info_read, tcp_info_fill_row, SAMPLE_NCOLS
+from tcpinfo cimport (tcp_info as tcp_info_t, tcp_info_read, tcp_info_fill_row, sampler_t, sample_if_due,
+                     SAMPLE_NCOLS)
 from timerfd cimport (periodic_t, periodic_open, periodic_close, periodic_arm, periodic_due,
                       periodic_wait, periodic_raise)
 
@@ -38,6 +39,8 @@ cdef class TokenBucket:
 
     rate in bit/s, depth in bytes; starts full. take() refills first, then
     takes what it can (possibly less than asked); try_take() all or nothing.
+    Its exact state: rate_bps, last_ns (the latest refill time) and
+    credit_nbit (available credit in nanobits, 1 byte = 8e9).
     """
     cdef bucket_t b
 
@@ -51,9 +54,17 @@ cdef class TokenBucket:
                 f"token bucket needs 1 <= rate <= {BUCKET_MAX_RATE} bit/s and "
                 f"1 <= depth <= {BUCKET_MAX_DEPTH} bytes (got {rate_bps}, {depth_bytes})")
 
+    @property
+    def rate_bps(self):
+        return self.b.rate_bps
+
     def refill(self, int64_t now_ns):
         _check_time(now_ns)
         bucket_refill(&self.b, now_ns)
+
+    @property
+    def last_ns(self):
+        return self.b.last_ns
 
     def take(self, int64_t n, int64_t now_ns):
         """Refill to `now_ns`, then take up to `n` bytes; returns bytes taken."""
@@ -73,23 +84,14 @@ cdef class TokenBucket:
         bucket_refill(&self.b, now_ns)
         return bucket_available(&self.b)
 
+    @property
+    def credit_nbit(self):
+        return self.b.credit
+
     def wait_ns(self, int64_t n, int64_t now_ns):
         """ns from `now_ns` until `n` bytes are available (-1: more than the depth)."""
         _check_time(now_ns)
         return bucket_wait_ns(&self.b, n, now_ns)
-
-    @property
-    def rate_bps(self):
-        return self.b.rate_bps
-
-    @property
-    def credit_nbit(self):
-        """Exact state: available credit in nanobits (1 byte = 8e9)."""
-        return self.b.credit
-
-    @property
-    def last_ns(self):
-        return self.b.last_ns
 
 
 SAMPLE_COLUMNS = (
@@ -122,20 +124,23 @@ def _bytes_in(rate_bps, ns):
     return -(-rate_bps * ns // 8_000_000_000)
 
 
-cdef int _check_run_args(Py_ssize_t ncols, int64_t duration_ns, int64_t sample_every_ns) except -1:
-    if ncols != SAMPLE_NCOLS:
-        raise ValueError(f"samples must have {SAMPLE_NCOLS} columns (got {ncols})")
-    if not (0 < duration_ns <= MAX_DURATION_NS and 0 < sample_every_ns <= MAX_DURATION_NS):
-        raise ValueError(f"duration and sample interval must be 1 ns to 1 day (got {duration_ns}, {sample_every_ns})")
+cdef int _check_tcp(int fd) except -1:
+    cdef tcp_info_t ti
+    cdef int err = tcp_info_read(fd, &ti)
+    if err != 0:
+        raise OSError(err, f"fd {fd} is not a TCP socket: {strerror(err).decode()}")
     return 0
 
 
-cdef inline int64_t _next_due(int64_t due, int64_t every, int64_t now) noexcept nogil:
-    """The first slot of the grid due + k*every (k >= 1) after `now`: late rows skip, never bunch."""
-    due += every
-    if due <= now:
-        due += ((now - due) // every + 1) * every
-    return due
+cdef int _sampler_init(sampler_t *s, int64_t[:, ::1] samples, int64_t duration_ns, int64_t sample_every_ns,
+                       int64_t epoch) except -1:
+    """Check a run() call's arguments; point s at its rows (the caller sets s.next_ns)."""
+    if samples.shape[1] != SAMPLE_NCOLS:
+        raise ValueError(f"samples must have {SAMPLE_NCOLS} columns (got {samples.shape[1]})")
+    if not (0 < duration_ns <= MAX_DURATION_NS and 0 < sample_every_ns <= MAX_DURATION_NS):
+        raise ValueError(f"duration and sample interval must be 1 ns to 1 day (got {duration_ns}, {sample_every_ns})")
+    s.rows, s.cap, s.n, s.every_ns, s.epoch = &samples[0, 0], samples.shape[0], 0, sample_every_ns, epoch
+    return 0
 
 
 def tcp_info(int fd):
@@ -218,8 +223,6 @@ cdef class TcpPacedSender:
 
     def __init__(self, int fd, rate_bps, int64_t depth_bytes=0, int64_t tick_ns=1_000_000,
                  int64_t write_size=0, int64_t notsent_lowat=0, bint pacing=False):
-        cdef tcp_info_t ti
-        cdef int err
         if not 10_000 <= tick_ns <= 1_000_000_000:
             raise ValueError(f"tick must be 10 us to 1 s in ns (got {tick_ns})")
         if not 0 <= depth_bytes <= BUCKET_MAX_DEPTH:
@@ -228,9 +231,7 @@ cdef class TcpPacedSender:
             raise ValueError(f"write size must be 0 (auto) to {WRITE_MAX} bytes (got {write_size})")
         if not -1 <= notsent_lowat <= 1 << 30:
             raise ValueError(f"notsent_lowat must be -1 (leave), 0 (auto) or up to 1 GiB (got {notsent_lowat})")
-        err = tcp_info_read(fd, &ti)
-        if err != 0:
-            raise OSError(err, f"fd {fd} is not a TCP socket: {strerror(err).decode()}")
+        _check_tcp(fd)
         self.fd = fd
         self.tick_ns = tick_ns
         self.auto_depth = depth_bytes == 0
@@ -333,18 +334,17 @@ cdef class TcpPacedSender:
         or TCP_INFO read raises OSError carrying the SendRun so far as
         .result; the error is sticky (.error): every later run raises it.
         """
-        cdef Py_ssize_t nrows = samples.shape[0], rows = 0
+        cdef sampler_t smp
         cdef int64_t t_start, now, end, due, tick = self.tick_ns
         cdef int64_t avail, n, total = self.bytes_sent
         cdef int64_t ticks = 0, overruns = 0, late = 0, eagain = 0, sent = 0
-        cdef int64_t every = sample_every_ns, next_sample
         cdef uint64_t count = 0
         cdef ssize_t r
         cdef int err = 0, terr = 0, write = <int>self.write_size
         cdef int fd = self.fd
         cdef char *buf = self.buf
         cdef SendRun res = SendRun.__new__(SendRun)
-        _check_run_args(samples.shape[1], duration_ns, sample_every_ns)
+        _sampler_init(&smp, samples, duration_ns, sample_every_ns, epoch)
         if self.timer.fd < 0:
             raise ValueError("TcpPacedSender is closed")
         if self.running:
@@ -361,20 +361,16 @@ cdef class TcpPacedSender:
                 raise ValueError(f"no token bucket of {self.rate_bps} bit/s, {self.depth_bytes} bytes")
             bucket_take(&self.b, self.depth_bytes)      # start empty: no initial burst
             self.next_sample_ns = t_start
-        next_sample = self.next_sample_ns
+        smp.next_ns = self.next_sample_ns
         end = t_start + duration_ns
         now = t_start
         self.running = True
         try:
             with nogil:
                 while self.error == 0:
-                    if now >= next_sample and rows < nrows:
-                        now = mono_ns()
-                        err = tcp_info_fill_row(fd, &samples[rows, 0], now, epoch, total)
-                        if err != 0:
-                            break
-                        rows += 1
-                        next_sample = _next_due(next_sample, every, now)
+                    err = sample_if_due(&smp, fd, &now, total)
+                    if err != 0:
+                        break
                     if now >= end:
                         break
                     due = periodic_due(&self.timer, self.timer.expirations + 1)   # the oldest slot served
@@ -410,7 +406,7 @@ cdef class TcpPacedSender:
                 now = mono_ns()
         finally:
             self.running = False
-            self.next_sample_ns = next_sample
+            self.next_sample_ns = smp.next_ns
             self.ticks += ticks
             self.timer_overruns += overruns
             self.late_ticks += late
@@ -418,15 +414,9 @@ cdef class TcpPacedSender:
             self.bytes_sent = total
             if err != 0:
                 self.error = err
-        res.rows = rows
-        res.ticks = ticks
-        res.timer_overruns = overruns
-        res.late_ticks = late
-        res.eagain = eagain
-        res.bytes_sent = sent
-        res.app_bytes = total
-        res.elapsed_ns = now - t_start
-        res.interrupted = terr == EINTR
+        res.rows, res.ticks, res.timer_overruns, res.late_ticks = smp.n, ticks, overruns, late
+        res.eagain, res.bytes_sent, res.app_bytes = eagain, sent, total
+        res.elapsed_ns, res.interrupted = now - t_start, terr == EINTR
         if err != 0:
             raise_errno(err, "send", res)
         periodic_raise(terr, res)

@@ -8,7 +8,8 @@ from libc.string cimport memset
 
 from linux cimport (errno, EINTR, CLOCK_REALTIME, clock_ns, mono_ns, MSG_DONTWAIT, poll, pollfd, POLLIN, MSG_TRUNC,
                     rx_stamps_on, sw_stamp_ns, iovec, mmsghdr, recvmmsg)
-from wire cimport udping_v1, push_udping_v1, pull_udping_v1, V1_HDR_LEN, V1_GUID_MAX, WIRE_OK, WIRE_MAX_LEN
+from wire cimport (udping_v1, push_udping_v1, pull_udping_v1, V1_HDR_LEN, V1_GUID_MAX, WIRE_OK, WIRE_SHORT,
+                   WIRE_MAX_LEN)
 
 cdef enum:
     BATCH = 64              # datagrams per recvmmsg

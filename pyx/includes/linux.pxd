@@ -222,3 +222,24 @@ cdef extern from "<poll.h>" nogil:
         POLLIN
 
     int poll(pollfd *fds, nfds_t nfds, int timeout)
+
+
+cdef inline pollfd poll_in(int fd) noexcept nogil:
+    """A pollfd that waits for `fd` to be readable."""
+    cdef pollfd p
+    p.fd = fd
+    p.events = POLLIN
+    p.revents = 0
+    return p
+
+
+cdef inline int poll_ns(pollfd *fds, nfds_t n, int64_t wait_ns, int *err, int *intr) noexcept nogil:
+    """poll() for up to wait_ns (> 0), rounded up to whole ms: > 0 ready, 0 timed out, or -1
+    to end the caller's loop: a signal arrived (*intr = EINTR) or poll failed (*err = errno)."""
+    cdef int r = poll(fds, n, <int>((wait_ns + 999_999) // 1_000_000))
+    if r < 0:
+        if errno == EINTR:
+            intr[0] = EINTR
+        else:
+            err[0] = errno
+    return r

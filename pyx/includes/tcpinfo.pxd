@@ -1,6 +1,6 @@
 # struct tcp_info with the kernel's field names and layout (Linux 6.18 uapi,
 # spelled out in tcp_info.h with its offsets asserted), and the helper that
-# turns one TCP_INFO reading into a throughput sample row.
+# turns one TCP_INFO reading into a throughput sample row, on a sample schedule.
 #
 # Debian 12's <linux/tcp.h> (6.1) stops at tcpi_snd_wnd, while 6.18 returns
 # 280 bytes. The kernel only ever appends fields and copies min(its length,
@@ -10,7 +10,7 @@
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
 
-from linux cimport errno, getsockopt, socklen_t, IPPROTO_TCP, TCP_INFO
+from linux cimport errno, getsockopt, mono_ns, socklen_t, IPPROTO_TCP, TCP_INFO
 
 cdef extern from "tcp_info.h":
     # Bit-fields are declared as whole uint8_t here: Cython only reads them by
@@ -143,3 +143,36 @@ cdef inline int tcp_info_fill_row(int fd, int64_t *row, int64_t t_ns, int64_t ep
     row[16] = tcpi_u64(ti.tcpi_pacing_rate)
     row[17] = ti.tcpi_snd_mss
     return 0
+
+
+ctypedef struct sampler_t:
+    # the sample rows of one run() call (TcpPacedSender, TcpDrain): a row comes due every
+    # every_ns on the grid of next_ns; slots that pass during a stall are skipped, not bunched
+    int64_t *rows                # the caller's buffer of cap rows of SAMPLE_NCOLS
+    Py_ssize_t cap
+    Py_ssize_t n                 # rows written
+    int64_t next_ns              # monotonic ns the next row is due
+    int64_t every_ns
+    int64_t epoch
+
+
+cdef inline int64_t sample_next_due(int64_t due, int64_t every, int64_t now) noexcept nogil:
+    """The first slot of the grid due + k*every (k >= 1) after `now`: late rows skip, never bunch."""
+    due += every
+    if due <= now:
+        due += ((now - due) // every + 1) * every
+    return due
+
+
+cdef inline int sample_if_due(sampler_t *s, int fd, int64_t *now, int64_t app_bytes) noexcept nogil:
+    """If a row is due at *now and there is room: read the clock again into *now, write the
+    row (TCP_INFO of `fd` at that time) and move the schedule on. 0, or errno (no row)."""
+    cdef int err
+    if now[0] < s.next_ns or s.n >= s.cap:
+        return 0
+    now[0] = mono_ns()
+    err = tcp_info_fill_row(fd, s.rows + s.n * SAMPLE_NCOLS, now[0], s.epoch, app_bytes)
+    if err == 0:
+        s.n += 1
+        s.next_ns = sample_next_due(s.next_ns, s.every_ns, now[0])
+    return err

@@ -35,13 +35,9 @@ cdef class TcpDrain:
         self.buf = NULL
 
     def __init__(self, int fd, Py_ssize_t bufsize=1 << 20):
-        cdef tcp_info_t ti
-        cdef int err
         if not 1 <= bufsize <= 1 << 30:
             raise ValueError(f"bufsize must be 1 byte to 1 GiB (got {bufsize})")
-        err = tcp_info_read(fd, &ti)
-        if err != 0:
-            raise OSError(err, f"fd {fd} is not a TCP socket: {strerror(err).decode()}")
+        _check_tcp(fd)
         self.buf = <char *>malloc(bufsize)
         if self.buf == NULL:
             raise MemoryError()
@@ -64,17 +60,17 @@ cdef class TcpDrain:
         later runs raise it again). A signal ends the call early. Returns
         this call's DrainRun.
         """
-        cdef Py_ssize_t nrows = samples.shape[0], rows = 0
-        cdef int64_t t_start, now, end, wait, every = sample_every_ns, next_sample
+        cdef sampler_t smp
+        cdef int64_t t_start, now, end, wait
         cdef int64_t total = self.bytes_received, got = 0
-        cdef int err = 0, perr = 0, timeout, one = 1
+        cdef int err = 0, perr = 0, one = 1
         cdef bint more = False, eof = self.eof
         cdef DrainRun res
-        cdef pollfd pfd
+        cdef pollfd pfd = poll_in(self.fd)
         cdef ssize_t r
         cdef size_t size = self.bufsize
         cdef char *buf = self.buf
-        _check_run_args(samples.shape[1], duration_ns, sample_every_ns)
+        _sampler_init(&smp, samples, duration_ns, sample_every_ns, epoch)
         if self.buf == NULL:
             raise ValueError("TcpDrain was not initialised")
         if self.running:
@@ -82,43 +78,30 @@ cdef class TcpDrain:
         t_start = mono_ns()
         if self.next_sample_ns == 0:
             self.next_sample_ns = t_start
-        next_sample = self.next_sample_ns
+        smp.next_ns = self.next_sample_ns
         end = t_start + duration_ns
-        pfd.fd = self.fd
-        pfd.events = POLLIN
         err = self.error
         self.running = True
         try:
             with nogil:
                 while err == 0 and not eof:
                     now = mono_ns()
-                    if now >= next_sample and rows < nrows:
-                        err = tcp_info_fill_row(pfd.fd, &samples[rows, 0], now, epoch, total)
-                        if err != 0:
-                            break
-                        rows += 1
-                        next_sample = _next_due(next_sample, every, now)
-                    if now >= end:
+                    err = sample_if_due(&smp, pfd.fd, &now, total)
+                    if err != 0 or now >= end:
                         break
                     wait = end - now
-                    if rows < nrows and next_sample - now < wait:    # > 0: a due row was just written
-                        wait = next_sample - now
-                    timeout = <int>((wait + 999_999) // 1_000_000)
+                    if smp.n < smp.cap and smp.next_ns - now < wait:    # > 0: a due row was just written
+                        wait = smp.next_ns - now
                     if self.paused:
                         more = False
-                        if timeout > 5:
-                            timeout = 5                     # sees pause(False) within 5 ms
-                        if poll(NULL, 0, timeout) < 0 and errno == EINTR:
-                            perr = EINTR
+                        if wait > 5_000_000:
+                            wait = 5_000_000                # sees pause(False) within 5 ms
+                        if poll_ns(NULL, 0, wait, &err, &perr) < 0:   # only a signal can fail it
                             break
                         continue
                     if not more:
-                        r = poll(&pfd, 1, timeout)
+                        r = poll_ns(&pfd, 1, wait, &err, &perr)
                         if r < 0:
-                            if errno == EINTR:
-                                perr = EINTR
-                                break
-                            err = errno
                             break
                         if r == 0 or self.paused:
                             continue
@@ -139,16 +122,12 @@ cdef class TcpDrain:
                 now = mono_ns()
         finally:
             self.running = False
-            self.next_sample_ns = next_sample
+            self.next_sample_ns = smp.next_ns
             self.bytes_received = total
             self.eof = eof
             self.error = err
         res = DrainRun.__new__(DrainRun)
-        res.rows = rows
-        res.bytes_received = got
-        res.app_bytes = total
-        res.elapsed_ns = now - t_start
-        res.eof = eof
-        res.interrupted = perr == EINTR
+        res.rows, res.bytes_received, res.app_bytes = smp.n, got, total
+        res.elapsed_ns, res.eof, res.interrupted = now - t_start, eof, perr == EINTR
         loop_end(err, res.interrupted, "recv", res)
         return res

@@ -1,5 +1,23 @@
 # Link layer, IPv4/IPv6 and TCP header decoding of one captured frame.
 
+cdef inline bint drop(uint64_t *g, int why) noexcept nogil:
+    """Count a frame that is not an analysable TCP segment under g[why]; False."""
+    g[why] += 1
+    return False
+
+
+cdef inline bint ip_header(const uint8_t *p, uint32_t caplen, uint32_t off, uint32_t hlen, int version,
+                           int counter, uint64_t *g) noexcept nogil:
+    """The IP header at p+off is captured whole and of `version`: counted under g[counter],
+    True; else counted as truncated or malformed, False."""
+    if caplen < off + hlen:
+        return drop(g, G_TRUNCATED)
+    if (p[off] >> 4) != version:
+        return drop(g, G_MALFORMED)
+    g[counter] += 1
+    return True
+
+
 cdef inline bint decode_tcp(const uint8_t *p, uint32_t caplen, uint32_t wirelen, uint32_t linktype,
                             seg_t *s, uint64_t *g) noexcept nogil:
     """Decode a frame down to its TCP header into s; False (the reason counted in g)
@@ -10,73 +28,57 @@ cdef inline bint decode_tcp(const uint8_t *p, uint32_t caplen, uint32_t wirelen,
     # link layer -> ethertype (or IP version straight away)
     if linktype == LINKTYPE_ETHERNET:
         if caplen < ETH_HLEN:
-            g[G_TRUNCATED] += 1
-            return False
+            return drop(g, G_TRUNCATED)
         et = load_be16(p + OFF_ETH_TYPE)
         off = ETH_HLEN
         while (et == ETHERTYPE_VLAN or et == ETHERTYPE_QINQ or et == ETHERTYPE_QINQ_OLD) and vlans < 4:
             if caplen < off + VLAN_HLEN:
-                g[G_TRUNCATED] += 1
-                return False
+                return drop(g, G_TRUNCATED)
             et = load_be16(p + off + OFF_VLAN_TYPE)
             off += VLAN_HLEN
             vlans += 1
     elif linktype == LINKTYPE_LINUX_SLL:
         if caplen < SLL_HLEN:
-            g[G_TRUNCATED] += 1
-            return False
+            return drop(g, G_TRUNCATED)
         et = load_be16(p + OFF_SLL_PROTO)
         off = SLL_HLEN
     elif linktype == LINKTYPE_LINUX_SLL2:
         if caplen < SLL2_HLEN:
-            g[G_TRUNCATED] += 1
-            return False
+            return drop(g, G_TRUNCATED)
         et = load_be16(p + OFF_SLL2_PROTO)
         off = SLL2_HLEN
     elif linktype == LINKTYPE_RAW or linktype == LINKTYPE_IPV4 or linktype == LINKTYPE_IPV6:
         if caplen < 1:
-            g[G_TRUNCATED] += 1
-            return False
+            return drop(g, G_TRUNCATED)
         et = ETHERTYPE_IPV4 if (p[0] >> 4) == 4 else (ETHERTYPE_IPV6 if (p[0] >> 4) == 6 else 0)
     elif linktype == LINKTYPE_NULL or linktype == LINKTYPE_LOOP:
         if caplen < NULL_HLEN:
-            g[G_TRUNCATED] += 1
-            return False
+            return drop(g, G_TRUNCATED)
         af = load_be32(p) if linktype == LINKTYPE_LOOP else load_le32(p)
         if af > 0xffff:
             af = load_be32(p)
         et = ETHERTYPE_IPV4 if af == 2 else (ETHERTYPE_IPV6 if af in (10, 24, 28, 30) else 0)
         off = NULL_HLEN
     else:
-        g[G_BAD_LINKTYPE] += 1
-        return False
+        return drop(g, G_BAD_LINKTYPE)
     # network layer
     if et == ETHERTYPE_IPV4:
-        if caplen < off + IP4_HLEN:
-            g[G_TRUNCATED] += 1
+        if not ip_header(p, caplen, off, IP4_HLEN, 4, G_IPV4, g):
             return False
-        if (p[off] >> 4) != 4:
-            g[G_MALFORMED] += 1
-            return False
-        g[G_IPV4] += 1
         ihl = (p[off] & 0x0f) * 4
         totlen = load_be16(p + off + OFF_IP4_TOTLEN)
         if totlen == 0:                  # TSO/BIG TCP: the length is the frame's
             totlen = wirelen - off
         if ihl < IP4_HLEN or totlen < ihl:
-            g[G_MALFORMED] += 1
-            return False
+            return drop(g, G_MALFORMED)
         if load_be16(p + off + OFF_IP4_FRAG) & 0x3fff:       # MF set or offset != 0
-            g[G_FRAGMENTS] += 1
-            return False
+            return drop(g, G_FRAGMENTS)
         if p[off + OFF_IP4_PROTO] != 6:
-            g[G_NON_TCP] += 1
-            return False
+            return drop(g, G_NON_TCP)
         if wirelen - off < totlen:       # the IP dissector clips to the frame
             totlen = wirelen - off
             if totlen < ihl:
-                g[G_MALFORMED] += 1
-                return False
+                return drop(g, G_MALFORMED)
         s.family = 4
         s.ipid = load_be16(p + off + OFF_IP4_ID)
         s.src = p + off + OFF_IP4_SRC
@@ -84,13 +86,8 @@ cdef inline bint decode_tcp(const uint8_t *p, uint32_t caplen, uint32_t wirelen,
         l4 = off + ihl
         l4len = totlen - ihl
     elif et == ETHERTYPE_IPV6:
-        if caplen < off + IP6_HLEN:
-            g[G_TRUNCATED] += 1
+        if not ip_header(p, caplen, off, IP6_HLEN, 6, G_IPV6, g):
             return False
-        if (p[off] >> 4) != 6:
-            g[G_MALFORMED] += 1
-            return False
-        g[G_IPV6] += 1
         l4len = load_be16(p + off + OFF_IP6_PLEN)
         if l4len == 0:                   # jumbogram or BIG TCP
             l4len = wirelen - off - IP6_HLEN
@@ -104,32 +101,25 @@ cdef inline bint decode_tcp(const uint8_t *p, uint32_t caplen, uint32_t wirelen,
         l4 = off + IP6_HLEN
         while nh == 0 or nh == 43 or nh == 60:       # hop-by-hop, routing, destination options
             if caplen < l4 + 2:
-                g[G_TRUNCATED] += 1
-                return False
+                return drop(g, G_TRUNCATED)
             hlen = (<uint32_t>p[l4 + OFF_EXT_LEN] + 1) * 8
             if hlen > l4len:
-                g[G_MALFORMED] += 1
-                return False
+                return drop(g, G_MALFORMED)
             nh = p[l4 + OFF_EXT_NXT]
             l4 += hlen
             l4len -= hlen
         if nh == 44:
-            g[G_FRAGMENTS] += 1
-            return False
+            return drop(g, G_FRAGMENTS)
         if nh != 6:
-            g[G_NON_TCP] += 1
-            return False
+            return drop(g, G_NON_TCP)
     else:
-        g[G_NON_IP] += 1
-        return False
+        return drop(g, G_NON_IP)
     # TCP
     if caplen < l4 + TCP_HLEN:
-        g[G_TRUNCATED] += 1
-        return False
+        return drop(g, G_TRUNCATED)
     doff = (p[l4 + OFF_TCP_DOFF] >> 4) * 4
     if doff < TCP_HLEN or l4len < doff:
-        g[G_MALFORMED] += 1
-        return False
+        return drop(g, G_MALFORMED)
     g[G_TCP] += 1
     s.seglen = l4len - doff
     s.doff = doff

@@ -42,6 +42,21 @@ DIR_COUNTERS = ("pkts", "data_pkts", "data_bytes", "retrans", "retrans_bytes", "
                 "lost_segment", "acked_unseen", "keepalive", "ws_retrans", "ws_ooo",
                 "seen_retrans", "holes_dropped", "data_segs", "retrans_segs")
 
+# The counter that each of these frame flags adds one to. ws_retrans (any of three flags) and
+# the retransmission counters (bytes, segments, seen or lost) are counted in analyse_segment.
+FLAG_COUNTERS = {F_NP_OOO: C_OOO, F_FAST_RETRANS: C_FAST, F_SPURIOUS: C_SPURIOUS, F_DUPACK: C_DUPACK,
+                 F_ZERO_WINDOW: C_ZERO_WINDOW, F_LOST: C_LOST, F_ACKED_UNSEEN: C_ACKED_UNSEEN,
+                 F_KEEPALIVE: C_KEEPALIVE, F_OOO: C_WS_OOO}
+cdef uint32_t COUNTED_FLAGS = 0          # FLAG_COUNTERS' flags
+cdef uint8_t FLAG_COUNTER[16]            # ... and their counters, by flag bit number
+for _flag, _counter in FLAG_COUNTERS.items():
+    COUNTED_FLAGS |= _flag
+    FLAG_COUNTER[_flag.bit_length() - 1] = _counter
+del _flag, _counter
+
+cdef extern from *:
+    int __builtin_ctz(unsigned int x) nogil
+
 FLAG_BITS = {"retransmission": F_RETRANS, "fast_retransmission": F_FAST_RETRANS,
              "spurious_retransmission": F_SPURIOUS, "out_of_order": F_OOO,
              "duplicate_ack": F_DUPACK, "zero_window": F_ZERO_WINDOW, "lost_segment": F_LOST,

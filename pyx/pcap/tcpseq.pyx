@@ -11,7 +11,7 @@ cdef inline uint32_t analyse_segment(flow_t *f, int d, int64_t ts, const seg_t *
     cdef uint32_t seq = s.seq, ack = s.ack, seglen = s.seglen, window = s.window, doff = s.doff
     cdef uint8_t tflags = s.tflags
     cdef int32_t ipid = s.ipid
-    cdef uint32_t fl = 0, nextseq, span, smss, mss = 0
+    cdef uint32_t fl = 0, nextseq, span, smss, mss = 0, counted
     cdef uint64_t segs = 1
     cdef uint64_t t, ooo_thres
     cdef bint seq_not_advanced
@@ -123,30 +123,13 @@ cdef inline uint32_t analyse_segment(flow_t *f, int d, int64_t ts, const seg_t *
         fwd.c[C_RETRANS] += 1
         fwd.c[C_RETRANS_BYTES] += seglen
         fwd.c[C_RETRANS_SEGS] += segs
-        if fl & F_NP_LOST_RETRANS:
-            fwd.c[C_LOST_RETRANS] += 1
-        else:
-            fwd.c[C_SEEN_RETRANS] += 1
-    if fl & F_NP_OOO:
-        fwd.c[C_OOO] += 1
-    if fl & F_FAST_RETRANS:
-        fwd.c[C_FAST] += 1
-    if fl & F_SPURIOUS:
-        fwd.c[C_SPURIOUS] += 1
-    if fl & F_DUPACK:
-        fwd.c[C_DUPACK] += 1
-    if fl & F_ZERO_WINDOW:
-        fwd.c[C_ZERO_WINDOW] += 1
-    if fl & F_LOST:
-        fwd.c[C_LOST] += 1
-    if fl & F_ACKED_UNSEEN:
-        fwd.c[C_ACKED_UNSEEN] += 1
-    if fl & F_KEEPALIVE:
-        fwd.c[C_KEEPALIVE] += 1
+        fwd.c[C_LOST_RETRANS if fl & F_NP_LOST_RETRANS else C_SEEN_RETRANS] += 1
     if fl & (F_RETRANS | F_FAST_RETRANS | F_SPURIOUS):
         fwd.c[C_WS_RETRANS] += 1
-    if fl & F_OOO:
-        fwd.c[C_WS_OOO] += 1
+    counted = fl & COUNTED_FLAGS
+    while counted:                       # one counter per flag set (FLAG_COUNTERS)
+        fwd.c[FLAG_COUNTER[__builtin_ctz(counted)]] += 1
+        counted &= counted - 1
     return fl & 0xffff
 
 cdef inline uint32_t classify(flow_t *f, dir_t *fwd, int64_t ts, uint32_t seq, uint32_t span, int32_t ipid,

@@ -13,6 +13,21 @@ class DecodeError(ValueError):
         self.offset = offset
 
 
+cdef const uint8_t *datagram(const uint8_t[:] d, dict errors) except NULL:
+    """The first byte of a datagram a Python caller asked to decode (`d` must outlive its use);
+    DecodeError(errors[WIRE_SHORT], 0) if it is empty."""
+    if d.shape[0] == 0:
+        raise DecodeError(errors[WIRE_SHORT], 0)
+    return &d[0]
+
+
+cdef int decoded(int r, size_t off, dict errors) except -1:
+    """A decoder's verdict at the Python boundary: DecodeError(errors[r], off) unless WIRE_OK."""
+    if r != WIRE_OK:
+        raise DecodeError(errors[r], off)
+    return 0
+
+
 cdef int check_run_ns(int64_t duration_ns) except -1:
     if not 0 < duration_ns <= MAX_RUN_NS:
         raise ValueError(f"duration must be 1 ns to 1 day in ns (got {duration_ns})")

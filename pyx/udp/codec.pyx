@@ -80,14 +80,11 @@ def pull_header(data, key=b""):
     cdef np_hmac_t m
     cdef size_t off = 0, n = len(data)
     cdef const uint8_t[:] d = data
-    cdef int r
-    if n == 0:
-        raise DecodeError(DECODE_ERRORS[1], 0)
-    r = pull_probe_hdr(&d[0], n, &h, &off)
+    cdef const uint8_t *p = datagram(d, DECODE_ERRORS)
+    cdef int r = pull_probe_hdr(p, n, &h, &off)
     if r == WIRE_OK:
-        r = pull_tag_check(&d[0], n, &h, &m if set_key(&m, key) else NULL, &off)
-    if r != WIRE_OK:
-        raise DecodeError(DECODE_ERRORS[r], off)
+        r = pull_tag_check(p, n, &h, &m if set_key(&m, key) else NULL, &off)
+    decoded(r, off, DECODE_ERRORS)
     return {"flags": h.flags, "port": h.port, "session": h.session, "start_ns": h.start_ns, "seq": h.seq,
             "send_ns": h.send_ns, "interval": h.interval, "clock_err_us": h.clock_err_us, "length": h.length,
             "index": h.index, "count": h.count, "tx_follow_up": h.tx_follow_up}

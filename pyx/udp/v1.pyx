@@ -63,12 +63,9 @@ def pull_udping(data):
     cdef udping_v1 h
     cdef size_t off = 0, n = len(data)
     cdef const uint8_t[:] d = data
-    cdef int r
-    if n == 0:
-        raise DecodeError(V1_DECODE_ERRORS[1], 0)
-    r = pull_udping_v1(&d[0], n, &h, &off)
-    if r != WIRE_OK:
-        raise DecodeError(V1_DECODE_ERRORS[r], off)
+    cdef const uint8_t *p = datagram(d, V1_DECODE_ERRORS)
+    cdef int r = pull_udping_v1(p, n, &h, &off)     # sets off: a separate statement from decoded(.., off)
+    decoded(r, off, V1_DECODE_ERRORS)
     return {"start_s": h.start_s, "guid": bytes(h.guid[:h.guid_len]).decode(), "seq": h.seq,
             "sent_sec": h.sent_sec, "sent_nsec": h.sent_nsec, "size": h.size}
 

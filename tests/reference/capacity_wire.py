@@ -1,5 +1,5 @@
 """Reference codec of the capacity probe's train packet header, written from the format table in
-pyx/train.pyx with struct, not from its C code: the oracle for tests/ext/test_train.py."""
+pyx/train/packet.pyx with struct, not from its C code: the oracle for tests/ext/test_train.py."""
 import struct
 
 HEADER = struct.Struct("!4sBBHIIHH")      # magic, version, flags, count, token, train, index, size
