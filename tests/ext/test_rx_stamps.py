@@ -4,6 +4,7 @@ having no stamp, never given the time of the read."""
 import contextlib
 import ctypes
 import os
+import platform
 import socket
 import struct
 import subprocess
@@ -56,8 +57,8 @@ CASES = {"train": (capacity_wire.pack(0, 2, 9, 1, 0, 20), _train_reader),
 SKB_TSTAMP = 152
 CLEAR_STAMP = b"".join(struct.pack("<BBhi", code, regs, off, imm) for code, regs, off, imm in (
     (0xB7, 0x02, 0, 0), (0x7B, 0x21, SKB_TSTAMP, 0), (0xB7, 0x00, 0, 0), (0x95, 0x00, 0, 0)))
-SYS_BPF, BPF_PROG_LOAD, BPF_LINK_CREATE = 321, 5, 28          # x86_64; <linux/bpf.h>
-BPF_PROG_TYPE_SCHED_CLS, BPF_TCX_INGRESS = 3, 46
+SYS_BPF = {"x86_64": 321, "aarch64": 280}[platform.machine()]   # <asm/unistd.h>
+BPF_PROG_LOAD, BPF_LINK_CREATE, BPF_PROG_TYPE_SCHED_CLS, BPF_TCX_INGRESS = 5, 28, 3, 46   # <linux/bpf.h>, 6.6+
 CLONE_NEWNET = 0x40000000
 
 
