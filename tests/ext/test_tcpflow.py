@@ -34,7 +34,7 @@ import pytest
 
 from netprobe.errors import load_extension
 from netprobe.probes.throughput.samples import COL, NCOLS, SAMPLE_COLUMNS
-from tests.stall import RunDelay
+from tests.stall import RunDelay, until_no_miss
 
 pacer = load_extension("_pacer")
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,20 +132,6 @@ def misses(what, secs, spans, tol, held, tids):
     return [(what, round(float(x), 4), round(held.held_back_share(t0, t1, tids), 4),
              round(tol - BUCKET_NS / (t1 - t0), 4))
             for x, (t0, t1) in zip(secs, spans, strict=True) if not 1 - tol <= x <= 1 + tol]
-
-
-def on_a_quiet_enough_host(attempt, tries=5):
-    """Run `attempt` (it returns the misses() of its flows) until a try misses nothing. A try
-    that missed is taken again only if the host held a watched thread back long enough in every
-    span that missed; a miss on a quiet host fails at once, as do misses in all `tries`."""
-    for n in range(tries):
-        off = attempt()
-        if not off:
-            return
-        quiet = [m for m in off if m[2] < m[3]]
-        assert not quiet, f"off the rate with the host quiet (what, ratio, held back, needed): {quiet}; all {off}"
-        print(f"try {n + 1}: off the rate while the host held the threads back: {off}")
-    pytest.fail(f"off the rate in all {tries} tries, each time on a busy host; the last: {off}")
 
 
 def watched(*loops):
@@ -351,7 +337,7 @@ def test_rate_within_1_percent_per_second_and_no_100ms_window_above_110_percent(
               f"overruns {s.obj.timer_overruns} late {s.obj.late_ticks} eagain {s.obj.eagain}")
         assert top <= 1.10, f"max 100 ms window {top:.4f} of the rate"
         return misses(f"{gbit}G", secs, spans, 0.01, held, watched(s, d))
-    on_a_quiet_enough_host(attempt)
+    until_no_miss(attempt, tries=5)
 
 
 def test_2_gbit_both_ways_on_two_connections_each_within_2_percent_per_second():
@@ -366,7 +352,7 @@ def test_2_gbit_both_ways_on_two_connections_each_within_2_percent_per_second():
             print(f"2G flow {k}: per second {fmt(secs)}; max 100 ms window {max_window(rx, 2, rate):.4f}")
             off += misses(f"flow {k}", secs, spans, 0.02, held, watched(s, d))
         return off
-    on_a_quiet_enough_host(attempt)
+    until_no_miss(attempt, tries=5)
 
 
 def test_both_directions_of_one_connection_at_1_gbit():
@@ -402,7 +388,7 @@ def test_both_directions_of_one_connection_at_1_gbit():
             print(f"1G direction {k // 2}: per second {fmt(secs)}")
             off += misses(f"direction {k // 2}", secs, spans, 0.02, held, watched(loops[k], loops[k + 1]))
         return off
-    on_a_quiet_enough_host(attempt)
+    until_no_miss(attempt, tries=5)
 
 
 def test_set_rate_between_chunks_takes_effect_at_once():
@@ -431,7 +417,7 @@ def test_set_rate_between_chunks_takes_effect_at_once():
             b.close()
         print(f"400M then 800M: {fmt(marks)}")
         return misses("set_rate", marks, spans, 0.02, held, {threading.get_native_id(), d_loop.tid})
-    on_a_quiet_enough_host(attempt, tries=3)
+    until_no_miss(attempt, tries=3)
 
 
 # -- stalls --------------------------------------------------------------------------------------
@@ -479,7 +465,7 @@ def test_receiver_stall_of_2s_gives_no_burst_afterwards():
         assert acked <= 1.10, f"bytes_acked (wire): max 100 ms window {acked:.4f} of the rate after the stall"
         # back at the rate once the receiver reads again (a shortfall from a host stall is never paid back)
         return misses("after the stall", recovered[:1], [span], 0.02, held, watched(s_loop, d_loop))
-    on_a_quiet_enough_host(attempt, tries=3)
+    until_no_miss(attempt, tries=3)
 
 
 SENDER_CHILD = """

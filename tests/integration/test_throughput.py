@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from tests.stall import RunDelay
+from tests.stall import RunDelay, until_no_miss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = sys.executable
@@ -103,20 +103,6 @@ def rate_misses(rows, want, tol, held, window=2.0):
     return out
 
 
-def on_a_quiet_enough_host(attempt, tries=3):
-    """Run `attempt` (it returns rate_misses()) until a run misses nothing. A run that missed is
-    taken again only if the host held a watched thread back long enough in every window that
-    missed; a miss on a quiet host fails at once, as do misses in all `tries`."""
-    for n in range(tries):
-        off = attempt()
-        if not off:
-            return
-        quiet = [m for m in off if m[2] < m[3]]
-        assert not quiet, f"off the rate with the host quiet (dir, ratio, held back, needed): {quiet}; all {off}"
-        print(f"run {n + 1}: off the rate while the host held the threads back: {off}")
-    pytest.fail(f"off the rate in all {tries} runs, each time on a busy host; the last: {off}")
-
-
 def test_loopback_both_ways_holds_the_rate(peer):
     srv, port = peer()
 
@@ -133,7 +119,7 @@ def test_loopback_both_ways_holds_the_rate(peer):
         # 5 %: this checks what the probe reports (units, directions, both flows at once); the
         # 1 %-per-second accuracy is asserted in tests/ext/test_tcpflow.py
         return rate_misses(steady["a->b"] + steady["b->a"], {"a->b": 300e6, "b->a": 150e6}, 0.05, held)
-    on_a_quiet_enough_host(attempt)
+    until_no_miss(attempt, tries=3)
 
 
 def test_ipv6_loopback(tmp_path):
@@ -151,7 +137,7 @@ def test_ipv6_loopback(tmp_path):
             full = [r for r in res if r["samples"] >= 15]
             assert {r["dir"] for r in full} == {"a->b", "b->a"}
             return rate_misses(full, {"a->b": 100e6, "b->a": 100e6}, 0.02, held)
-        on_a_quiet_enough_host(attempt)
+        until_no_miss(attempt, tries=3)
     finally:
         srv.kill()
         srv.wait()
