@@ -9,9 +9,16 @@ took, i.e. the wire).
 
 Rows are taken every 10 ms here, so 100 ms windows have 10 ms resolution.
 Every loop is bounded in time; the whole file runs in well under a minute.
+
+The rate bounds are fixed. A try that misses one is taken again only when the
+host held the sender or the drain back (runqueue wait and vCPU steal from the
+kernel's scheduler statistics, tests/stall.py) long enough in the span that
+missed to explain it; on a quiet host a miss fails at once.
 """
+import contextlib
 import errno
 import json
+import os
 import re
 import signal
 import socket
@@ -27,6 +34,7 @@ import pytest
 
 from netprobe.errors import load_extension
 from netprobe.probes.throughput.samples import COL, NCOLS, SAMPLE_COLUMNS
+from tests.stall import RunDelay, until_no_miss
 
 pacer = load_extension("_pacer")
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,6 +43,7 @@ EVERY_NS = 10_000_000
 WINDOW_NS = 100_000_000
 G = 10**9
 SO_MAX_PACING_RATE = 47                  # asm-generic/socket.h; Python's socket module lacks it
+BUCKET_NS = 5_000_000                    # the sender's auto depth: 5 ms of rate
 
 
 def tcp_pair():
@@ -49,6 +58,13 @@ def tcp_pair():
     return a, b
 
 
+def favoured(tid):
+    """Nice -20 for thread `tid` where permitted: the host's other load, at nice 0, then rarely
+    holds the loops back (what is left, tests/stall.py measures)."""
+    with contextlib.suppress(PermissionError):
+        os.setpriority(os.PRIO_PROCESS, tid, -20)
+
+
 class Loop(threading.Thread):
     """Calls obj.run() in 100 ms chunks for `seconds` (or until stop/error/eof), as a runner does."""
 
@@ -56,9 +72,12 @@ class Loop(threading.Thread):
         super().__init__(daemon=True)
         self.obj, self.seconds, self.every_ns, self.epoch = obj, seconds, every_ns, epoch
         self.stop = threading.Event()
-        self.chunks, self.results, self.ends = [], [], []
+        self.chunks = []
+        self.tid = None
 
     def run(self):
+        self.tid = threading.get_native_id()
+        favoured(self.tid)
         buf = np.empty((64, NCOLS), dtype=np.int64)
         end = time.monotonic() + self.seconds
         while not self.stop.is_set() and time.monotonic() < end:
@@ -67,8 +86,6 @@ class Loop(threading.Thread):
             except OSError as exc:
                 got, failed = exc.result, True
             self.chunks.append(buf[:got.rows].copy())
-            self.results.append(got)
-            self.ends.append(time.monotonic_ns())
             if failed or getattr(got, "eof", False):
                 return
 
@@ -85,61 +102,40 @@ def flow_span(rows, col, until_ns=None):
     return rows[max(moving[0] - 1, 0):] if len(moving) else rows[:0]
 
 
-def ratios(rows, col, rate, span_ns, sliding=True):
+def ratios(rows, col, rate, span_ns, sliding=True, spans=False):
     """achieved / target over row pairs at least span_ns apart, from every row (sliding) or back
-    to back; each pair over its own elapsed time."""
+    to back; each pair over its own elapsed time. With spans: also each pair's (t0, t1)."""
     t, b = rows[:, 0], rows[:, col]
-    out, i = [], 0
+    out, at, i = [], [], 0
     while i < len(t):
         j = np.searchsorted(t, t[i] + span_ns)
         if j >= len(t):
             break
         out.append(float(b[j] - b[i]) * 8e9 / (float(t[j] - t[i]) * rate))
+        at.append((int(t[i]), int(t[j])))
         i = i + 1 if sliding else j
-    return np.array(out)
+    return (np.array(out), at) if spans else np.array(out)
 
 
 def per_second(rows, col, rate):
-    return ratios(rows, col, rate, G - EVERY_NS // 2, sliding=False)
+    """(ratios, spans) over back-to-back ~1 s spans, at least 3 of them."""
+    secs, spans = ratios(rows, col, rate, G - EVERY_NS // 2, sliding=False, spans=True)
+    assert len(secs) >= 3, fmt(secs)
+    return secs, spans
 
 
-def assert_per_second(secs, stalled, tol, what=""):
-    """Within `tol` every second, except a shortfall the sender recorded as lost to a host stall
-    (bounded catch-up: a stall longer than the 5 ms bucket is never paid back with a burst).
-    Returns the mean stalled share."""
-    assert len(secs) >= 3
-    assert np.all(secs <= 1 + tol) and np.all(secs >= 1 - tol - stalled), f"{what}{fmt(secs)}; stalled {fmt(stalled)}"
-    return float(np.mean(stalled))
+def misses(what, secs, spans, tol, held, tids):
+    """The spans off the rate by more than `tol`: (what, ratio, the share of the span the host held
+    back the worst-off of `tids`, the share that would explain the miss). A shortfall of tol needs
+    the sender kept from running for tol x span beyond what its 5 ms bucket bridges; a drain
+    held back shifts at most as much across a span's edge."""
+    return [(what, round(float(x), 4), round(held.held_back_share(t0, t1, tids), 4),
+             round(tol - BUCKET_NS / (t1 - t0), 4))
+            for x, (t0, t1) in zip(secs, spans, strict=True) if not 1 - tol <= x <= 1 + tol]
 
 
-def on_a_quiet_enough_host(attempt, tries=5):
-    """Run `attempt` (it asserts the bounds and returns each flow's mean stalled share) until the
-    senders lost < 20 % of their time to host stalls: on a busier host the bounds hold but say
-    little, so the figure is taken again, up to `tries` times."""
-    for _ in range(tries):
-        stalled = attempt()
-        if max(stalled) < 0.2:
-            return
-        print(f"host stalled the senders {fmt(np.array(stalled))} of the time: again")
-    pytest.fail(f"the host stalled the senders >= 20 % of the time in all {tries} tries")
-
-
-def stalled_share_per_second(rows, sender):
-    """For each back-to-back ~1 s span of `rows` (as per_second), the share of it the sender
-    itself reports as lost to stalls: (timer overruns + EAGAIN ticks) x tick, from the chunks
-    that ended inside the span (or within one chunk after it)."""
-    t = rows[:, 0]
-    ends = np.asarray(sender.ends)
-    lost = np.asarray([r.timer_overruns + r.eagain for r in sender.results], dtype=float)
-    out, i = [], 0
-    while i < len(t):
-        j = np.searchsorted(t, t[i] + G - EVERY_NS // 2)
-        if j >= len(t):
-            break
-        inside = (ends > t[i]) & (ends <= t[j] + CHUNK_NS)
-        out.append(lost[inside].sum() * sender.obj.tick_ns / float(t[j] - t[i]))
-        i = j
-    return np.array(out)
+def watched(*loops):
+    return {lp.tid for lp in loops}
 
 
 def max_window(rows, col, rate):
@@ -148,26 +144,28 @@ def max_window(rows, col, rate):
 
 
 def run_flows(specs, seconds):
-    """Run paced flows at once; specs = [(rate, sender kwargs)]. Returns [(sender Loop, drain Loop)]."""
+    """Run paced flows at once; specs = [(rate, sender kwargs)].
+    Returns ([(sender Loop, drain Loop)], the RunDelay of this process over the run)."""
     flows = []
     for rate, kw in specs:
         a, b = tcp_pair()
         flows.append((a, b, pacer.TcpPacedSender(a.fileno(), rate, **kw), pacer.TcpDrain(b.fileno())))
     drains = [Loop(d, seconds + 2) for *_, d in flows]
     senders = [Loop(s, seconds) for _, _, s, _ in flows]
-    for t in drains + senders:
-        t.start()
-    for t in senders:
-        t.join(seconds + 5)
-    time.sleep(0.05)
-    for t in drains:
-        t.stop.set()
-        t.join(5)
+    with RunDelay([os.getpid()], children=False) as held:
+        for t in drains + senders:
+            t.start()
+        for t in senders:
+            t.join(seconds + 5)
+        time.sleep(0.05)
+        for t in drains:
+            t.stop.set()
+            t.join(5)
     for a, b, s, _ in flows:
         s.close()
         a.close()
         b.close()
-    return list(zip(senders, drains, strict=True))
+    return list(zip(senders, drains, strict=True)), held
 
 
 def receiver_rows(sender, drain):
@@ -329,31 +327,32 @@ def test_rate_within_1_percent_per_second_and_no_100ms_window_above_110_percent(
     rate = gbit * G
 
     def attempt():
-        [(s, d)] = run_flows([(rate, kw)], 4.0)
+        [(s, d)], held = run_flows([(rate, kw)], 4.0)
         # 4 s of 1 ms ticks: each read by a wake-up, or counted as an overrun when a stall made it late
         assert not s.obj.error and s.obj.ticks + s.obj.timer_overruns > 3500
         rx = receiver_rows(s, d)
-        secs = per_second(rx, COL["app_bytes"], rate)
+        secs, spans = per_second(rx, COL["app_bytes"], rate)
         top = max_window(rx, COL["app_bytes"], rate)
         print(f"{gbit}G {kw}: per second {fmt(secs)}; max 100 ms window {top:.4f}; "
               f"overruns {s.obj.timer_overruns} late {s.obj.late_ticks} eagain {s.obj.eagain}")
         assert top <= 1.10, f"max 100 ms window {top:.4f} of the rate"
-        return [assert_per_second(secs, stalled_share_per_second(rx, s), 0.01)]
-    on_a_quiet_enough_host(attempt)
+        return misses(f"{gbit}G", secs, spans, 0.01, held, watched(s, d))
+    until_no_miss(attempt, tries=5)
 
 
 def test_2_gbit_both_ways_on_two_connections_each_within_2_percent_per_second():
     rate = 2 * G
 
     def attempt():
-        stalled = []
-        for k, (s, d) in enumerate(run_flows([(rate, {}), (rate, {})], 4.0)):
+        off = []
+        flows, held = run_flows([(rate, {}), (rate, {})], 4.0)
+        for k, (s, d) in enumerate(flows):
             rx = receiver_rows(s, d)
-            secs = per_second(rx, COL["app_bytes"], rate)
+            secs, spans = per_second(rx, COL["app_bytes"], rate)
             print(f"2G flow {k}: per second {fmt(secs)}; max 100 ms window {max_window(rx, 2, rate):.4f}")
-            stalled.append(assert_per_second(secs, stalled_share_per_second(rx, s), 0.02, f"flow {k}: "))
-        return stalled
-    on_a_quiet_enough_host(attempt)
+            off += misses(f"flow {k}", secs, spans, 0.02, held, watched(s, d))
+        return off
+    until_no_miss(attempt, tries=5)
 
 
 def test_both_directions_of_one_connection_at_1_gbit():
@@ -368,56 +367,57 @@ def test_both_directions_of_one_connection_at_1_gbit():
                 pacer.TcpPacedSender(b.fileno(), rate), pacer.TcpDrain(a.fileno())]
         loops = [Loop(o, 4.0 if k % 2 == 0 else 6.0) for k, o in enumerate(objs)]
         try:
-            for t in loops[1::2] + loops[0::2]:
-                t.start()
-            for t in loops[0::2]:
-                t.join(9)
-            time.sleep(0.05)
-            for t in loops[1::2]:
-                t.stop.set()
-                t.join(5)
+            with RunDelay([os.getpid()], children=False) as held:
+                for t in loops[1::2] + loops[0::2]:
+                    t.start()
+                for t in loops[0::2]:
+                    t.join(9)
+                time.sleep(0.05)
+                for t in loops[1::2]:
+                    t.stop.set()
+                    t.join(5)
         finally:
             for o in objs[0::2]:
                 o.close()
             a.close()
             b.close()
-        stalled = []
+        off = []
         for k in (0, 2):
             rx = receiver_rows(loops[k], loops[k + 1])
-            secs = per_second(rx, COL["app_bytes"], rate)
+            secs, spans = per_second(rx, COL["app_bytes"], rate)
             print(f"1G direction {k // 2}: per second {fmt(secs)}")
-            stalled.append(assert_per_second(secs, stalled_share_per_second(rx, loops[k]), 0.02,
-                                             f"direction {k // 2}: "))
-        return stalled
-    on_a_quiet_enough_host(attempt)
+            off += misses(f"direction {k // 2}", secs, spans, 0.02, held, watched(loops[k], loops[k + 1]))
+        return off
+    until_no_miss(attempt, tries=5)
 
 
 def test_set_rate_between_chunks_takes_effect_at_once():
-    a, b = tcp_pair()
-    sender, drain = pacer.TcpPacedSender(a.fileno(), 400e6), pacer.TcpDrain(b.fileno())
-    d_loop = Loop(drain, 5)
-    d_loop.start()
-    buf = np.empty((64, NCOLS), dtype=np.int64)
-    marks, stalled = [], []
-    try:
-        for rate in (400e6, 800e6):
-            sender.set_rate(rate)
-            t0, b0, lost_ticks = time.monotonic_ns(), sender.bytes_sent, 0
-            while time.monotonic_ns() - t0 < 1.5 * G:
-                got = sender.run(buf, CHUNK_NS, CHUNK_NS, 1)
-                lost_ticks += got.timer_overruns + got.eagain
-            elapsed = time.monotonic_ns() - t0
-            marks.append((sender.bytes_sent - b0) * 8e9 / (elapsed * rate))
-            stalled.append(lost_ticks * sender.tick_ns / elapsed)   # never paid back (bounded catch-up)
-        assert sender.rate_bps == 800_000_000 and sender.depth_bytes == 800_000_000 * 5 // 8000
-    finally:
-        d_loop.stop.set()
-        d_loop.join(5)
-        sender.close()
-        a.close()
-        b.close()
-    assert all(1 - 0.02 - st <= m < 1.02 for m, st in zip(marks, stalled, strict=True)), (marks, stalled)
-    assert max(stalled) < 0.2, "the host stalled too much for the figure to mean anything"
+    def attempt():
+        a, b = tcp_pair()
+        sender, drain = pacer.TcpPacedSender(a.fileno(), 400e6), pacer.TcpDrain(b.fileno())
+        d_loop = Loop(drain, 5)
+        buf = np.empty((64, NCOLS), dtype=np.int64)
+        marks, spans = [], []
+        try:
+            with RunDelay([os.getpid()], children=False) as held:
+                d_loop.start()
+                for rate in (400e6, 800e6):
+                    sender.set_rate(rate)
+                    t0, b0 = time.monotonic_ns(), sender.bytes_sent
+                    while time.monotonic_ns() - t0 < 1.5 * G:
+                        sender.run(buf, CHUNK_NS, CHUNK_NS, 1)
+                    spans.append((t0, time.monotonic_ns()))
+                    marks.append((sender.bytes_sent - b0) * 8e9 / ((spans[-1][1] - t0) * rate))
+                assert sender.rate_bps == 800_000_000 and sender.depth_bytes == 800_000_000 * 5 // 8000
+        finally:
+            d_loop.stop.set()
+            d_loop.join(5)
+            sender.close()
+            a.close()
+            b.close()
+        print(f"400M then 800M: {fmt(marks)}")
+        return misses("set_rate", marks, spans, 0.02, held, {threading.get_native_id(), d_loop.tid})
+    until_no_miss(attempt, tries=3)
 
 
 # -- stalls --------------------------------------------------------------------------------------
@@ -429,42 +429,43 @@ def test_receiver_stall_of_2s_gives_no_burst_afterwards():
     exceeds 110 % in any 100 ms window. (The receiver's own reads do burst: it empties its
     receive buffer, which was filled before the stall.)"""
     rate = 1 * G
-    a, b = tcp_pair()
-    sender, drain = pacer.TcpPacedSender(a.fileno(), rate), pacer.TcpDrain(b.fileno())
-    s_loop, d_loop = Loop(sender, 5.0), Loop(drain, 7.0)
-    try:
-        d_loop.start()
-        s_loop.start()
-        time.sleep(1.0)
-        drain.pause(True)
-        paused_ns = time.monotonic_ns()
-        time.sleep(2.0)
-        drain.pause(False)
-        resumed_ns = time.monotonic_ns()
-        s_loop.join(8)
-        d_loop.stop.set()
-        d_loop.join(5)
-    finally:
-        sender.close()
-        a.close()
-        b.close()
-    tx = flow_span(s_loop.rows, COL["app_bytes"])
-    after = tx[tx[:, 0] >= resumed_ns - WINDOW_NS]
-    app, acked = max_window(after, COL["app_bytes"], rate), max_window(after, COL["bytes_acked"], rate)
-    during = tx[(tx[:, 0] > paused_ns + 300_000_000) & (tx[:, 0] < resumed_ns)]
-    settled = tx[tx[:, 0] >= resumed_ns + 300_000_000]
-    recovered = ratios(settled, COL["app_bytes"], rate, settled[-1, 0] - settled[0, 0])
-    print(f"stall: after resume max 100 ms window app {app:.4f} wire {acked:.4f}; "
-          f"eagain {sender.eagain}; rate after {fmt(recovered)}")
-    assert sender.eagain > 100 and np.ptp(during[:, COL["app_bytes"]]) < rate / 8 * 0.1
-    assert app <= 1.10, f"sender app_bytes: max 100 ms window {app:.4f} of the rate after the stall"
-    assert acked <= 1.10, f"bytes_acked (wire): max 100 ms window {acked:.4f} of the rate after the stall"
-    # the shortfall the sender itself records as lost to host stalls after the resume is never paid back
-    inside = np.asarray(s_loop.ends) > settled[0, 0]
-    lost = np.asarray([r.timer_overruns + r.eagain for r in s_loop.results], dtype=float)
-    stalled = lost[inside].sum() * sender.tick_ns / float(settled[-1, 0] - settled[0, 0])
-    assert 1 - 0.02 - stalled <= recovered[0] < 1.02, (fmt(recovered), stalled)
-    assert stalled < 0.2, "the host stalled too much for the figure to mean anything"
+
+    def attempt():
+        a, b = tcp_pair()
+        sender, drain = pacer.TcpPacedSender(a.fileno(), rate), pacer.TcpDrain(b.fileno())
+        s_loop, d_loop = Loop(sender, 5.0), Loop(drain, 7.0)
+        try:
+            with RunDelay([os.getpid()], children=False) as held:
+                d_loop.start()
+                s_loop.start()
+                time.sleep(1.0)
+                drain.pause(True)
+                paused_ns = time.monotonic_ns()
+                time.sleep(2.0)
+                drain.pause(False)
+                resumed_ns = time.monotonic_ns()
+                s_loop.join(8)
+                d_loop.stop.set()
+                d_loop.join(5)
+        finally:
+            sender.close()
+            a.close()
+            b.close()
+        tx = flow_span(s_loop.rows, COL["app_bytes"])
+        after = tx[tx[:, 0] >= resumed_ns - WINDOW_NS]
+        app, acked = max_window(after, COL["app_bytes"], rate), max_window(after, COL["bytes_acked"], rate)
+        during = tx[(tx[:, 0] > paused_ns + 300_000_000) & (tx[:, 0] < resumed_ns)]
+        settled = tx[tx[:, 0] >= resumed_ns + 300_000_000]
+        span = (int(settled[0, 0]), int(settled[-1, 0]))
+        recovered = ratios(settled, COL["app_bytes"], rate, span[1] - span[0])
+        print(f"stall: after resume max 100 ms window app {app:.4f} wire {acked:.4f}; "
+              f"eagain {sender.eagain}; rate after {fmt(recovered)}")
+        assert sender.eagain > 100 and np.ptp(during[:, COL["app_bytes"]]) < rate / 8 * 0.1
+        assert app <= 1.10, f"sender app_bytes: max 100 ms window {app:.4f} of the rate after the stall"
+        assert acked <= 1.10, f"bytes_acked (wire): max 100 ms window {acked:.4f} of the rate after the stall"
+        # back at the rate once the receiver reads again (a shortfall from a host stall is never paid back)
+        return misses("after the stall", recovered[:1], [span], 0.02, held, watched(s_loop, d_loop))
+    until_no_miss(attempt, tries=3)
 
 
 SENDER_CHILD = """

@@ -1,16 +1,20 @@
 """TimerfdPacer against an independent oracle on the same machine.
 
-The oracle is a plain Python select() loop with absolute deadlines, run just
-before and just after the timerfd selftest; lateness in both is measured
-against the latest slot due, the pacer's own definition. Tolerances are wide
-enough for a noisy 2-vCPU VM, narrow enough to catch a wrong schedule (a
-loop measuring against the wrong slot is off by up to a whole interval).
+The oracle is a plain Python loop that reads a timerfd of its own (through
+libc) armed with absolute deadlines; lateness is measured against the latest
+slot due, from the kernel's expiration count. It runs in the same thread,
+interleaved with the pacer in short turns, so both see the same host. The
+bounds are tied to what they protect: a wake-up path 200 us slower at the
+99th percentile, at a 1 ms tick, fails.
 """
+import contextlib
+import ctypes
 import json
-import select
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,45 +22,108 @@ import numpy as np
 import pytest
 
 from netprobe.errors import load_extension
+from netprobe.probes.host.runner import measure
 from netprobe.selftest import format_selftest, timer_selftest
+from tests.stall import RunDelay
 
 ROOT = Path(__file__).resolve().parents[2]
 INTERVAL_NS = 1_000_000
 pacer = load_extension("_timer")
 
 
-def python_select_lateness(interval_ns, duration_ns):
-    """Lateness (ns) of a select()-timed loop at absolute deadlines; late slots are skipped."""
-    out = []
-    t0 = time.monotonic_ns()
-    k = 1
-    while k * interval_ns <= duration_ns:
-        due = t0 + k * interval_ns
-        now = time.monotonic_ns()
-        if due > now:
-            select.select([], [], [], (due - now) / 1e9)
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+CLOCK_MONOTONIC, TFD_TIMER_ABSTIME = 1, 1
+
+
+def timerfd_read_lateness(interval_ns, duration_ns):
+    """Lateness (ns) of each wake-up of a blocking read() loop on a timerfd of its own, armed at
+    absolute deadlines t0 + k * interval: now minus the due time of the latest expiration read."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.timerfd_create(CLOCK_MONOTONIC, 0)
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    try:
+        first = time.monotonic_ns() + interval_ns
+        spec = _Itimerspec(_Timespec(0, interval_ns), _Timespec(first // 10**9, first % 10**9))
+        assert libc.timerfd_settime(fd, TFD_TIMER_ABSTIME, ctypes.byref(spec), None) == 0
+        out, fired, now = [], 0, first
+        while now - first < duration_ns:
+            fired += int.from_bytes(os.read(fd, 8), "little")
             now = time.monotonic_ns()
-        last_due = t0 + (now - t0) // interval_ns * interval_ns
-        out.append(now - last_due)
-        k = (now - t0) // interval_ns + 1
-    return np.array(out, dtype=np.int64)
+            out.append(now - (first + (fired - 1) * interval_ns))
+        return out
+    finally:
+        os.close(fd)
 
 
-def test_timerfd_lateness_agrees_with_python_select_loop():
-    before = python_select_lateness(INTERVAL_NS, 1_500_000_000)
-    ours = timer_selftest(INTERVAL_NS / 1e9, 3.0)
-    after = python_select_lateness(INTERVAL_NS, 1_500_000_000)
-    py = np.concatenate([before, after])
-    py50, py99 = np.percentile(py, [50, 99])
-    late = ours["lateness_ns"]
-    figures = (f"ours p50 {late['p50'] / 1e3:.1f} us p99 {late['p99'] / 1e3:.1f} us; "
-               f"python select p50 {py50 / 1e3:.1f} us p99 {py99 / 1e3:.1f} us")
-    print(figures)
+def pacer_lateness(interval_ns, duration_ns):
+    """The pacer's lateness samples over `duration_ns`, run as the selftest runs it."""
+    buf = np.empty(duration_ns // interval_ns + 64, dtype=np.int64)
+    with pacer.TimerfdPacer(interval_ns) as t:
+        got = measure(t, buf, duration_ns)
+    return list(buf[:got["ticks"]])
+
+
+@contextlib.contextmanager
+def realtime_thread():
+    """This thread at SCHED_FIFO while inside (where permitted, else unchanged): the host's other
+    load, all at normal priority, then stays out of both lateness distributions."""
+    old = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    except PermissionError:
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            os.sched_setscheduler(0, old[0], old[1])
+
+
+TURNS, TURN_NS = 16, 250_000_000
+REGRESSION_NS = 200_000         # what must fail: a wake-up path this much slower at p99
+P99_MARGIN_NS, P50_MARGIN_NS = REGRESSION_NS // 2, REGRESSION_NS // 4
+
+
+def test_timerfd_lateness_agrees_with_a_plain_timerfd_read_loop():
+    """TURNS turns of each (4 s), in ABBA order in one real-time thread, so both see the same
+    host. Ours may be later than the oracle by half the regression to catch at p99 (a quarter
+    at p50). A try that misses is taken again only if the host held this thread back
+    (runqueue wait + vCPU steal, tests/stall.py) in the pacer's turns for at least what could
+    move its p99 by the margin: 1 % of its ticks held back that much each."""
+    me = {threading.get_native_id()}
+    for attempt in range(3):
+        ours, ref, held_ns = [], [], 0
+        with RunDelay([os.getpid()], children=False) as held, realtime_thread():
+            for k in range(TURNS):
+                for who in (("ours", "ref"), ("ref", "ours"))[k % 2]:
+                    if who == "ref":
+                        ref += timerfd_read_lateness(INTERVAL_NS, TURN_NS)
+                        continue
+                    t0 = time.monotonic_ns()
+                    ours += pacer_lateness(INTERVAL_NS, TURN_NS)
+                    held_ns += held.held_back_ns(t0, time.monotonic_ns(), me)
+        (o50, o99), (r50, r99) = np.percentile(ours, [50, 99]), np.percentile(ref, [50, 99])
+        busy_ns = 0.01 * len(ours) * P99_MARGIN_NS
+        figures = (f"ours p50 {o50 / 1e3:.1f} us p99 {o99 / 1e3:.1f} us; a plain timerfd read loop p50 "
+                   f"{r50 / 1e3:.1f} us p99 {r99 / 1e3:.1f} us; held back {held_ns / 1e6:.2f} ms "
+                   f"(busy from {busy_ns / 1e6:.2f} ms)")
+        print(f"try {attempt + 1}: {figures}")
+        assert 0 < o50 < INTERVAL_NS and r50 > 0, figures         # against the latest slot due
+        if o50 <= r50 + P50_MARGIN_NS and o99 <= r99 + P99_MARGIN_NS:
+            break
+        assert held_ns >= busy_ns, f"later than a plain timerfd read loop on a quiet host: {figures}"
+    else:
+        pytest.fail(f"later than a plain timerfd read loop in all tries, each on a busy host: {figures}")
+    with realtime_thread():
+        ours = timer_selftest(INTERVAL_NS / 1e9, 1.0)
     print(format_selftest(ours))
-    assert late["p50"] > 0 and py50 > 0, figures
-    assert late["p50"] <= py50 + 200_000, figures
-    assert late["p99"] <= max(3 * py99, py99 + 2_000_000), figures
-    assert late["p50"] < INTERVAL_NS, "lateness is against the latest slot due"
     slots = ours["ticks"] + ours["overruns"]
     assert abs(slots - ours["expected_ticks"]) <= 2, ours
     assert ours["ticks"] > 0.9 * ours["expected_ticks"], ours

@@ -1,5 +1,10 @@
 """The throughput probe end to end: real peers, real signals, and the netns lab
-with injected rate limits, loss and delay as the oracle."""
+with injected rate limits, loss and delay as the oracle.
+
+The loopback rate bounds are fixed. A run that misses one is taken again only when
+the host held a thread of the probe or of the peer back (runqueue wait and vCPU
+steal from the kernel's scheduler statistics, tests/stall.py) long enough in the
+window that missed to explain it; on a quiet host a miss fails at once."""
 import json
 import os
 import re
@@ -10,6 +15,8 @@ import sys
 import time
 
 import pytest
+
+from tests.stall import RunDelay, until_no_miss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PY = sys.executable
@@ -64,11 +71,44 @@ def one_shot(*args, timeout=60):
                           text=True, timeout=timeout)
 
 
+def watched_shot(peer_proc, *args, timeout=60):
+    """one_shot() while a RunDelay watches its process and the peer's: (CompletedProcess, RunDelay)."""
+    cmd = netprobe("probe", "throughput", "--json", *args)
+    with RunDelay([peer_proc.pid]) as held:
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        held.watch(p.pid)
+        try:
+            out, err = p.communicate(timeout=timeout)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err), held
+
+
+BUCKET_S = 0.005                        # each pacer's auto depth: 5 ms of its rate
+
+
+def rate_misses(rows, want, tol, held, window=2.0):
+    """The windows of `rows` off `want` by more than `tol`: (dir, ratio, the share of the window the
+    host held back the worst-off thread of the probe or the peer, the share that would explain the
+    miss: tol beyond the 5 ms a pacer's bucket bridges)."""
+    out = []
+    for r in rows:
+        ratio = r["rate"] / want[r["dir"]]
+        if not 1 - tol < ratio < 1 + tol:
+            end = int(_ts(r["ts"]) * 1e9)
+            share = held.held_back_ns(end - int(window * 1e9), end, wall=True) / (window * 1e9)
+            out.append((r["dir"], round(ratio, 4), round(share, 4), round(tol - BUCKET_S / window, 4)))
+    return out
+
+
 def test_loopback_both_ways_holds_the_rate(peer):
-    _, port = peer()
-    for attempt in range(3):
-        proc = one_shot("--peer", f"127.0.0.1:{port}", "--rate", "300M", "--rate-down", "150M",
-                        "--interval", "1s", "--window", "2s", "--duration", "7s")
+    srv, port = peer()
+
+    def attempt():
+        proc, held = watched_shot(srv, "--peer", f"127.0.0.1:{port}", "--rate", "300M", "--rate-down", "150M",
+                                  "--interval", "1s", "--window", "2s", "--duration", "7s")
         assert proc.returncode == 0, proc.stderr
         recs = records(proc.stdout)
         assert not [r for r in recs if r["type"] == "BREACH"], recs
@@ -77,15 +117,9 @@ def test_loopback_both_ways_holds_the_rate(peer):
         steady = {d: [r for r in full if r["dir"] == d][1:-1] for d in ("a->b", "b->a")}
         assert all(len(w) >= 2 for w in steady.values()), recs
         # 5 %: this checks what the probe reports (units, directions, both flows at once); the
-        # 1 %-per-second accuracy is asserted in tests/ext/test_tcpflow.py, where host stalls are
-        # accounted for. Here a stall of the 2-vCPU VM shows as a dip in a 2 s window: a run with
-        # one is taken again (a loaded CI host stalled a->b to 0.93 for seconds)
-        off = [(d, r["rate"]) for d, want in (("a->b", 300e6), ("b->a", 150e6)) for r in steady[d]
-               if abs(r["rate"] / want - 1) >= 0.05]
-        if not off:
-            return
-        print(f"attempt {attempt + 1}: windows off by >= 5 %: {off}")
-    raise AssertionError(f"windows off by >= 5 % in all 3 runs, the last: {off}")
+        # 1 %-per-second accuracy is asserted in tests/ext/test_tcpflow.py
+        return rate_misses(steady["a->b"] + steady["b->a"], {"a->b": 300e6, "b->a": 150e6}, 0.05, held)
+    until_no_miss(attempt, tries=3)
 
 
 def test_ipv6_loopback(tmp_path):
@@ -94,30 +128,19 @@ def test_ipv6_loopback(tmp_path):
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(port, host="::1")
-        for attempt in range(3):
-            proc = one_shot("--peer", f"[::1]:{port}", "--rate", "100M", "--interval", "1s", "--window", "2s",
-                            "--duration", "3.5s")
+
+        def attempt():
+            proc, held = watched_shot(srv, "--peer", f"[::1]:{port}", "--rate", "100M", "--interval", "1s",
+                                      "--window", "2s", "--duration", "3.5s")
             assert proc.returncode == 0, proc.stderr
             res = [r for r in records(proc.stdout) if r["type"] == "RESULT" and "samples" in r]
-            assert {r["dir"] for r in res if r["samples"] >= 15} == {"a->b", "b->a"}
-            # a stall of this 2-vCPU VM shows as a dip in a 2 s window: within 2 % but for the time
-            # the window's sender recorded as lost to stalls (1 ms timer overruns + EAGAIN ticks,
-            # never paid back with a burst); a run off by more is taken again
-            off = []
-            for d in ("a->b", "b->a"):
-                rows = [r for r in res if r["dir"] == d]
-                lost = [r.get("timer_overruns", 0) + r.get("eagain", 0) for r in rows]
-                for k, r in enumerate(rows):
-                    stalled = (lost[k] - (lost[k - 2] if k >= 2 else 0)) * 1e-3 / 2.0     # 2 s window
-                    if r["samples"] >= 15 and not 0.98 - stalled < r["rate"] / 100e6 < 1.02:
-                        off.append((d, r["rate"], round(stalled, 4)))
-            if not off:
-                return
-            print(f"attempt {attempt + 1}: windows off by >= 2 % beyond their stalls: {off}")
+            full = [r for r in res if r["samples"] >= 15]
+            assert {r["dir"] for r in full} == {"a->b", "b->a"}
+            return rate_misses(full, {"a->b": 100e6, "b->a": 100e6}, 0.02, held)
+        until_no_miss(attempt, tries=3)
     finally:
         srv.kill()
         srv.wait()
-    raise AssertionError(f"windows off by >= 2 % beyond their stalls in all 3 runs, the last: {off}")
 
 
 def test_peer_killed_breach_then_reconnect_and_clear(peer):
