@@ -178,7 +178,7 @@ def _load_probes(entries, file, daemon, peers):
             if not table.get("key") and peers[peer].key:
                 table["key"] = peers[peer].key
             cfg = build_probe_config(kind, table, where)
-        elif peer is not None and not _looks_like_address(peer):
+        elif peer and not _looks_like_address(peer):
             known = ", ".join(sorted(peers)) or "none defined"
             raise where.error("peer", f'"{peer}" is neither a [peer.NAME] table ({known}) nor HOST[:PORT]')
         specs.append(ProbeSpec(kind, cfg, table, i))

@@ -233,12 +233,15 @@ class PeerLink:
             return None
 
     def wait(self, stop):
-        """Sleep before the next attempt: the backoff, doubling up to BACKOFF_MAX, while in breach."""
+        """Sleep before the next attempt."""
+        stop.wait(self.delay())
+
+    def delay(self):
+        """The time before the next attempt: the backoff, doubling up to BACKOFF_MAX, while in breach."""
         if self.down_since is None:
-            stop.wait(0.1)
-            return
-        stop.wait(self.backoff)
-        self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+            return 0.1
+        out, self.backoff = self.backoff, min(self.backoff * 2, BACKOFF_MAX)
+        return out
 
     def lost(self, reason):
         """The connection failed: BREACH metric=connection unless one is already out."""
