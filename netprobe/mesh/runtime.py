@@ -8,6 +8,7 @@ that changed (SIGHUP, `refresh`, a new copy at the URL) takes effect at the
 next slot boundary, so the timetable of a slot never changes under it.
 """
 import ipaddress
+import json
 import logging
 import socket
 from dataclasses import replace
@@ -20,6 +21,7 @@ from netprobe.results import ERROR, RESULT, Record
 
 log = logging.getLogger("netprobe.mesh")
 ANNOTATED = ("RESULT", "BREACH", "CLEAR")
+SHARED_KINDS = ("oneway",)        # background kinds whose peers one worker serves (peers = [...])
 
 
 def local_host(mesh):
@@ -65,6 +67,7 @@ class MeshRuntime:
         self.derived = {p.name: p for p in plan.probes(mesh, self.self_name)}
         self.rollup = rollup.Rollup(mesh, self.self_name)
         self._built = {}
+        self.background = self._background()
         self.flush_every = min((self._spec(p).config.interval for p in self.derived.values()
                                 if p.kind == rollup.KIND), default=None)
 
@@ -76,6 +79,30 @@ class MeshRuntime:
             spec = self._built[p.name] = ProbeSpec(p.kind, build_probe_config(p.kind, p.table, where),
                                                    p.table, p.test)
         return spec
+
+    def _background(self):
+        """The workers that run all the time: one per shared kind and identical settings, serving
+        every peer those tests name (its peers entries named as the per-peer derived probes, so
+        each peer's records are named and annotated as a probe of its own); any other background
+        probe (explicit source ports cannot be shared by several peers) is a worker of its own."""
+        out, groups = {}, {}
+        for p in self.derived.values():
+            if p.exclusive:
+                continue
+            settings = self.mesh.tests[p.test].settings
+            if p.kind not in SHARED_KINDS or settings.get("ports", "auto") != "auto":
+                out[p.name] = self._spec(p)
+                continue
+            key = (p.kind, json.dumps(settings, sort_keys=True, default=str))
+            groups.setdefault(key, []).append(p)
+        for (kind, _), members in groups.items():
+            first = members[0]
+            table = {k: v for k, v in first.table.items() if k != "peer"}
+            table.update(name=f"{kind}.mesh-t{first.test}",
+                         peers=[f"{p.name}={p.table['peer']}" for p in members])
+            where = schema.Where(self.mesh.file, f"test[{first.test}]")
+            out[table["name"]] = ProbeSpec(kind, build_probe_config(kind, table, where), table, first.test)
+        return out
 
     def _active_runs(self, now):
         """Exclusive runs this host starts whose window holds `now`: from the slot's start until
@@ -89,7 +116,7 @@ class MeshRuntime:
             mesh, self.pending = self.pending[0], None
             self._install(mesh)
             log.info("mesh version %s in effect", mesh.version)
-        out = {p.name: self._spec(p) for p in self.derived.values() if not p.exclusive}
+        out = dict(self.background)
         for r in self._active_runs(now):
             s = r.slotted
             p = self.derived.get(f"{s.b}.t{s.test}")
