@@ -1,0 +1,100 @@
+"""One oneway worker serving several peers (`peers = [...]`): four peers on loopback addresses,
+one of them behind an iptables statistic DROP of probe-sized datagrams (in INPUT: a DROP in
+OUTPUT fails the send call, which the sender counts as a send error, not a loss). Oracles: the
+process tree (one worker process under the supervisor), the records per peer and per interval,
+and the DROP rule's own packet counter for the lossy peer's loss."""
+import itertools
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import IS_ROOT, NOT_ROOT_REASON
+from tests.integration.test_mesh_daemon import _ts
+from tests.integration.test_oneway import ROOT, free_port, netprobe, records, wait_listening
+
+PEERS = {f"p{i}": f"127.0.0.{60 + i}" for i in range(1, 5)}
+LOSSY = "p2"
+DROP = 0.2                     # probability of the statistic match
+RUN_S = 6.0
+INTERVAL = 1.0
+TAG = f"netprobe-test-peers-{os.getpid()}"
+
+
+def _iptables(*args, check=True):
+    return subprocess.run(["iptables", "-w", *args], capture_output=True, text=True, check=check)
+
+
+def _rule():
+    # probes are 100..128-byte payloads (IP length 128..156); control records, 64 bytes, pass
+    return ["INPUT", "-d", PEERS[LOSSY], "-p", "udp", "-m", "length", "--length", "120:65535",
+            "-m", "statistic", "--mode", "random", "--probability", str(DROP), "-m", "comment", "--comment", TAG,
+            "-j", "DROP"]
+
+
+def _dropped():
+    for line in _iptables("-L", "INPUT", "-v", "-x", "-n").stdout.splitlines():
+        if TAG in line:
+            return int(line.split()[0])
+    raise AssertionError("the DROP rule is gone")
+
+
+@pytest.fixture
+def peers():
+    if not IS_ROOT:
+        pytest.skip(NOT_ROOT_REASON)
+    port = free_port()
+    listen = [a for addr in PEERS.values() for a in ("--listen", f"{addr}:{port}")]
+    serve = subprocess.Popen(netprobe("serve", *listen, "--max-sessions-per-address", "8", "--duration", "60s"),
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _iptables("-I", *_rule())
+    try:
+        for addr in PEERS.values():
+            wait_listening(addr, port)
+        yield port
+    finally:
+        _iptables("-D", *_rule(), check=False)
+        serve.kill()
+        serve.wait()
+
+
+def _workers(pid):
+    out = subprocess.run(["ps", "--ppid", str(pid), "-o", "pid=,args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if "netprobe.supervisor.worker" in line]
+
+
+def test_one_worker_serves_every_peer_with_its_own_loss(peers):
+    port = peers
+    spec = ",".join(f"{name}={addr}:{port}" for name, addr in PEERS.items())
+    proc = subprocess.Popen(netprobe("probe", "oneway", "--json", "--name", "fleet", "--peers", spec,
+                                     "--interval", f"{INTERVAL}s", "--gap", "20ms", "--ecmp-width", "4",
+                                     "--grace", "200ms", "--size-min", "100", "--size-max", "128",
+                                     "--duration", f"{RUN_S}s"),
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(RUN_S / 2)
+    workers = _workers(proc.pid)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert len(workers) == 1, workers                       # one process for four peers
+
+    recs = records(out)
+    assert not [r for r in recs if r["type"] == "ERROR"]
+    # the lossy peer's loss BREACH is its own: named after it, and no other peer's
+    assert {(r["name"], r["metric"]) for r in recs if r["type"] == "BREACH"} == {(LOSSY, "loss")}
+    for name, addr in PEERS.items():
+        res = [r for r in recs if r["type"] == "RESULT" and r["name"] == name]
+        # a result every interval, numbered without a hole, each naming its own peer
+        assert [r["interval_id"] for r in res] == list(range(len(res))) and len(res) >= RUN_S / INTERVAL - 2
+        assert {r["peer"] for r in res} == {f"{addr}:{port}"}
+        assert all(r["ports"] == 21 and r["sent"] > 0 for r in res)
+        stamps = [_ts(r["ts"]) for r in res]
+        assert max(b - a for a, b in itertools.pairwise(stamps)) <= 1.5 * INTERVAL
+        full = [r["sent"] for r in res[:-1]]                 # whole intervals at a 20 ms mean gap
+        assert 0.8 * INTERVAL / 0.02 < sum(full) / len(full) < 1.2 * INTERVAL / 0.02, full
+        sent, lost = sum(r["sent"] for r in res), sum(r["lost"] for r in res)
+        if name == LOSSY:
+            dropped = _dropped()
+            assert lost == dropped and 0.12 < dropped / sent < 0.28, (lost, dropped, sent)
+        else:
+            assert lost == 0, (name, lost, sent)
