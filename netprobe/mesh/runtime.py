@@ -84,16 +84,15 @@ class MeshRuntime:
         """The workers that run all the time: one per shared kind and identical settings, serving
         every peer those tests name (its peers entries named as the per-peer derived probes, so
         each peer's records are named and annotated as a probe of its own); any other background
-        probe (explicit source ports cannot be shared by several peers) is a worker of its own."""
+        probe is a worker of its own."""
         out, groups = {}, {}
         for p in self.derived.values():
             if p.exclusive:
                 continue
-            settings = self.mesh.tests[p.test].settings
-            if p.kind not in SHARED_KINDS or settings.get("ports", "auto") != "auto":
+            if p.kind not in SHARED_KINDS:
                 out[p.name] = self._spec(p)
                 continue
-            key = (p.kind, json.dumps(settings, sort_keys=True, default=str))
+            key = (p.kind, json.dumps(self.mesh.tests[p.test].settings, sort_keys=True, default=str))
             groups.setdefault(key, []).append(p)
         for (kind, _), members in groups.items():
             first = members[0]

@@ -71,14 +71,14 @@ def test_one_oneway_worker_per_distinct_settings(tmp_path):
     d = mesh_doc()
     d["test"] += [{"kind": "oneway", "pairs": [["ams0", "fra0"]], "gap": "10ms"},       # same settings as test 0
                   {"kind": "oneway", "pairs": [["fra0", "lon0"]], "gap": "20ms"},       # other settings
-                  {"kind": "oneway", "pairs": [["fra0", "ams0"]], "ports": "5000-5003"}]  # fixed ports: alone
+                  {"kind": "oneway", "pairs": [["fra0", "ams0"]], "ports": "5000-5003"}]
     rt = make(tmp_path, d, self="fra0")
     background = {n: s for n, s in rt.specs(0).items() if s.kind == "oneway"}
-    assert set(background) == {"oneway.mesh-t0", "oneway.mesh-t3", "ams0.t4"}
+    assert set(background) == {"oneway.mesh-t0", "oneway.mesh-t3", "oneway.mesh-t4"}
     assert background["oneway.mesh-t0"].config.peer_list() == [
         ("ams0.t0", "10.1.0.1"), ("lon0.t0", "10.2.0.1"), ("ams0.t2", "10.1.0.1")]
     assert background["oneway.mesh-t3"].config.peer_list() == [("lon0.t3", "10.2.0.1")]
-    assert background["ams0.t4"].config.peer == "10.1.0.1" and not background["ams0.t4"].config.peers
+    assert background["oneway.mesh-t4"].config.peer_list() == [("ams0.t4", "10.1.0.1")]
     assert background["oneway.mesh-t0"].config.gap == 0.01
 
 

@@ -147,9 +147,6 @@ class Config(ProbeConfig):
         except ValueError as exc:
             raise where.error("delay_buckets", str(exc)) from None
         if self.ports != "auto":
-            if self.peers:
-                raise where.error("ports", "goes with a single peer: several peers' sessions cannot share "
-                                           'source ports (use "auto")')
             try:
                 parse_ports(self.ports, self.port_count)
             except ValueError as exc:

@@ -45,7 +45,7 @@ class Peer:
 
     def __init__(self, runner):
         self.runner = runner
-        self.link = PeerLink(runner, lambda: Session(runner.cfg, runner.udpio))
+        self.link = PeerLink(runner, lambda: Session(runner.cfg, runner.udpio, shared=True))
         self.state, self.next_try = IDLE, 0.0
         self.sess = self.roller = self.rolled = None
         self.sent = {}                 # interval id -> (sent counts, send stats, clock), until reported

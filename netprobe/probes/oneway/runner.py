@@ -45,8 +45,9 @@ PORT_SEQS = ("base", "max_seq", "ctl_count", "ctl_next", "piggy_count", "next_ba
 class Session:
     """One session with the peer: the control connection, the source-port sockets, the sender."""
 
-    def __init__(self, cfg, udpio):
+    def __init__(self, cfg, udpio, shared=False):
         self.cfg = cfg
+        self.shared = shared             # one of several peers' sessions: source ports may be the same
         self.sid = secrets.token_hex(8)
         self.peer_totals = {}
         key = cfg.key.encode()
@@ -105,7 +106,7 @@ class Session:
             self.socks.append(s)
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-                if self.cfg.trace:          # the trace socket binds the port beside it (trace.py)
+                if self.cfg.trace or self.shared:    # the trace socket, or another peer's session, binds
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 s.bind((local, ports[i] if ports else 0))
                 s.connect(dst)
