@@ -6,7 +6,8 @@ import pathlib
 import platform
 import time
 
-BENCHES = ["timer", "throughput", "retrans", "oneway", "capacity", "flows", "metrics", "peer", "report", "mesh"]
+BENCHES = ["timer", "throughput", "retrans", "oneway", "capacity", "flows", "metrics", "peer", "report", "mesh",
+           "mesh_oneway"]
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 

@@ -101,7 +101,9 @@ class Channel:
             except protocol.ProtocolError as exc:
                 raise PeerError(f"peer {self.peer}: bad control line: {exc}") from None
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+            ready = select.poll()               # not select(): a worker serving many peers has fds past 1023
+            ready.register(self.sock, select.POLLIN)
+            if left <= 0 or not ready.poll(left * 1000):
                 raise PeerError(f"peer {self.peer}: no answer within {timeout:g}s")
             try:
                 data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)

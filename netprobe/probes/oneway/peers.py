@@ -73,7 +73,7 @@ class Peers:
         try:
             self._send_loop(halt)
         except BaseException as exc:          # reported by the reading thread, which stops the probe
-            self.crash = exc
+            self.crash = ("the send thread", exc)
 
     def _send_loop(self, halt):
         heap, order, active = [], itertools.count(), set()
@@ -128,7 +128,7 @@ class Peers:
         except ProbeError as exc:             # this peer's session cannot be set up here: retried
             p.link.lost(str(exc))
         except BaseException as exc:
-            self.crash = exc
+            self.crash = (f"opening a session with {p.runner.cfg.peer}", exc)
         self.opened.put((p, sess))
 
     def _take_opened(self):
@@ -208,7 +208,8 @@ class Peers:
         try:
             while not stop.is_set():
                 if self.crash is not None:
-                    raise ProbeError(f"the send thread failed: {self.crash!r}") from self.crash
+                    where, exc = self.crash
+                    raise ProbeError(f"{where} failed: {exc!r}") from exc
                 now = time.monotonic()
                 for p in self.peers:
                     if p.state == IDLE and now >= p.next_try:
