@@ -99,3 +99,33 @@ def test_one_worker_serves_every_peer_with_its_own_loss(peers):
             assert lost == dropped and 0.12 < dropped / sent < 0.28, (lost, dropped, sent)
         else:
             assert lost == 0, (name, lost, sent)
+
+
+def test_sessions_renewed_before_the_peers_limit_keep_reporting(tmp_path):
+    """The peer ends a session after --max-session-length; each peer's session is renewed before
+    that, on its own, and every peer keeps a result every interval without a connection BREACH."""
+    port = free_port()
+    addrs = {"r1": "127.0.0.71", "r2": "127.0.0.72"}
+    listen = [a for addr in addrs.values() for a in ("--listen", f"{addr}:{port}")]
+    serve = subprocess.Popen(netprobe("serve", *listen, "--max-session-length", "10s", "--duration", "60s"),
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for addr in addrs.values():
+            wait_listening(addr, port)
+        spec = ",".join(f"{name}={addr}:{port}" for name, addr in addrs.items())
+        proc = subprocess.run(netprobe("probe", "oneway", "--json", "--peers", spec, "--interval", "1s",
+                                       "--gap", "20ms", "--ecmp-width", "1", "--grace", "200ms", "--duration", "13s"),
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+    finally:
+        serve.kill()
+        serve.wait()
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("renewing session") == len(addrs), proc.stderr      # at 9.5 s
+    recs = records(proc.stdout)
+    assert not [r for r in recs if r["type"] in ("BREACH", "ERROR")]
+    for name in addrs:
+        res = [r for r in recs if r["type"] == "RESULT" and r["name"] == name]
+        assert sum(1 for r in res if r["interval_id"] == 0) == 2      # a fresh session's intervals count from 0
+        stamps = [_ts(r["ts"]) for r in res]
+        assert max(b - a for a, b in itertools.pairwise(stamps)) <= 1.5
+        assert all(r["lost"] == 0 for r in res)
