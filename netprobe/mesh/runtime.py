@@ -8,7 +8,6 @@ that changed (SIGHUP, `refresh`, a new copy at the URL) takes effect at the
 next slot boundary, so the timetable of a slot never changes under it.
 """
 import ipaddress
-import json
 import logging
 import socket
 from dataclasses import replace
@@ -21,7 +20,6 @@ from netprobe.results import ERROR, RESULT, Record
 
 log = logging.getLogger("netprobe.mesh")
 ANNOTATED = ("RESULT", "BREACH", "CLEAR")
-SHARED_KINDS = ("oneway",)        # background kinds whose peers one worker serves (peers = [...])
 
 
 def local_host(mesh):
@@ -85,22 +83,18 @@ class MeshRuntime:
         every peer those tests name (its peers entries named as the per-peer derived probes, so
         each peer's records are named and annotated as a probe of its own); any other background
         probe is a worker of its own."""
-        out, groups = {}, {}
+        out = {}
+        shared = plan.shared_workers(self.mesh, self.derived.values())
+        served = {p.name for members in shared.values() for p in members}
         for p in self.derived.values():
-            if p.exclusive:
-                continue
-            if p.kind not in SHARED_KINDS:
+            if not p.exclusive and p.name not in served:
                 out[p.name] = self._spec(p)
-                continue
-            key = (p.kind, json.dumps(self.mesh.tests[p.test].settings, sort_keys=True, default=str))
-            groups.setdefault(key, []).append(p)
-        for (kind, _), members in groups.items():
+        for name, members in shared.items():
             first = members[0]
             table = {k: v for k, v in first.table.items() if k != "peer"}
-            table.update(name=f"{kind}.mesh-t{first.test}",
-                         peers=[f"{p.name}={p.table['peer']}" for p in members])
+            table.update(name=name, peers=[f"{p.name}={p.table['peer']}" for p in members])
             where = schema.Where(self.mesh.file, f"test[{first.test}]")
-            out[table["name"]] = ProbeSpec(kind, build_probe_config(kind, table, where), table, first.test)
+            out[name] = ProbeSpec(first.kind, build_probe_config(first.kind, table, where), table, first.test)
         return out
 
     def _active_runs(self, now):
