@@ -50,6 +50,7 @@ class Peer:
         self.sess = self.roller = self.rolled = None
         self.sent = {}                 # interval id -> (sent counts, send stats, clock), until reported
         self.why = None                # why the session failed ("" or None: it ended in order)
+        self.turn = 0                  # sessions the send thread has started (its heap entries carry it)
         self.drain_until = 0.0
 
 
@@ -61,7 +62,7 @@ class Peers:
         self.peers = [Peer(type(parent)(replace(cfg, name=name, peer=address, peers=()), parent.emit,
                                         late=parent.late))
                       for name, address in cfg.peer_list()]
-        self.inbox = queue.SimpleQueue()      # ("start" | "end", peer) to the send thread
+        self.inbox = queue.SimpleQueue()      # ("start" | "end", peer, why) to the send thread
         self.done = queue.SimpleQueue()       # peers the send thread has let go
         self.opened = queue.SimpleQueue()     # (peer, session or None) from the pool
         self.crash = None                     # what killed the send thread or a connect
@@ -86,7 +87,8 @@ class Peers:
                     break
                 if what == "start":
                     active.add(p)
-                    heapq.heappush(heap, (0, next(order), p))
+                    p.turn += 1               # entries of its earlier sessions still in the heap are void
+                    heapq.heappush(heap, (0, next(order), p, p.turn))
                 elif p in active:             # "end": a failed connection (why) or a renewal
                     active.discard(p)
                     p.why = why or p.roller.roll(True)
@@ -96,12 +98,12 @@ class Peers:
                     p.why = p.roller.roll(True)
                     self.done.put(p)
                 return
-            while heap and heap[0][2] not in active:
+            while heap and (heap[0][2] not in active or heap[0][3] != heap[0][2].turn):
                 heapq.heappop(heap)           # a session that ended since
             if not heap:
                 time.sleep(TICK)
                 continue
-            due, _, p = heap[0]
+            due, _, p, _ = heap[0]
             wait = due - time.monotonic_ns()
             if wait > spin:
                 time.sleep(min((wait - spin) / 1e9, TICK))
@@ -118,7 +120,7 @@ class Peers:
                     continue
             else:
                 r.send(1)                     # the probes due now, without waiting
-            heapq.heappush(heap, (min(p.sess.sender.next_due, round(r.next_roll * 1e9)), next(order), p))
+            heapq.heappush(heap, (min(p.sess.sender.next_due, round(r.next_roll * 1e9)), next(order), p, p.turn))
 
     # ---- connecting -----------------------------------------------------------------------
     def _connect(self, p, stop):
