@@ -1,8 +1,9 @@
 """One oneway worker serving several peers (`peers = [...]`): four peers on loopback addresses,
 one of them behind an iptables statistic DROP of probe-sized datagrams (in INPUT: a DROP in
-OUTPUT fails the send call, which the sender counts as a send error, not a loss). Oracles: the
-process tree (one worker process under the supervisor), the records per peer and per interval,
-and the DROP rule's own packet counter for the lossy peer's loss."""
+OUTPUT fails the send call, which the sender counts as a send error, not a loss), and a fifth
+that never answers a connect (its SYNs dropped). Oracles: the process tree (one worker process
+under the supervisor), the records per peer and per interval, and the DROP rule's own packet
+counter for the lossy peer's loss."""
 import itertools
 import os
 import subprocess
@@ -16,6 +17,7 @@ from tests.integration.test_oneway import ROOT, free_port, netprobe, records, wa
 
 PEERS = {f"p{i}": f"127.0.0.{60 + i}" for i in range(1, 5)}
 LOSSY = "p2"
+SILENT = ("p5", "127.0.0.65")
 DROP = 0.2                     # probability of the statistic match
 RUN_S = 6.0
 INTERVAL = 1.0
@@ -34,9 +36,14 @@ def _rule():
             "-j", "DROP"]
 
 
+def _silent_rule(port):
+    return ["INPUT", "-d", SILENT[1], "-p", "tcp", "--dport", str(port), "-m", "comment", "--comment",
+            f"{TAG}-syn", "-j", "DROP"]
+
+
 def _dropped():
     for line in _iptables("-L", "INPUT", "-v", "-x", "-n").stdout.splitlines():
-        if TAG in line:
+        if f"/* {TAG} */" in line:
             return int(line.split()[0])
     raise AssertionError("the DROP rule is gone")
 
@@ -50,12 +57,14 @@ def peers():
     serve = subprocess.Popen(netprobe("serve", *listen, "--max-sessions-per-address", "8", "--duration", "60s"),
                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _iptables("-I", *_rule())
+    _iptables("-I", *_silent_rule(port))
     try:
         for addr in PEERS.values():
             wait_listening(addr, port)
         yield port
     finally:
         _iptables("-D", *_rule(), check=False)
+        _iptables("-D", *_silent_rule(port), check=False)
         serve.kill()
         serve.wait()
 
@@ -67,8 +76,9 @@ def _workers(pid):
 
 def test_one_worker_serves_every_peer_with_its_own_loss(peers):
     port = peers
-    spec = ",".join(f"{name}={addr}:{port}" for name, addr in PEERS.items())
+    spec = ",".join(f"{name}={addr}:{port}" for name, addr in [*PEERS.items(), SILENT])
     proc = subprocess.Popen(netprobe("probe", "oneway", "--json", "--name", "fleet", "--peers", spec,
+                                     "--connect-timeout", "1s",
                                      "--interval", f"{INTERVAL}s", "--gap", "20ms", "--ports", f"{PORTS}-{PORTS + 15}",
                                      "--grace", "200ms", "--size-min", "100", "--size-max", "128",
                                      "--duration", f"{RUN_S}s"),
@@ -81,8 +91,11 @@ def test_one_worker_serves_every_peer_with_its_own_loss(peers):
 
     recs = records(out)
     assert not [r for r in recs if r["type"] == "ERROR"]
-    # the lossy peer's loss BREACH is its own: named after it, and no other peer's
-    assert {(r["name"], r["metric"]) for r in recs if r["type"] == "BREACH"} == {(LOSSY, "loss")}
+    # the lossy peer's loss BREACH is its own, as is the silent peer's connection BREACH; the
+    # others report every interval from the start all the same (the checks below)
+    assert {(r["name"], r["metric"]) for r in recs if r["type"] == "BREACH"} == {(LOSSY, "loss"),
+                                                                              (SILENT[0], "connection")}
+    assert not [r for r in recs if r["type"] == "RESULT" and r["name"] == SILENT[0]]
     for name, addr in PEERS.items():
         res = [r for r in recs if r["type"] == "RESULT" and r["name"] == name]
         # a result every interval, numbered without a hole, each naming its own peer
