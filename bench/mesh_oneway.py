@@ -5,12 +5,14 @@ per peer over 16 source ports each, peers on loopback addresses 127.0.1.1 .. 127
 Figures, from /proc (not from netprobe): the worker's CPU (utime + stime over the measured
 stretch, after every session opened) and its peak RSS (VmHWM); from the records: whether every
 peer had a RESULT for every interval (interval ids without a hole, no two results of a peer
-further apart than 1.5 intervals), and the probes sent and lost in all.
+further apart than 1.5 intervals), the probes sent and lost in all, and how late the one send
+thread sent them (each interval's send_late_p99, median and worst over all peers' intervals).
 """
 import datetime
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -112,24 +114,28 @@ def run(quick=False):
         if ids != list(range(len(ids))) or any(b - a > 1.5 * INTERVAL for a, b in zip(ts, ts[1:], strict=False)):
             holes += 1
     counts = [len(v) for v in by_peer.values()] or [0]
+    late = [r["send_late_p99"] for v in by_peer.values() for r in v if r.get("send_late_p99") is not None] or [0]
     return [{"peers": PEERS, "ports_per_peer": 16, "probes_per_s_per_peer": 10, "seconds": seconds,
              "interval_s": INTERVAL, "workers": len(workers),
              "worker_cpu_pct": None if worker is None else 100.0 * (c1 - c0) / (t1 - t0),
              "worker_rss_mb": None if hwm is None else hwm / 1024.0,
              "peers_reporting": len(by_peer), "peers_with_a_hole": holes,
              "intervals_min": min(counts), "intervals_max": max(counts),
+             "send_late_p99_ms_median": 1e3 * statistics.median(late), "send_late_p99_ms_max": 1e3 * max(late),
              "sent": sum(r["sent"] for v in by_peer.values() for r in v),
              "lost": sum(r["lost"] for v in by_peer.values() for r in v)}]
 
 
 def table(rows):
     lines = [f"{'oneway, one host':28} {'peers':>6} {'workers':>8} {'CPU %':>7} {'RSS MB':>7} "
-             f"{'reporting':>10} {'holes':>6} {'intervals':>10} {'sent':>8} {'lost':>6}"]
+             f"{'reporting':>10} {'holes':>6} {'intervals':>10} {'sent':>8} {'lost':>6} {'late p99 ms':>12}"]
     for r in rows:
         cpu = "-" if r["worker_cpu_pct"] is None else f"{r['worker_cpu_pct']:.1f}"
         rss = "-" if r["worker_rss_mb"] is None else f"{r['worker_rss_mb']:.0f}"
         lines.append(f"{'10/s x 16 ports per peer':28} {r['peers']:6} {r['workers']:8} {cpu:>7} {rss:>7} "
                      f"{r['peers_reporting']:10} {r['peers_with_a_hole']:6} "
-                     f"{r['intervals_min']:>4}-{r['intervals_max']:<5} {r['sent']:8} {r['lost']:6}")
-    lines.append("target: one worker; every peer a result every interval (holes 0)")
+                     f"{r['intervals_min']:>4}-{r['intervals_max']:<5} {r['sent']:8} {r['lost']:6} "
+                     f"{r['send_late_p99_ms_median']:5.2f}/{r['send_late_p99_ms_max']:<6.2f}")
+    lines.append("target: one worker; every peer a result every interval (holes 0); "
+                 "late p99: median/worst over the peers' intervals")
     return "\n".join(lines)

@@ -23,6 +23,7 @@ import itertools
 import logging
 import queue
 import selectors
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +38,8 @@ log = logging.getLogger("netprobe.probes.oneway")
 CONNECTORS = 8          # sessions opened at once at most
 TICK = 0.01             # s: the send thread looks at its inbox at least this often
 POLL = 0.05             # s: the reading thread's longest wait
+SWITCH = 0.0002         # s: the interpreter's switch interval (5 ms by default): how long the send
+                        # thread, woken for a due probe, may wait for the reading thread's reports
 IDLE, CONNECTING, RUNNING, ENDING, DRAINING = range(5)
 
 
@@ -203,6 +206,7 @@ class Peers:
 
     # ---- the probe ------------------------------------------------------------------------
     def run(self, stop):
+        sys.setswitchinterval(SWITCH)
         halt = threading.Event()
         sender = threading.Thread(target=self._send, args=(halt,), name="oneway-send", daemon=True)
         sender.start()
