@@ -181,6 +181,10 @@ def _load_probes(entries, file, daemon, peers):
         elif peer and not _looks_like_address(peer):
             known = ", ".join(sorted(peers)) or "none defined"
             raise where.error("peer", f'"{peer}" is neither a [peer.NAME] table ({known}) nor HOST[:PORT]')
+        for name, address in getattr(cfg, "peer_list", list)():
+            if not _looks_like_address(address):
+                raise where.error("peers", f'"{name}={address}": "{address}" is not HOST[:PORT] (a [peer.NAME] '
+                                           "table goes with peer)")
         specs.append(ProbeSpec(kind, cfg, table, i))
     return specs
 

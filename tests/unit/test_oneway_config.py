@@ -130,6 +130,7 @@ def test_peers_name_each_peer():
     ("peers = ['a b=192.0.2.2']\n", 'probe[0].peers: "a b=192.0.2.2" is not NAME=HOST[:PORT]'),
     ("peers = ['a=']\n", 'probe[0].peers: "a=" is not NAME=HOST[:PORT]'),
     ("peers = ['a=192.0.2.2', 'a=192.0.2.3']\n", 'probe[0].peers: "a" is named twice'),
+    ("peers = ['a=dc2']\n", 'probe[0].peers: "a=dc2": "dc2" is not HOST[:PORT] (a [peer.NAME] table goes with'),
 ])
 def test_bad_peers_are_one_line(text, msg):
     with pytest.raises(ConfigError) as e:
