@@ -78,8 +78,12 @@ def test_bad_descriptors(text, count, msg):
     ("trace_share = 50\n", "probe[0].trace_share:"),
 ])
 def test_bad_config_is_one_line(extra, msg):
+    one_line_error(BASE + extra, msg)
+
+
+def one_line_error(text, msg):
     with pytest.raises(ConfigError) as e:
-        load_text(BASE + extra)
+        load_text(text)
     assert msg in str(e.value) and "\n" not in str(e.value)
 
 
@@ -133,9 +137,7 @@ def test_peers_name_each_peer():
     ("peers = ['a=dc2']\n", 'probe[0].peers: "a=dc2": "dc2" is not HOST[:PORT] (a [peer.NAME] table goes with'),
 ])
 def test_bad_peers_are_one_line(text, msg):
-    with pytest.raises(ConfigError) as e:
-        load_text(NO_PEER + text)
-    assert msg in str(e.value) and "\n" not in str(e.value)
+    one_line_error(NO_PEER + text, msg)
 
 
 @settings(max_examples=200, deadline=None)
