@@ -6,6 +6,7 @@ under the supervisor), the records per peer and per interval, and the DROP rule'
 counter for the lossy peer's loss."""
 import itertools
 import os
+import signal
 import subprocess
 import time
 
@@ -142,3 +143,47 @@ def test_sessions_renewed_before_the_peers_limit_keep_reporting(tmp_path):
         stamps = [_ts(r["ts"]) for r in res]
         assert max(b - a for a, b in itertools.pairwise(stamps)) <= 1.5
         assert all(r["lost"] == 0 for r in res)
+
+
+def test_a_hung_peer_is_a_lost_connection_and_comes_back():
+    """A peer whose process is stopped (SIGSTOP: the kernel keeps its TCP connection up, nothing
+    answers) is a BREACH metric=connection for that peer alone, once an interval's record is
+    2 intervals + grace + 2 s late; after SIGCONT it reconnects (CLEAR) and reports again. The
+    other peer reports every interval throughout."""
+    port = free_port()
+    addrs = {"hung": "127.0.0.81", "fine": "127.0.0.82"}
+    serves = {name: subprocess.Popen(netprobe("serve", "--listen", f"{addr}:{port}", "--duration", "60s"),
+                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+              for name, addr in addrs.items()}
+    try:
+        for addr in addrs.values():
+            wait_listening(addr, port)
+        spec = ",".join(f"{name}={addr}:{port}" for name, addr in addrs.items())
+        proc = subprocess.Popen(netprobe("probe", "oneway", "--json", "--peers", spec, "--interval", "1s",
+                                         "--gap", "20ms", "--ecmp-width", "1", "--grace", "200ms",
+                                         "--connect-timeout", "1s", "--duration", "17s"),
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(5)
+        serves["hung"].send_signal(signal.SIGSTOP)
+        t_stop = time.time()
+        time.sleep(6)
+        serves["hung"].send_signal(signal.SIGCONT)
+        t_cont = time.time()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        for s in serves.values():
+            s.send_signal(signal.SIGCONT)
+            s.kill()
+            s.wait()
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    recs = records(out)
+    events = [(r["type"], r["name"], _ts(r["ts"]), r.get("detail", "")) for r in recs
+              if r["type"] in ("BREACH", "CLEAR")]
+    (breach,) = [e for e in events if e[0] == "BREACH"]
+    assert breach[1] == "hung" and "no interval record from the peer 4.2s after" in breach[3], events
+    assert t_stop + 3.2 < breach[2] < t_stop + 4.2 + 2.5, (breach, t_stop)
+    (clear,) = [e for e in events if e[0] == "CLEAR"]
+    assert clear[1] == "hung" and t_cont < clear[2], (clear, t_cont)
+    assert any(r["name"] == "hung" and _ts(r["ts"]) > clear[2] for r in recs if r["type"] == "RESULT")
+    stamps = [_ts(r["ts"]) for r in recs if r["type"] == "RESULT" and r["name"] == "fine"]
+    assert len(stamps) >= 14 and max(b - a for a, b in itertools.pairwise(stamps)) <= 1.5

@@ -15,6 +15,12 @@ peers entry, its own BREACH/CLEAR state), but no threads of its own:
   connect_timeout) delays no other peer's probes; a failed peer is retried
   after the same backoff as a single-peer probe.
 
+The supervisor's stale check sees the worker, which reports as long as any
+peer does; so a peer whose interval records stop coming while its control
+connection stays up (a hung peer) ends its session here, as a lost connection
+(BREACH metric=connection), once an interval's record is OVERDUE intervals
+plus grace and RESULT_WAIT late.
+
 The send thread owns a session's sender from "start" until it hands the
 peer back on `done`; only then are its sockets closed.
 """
@@ -40,6 +46,7 @@ TICK = 0.01             # s: the send thread looks at its inbox at least this of
 POLL = 0.05             # s: the reading thread's longest wait
 SWITCH = 0.0002         # s: the interpreter's switch interval (5 ms by default): how long the send
                         # thread, woken for a due probe, may wait for the reading thread's reports
+OVERDUE = 2             # intervals (plus grace and RESULT_WAIT) an interval's record may take
 IDLE, CONNECTING, RUNNING, ENDING, DRAINING = range(5)
 
 
@@ -52,6 +59,7 @@ class Peer:
         self.state, self.next_try = IDLE, 0.0
         self.sess = self.roller = self.rolled = None
         self.sent = {}                 # interval id -> (sent counts, send stats, clock), until reported
+        self.closed_at = {}            # interval id -> when this reader learnt it had ended
         self.why = None                # why the session failed ("" or None: it ended in order)
         self.turn = 0                  # sessions the send thread has started (its heap entries carry it)
         self.drain_until = 0.0
@@ -151,7 +159,7 @@ class Peers:
                 continue
             log.info("%s: session %s with %s, %d source ports", p.runner.cfg.name, sess.sid, p.runner.cfg.peer,
                      len(sess.port_numbers))
-            p.sess, p.rolled, p.sent, p.why = sess, queue.SimpleQueue(), {}, None
+            p.sess, p.rolled, p.sent, p.closed_at, p.why = sess, queue.SimpleQueue(), {}, {}, None
             p.roller = Roller(sess, p.runner.cfg, self.late, p.rolled)
             p.runner.watch(sess)
             self.sel.register(sess.ctl.sock, selectors.EVENT_READ, p)
@@ -191,14 +199,22 @@ class Peers:
         p.sess, p.state, p.next_try = None, IDLE, time.monotonic()
 
     def _look(self, now):
+        overdue = OVERDUE * self.cfg.interval + self.cfg.grace + RESULT_WAIT
         for p in self.peers:
             if p.state == RUNNING:
+                p.runner._take(p.rolled, p.sent)
+                for iid in p.sent:
+                    p.closed_at.setdefault(iid, now)
+                for iid in [i for i in p.closed_at if i not in p.sent]:
+                    del p.closed_at[iid]
                 if p.sess.ctl.closed:
                     self._end(p, p.sess.ctl.error)
                 elif p.sess.renew_at is not None and now >= p.sess.renew_at:
                     log.info("%s: renewing session %s before the peer's max_session_length", p.runner.cfg.name,
                              p.sess.sid)
                     self._end(p)
+                elif p.closed_at and now - min(p.closed_at.values()) > overdue:
+                    self._end(p, f"no interval record from the peer {overdue:g}s after the interval ended")
             elif p.state == DRAINING:
                 p.runner._take(p.rolled, p.sent)
                 if not p.sent or now >= p.drain_until or p.sess.ctl.closed:
