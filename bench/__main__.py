@@ -14,7 +14,8 @@ import time
 
 from bench import targets
 
-BENCHES = ["timer", "throughput", "retrans", "oneway", "capacity", "flows", "metrics", "peer", "report", "mesh"]
+BENCHES = ["timer", "throughput", "retrans", "oneway", "capacity", "flows", "metrics", "peer", "report", "mesh",
+           "mesh_oneway"]
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 

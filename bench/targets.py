@@ -203,6 +203,16 @@ TARGETS["mesh"] = [
              2.0, " s") for layout in MESH_LAYOUTS),
 ]
 
+# bench/mesh_oneway.py: one host's oneway kind against 200 peers, 16 ports and 10 probes/s each
+# (docs/mesh.md): one worker, every peer every interval, within half a core and 100 MB.
+TARGETS["mesh_oneway"] = [
+    Target("mesh oneway: worker processes for 200 peers", lambda rows: rows[0]["workers"], "<=", 1.0),
+    Target("mesh oneway: peers reporting", lambda rows: rows[0]["peers_reporting"], ">=", 200.0),
+    Target("mesh oneway: peers with a missing interval", lambda rows: rows[0]["peers_with_a_hole"], "<=", 0.0),
+    Target("mesh oneway: worker CPU (% of a core)", lambda rows: rows[0]["worker_cpu_pct"], "<=", 50.0, " %"),
+    Target("mesh oneway: worker peak RSS (MB)", lambda rows: rows[0]["worker_rss_mb"], "<=", 100.0, " MB"),
+]
+
 # bench/metrics.py: [output.prometheus] scrape cost at a 15 s scrape interval (docs/metrics.md).
 TARGETS["metrics"] = [
     Target(f"metrics: scrape CPU at 15 s, {n} oneway per port (% of a core)",

@@ -178,9 +178,13 @@ def _load_probes(entries, file, daemon, peers):
             if not table.get("key") and peers[peer].key:
                 table["key"] = peers[peer].key
             cfg = build_probe_config(kind, table, where)
-        elif peer is not None and not _looks_like_address(peer):
+        elif peer and not _looks_like_address(peer):
             known = ", ".join(sorted(peers)) or "none defined"
             raise where.error("peer", f'"{peer}" is neither a [peer.NAME] table ({known}) nor HOST[:PORT]')
+        for name, address in getattr(cfg, "peer_list", list)():
+            if not _looks_like_address(address):
+                raise where.error("peers", f'"{name}={address}": "{address}" is not HOST[:PORT] (a [peer.NAME] '
+                                           "table goes with peer)")
         specs.append(ProbeSpec(kind, cfg, table, i))
     return specs
 

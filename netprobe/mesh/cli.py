@@ -75,10 +75,11 @@ def run(args):
     hosts = [args.self_name] if args.self_name else [h.name for h in mesh.hosts]
     for host in hosts:
         derived = plan.probes(mesh, host)
+        worker = {p.name: w for w, members in plan.shared_workers(mesh, derived).items() for p in members}
         print(f"host {host}: {len(derived)} probe(s)")
         for p in derived:
             print(f"  {p.kind:10} {p.name:24} peer={p.peer} ({p.table['peer']})"
-                  f"{' timetabled' if p.exclusive else ''}")
+                  f"{' timetabled' if p.exclusive else ''}{f' in worker {worker[p.name]}' if p.name in worker else ''}")
     print(f"timetable from {iso_time(first)}: {len(runs)} test(s)")
     for r in runs:
         s = r.slotted

@@ -21,12 +21,15 @@ file and its own wall clock, with no coordinator.
 A mesh whose tests cannot all be placed raises PlanError naming each test
 that found no slot and the resources that filled its period.
 """
+import json
 import math
 from dataclasses import dataclass
 from math import gcd
 
 from netprobe.errors import ConfigError
 from netprobe.mesh.model import EXCLUSIVE_KINDS
+
+SHARED_KINDS = ("oneway",)        # background kinds whose peers one worker serves (peers = [...])
 
 
 class PlanError(ConfigError):
@@ -222,3 +225,14 @@ def probes(mesh, host):
                 table["every"] = 0            # one estimate per slot; the timetable repeats it
             out.append(DerivedProbe(t.index, t.kind, peer, table, exclusive))
     return out
+
+
+def shared_workers(mesh, derived):
+    """The workers that serve several background probes: {worker name: [DerivedProbe, ...]}, one
+    per shared kind and identical test settings, named after the first such [[test]]."""
+    groups = {}
+    for p in derived:
+        if p.kind in SHARED_KINDS and not p.exclusive:
+            key = (p.kind, json.dumps(mesh.tests[p.test].settings, sort_keys=True, default=str))
+            groups.setdefault(key, []).append(p)
+    return {f"{kind}.mesh-t{members[0].test}": members for (kind, _), members in groups.items()}

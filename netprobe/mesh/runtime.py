@@ -65,6 +65,7 @@ class MeshRuntime:
         self.derived = {p.name: p for p in plan.probes(mesh, self.self_name)}
         self.rollup = rollup.Rollup(mesh, self.self_name)
         self._built = {}
+        self.background = self._background()
         self.flush_every = min((self._spec(p).config.interval for p in self.derived.values()
                                 if p.kind == rollup.KIND), default=None)
 
@@ -76,6 +77,25 @@ class MeshRuntime:
             spec = self._built[p.name] = ProbeSpec(p.kind, build_probe_config(p.kind, p.table, where),
                                                    p.table, p.test)
         return spec
+
+    def _background(self):
+        """The workers that run all the time: one per shared kind and identical settings, serving
+        every peer those tests name (its peers entries named as the per-peer derived probes, so
+        each peer's records are named and annotated as a probe of its own); any other background
+        probe is a worker of its own."""
+        out = {}
+        shared = plan.shared_workers(self.mesh, self.derived.values())
+        served = {p.name for members in shared.values() for p in members}
+        for p in self.derived.values():
+            if not p.exclusive and p.name not in served:
+                out[p.name] = self._spec(p)
+        for name, members in shared.items():
+            first = members[0]
+            table = {k: v for k, v in first.table.items() if k != "peer"}
+            table.update(name=name, peers=[f"{p.name}={p.table['peer']}" for p in members])
+            where = schema.Where(self.mesh.file, f"test[{first.test}]")
+            out[name] = ProbeSpec(first.kind, build_probe_config(first.kind, table, where), table, first.test)
+        return out
 
     def _active_runs(self, now):
         """Exclusive runs this host starts whose window holds `now`: from the slot's start until
@@ -89,7 +109,7 @@ class MeshRuntime:
             mesh, self.pending = self.pending[0], None
             self._install(mesh)
             log.info("mesh version %s in effect", mesh.version)
-        out = {p.name: self._spec(p) for p in self.derived.values() if not p.exclusive}
+        out = dict(self.background)
         for r in self._active_runs(now):
             s = r.slotted
             p = self.derived.get(f"{s.b}.t{s.test}")

@@ -101,7 +101,9 @@ class Channel:
             except protocol.ProtocolError as exc:
                 raise PeerError(f"peer {self.peer}: bad control line: {exc}") from None
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.sock], [], [], left)[0]:
+            ready = select.poll()               # not select(): a worker serving many peers has fds past 1023
+            ready.register(self.sock, select.POLLIN)
+            if left <= 0 or not ready.poll(left * 1000):
                 raise PeerError(f"peer {self.peer}: no answer within {timeout:g}s")
             try:
                 data = self.sock.recv(1 << 16, socket.MSG_DONTWAIT)
@@ -233,12 +235,15 @@ class PeerLink:
             return None
 
     def wait(self, stop):
-        """Sleep before the next attempt: the backoff, doubling up to BACKOFF_MAX, while in breach."""
+        """Sleep before the next attempt."""
+        stop.wait(self.delay())
+
+    def delay(self):
+        """The time before the next attempt: the backoff, doubling up to BACKOFF_MAX, while in breach."""
         if self.down_since is None:
-            stop.wait(0.1)
-            return
-        stop.wait(self.backoff)
-        self.backoff = min(self.backoff * 2, BACKOFF_MAX)
+            return 0.1
+        out, self.backoff = self.backoff, min(self.backoff * 2, BACKOFF_MAX)
+        return out
 
     def lost(self, reason):
         """The connection failed: BREACH metric=connection unless one is already out."""

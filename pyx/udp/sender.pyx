@@ -337,5 +337,11 @@ cdef class UdpProbeSender:
         return sent
 
     @property
+    def next_due(self):
+        """CLOCK_MONOTONIC ns of the next probe's slot (0 before the first run): when a caller
+        driving several senders from one thread must call run() again."""
+        return self.sched.next_due
+
+    @property
     def next_seq(self):
         return [self.seq[i] for i in range(self.nports)]

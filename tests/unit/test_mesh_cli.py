@@ -88,6 +88,7 @@ def test_plan_self_and_text(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "host fra0: 5 probe(s)" in out       # oneway to 5 peers; its site pair (ams, fra) is started by ams0
     assert out.count(" oneway ") == 5 and "throughput ams0 -> fra0" in out
+    assert out.count(" in worker oneway.mesh-t0\n") == 5          # one worker serves all five
     assert cli.main(["mesh", "plan", path, "--self", "nobody"]) == 2
     assert "--self 'nobody' is not a [[host]] name" in capsys.readouterr().err
     for bad in (["--cycles", "0"], ["--start", "yesterday"]):

@@ -91,6 +91,7 @@ BAD = [
     (_set(["test", 0, "kind"], KeyError), "test[0].kind: missing"),
     (_set(["test", 0, "name"], "x"), "test[0].name: is derived from the mesh"),
     (_set(["test", 0, "peer"], "x"), "test[0].peer: is derived from the mesh"),
+    (_set(["test", 0, "peers"], ["a=192.0.2.1"]), "test[0].peers: is derived from the mesh"),
     (_set(["test", 0, "gap"], "fast"), 'test[0].gap: "fast" is not a duration'),
     (_set(["test", 0, "gapp"], "1ms"), "test[0].gapp: unknown key; did you mean 'gap'?"),
     (_set(["test", 0, "every"], "1h"), "test[0].every: applies to exclusive kinds only"),

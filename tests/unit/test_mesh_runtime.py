@@ -33,7 +33,7 @@ def test_exclusive_probe_runs_only_inside_its_window(tmp_path):
     tt = plan.timetable(model.load_dict(mesh_doc()))
     mine = [r for r in tt.runs(0, 600) if r.slotted.a == "ams0"]
     assert mine
-    background = {n for n, p in rt.derived.items() if not p.exclusive}
+    background = {"oneway.mesh-t0"}               # one worker for every oneway peer
     def running(t):                     # from the timetable: start .. end + connect time
         return {f"{x.slotted.b}.t1" for x in mine if x.start <= t < x.end + 1.0}
 
@@ -45,7 +45,9 @@ def test_exclusive_probe_runs_only_inside_its_window(tmp_path):
         assert rt.due(inside) <= r.end + 1.0 + 1e-6
         if not running(before):
             assert rt.due(before) == pytest.approx(min(r.start, rt.next_flush, rt.next_refresh))
-    assert background == {"fra0.t0", "lon0.t0"}
+    assert {n for n, p in rt.derived.items() if not p.exclusive} == {"fra0.t0", "lon0.t0"}
+    peers = rt.specs(0)["oneway.mesh-t0"].config.peer_list()
+    assert peers == [("fra0.t0", "10.0.0.1"), ("lon0.t0", "10.2.0.1")]
 
 
 def test_a_changed_mesh_waits_for_the_slot_boundary_and_keeps_unchanged_probes(tmp_path):
@@ -60,9 +62,24 @@ def test_a_changed_mesh_waits_for_the_slot_boundary_and_keeps_unchanged_probes(t
     assert now < boundary <= now + rt.tt.slot
     assert set(rt.specs(boundary - 0.001)) == set(old)           # the old mesh until the boundary
     new = rt.specs(boundary)
-    assert "nyc0.t0" in new
-    for name in ("ams0.t0", "lon0.t0"):
-        assert new[name].table == old[name].table                   # unchanged: the supervisor keeps it
+    # the new peer joins the oneway worker's peers (a changed table: the supervisor restarts it)
+    assert [n for n, _ in old["oneway.mesh-t0"].config.peer_list()] == ["ams0.t0", "lon0.t0"]
+    assert [n for n, _ in new["oneway.mesh-t0"].config.peer_list()] == ["ams0.t0", "lon0.t0", "nyc0.t0"]
+
+
+def test_one_oneway_worker_per_distinct_settings(tmp_path):
+    d = mesh_doc()
+    d["test"] += [{"kind": "oneway", "pairs": [["ams0", "fra0"]], "gap": "10ms"},       # same settings as test 0
+                  {"kind": "oneway", "pairs": [["fra0", "lon0"]], "gap": "20ms"},       # other settings
+                  {"kind": "oneway", "pairs": [["fra0", "ams0"]], "ports": "5000-5003"}]
+    rt = make(tmp_path, d, self="fra0")
+    background = {n: s for n, s in rt.specs(0).items() if s.kind == "oneway"}
+    assert set(background) == {"oneway.mesh-t0", "oneway.mesh-t3", "oneway.mesh-t4"}
+    assert background["oneway.mesh-t0"].config.peer_list() == [
+        ("ams0.t0", "10.1.0.1"), ("lon0.t0", "10.2.0.1"), ("ams0.t2", "10.1.0.1")]
+    assert background["oneway.mesh-t3"].config.peer_list() == [("lon0.t3", "10.2.0.1")]
+    assert background["oneway.mesh-t4"].config.peer_list() == [("ams0.t4", "10.1.0.1")]
+    assert background["oneway.mesh-t0"].config.gap == 0.01
 
 
 def test_a_bad_new_mesh_is_an_error_record_and_changes_nothing(tmp_path):

@@ -5,9 +5,11 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from netprobe.config.load import load_file, load_text
-from netprobe.config.schema import fields
+from netprobe.config.load import build_probe_config, load_file, load_text
+from netprobe.config.schema import Where, fields
 from netprobe.errors import ConfigError
 from netprobe.probes.oneway.config import Config, parse_ports, ports_for_ecmp
 
@@ -76,8 +78,12 @@ def test_bad_descriptors(text, count, msg):
     ("trace_share = 50\n", "probe[0].trace_share:"),
 ])
 def test_bad_config_is_one_line(extra, msg):
+    one_line_error(BASE + extra, msg)
+
+
+def one_line_error(text, msg):
     with pytest.raises(ConfigError) as e:
-        load_text(BASE + extra)
+        load_text(text)
     assert msg in str(e.value) and "\n" not in str(e.value)
 
 
@@ -111,3 +117,35 @@ def test_probe_help_lists_every_setting(capsys):
     for f in fields(Config):
         assert out.count("--" + f.name.replace("_", "-") + " ") + out.count("--" + f.name.replace("_", "-") + "\n") \
             + out.count("--" + f.name.replace("_", "-") + ",") >= 1, f.name
+
+
+NO_PEER = "[[probe]]\nkind = 'oneway'\nname = 'ow'\n"
+
+
+def test_peers_name_each_peer():
+    cfg = load_text(NO_PEER + "peers = ['ams=192.0.2.2', 'v6=[2001:db8::1]:7171']\n").probes[0].config
+    assert cfg.peer_list() == [("ams", "192.0.2.2"), ("v6", "[2001:db8::1]:7171")]
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("", "probe[0].peer: missing (required: a [peer.NAME] table or HOST[:PORT]"),
+    ("peer = '192.0.2.1'\npeers = ['a=192.0.2.2']\n", "probe[0].peer: goes with a single peer"),
+    ("peers = ['192.0.2.2']\n", 'probe[0].peers: "192.0.2.2" is not NAME=HOST[:PORT]'),
+    ("peers = ['a b=192.0.2.2']\n", 'probe[0].peers: "a b=192.0.2.2" is not NAME=HOST[:PORT]'),
+    ("peers = ['a=']\n", 'probe[0].peers: "a=" is not NAME=HOST[:PORT]'),
+    ("peers = ['a=192.0.2.2', 'a=192.0.2.3']\n", 'probe[0].peers: "a" is named twice'),
+    ("peers = ['a=dc2']\n", 'probe[0].peers: "a=dc2": "dc2" is not HOST[:PORT] (a [peer.NAME] table goes with'),
+])
+def test_bad_peers_are_one_line(text, msg):
+    one_line_error(NO_PEER + text, msg)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet="ab.=:[]1 \n\"\\", max_size=12), max_size=5))
+def test_any_peers_list_is_a_config_or_one_line_error(entries):
+    try:
+        cfg = build_probe_config("oneway", {"name": "ow", "peers": entries}, Where("f.toml", "probe[0]"))
+    except ConfigError as exc:
+        assert "\n" not in str(exc) and str(exc).startswith("f.toml: probe[0].")
+        return
+    assert [f"{n}={a}" for n, a in cfg.peer_list()] == entries and entries

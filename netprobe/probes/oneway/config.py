@@ -11,14 +11,16 @@ import re
 from dataclasses import dataclass
 
 from netprobe.config.schema import BOOL, CHOICE, DURATION, FLOAT, INT, SIZE, STR, STR_LIST, setting
-from netprobe.probes.base import ProbeConfig
+from netprobe.probes.base import NAME_RE, ProbeConfig
 from netprobe.stats.buckets import parse_bounds
+from netprobe.units import show
 
 HDR_LEN, TAG_LEN, MAX_LEN = 64, 32, 65507       # wire.pxd: header, HMAC tag, largest UDP payload
 MAX_PORTS = 5000                                 # UDPing's limit, and the receiver's per session
 PORT_MIN, PORT_MAX = 1024, 60000                 # UDPing's range for explicit source ports
 MISS_PROBABILITY = 0.01                          # "auto": P(some path gets no port) <= 1 %
 DESCRIPTOR_RE = re.compile(r"[0-9,-]+")
+MAX_PEERS = 4096                                 # peers one worker serves (sockets: peers x ports)
 MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
@@ -74,7 +76,9 @@ def parse_ports(text, count=None):
 @dataclass(frozen=True)
 class Config(ProbeConfig):
     """The [[probe]] table with kind = "oneway"."""
-    peer: str = setting(STR, "", "a [peer.NAME] table or HOST[:PORT] running `netprobe serve`", required=True)
+    peer: str = setting(STR, "", "a [peer.NAME] table or HOST[:PORT] running `netprobe serve` (or peers)")
+    peers: tuple = setting(STR_LIST, [], 'instead of peer: several peers served by this one worker, each '
+                           '"NAME=HOST[:PORT]"; each peer\'s records are named NAME (default: none)')
     key: str = setting(STR, "", "shared key if the peer asks for one (default: the [peer.NAME] key); "
                        "with a key every probe carries an HMAC-SHA256 tag")
     auth: bool = setting(BOOL, False, "tag probes with HMAC-SHA256 under a per-session key even without a "
@@ -130,6 +134,14 @@ class Config(ProbeConfig):
 
     def check(self, where):
         super().check(where)
+        if bool(self.peer) == bool(self.peers):
+            raise where.error("peer", "missing (required: a [peer.NAME] table or HOST[:PORT]; or peers = "
+                                      '["NAME=HOST[:PORT]", ...] for several)' if not self.peer else
+                              "goes with a single peer; with peers, every peer is a peers entry")
+        try:
+            self.peer_list()
+        except ValueError as exc:
+            raise where.error("peers", str(exc)) from None
         try:
             parse_bounds(self.delay_buckets)
         except ValueError as exc:
@@ -162,6 +174,21 @@ class Config(ProbeConfig):
             raise where.error("grace", "must be shorter than interval")
         if self.gap * self.port_list_len() > self.interval * 1000:
             raise where.error("gap", "each port would get less than one probe per 1000 intervals")
+
+    def peer_list(self):
+        """[(record name, HOST[:PORT])] of the peers entries; ValueError naming a bad one."""
+        out, seen = [], set()
+        for entry in self.peers:
+            name, sep, address = entry.partition("=")
+            if not sep or not NAME_RE.fullmatch(name) or not address or any(c.isspace() for c in address):
+                raise ValueError(f'{show(entry)} is not NAME=HOST[:PORT] (NAME: letters, digits, ".", "_", "-")')
+            if name in seen:
+                raise ValueError(f'"{name}" is named twice; each peer needs its own name')
+            seen.add(name)
+            out.append((name, address))
+        if len(out) > MAX_PEERS:
+            raise ValueError(f"{len(out)} peers exceed the limit of {MAX_PEERS} per worker")
+        return out
 
     def port_list_len(self):
         return ports_for_ecmp(self.ecmp_width) if self.ports == "auto" else \

@@ -45,8 +45,9 @@ PORT_SEQS = ("base", "max_seq", "ctl_count", "ctl_next", "piggy_count", "next_ba
 class Session:
     """One session with the peer: the control connection, the source-port sockets, the sender."""
 
-    def __init__(self, cfg, udpio):
+    def __init__(self, cfg, udpio, shared=False):
         self.cfg = cfg
+        self.shared = shared             # one of several peers' sessions: source ports may be the same
         self.sid = secrets.token_hex(8)
         self.peer_totals = {}
         key = cfg.key.encode()
@@ -105,7 +106,7 @@ class Session:
             self.socks.append(s)
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-                if self.cfg.trace:          # the trace socket binds the port beside it (trace.py)
+                if self.cfg.trace or self.shared:    # the trace socket, or another peer's session, binds
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 s.bind((local, ports[i] if ports else 0))
                 s.connect(dst)
@@ -206,17 +207,61 @@ def _err_us(clock):
     return min(int(err), 0xFFFFFFFF) if isinstance(err, int) and err >= 0 else 0xFFFFFFFF
 
 
+class Roller:
+    """One session's sending between interval ends: the send-time errors of the interval, and at
+    its end the control records, the interval's counts to the reading thread (`rolled`) and the
+    close to the peer."""
+
+    def __init__(self, sess, cfg, late, rolled):
+        self.sess, self.cfg, self.late, self.rolled = sess, cfg, late, rolled
+        self.parts, self.nlate = [], 0      # send-time errors of this interval (at most LATE_SAMPLES)
+        self.errors_before = 0
+        self.next_roll = time.monotonic() + cfg.interval
+
+    def send(self, duration_ns):
+        got = self.sess.sender.run(duration_ns, self.late)
+        if got.late and self.nlate < LATE_SAMPLES:
+            self.parts.append(self.late[:min(got.late, LATE_SAMPLES - self.nlate)].copy())
+            self.nlate += len(self.parts[-1])
+
+    def roll(self, stopping):
+        """End the interval (the last one, with bye, when `stopping`); returns why the control
+        connection failed, or None."""
+        sender = self.sess.sender
+        iid = sender.interval
+        clock = clock_state()
+        counts = sender.end_interval(self.cfg.control_copies)
+        lat = np.concatenate(self.parts) if self.parts else np.empty(0, dtype=np.int64)
+        self.parts, self.nlate = [], 0
+        self.rolled.put((iid, counts, {"late": lat, "send_errors": sender.send_errors - self.errors_before,
+                                       "missed": sender.missed}, clock))
+        self.errors_before = sender.send_errors
+        sender.set_clock(_err_us(clock), not clock["synced"])
+        try:
+            self.sess.ctl.send({"close": iid, **({"bye": True} if stopping else {})})
+        except OSError as exc:
+            return f"control connection failed: {exc.strerror or exc}"
+        self.next_roll += self.cfg.interval
+        if time.monotonic() > self.next_roll:       # a long stall: do not roll several times at once
+            self.next_roll = time.monotonic() + self.cfg.interval
+        return None
+
+
 class Runner(ProbeRunner):
     """Probes from every source port; RESULT per interval; BREACH/CLEAR per SLA and per port."""
 
     kind = "oneway"
 
-    def __init__(self, cfg, emit):
+    def __init__(self, cfg, emit, late=None):
         super().__init__(cfg, emit)
         self.udpio = load_extension("_udpio")
-        self.late = np.empty(LATE_SAMPLES, dtype=np.int64)
+        self.late = np.empty(LATE_SAMPLES, dtype=np.int64) if late is None else late
 
     def run(self, stop):
+        if self.cfg.peers:
+            from netprobe.probes.oneway.peers import Peers
+            Peers(self).run(stop)
+            return
         link = PeerLink(self, lambda: Session(self.cfg, self.udpio))
         while not stop.is_set():
             sess = link.open(stop)
@@ -243,9 +288,7 @@ class Runner(ProbeRunner):
         sender_stop = threading.Event()
         t = threading.Thread(target=self._send_loop, args=(sess, sender_stop, rolled, failed), daemon=True)
         t.start()
-        if self.cfg.trace:
-            sess.watch = pathwatch.PathWatch(self.cfg, *sess.dst, sess.port_numbers, 1.0 / self.cfg.gap,
-                                             self.cfg.local or None).start()
+        self.watch(sess)
         sent_by_interval = {}
         try:
             while not stop.is_set() and t.is_alive():
@@ -269,6 +312,12 @@ class Runner(ProbeRunner):
         self._drain(sess, sent_by_interval)
         return None
 
+    def watch(self, sess):
+        """With trace: start tracing the session's ports."""
+        if self.cfg.trace:
+            sess.watch = pathwatch.PathWatch(self.cfg, *sess.dst, sess.port_numbers, 1.0 / self.cfg.gap,
+                                             self.cfg.local or None).start()
+
     @staticmethod
     def _take(rolled, sent_by_interval):
         while True:
@@ -279,41 +328,20 @@ class Runner(ProbeRunner):
             sent_by_interval[iid] = rest
 
     def _send_loop(self, sess, stop, rolled, failed):
-        """The sender thread: chunks of probes; at each interval's end the control records,
-        the interval's counts to the main thread, and the close to the peer."""
-        cfg = self.cfg
-        sender = sess.sender
-        late_parts, nlate = [], 0           # send-time errors of this interval (at most LATE_SAMPLES)
-        errors_before = 0
-        next_roll = time.monotonic() + cfg.interval
+        """The sender thread: chunks of probes, and each interval's end (Roller.roll)."""
+        r = Roller(sess, self.cfg, self.late, rolled)
         while True:
             stopping = stop.is_set()
             now = time.monotonic()
-            if not stopping and now < next_roll:
-                got = sender.run(max(1, round(min(CHUNK, next_roll - now) * 1e9)), self.late)
-                if got.late and nlate < LATE_SAMPLES:
-                    late_parts.append(self.late[:min(got.late, LATE_SAMPLES - nlate)].copy())
-                    nlate += len(late_parts[-1])
+            if not stopping and now < r.next_roll:
+                r.send(max(1, round(min(CHUNK, r.next_roll - now) * 1e9)))
                 continue
-            iid = sender.interval
-            clock = clock_state()
-            counts = sender.end_interval(cfg.control_copies)
-            lat = np.concatenate(late_parts) if late_parts else np.empty(0, dtype=np.int64)
-            late_parts, nlate = [], 0
-            rolled.put((iid, counts, {"late": lat, "send_errors": sender.send_errors - errors_before,
-                                      "missed": sender.missed}, clock))
-            errors_before = sender.send_errors
-            sender.set_clock(_err_us(clock), not clock["synced"])
-            try:
-                sess.ctl.send({"close": iid, **({"bye": True} if stopping else {})})
-            except OSError as exc:
-                failed.append(f"control connection failed: {exc.strerror or exc}")
+            why = r.roll(stopping)
+            if why:
+                failed.append(why)
                 return
             if stopping:
                 return
-            next_roll += cfg.interval
-            if time.monotonic() > next_roll:        # a long stall: do not roll several times at once
-                next_roll = time.monotonic() + cfg.interval
 
     def _drain(self, sess, sent_by_interval):
         """At stop: wait for the records of every interval still open at the peer."""
