@@ -46,7 +46,7 @@ SPLIT = {"throughput": "dir", "oneway": "port"}
 # {"ts":"2026-11-23T03:25:04.123Z","type":"RESULT","probe":"<kind>","name":"<name>",...}
 _TS_AT, _TS_LEN, _KIND_AT = 7, 23, 58
 _PREFIX = np.frombuffer(b'{"ts":"0000-00-00T00:00:00.000Z","type":"RESULT","probe":"', np.uint8)
-_QUOTE, _COMMA, _NL, _CLOSE, _SPACE = 34, 44, 10, 125, 32
+_QUOTE, _COMMA, _NL, _OPEN, _CLOSE, _SPACE = 34, 44, 10, 123, 125, 32
 _PAD = b" " * NAME_WIDTH
 
 
@@ -433,6 +433,13 @@ class _Block:
             # every ',"' starts a key (or sits in a string: such a line fails its layout)
             comma = np.flatnonzero(buf == _COMMA)
             self.sep = sep = comma[buf[comma + 1] == _QUOTE]
+            # braces per line, and their balance: a line cut short, or cut and run into the next
+            # (a crash, then a restart's HEADER), is not balanced or has another count than the
+            # whole lines of its layout
+            brace = np.flatnonzero((buf == _OPEN) | (buf == _CLOSE))
+            depth = np.r_[0, np.cumsum(np.where(buf[brace] == _OPEN, 1, -1))]
+            at = np.searchsorted(brace, np.r_[starts, len(buf)])
+            self.braces = np.where(depth[at[1:]] == depth[at[:-1]], np.diff(at), -1)
             first_all = np.searchsorted(sep, starts)              # the line's first separator
             count_all = np.diff(np.r_[first_all, len(sep)])         # and how many it has
             letter = buf[starts[cand] + _KIND_AT]
@@ -468,7 +475,7 @@ class _Block:
         keys = [line[p + 2:line.find(b'"', p + 2)] for p in (sep[first[0]:first[0] + nsep] - s0).tolist()]
         if nsep < 4 or keys[:3] != [b"type", b"probe", b"name"]:
             return np.zeros(len(rows), dtype=bool)
-        ok = np.ones(len(rows), dtype=bool)
+        ok = (self.braces[rows] == self.braces[rows[0]]) & (self.braces[rows] > 0)
         name_at = sep[first + 2] + 9                     # ,"name":"
         name_end = sep[first + 3] - 1
         nlen = name_end - name_at
