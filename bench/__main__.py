@@ -16,6 +16,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="shorter runs, noisier figures")
     args = ap.parse_args()
     RESULTS.mkdir(exist_ok=True)
+    failures = []
     for name in args.names:
         mod = importlib.import_module(f"bench.{name}")
         t0 = time.time()
@@ -26,6 +27,11 @@ def main():
         path.write_text(json.dumps(out, indent=2))
         print(f"\n== {name} ({time.time() - t0:.0f} s; {path})")
         print(mod.table(rows))
+        why = getattr(mod, "failed", lambda rows: None)(rows)     # a bench with limits says when they are missed
+        if why:
+            failures.append(f"{name}: {why}")
+    if failures:
+        raise SystemExit("bench over its limits:\n" + "\n".join(failures))
 
 
 if __name__ == "__main__":
