@@ -47,7 +47,9 @@ SPLIT = {"throughput": "dir", "oneway": "port"}
 _TS_AT, _TS_LEN, _KIND_AT = 7, 23, 58
 _PREFIX = np.frombuffer(b'{"ts":"0000-00-00T00:00:00.000Z","type":"RESULT","probe":"', np.uint8)
 _QUOTE, _COMMA, _NL, _OPEN, _CLOSE, _SPACE = 34, 44, 10, 123, 125, 32
-_PAD = b" " * NAME_WIDTH
+# after every block: a window (or a key read where a damaged line has none) from any line
+# start or separator stays inside the buffer
+_PAD = b" " * (2 * NAME_WIDTH)
 
 
 class _Words:
@@ -214,7 +216,7 @@ def _gunzip(fh, path, quality):
 
 def _windows(buf):
     """Every NAME_WIDTH-byte window of buf, as a view: rows are gathered from it with
-    `win[pos, :width]` (buf ends with NAME_WIDTH spaces, so every line start has one)."""
+    `win[pos, :width]` (buf ends with _PAD, so every position in a line has one)."""
     return np.lib.stride_tricks.as_strided(buf, (len(buf) - NAME_WIDTH + 1, NAME_WIDTH), (1, 1), writeable=False)
 
 
@@ -228,11 +230,19 @@ _TS_SEP_BYTES = np.frombuffer(b"--T::.", np.uint8)
 _MONTH_DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
 
 
+def _rows_with(mask):
+    """Which rows of a 2-D boolean array hold a True (found through the few True cells: a
+    reduction along a short axis costs more)."""
+    out = np.zeros(mask.shape[0], dtype=bool)
+    out[np.flatnonzero(mask) // max(1, mask.shape[1])] = True
+    return out
+
+
 def _unix_ms(stamps):
     """(n, 23) bytes 'YYYY-MM-DDTHH:MM:SS.mmm' -> Unix ms (int64); -1 where not a valid time
     (what np.datetime64 refuses: a non-digit, a wrong separator, a day or hour out of range)."""
     d = stamps[:, _TS_DIGITS] - np.uint8(48)                  # a non-digit wraps past 9
-    good = (d <= 9).all(axis=1) & (stamps[:, _TS_SEPS] == _TS_SEP_BYTES).all(axis=1)
+    good = ~_rows_with(d > 9) & ~_rows_with(stamps[:, _TS_SEPS] != _TS_SEP_BYTES)
     # exact in float64 (every figure < 2**53), and a matrix product there is fast
     y, m, day, hh, mm, ss, ms = (d.astype(np.float64) @ _TS_WEIGHTS).astype(np.int64).T
     leap = (y % 4 == 0) & ((y % 100 != 0) | (y % 400 == 0))
@@ -248,29 +258,28 @@ def _unix_ms(stamps):
     return np.where(good, out, -1)
 
 
-# bytes a JSON number may hold (1: digit, 2: '.', 3: '-', '+', 'e', 'E'); 4: the fill after it
-_NUM_CLASS = np.zeros(256, dtype=np.uint8)
-_NUM_CLASS[48:58] = 1
-_NUM_CLASS[ord(".")] = 2
-_NUM_CLASS[[ord("-"), ord("+"), ord("e"), ord("E")]] = 3
-_NUM_CLASS[_SPACE] = 4
+# bytes a JSON number may hold: digits, '.', '-', '+', 'e', 'E', and the space filled after it
+_NUM_BYTE = np.zeros(256, dtype=bool)
+_NUM_BYTE[[*range(48, 58), *b".-+eE", _SPACE]] = True
 _NULL = np.frombuffer(b"null", np.uint8)
 
 
 def _numbers(rows, length):
-    """Rows of number text (each `length` long, space-filled after) -> (float64 values, valid).
-    null is NaN and valid. Text that is not a JSON number is invalid (the line then goes to
-    json.loads): a byte no number holds, a leading zero, a '.' without a digit after it; the
-    rest of the grammar float() checks."""
-    cls = _NUM_CLASS[rows]
+    """Rows of number text (each `length` long, space-filled after; overwritten) -> (float64
+    values, valid). null is NaN and valid. Text that is not a JSON number is invalid (the line
+    then goes to json.loads): a byte no number holds, a leading zero, a '.' without a digit
+    after it; the rest of the grammar float() checks."""
     c0, c1 = rows[:, 0], rows[:, 1]
-    lead = np.where(c0 == ord("-"), c1, c0)
-    num = ((lead - np.uint8(48)) <= 9) & (cls != 0).all(axis=1)
-    after = np.where(c0 == ord("-"), rows[:, 2], c1)
-    num &= ~((lead == ord("0")) & ((after - np.uint8(48)) <= 9))          # 01: not JSON
-    num &= ~((cls[:, :-1] == 2) & (cls[:, 1:] != 1)).any(axis=1)          # 1. / 1.e5: not JSON
-    null = (length == 4) & (rows[:, :4] == _NULL).all(axis=1)
-    raw = np.ascontiguousarray(np.where(num[:, None], rows, _SPACE)).view(f"S{rows.shape[1]}").ravel()
+    minus = c0 == ord("-")
+    lead = np.where(minus, c1, c0)
+    after = np.where(minus, rows[:, 2], c1)
+    num = ((lead - np.uint8(48)) <= 9) & ~((lead == ord("0")) & ((after - np.uint8(48)) <= 9))   # 01: not JSON
+    num &= ~_rows_with(~_NUM_BYTE[rows])
+    flat = rows.ravel()
+    dots = np.flatnonzero(flat == ord("."))
+    num[dots[(flat[np.minimum(dots + 1, len(flat) - 1)] - np.uint8(48)) > 9] // rows.shape[1]] = False   # 1.
+    null = (length == 4) & (c0 == ord("n")) & (c1 == ord("u")) & (rows[:, 2] == ord("l")) & (rows[:, 3] == ord("l"))
+    raw = rows.view(f"S{rows.shape[1]}").ravel()
     raw[~num] = b"nan"
     valid = num | null
     try:
@@ -289,7 +298,7 @@ def _text(rows, length):
     """Rows of JSON string content (each `length` long) -> (rows zero-filled after the
     length, valid). A backslash (an escape) or a control byte is for json.loads."""
     within = np.arange(rows.shape[1]) < length[:, None]
-    bad = (within & ((rows < 32) | (rows == 92))).any(axis=1)
+    bad = _rows_with(within & ((rows < 32) | (rows == 92)))
     return np.where(within, rows, 0).astype(np.uint8, copy=False), ~bad
 
 
