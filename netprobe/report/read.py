@@ -2,11 +2,12 @@
 
 An archive is any set of files the jsonfile sink wrote: the live file, rotated files
 (`<path>.<stamp>[.N]`, plain or gzipped), in any order, from several runs (each file
-starts with a HEADER line holding the effective config). Files are read in 4 MiB
-blocks; RESULT lines of the known kinds are picked apart by one regular expression per
-kind over the whole block (their keys come in a fixed order: Record.to_dict keeps the
-order the runner wrote them), so no dict is built per record. Every other line (HEADER,
-BREACH, CLEAR, GAP, ERROR: a few per hour) goes through json.loads.
+starts with a HEADER line holding the effective config). Files are read in 2 MiB
+blocks; RESULT lines of the known kinds are cut apart with numpy, all lines of one
+layout at once (their keys come in a fixed order: Record.to_dict keeps the order the
+runner wrote them), so no dict is built per record, and what is read equals what
+json.loads would give. A line that does not fit its layout, and every other line
+(HEADER, BREACH, CLEAR, GAP, ERROR: a few per hour), goes through json.loads.
 
 Problems never stop the read: a corrupt or cut line, a truncated last gzip member,
 an unreadable file, a file without a HEADER (an older version's or not an archive)
@@ -53,7 +54,7 @@ _PAD = b" " * (2 * NAME_WIDTH)
 
 
 class _Words:
-    """Bytes to find at a position, as 64-bit words and a mask (None in `text`: any byte)."""
+    """Bytes to find at a position, as 64-bit words and a mask (positions in `wild`: any byte)."""
 
     def __init__(self, text, wild=()):
         self.text = text
