@@ -259,23 +259,19 @@ def _unix_ms(stamps):
     return np.where(good, out, -1)
 
 
-# bytes a JSON number may hold: digits, '.', '-', '+', 'e', 'E', and the space filled after it
-_NUM_BYTE = np.zeros(256, dtype=bool)
-_NUM_BYTE[[*range(48, 58), *b".-+eE", _SPACE]] = True
-_NULL = np.frombuffer(b"null", np.uint8)
 
 
 def _numbers(rows, length):
     """Rows of number text (each `length` long, space-filled after; overwritten) -> (float64
     values, valid). null is NaN and valid. Text that is not a JSON number is invalid (the line
-    then goes to json.loads): a byte no number holds, a leading zero, a '.' without a digit
-    after it; the rest of the grammar float() checks."""
+    then goes to json.loads): what float() takes and JSON does not (a leading zero, a '.'
+    without a digit after it, '_' between digits); the rest of the grammar float() checks."""
     c0, c1 = rows[:, 0], rows[:, 1]
     minus = c0 == ord("-")
     lead = np.where(minus, c1, c0)
     after = np.where(minus, rows[:, 2], c1)
     num = ((lead - np.uint8(48)) <= 9) & ~((lead == ord("0")) & ((after - np.uint8(48)) <= 9))   # 01: not JSON
-    num &= ~_rows_with(~_NUM_BYTE[rows])
+    num &= ~_rows_with(rows == ord("_"))
     flat = rows.ravel()
     dots = np.flatnonzero(flat == ord("."))
     num[dots[(flat[np.minimum(dots + 1, len(flat) - 1)] - np.uint8(48)) > 9] // rows.shape[1]] = False   # 1.
@@ -530,7 +526,10 @@ class _Block:
                 ok &= valid[part]
         ms = _unix_ms(win[starts[rows] + _TS_AT, :_TS_LEN])
         ok &= ms >= 0
-        acc.add(ms[ok], names[ok], {f: v[ok] for f, v in out.items()})
+        if ok.all():
+            acc.add(ms, names, out)
+        else:
+            acc.add(ms[ok], names[ok], {f: v[ok] for f, v in out.items()})
         return ok
 
 
