@@ -1,5 +1,8 @@
 """`netprobe report` on a month of 10 s intervals from 20 probes (~5 M records): time and
-peak memory of the whole command (read, SLA, render), measured by /usr/bin/time -v.
+peak memory of the whole command (read, SLA, render). /usr/bin/time -v gives the CPU time
+(the command and its read workers) and the largest single process; the memory of the
+whole process tree (the command and its workers together) is sampled here from /proc.
+The row fails (and `make bench` with it) over 60 s of wall time or 1 GiB of memory.
 
 The archive is synthesized here: lines laid out exactly as Record.to_json writes them
 (each kind's line is made by Record.to_json once, then its numbers substituted), in
@@ -124,16 +127,52 @@ def synthesize(directory, days=DAYS, interval=INTERVAL, seed=1):
     return count
 
 
+def _tree_rss(root):
+    """Resident bytes of `root` and all its descendants (from /proc; 0 for one that just left)."""
+    children, rss = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+            with open(f"/proc/{entry}/statm") as fh:
+                pages = int(fh.read().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+        rss[int(entry)] = pages * os.sysconf("SC_PAGE_SIZE")
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, ()))
+    return total
+
+
 def measure(directory, out):
-    """Run `netprobe report` under /usr/bin/time -v: (wall s, CPU s, peak RSS MiB, exit code, stderr tail).
-    CPU time is given beside the wall time: on a shared host the wall time measures the others too."""
+    """Run `netprobe report` under /usr/bin/time -v: (wall s, CPU s, peak MiB of the process tree,
+    peak MiB of its largest process, exit code, stderr tail). CPU time is given beside the wall
+    time: on a shared host the wall time measures the others too."""
     cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "netprobe", "report", directory, "-o", out]
     t0 = time.monotonic()
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    try:
+        while p.poll() is None and time.monotonic() - t0 < 600:
+            peak = max(peak, _tree_rss(p.pid))
+            time.sleep(0.05)
+        _, err = p.communicate(timeout=max(1.0, 600 - (time.monotonic() - t0)))
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     wall = time.monotonic() - t0
-    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
-    cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", p.stderr))
-    return wall, cpu, (int(m.group(1)) / 1024 if m else float("nan")), p.returncode, p.stderr.strip()[-300:]
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", err)
+    cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([0-9.]+)", err))
+    largest = int(m.group(1)) / 1024 if m else float("nan")
+    return wall, cpu, peak / 2**20, largest, p.returncode, err.strip()[-300:]
 
 
 def run(quick=False):
@@ -144,21 +183,21 @@ def run(quick=False):
         made = time.monotonic() - t0
         size = sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
         load = os.getloadavg()[0]
-        wall, cpu, rss, rc, err = measure(d, os.path.join(d, "report.html"))
+        wall, cpu, rss, largest, rc, err = measure(d, os.path.join(d, "report.html"))
     row = {"case": f"{days} days x 20 probes, 10 s intervals", "records": n, "gz_MiB": round(size / 2**20, 1),
            "synth_s": round(made, 1), "report_s": round(wall, 1), "cpu_s": round(cpu, 1),
-           "load_before": round(load, 1), "peak_rss_MiB": round(rss, 1), "exit": rc,
-           "within": bool(rc == 0 and wall < LIMIT_S and rss < LIMIT_MB)}
+           "load_before": round(load, 1), "peak_rss_MiB": round(rss, 1), "largest_process_MiB": round(largest, 1),
+           "exit": rc, "within": bool(rc == 0 and wall < LIMIT_S and rss < LIMIT_MB)}
     if rc:
         row["stderr"] = err
     return [row]
 
 
 def table(rows):
-    lines = [f"{'case':40} {'records':>9} {'gz MiB':>7} {'report s':>9} {'CPU s':>6} {'load':>5} {'peak MiB':>9}  "
-             f"limit {LIMIT_S:.0f} s, {LIMIT_MB:.0f} MiB"]
+    lines = [f"{'case':40} {'records':>9} {'gz MiB':>7} {'wall s':>7} {'CPU s':>6} {'load':>5} {'peak MiB':>9} "
+             f"{'largest':>8}  limit {LIMIT_S:.0f} s wall, {LIMIT_MB:.0f} MiB (all processes)"]
     for r in rows:
-        lines.append(f"{r['case']:40} {r['records']:>9} {r['gz_MiB']:>7} {r['report_s']:>9} {r['cpu_s']:>6} "
-                     f"{r['load_before']:>5} {r['peak_rss_MiB']:>9}  "
+        lines.append(f"{r['case']:40} {r['records']:>9} {r['gz_MiB']:>7} {r['report_s']:>7} {r['cpu_s']:>6} "
+                     f"{r['load_before']:>5} {r['peak_rss_MiB']:>9} {r['largest_process_MiB']:>8}  "
                      f"{'ok' if r['within'] else 'OVER' if not r['exit'] else 'FAILED: ' + r.get('stderr', '')}")
     return "\n".join(lines)

@@ -2,11 +2,12 @@
 
 An archive is any set of files the jsonfile sink wrote: the live file, rotated files
 (`<path>.<stamp>[.N]`, plain or gzipped), in any order, from several runs (each file
-starts with a HEADER line holding the effective config). Files are read in 4 MiB
-blocks; RESULT lines of the known kinds are picked apart by one regular expression per
-kind over the whole block (their keys come in a fixed order: Record.to_dict keeps the
-order the runner wrote them), so no dict is built per record. Every other line (HEADER,
-BREACH, CLEAR, GAP, ERROR: a few per hour) goes through json.loads.
+starts with a HEADER line holding the effective config). Files are read in 2 MiB
+blocks; RESULT lines of the known kinds are cut apart with numpy, all lines of one
+layout at once (their keys come in a fixed order: Record.to_dict keeps the order the
+runner wrote them), so no dict is built per record, and what is read equals what
+json.loads would give. A line that does not fit its layout, and every other line
+(HEADER, BREACH, CLEAR, GAP, ERROR: a few per hour), goes through json.loads.
 
 Problems never stop the read: a corrupt or cut line, a truncated last gzip member,
 an unreadable file, a file without a HEADER (an older version's or not an archive)
@@ -17,7 +18,6 @@ import dataclasses
 import json
 import multiprocessing
 import os
-import re
 import stat
 import zlib
 
@@ -26,7 +26,8 @@ import numpy as np
 from netprobe import __version__
 from netprobe.results import BREACH, CLEAR, GAP
 
-BLOCK = 4 << 20
+BLOCK = 2 << 20
+MAX_LINE = 16 << 20
 NUM, STR, BOOL = "num", "str", "bool"
 NUM_WIDTH, STR_WIDTH, NAME_WIDTH = 24, 24, 64
 
@@ -38,7 +39,7 @@ FIELDS = {
     "oneway": (("port", NUM), ("loss", NUM), ("delay_p50", NUM), ("delay_p99", NUM), ("clock_synced", BOOL),
                ("delay_bound", NUM)),
     "capacity": (("capacity", NUM), ("ci_lo", NUM), ("ci_hi", NUM)),
-    "host": (("late_p50", NUM), ("late_p99", NUM), ("clock_synced", BOOL), ("clock_maxerror", NUM)),
+    "host": (("late_p50", NUM), ("late_p99", NUM), ("clock_synced", BOOL)),
 }
 # The field that splits a kind's records into series (direction, source port), if any.
 SPLIT = {"throughput": "dir", "oneway": "port"}
@@ -46,8 +47,42 @@ SPLIT = {"throughput": "dir", "oneway": "port"}
 # {"ts":"2026-11-23T03:25:04.123Z","type":"RESULT","probe":"<kind>","name":"<name>",...}
 _TS_AT, _TS_LEN, _KIND_AT = 7, 23, 58
 _PREFIX = np.frombuffer(b'{"ts":"0000-00-00T00:00:00.000Z","type":"RESULT","probe":"', np.uint8)
-_PREFIX_FIXED = np.r_[0:_TS_AT, _TS_AT + _TS_LEN:_KIND_AT]
-_QUOTE, _COMMA, _NL, _CLOSE, _SPACE = 34, 44, 10, 125, 32
+_QUOTE, _COMMA, _NL, _OPEN, _CLOSE, _SPACE = 34, 44, 10, 123, 125, 32
+# after every block: a window (or a key read where a damaged line has none) from any line
+# start or separator stays inside the buffer
+_PAD = b" " * (2 * NAME_WIDTH)
+
+
+class _Words:
+    """Bytes to find at a position, as 64-bit words and a mask (positions in `wild`: any byte)."""
+
+    def __init__(self, text, wild=()):
+        self.text = text
+        n = -(-len(text) // 8) * 8
+        raw, mask = np.zeros(n, np.uint8), np.zeros(n, np.uint8)
+        raw[:len(text)] = np.frombuffer(text, np.uint8)
+        mask[:len(text)] = 0xFF
+        mask[list(wild)] = 0
+        self.words, self.mask = raw.view(np.uint64) & mask.view(np.uint64), mask.view(np.uint64)
+        self.first = text[0]
+
+    def __len__(self):
+        return len(self.words) * 8
+
+
+def _match(u64, pos, want):
+    """Which positions of a block hold `want` (a _Words); u64[i]: the 8 bytes from i."""
+    ok = (u64[pos] & want.mask[0]) == want.words[0]
+    for k in range(1, len(want.words)):
+        ok &= (u64[pos + 8 * k] & want.mask[k]) == want.words[k]
+    return ok
+
+
+_PREFIX_WORDS = _Words(bytes(_PREFIX), wild=range(_TS_AT, _TS_AT + _TS_LEN))
+_KIND_TAGS = {k: _Words(k.encode() + b'","name":"') for k in FIELDS}
+_FIELD_TAGS = {f.encode(): _Words(b',"' + f.encode() + b'":') for fs in FIELDS.values() for f, _ in fs}
+_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93,
+                 0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53, 0x2545F4914F6CDD1D, 0x94D049BB133111EB], dtype=np.uint64)
 
 
 @dataclasses.dataclass
@@ -130,8 +165,8 @@ def discover(paths):
 
 
 def _blocks(path, quality):
-    """The file's bytes in blocks ending at a line end; gzip (any number of members) undone.
-    A truncated or corrupt gzip stream ends the file with a data-quality item."""
+    """The file's bytes in blocks ending at a line end, followed by _PAD; gzip (any number of
+    members) undone. A truncated or corrupt gzip stream ends the file with a data-quality item."""
     with open(path, "rb") as fh:
         magic = fh.read(2)
         fh.seek(0)
@@ -142,13 +177,17 @@ def _blocks(path, quality):
             raw = iter(lambda: fh.read(BLOCK), b"")
         rest = b""
         for data in raw:
-            data = rest + data
             cut = data.rfind(b"\n") + 1
-            rest = data[cut:]
             if cut:
-                yield data[:cut]
+                yield b"".join((rest, memoryview(data)[:cut], _PAD))
+                rest = data[cut:]
+            else:
+                rest += data
+                if len(rest) > MAX_LINE:        # no line is this long: corrupt; memory stays bounded
+                    yield rest + b"\n" + _PAD
+                    rest = b""
         if rest and len(quality) == before:     # after a cut gzip stream the partial line is that cut
-            yield rest + b"\n"
+            yield rest + b"\n" + _PAD
 
 
 def _gunzip(fh, path, quality):
@@ -176,44 +215,70 @@ def _gunzip(fh, path, quality):
         quality.append(f"{path}: truncated gzip data (the file was cut short); records up to the cut are read")
 
 
-def _gather(buf, pos, width):
-    """Rows of `width` bytes of buf from each position (buf ends with NAME_WIDTH spaces)."""
-    return np.lib.stride_tricks.sliding_window_view(buf, width)[pos]
+def _windows(buf):
+    """Every NAME_WIDTH-byte window of buf, as a view: rows are gathered from it with
+    `win[pos, :width]` (buf ends with _PAD, so every position in a line has one)."""
+    return np.lib.stride_tricks.as_strided(buf, (len(buf) - NAME_WIDTH + 1, NAME_WIDTH), (1, 1), writeable=False)
+
+
+# 'YYYY-MM-DDTHH:MM:SS.mmm': the digits, their weights into (Y, M, D, h, m, s, ms), the separators
+_TS_DIGITS = np.r_[0:4, 5:7, 8:10, 11:13, 14:16, 17:19, 20:23]
+_TS_WEIGHTS = np.zeros((len(_TS_DIGITS), 7))
+for _col, (_a, _b) in enumerate(((0, 4), (4, 6), (6, 8), (8, 10), (10, 12), (12, 14), (14, 17))):
+    _TS_WEIGHTS[_a:_b, _col] = 10 ** np.arange(_b - _a - 1, -1, -1)
+_TS_SEPS = np.array([4, 7, 10, 13, 16, 19])
+_TS_SEP_BYTES = np.frombuffer(b"--T::.", np.uint8)
+_MONTH_DAYS = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+
+
+def _rows_with(mask):
+    """Which rows of a 2-D boolean array hold a True (found through the few True cells: a
+    reduction along a short axis costs more)."""
+    out = np.zeros(mask.shape[0], dtype=bool)
+    out[np.flatnonzero(mask) // max(1, mask.shape[1])] = True
+    return out
 
 
 def _unix_ms(stamps):
-    """(n, 23) bytes 'YYYY-MM-DDTHH:MM:SS.mmm' -> Unix ms (int64); -1 where not digits."""
-    d = stamps.astype(np.int64) - 48
-    num = lambda a, b: (d[:, a:b] * 10 ** np.arange(b - a - 1, -1, -1)).sum(axis=1)   # noqa: E731
-    y, m, day = num(0, 4), num(5, 7), num(8, 10)
+    """(n, 23) bytes 'YYYY-MM-DDTHH:MM:SS.mmm' -> Unix ms (int64); -1 where not a valid time
+    (what np.datetime64 refuses: a non-digit, a wrong separator, a day or hour out of range)."""
+    d = stamps[:, _TS_DIGITS] - np.uint8(48)                  # a non-digit wraps past 9
+    good = ~_rows_with(d > 9) & ~_rows_with(stamps[:, _TS_SEPS] != _TS_SEP_BYTES)
+    # exact in float64 (every figure < 2**53), and a matrix product there is fast
+    y, m, day, hh, mm, ss, ms = (d.astype(np.float64) @ _TS_WEIGHTS).astype(np.int64).T
+    leap = (y % 4 == 0) & ((y % 100 != 0) | (y % 400 == 0))
+    month_days = _MONTH_DAYS[np.clip(m, 0, 12)] + (leap & (m == 2))
+    good &= (m >= 1) & (m <= 12) & (day >= 1) & (day <= month_days) & (hh < 24) & (mm < 60) & (ss < 60)
     # days from civil (proleptic Gregorian), vectorized
     y = y - (m <= 2)
     era = y // 400
     yoe = y - era * 400
     doy = (153 * (m + np.where(m > 2, -3, 9)) + 2) // 5 + day - 1
     days = era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
-    ms = ((days * 24 + num(11, 13)) * 60 + num(14, 16)) * 60 + num(17, 19)
-    ms = ms * 1000 + num(20, 23)
-    digits = np.r_[0:4, 5:7, 8:10, 11:13, 14:16, 17:19, 20:23]
-    good = ((d[:, digits] >= 0) & (d[:, digits] <= 9)).all(axis=1) & (m >= 1) & (m <= 12) & (day >= 1)
-    return np.where(good, ms, -1)
+    out = (((days * 24 + hh) * 60 + mm) * 60 + ss) * 1000 + ms
+    return np.where(good, out, -1)
 
 
-def _cut(rows, length, fill=_SPACE):
-    """Blank each row from its `length` on; as a fixed-width bytes array."""
-    rows = rows.copy()
-    rows[np.arange(rows.shape[1]) >= length[:, None]] = fill
-    return np.ascontiguousarray(rows).view(f"S{rows.shape[1]}").ravel()
 
 
 def _numbers(rows, length):
-    """Rows of number text (each `length` long) -> (float64 values, valid). null is NaN and
-    valid; text that is not a JSON number is invalid (the line then goes to json.loads)."""
-    digit = (rows[:, 0] - 48 < 10) | ((rows[:, 0] == ord("-")) & (rows[:, 1] - 48 < 10))
-    null = (length == 4) & (rows[:, :4] == np.frombuffer(b"null", np.uint8)).all(axis=1)
-    raw = _cut(rows, np.where(digit, length, 0))
-    raw[~digit] = b"nan"
-    valid = digit | null
+    """Rows of number text (each `length` long, space-filled after; overwritten) -> (float64
+    values, valid). null is NaN and valid. Text that is not a JSON number is invalid (the line
+    then goes to json.loads): what float() takes and JSON does not (a leading zero, a '.'
+    without a digit after it, '_' between digits); the rest of the grammar float() checks."""
+    c0, c1 = rows[:, 0], rows[:, 1]
+    minus = c0 == ord("-")
+    lead = np.where(minus, c1, c0)
+    after = np.where(minus, rows[:, 2], c1)
+    num = ((lead - np.uint8(48)) <= 9) & ~((lead == ord("0")) & ((after - np.uint8(48)) <= 9))   # 01: not JSON
+    num &= ~_rows_with(rows == ord("_"))
+    flat = rows.ravel()
+    dots = np.flatnonzero(flat == ord("."))
+    num[dots[(flat[np.minimum(dots + 1, len(flat) - 1)] - np.uint8(48)) > 9] // rows.shape[1]] = False   # 1.
+    null = (length == 4) & (c0 == ord("n")) & (c1 == ord("u")) & (rows[:, 2] == ord("l")) & (rows[:, 3] == ord("l"))
+    raw = rows.view(f"S{rows.shape[1]}").ravel()
+    raw[~num] = b"nan"
+    valid = num | null
     try:
         return raw.astype(np.float64), valid
     except ValueError:             # a mangled number among them: one by one
@@ -224,6 +289,14 @@ def _numbers(rows, length):
             except ValueError:
                 valid[i] = False
         return out, valid
+
+
+def _text(rows, length):
+    """Rows of JSON string content (each `length` long) -> (rows zero-filled after the
+    length, valid). A backslash (an escape) or a control byte is for json.loads."""
+    within = np.arange(rows.shape[1]) < length[:, None]
+    bad = _rows_with(within & ((rows < 32) | (rows == 92)))
+    return np.where(within, rows, 0).astype(np.uint8, copy=False), ~bad
 
 
 class _Kind:
@@ -238,9 +311,22 @@ class _Kind:
         self.words = {}
 
     def codes(self, strings):
-        """Fixed-width bytes array -> int32 codes."""
-        uniq, inv = np.unique(strings, return_inverse=True)
-        table = np.array([self.words.setdefault(bytes(u), len(self.words)) for u in uniq], dtype=np.int32)
+        """Strings -> int32 codes. `strings`: a bytes array, or rows of bytes zero-filled after
+        each string, compared as 64-bit words (their hash, checked: a collision goes the slow way)."""
+        if strings.ndim == 2:
+            n, w = strings.shape
+            packed = np.zeros((n, -(-w // 8) * 8), np.uint8)
+            packed[:, :w] = strings
+            words = packed.view(np.uint64)
+            h = words[:, 0] if words.shape[1] == 1 else (words * _MIX[:words.shape[1]]).sum(axis=1)
+            _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+            if words.shape[1] > 1 and not (words[first][inv.ravel()] == words).all():
+                return self.codes(packed.view(f"S{packed.shape[1]}").ravel())
+            keys = [packed[i].tobytes().rstrip(b"\0") for i in first.tolist()]
+        else:
+            uniq, inv = np.unique(strings, return_inverse=True)
+            keys = [bytes(u) for u in uniq]
+        table = np.array([self.words.setdefault(k, len(self.words)) for k in keys], dtype=np.int32)
         return table[inv.ravel()]
 
     def add(self, ts, names, cols):
@@ -336,90 +422,114 @@ class _Block:
     layout); every other line is returned for json.loads."""
 
     def __init__(self, data):
-        self.data = data
-        self.buf = np.frombuffer(data + b" " * NAME_WIDTH, np.uint8)
-        ends = np.flatnonzero(self.buf == _NL)
-        self.starts = np.r_[0, ends[:-1] + 1]
-        self.ends = ends
+        self.data = data                               # ends with _PAD
+        self.buf = np.frombuffer(data, np.uint8)
+        self.win = _windows(self.buf)
+        self.u64 = np.ndarray((len(data) - 7,), np.uint64, data, 0, (1,))     # unaligned: 8 bytes from each
+        self.ends = np.flatnonzero(self.buf == _NL)
+        self.starts = np.r_[0, self.ends[:-1] + 1]
         self._found = {}
 
     def parse(self, kinds):
         buf, starts, ends = self.buf, self.starts, self.ends
-        n = len(starts)
-        long = (ends - starts) > _KIND_AT + 12
-        head = _gather(buf, starts, _KIND_AT)
-        result = long & (head[:, _PREFIX_FIXED] == _PREFIX[_PREFIX_FIXED]).all(axis=1) & \
-            (buf[np.maximum(ends - 1, 0)] == _CLOSE)
-        done = np.zeros(n, dtype=bool)
-        if result.any():
-            # every ',"' starts a field; count them per line
-            sep = np.flatnonzero((buf[:-1] == _COMMA) & (buf[1:] == _QUOTE))
-            first = np.searchsorted(sep, starts)
-            count = np.searchsorted(sep, ends) - first
+        done = np.zeros(len(starts), dtype=bool)
+        cand = np.flatnonzero(((ends - starts) > _KIND_AT + 12) & (buf[np.maximum(ends - 1, 0)] == _CLOSE))
+        cand = cand[_match(self.u64, starts[cand], _PREFIX_WORDS)]
+        if len(cand):
+            # every ',"' starts a key (or sits in a string: such a line fails its layout)
+            comma = np.flatnonzero(buf == _COMMA)
+            self.sep = sep = comma[buf[comma + 1] == _QUOTE]
+            # braces per line, and their balance: a line cut short, or cut and run into the next
+            # (a crash, then a restart's HEADER), is not balanced or has another count than the
+            # whole lines of its layout
+            brace = np.flatnonzero((buf == _OPEN) | (buf == _CLOSE))
+            depth = np.r_[0, np.cumsum(np.where(buf[brace] == _OPEN, 1, -1))]
+            at = np.searchsorted(brace, np.r_[starts, len(buf)])
+            self.braces = np.where(depth[at[1:]] == depth[at[:-1]], np.diff(at), -1)
+            first_all = np.searchsorted(sep, starts)              # the line's first separator
+            count_all = np.diff(np.r_[first_all, len(sep)])         # and how many it has
+            letter = buf[starts[cand] + _KIND_AT]
             for kind, acc in kinds.items():
-                tag = np.frombuffer(kind.encode() + b'","name":"', np.uint8)
-                rows = np.flatnonzero(result)
-                rows = rows[(_gather(buf, starts[rows] + _KIND_AT, len(tag)) == tag).all(axis=1)]
-                for c in np.unique(count[rows]):
-                    same = rows[count[rows] == c]
-                    ok = self._layout(kind, acc, same, sep, first, int(c))
-                    done[same[ok]] = True
-        blank = ends == starts
-        return [self.data[a:b] for a, b in zip(starts[~done & ~blank], ends[~done & ~blank], strict=True)]
+                tag = _KIND_TAGS[kind]
+                rows = cand[letter == tag.first]
+                rows = rows[_match(self.u64, starts[rows] + _KIND_AT, tag)]
+                if not len(rows):
+                    continue
+                first, count = first_all[rows], count_all[rows]
+                for c in np.unique(count):
+                    same = count == c
+                    ok = self._layout(kind, acc, rows[same], sep, first[same], int(c))
+                    done[rows[same][ok]] = True
+        keep = np.flatnonzero(~done & (ends > starts))
+        return [self.data[a:b] for a, b in zip(starts[keep].tolist(), ends[keep].tolist(), strict=True)]
 
     def _lines_with(self, tag):
-        """Indices of the lines holding `tag` (found with re, once per block)."""
-        if tag not in self._found:
-            pos = np.array([m.start() for m in re.finditer(re.escape(tag), self.data)], dtype=np.int64)
-            self._found[tag] = np.searchsorted(self.starts, pos, side="right") - 1
-        return self._found[tag]
+        """Indices of the lines holding `tag` (',"key":', so at a separator; found once per block)."""
+        if tag.text not in self._found:
+            at = self.sep[self.buf[self.sep + 2] == tag.text[2]]
+            at = at[_match(self.u64, at, tag)]
+            self._found[tag.text] = np.searchsorted(self.starts, at, side="right") - 1
+        return self._found[tag.text]
 
     def _layout(self, kind, acc, rows, sep, first, nsep):
-        """Lines of one kind with `nsep` fields after the name: take each wanted field at
-        the column its key is at in the first line, where every line has that key there.
-        Returns which rows were read (the rest go to json.loads)."""
-        buf, starts, ends = self.buf, self.starts, self.ends
-        cols_at = sep[first[rows][:, None] + np.arange(nsep)]          # (rows, nsep)
-        line = self.data[starts[rows[0]]:ends[rows[0]]]
-        keys = [line[p - starts[rows[0]] + 2:line.find(b'"', p - starts[rows[0]] + 2)] for p in cols_at[0]]
-        ok = np.ones(len(rows), dtype=bool)
+        """Lines of one kind with `nsep` keys after the first: take each wanted field at the
+        key its name is at in the first line, where every line has that key there. Returns
+        which rows were read (the rest go to json.loads)."""
+        buf, win, starts, ends = self.buf, self.win, self.starts, self.ends
+        s0 = int(starts[rows[0]])
+        line = self.data[s0:int(ends[rows[0]])]
+        keys = [line[p + 2:line.find(b'"', p + 2)] for p in (sep[first[0]:first[0] + nsep] - s0).tolist()]
         if nsep < 4 or keys[:3] != [b"type", b"probe", b"name"]:
             return np.zeros(len(rows), dtype=bool)
-        name_at = cols_at[:, 2] + 9                     # ,"name":"
-        name_end = cols_at[:, 3] - 1
+        ok = (self.braces[rows] == self.braces[rows[0]]) & (self.braces[rows] > 0)
+        name_at = sep[first + 2] + 9                     # ,"name":"
+        name_end = sep[first + 3] - 1
         nlen = name_end - name_at
         ok &= (nlen > 0) & (nlen <= NAME_WIDTH) & (buf[name_end] == _QUOTE)
-        names = _cut(_gather(buf, name_at, NAME_WIDTH), nlen, 0)
-        out = {}
+        names, valid = _text(win[name_at, :max(1, min(int(nlen.max()), NAME_WIDTH))], nlen)
+        ok &= valid
+        out, numeric = {}, []
         for f, t in FIELDS[kind]:
             key = f.encode()
             if key not in keys:
-                out[f] = np.full(len(rows), np.nan) if t != STR else np.full(len(rows), b"", dtype="S1")
-                ok &= ~np.isin(rows, self._lines_with(b',"' + key + b'":'))     # elsewhere in a line: not this layout
+                out[f] = np.full(len(rows), np.nan) if t != STR else np.zeros((len(rows), 1), np.uint8)
+                ok &= ~np.isin(rows, self._lines_with(_FIELD_TAGS[key]))     # elsewhere in a line: not this layout
                 continue
             j = keys.index(key)
-            at = cols_at[:, j]
-            tag = np.frombuffer(b',"' + key + b'":', np.uint8)
-            ok &= (_gather(buf, at, len(tag)) == tag).all(axis=1)
-            vstart = at + len(tag)
-            vend = cols_at[:, j + 1] if j + 1 < nsep else ends[rows] - 1     # the last: before the "}"
+            at = sep[first + j]
+            tag = _FIELD_TAGS[key]
+            ok &= _match(self.u64, at, tag)
+            vstart = at + len(tag.text)
+            vend = sep[first + j + 1] if j + 1 < nsep else ends[rows] - 1     # the last: before the "}"
             width = vend - vstart
             if t == STR:
-                raw = _gather(buf, vstart + 1, STR_WIDTH)
-                ok &= (buf[vstart] == _QUOTE) & (width - 2 <= STR_WIDTH)
-                out[f] = _cut(raw, width - 2, 0)
+                ok &= (buf[vstart] == _QUOTE) & (buf[vend - 1] == _QUOTE) & (width >= 2) & (width - 2 <= STR_WIDTH)
+                out[f], valid = _text(win[vstart + 1, :max(1, min(int(width.max()) - 2, STR_WIDTH))], width - 2)
+                ok &= valid
             elif t == BOOL:
                 c0 = buf[vstart]
                 ok &= ((c0 == ord("t")) & (width == 4)) | ((c0 == ord("f")) & (width == 5)) | \
                     ((c0 == ord("n")) & (width == 4))
                 out[f] = np.where(c0 == ord("t"), 1.0, np.where(c0 == ord("f"), 0.0, np.nan))
             else:
-                ok &= width <= NUM_WIDTH
-                out[f], valid = _numbers(_gather(buf, vstart, NUM_WIDTH), width)
-                ok &= valid
-        ms = _unix_ms(_gather(buf, starts[rows] + _TS_AT, _TS_LEN))
+                ok &= width < NUM_WIDTH
+                numeric.append((f, vstart, np.minimum(width, NUM_WIDTH - 1)))
+        if numeric:                                      # every number of the layout in one conversion
+            w = max(5, int(max(int(n.max()) for _, _, n in numeric)) + 1)    # a space after the longest
+            pos = np.concatenate([v for _, v, _ in numeric])
+            length = np.concatenate([n for _, _, n in numeric])
+            text = np.where(np.arange(w) < length[:, None], win[pos, :w], _SPACE).astype(np.uint8)
+            values, valid = _numbers(text, length)
+            for k, (f, _, _) in enumerate(numeric):
+                part = slice(k * len(rows), (k + 1) * len(rows))
+                out[f] = values[part]
+                ok &= valid[part]
+        ms = _unix_ms(win[starts[rows] + _TS_AT, :_TS_LEN])
         ok &= ms >= 0
-        acc.add(ms[ok], names[ok], {f: v[ok] for f, v in out.items()})
+        if ok.all():
+            acc.add(ms, names, out)
+        else:
+            acc.add(ms[ok], names[ok], {f: v[ok] for f, v in out.items()})
         return ok
 
 

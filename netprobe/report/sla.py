@@ -1,8 +1,10 @@
 """SLA compliance and the breach table from an Archive (sans-IO: arrays in, tables out).
 
 Each RESULT covers the `interval` seconds before its stamp (less when the previous
-interval ended later: a restart's short interval never counts twice). Per probe and
-direction or path, and per SLA metric:
+interval ended later: a restart's short interval never counts twice). A kind that
+writes one RESULT per estimate (capacity) covers the time since its previous RESULT,
+or since the daemon (re)started or a GAP ended in between. Per probe and direction or
+path, and per SLA metric:
 
   measured  time covered by intervals that judged the metric (a value, not withheld)
   held      the part of it whose value met the SLA
@@ -155,10 +157,23 @@ def verdicts(series, metric):
     return judged, judged & good
 
 
-def coverage(ts, interval, start, end):
-    """Seconds of [start, end] each interval covers: (ts - interval, ts], trimmed so
-    intervals never overlap."""
-    lo = np.maximum(ts - interval, np.r_[-np.inf, ts[:-1]])
+def span_starts(series, interval, restarts=()):
+    """Where each RESULT's span (lo, ts] begins. A periodic kind's covers the interval before
+    its stamp, trimmed at the previous stamp, so spans never overlap; a kind that reports per
+    estimate covers the time since its previous RESULT or since the latest of `restarts`
+    (HEADER starts, GAP ends) after it; its first, without either, one interval."""
+    ts = series.ts
+    prev = np.r_[-np.inf, ts[:-1]]
+    if _periodic(series.kind):
+        return np.maximum(ts - interval, prev)
+    r = np.sort(np.asarray(restarts, dtype=np.float64))
+    k = np.searchsorted(r, ts, side="left") - 1
+    lo = np.maximum(prev, np.where(k >= 0, r[np.maximum(k, 0)] if len(r) else -np.inf, -np.inf))
+    return np.where(np.isinf(lo), ts - interval, lo)
+
+
+def coverage(lo, ts, start, end):
+    """Seconds of [start, end] each span (lo, ts] covers."""
     return np.clip(np.minimum(ts, end) - np.maximum(lo, start), 0, None)
 
 
@@ -206,18 +221,20 @@ def build(archive, start=None, end=None, probe=None):
     for s in series:
         cfg = archive.config(s.name)
         interval = interval_of(s, cfg)
-        inside = (s.ts > start) & (s.ts - interval < end)
+        lo = span_starts(s, interval, _restarts(archive, s.name))
+        inside = (s.ts > start) & (lo < end)
         ts = s.ts[inside]
-        cov = coverage(ts, interval, start, end)
+        cov = coverage(lo[inside], ts, start, end)
         comp = []
         for m in metrics(s.kind, s.sub, cfg):
             judged, good = verdicts(s, m)
             judged, good = judged[inside], good[inside]
             measured = float(cov[judged].sum())
             comp.append(Compliance(m.metric, m.text(), measured, float(cov[good].sum()), period - measured, period))
-            judged_by[(s.name, s.sub, m.metric)] = (s, m, interval)
+            judged_by[(s.name, s.sub, m.metric)] = (s, m, interval, lo)
         paths.append(PathReport(s.kind, s.name, s.sub, interval, int(inside.sum()), comp,
-                                _unmeasured(ts, interval, start, end, [g for g in gaps if g["name"] == s.name])))
+                                _unmeasured(lo[inside], ts, interval, start, end,
+                                            [g for g in gaps if g["name"] == s.name])))
     breaches = _breaches(archive, judged_by, start, end, probe)
     quality = list(archive.quality)
     for g in gaps:
@@ -233,10 +250,15 @@ def build(archive, start=None, end=None, probe=None):
     return Report(start, end, paths, breaches, quality)
 
 
-def _unmeasured(ts, interval, start, end, gaps):
-    """Spans of [start, end] no interval covers, longer than half an interval: (start, end, reason)."""
+def _restarts(archive, name):
+    """Times a probe's RESULTs start again from: the daemon's starts and the ends of its GAPs."""
+    return [h["started"] for h in archive.headers] + [g["end"] for g in archive.gaps if g["name"] == name]
+
+
+def _unmeasured(lo, ts, interval, start, end, gaps):
+    """Spans of [start, end] no RESULT covers, longer than half an interval: (start, end, reason)."""
     edges_lo = np.r_[start, ts]
-    edges_hi = np.r_[ts - interval, end] if len(ts) else np.array([end])
+    edges_hi = np.r_[lo, end]
     out = []
     long = np.flatnonzero(edges_hi - edges_lo > interval / 2)
     for a, b in zip(edges_lo[long], edges_hi[long], strict=True):
@@ -281,7 +303,7 @@ def _breach(b, c, judged_by, key):
     worst_text = _fmt(worst, unit) if isinstance(worst, (int, float)) else str(worst)
     found = judged_by.get((name, sub, metric))
     if found is not None:
-        s, m, interval = found
+        s, m, interval, lo = found
         judged, good = verdicts(s, m)
         bad = judged & ~good
         i = np.searchsorted(s.ts, start, side="right") - 1       # the last interval at or before BREACH
@@ -289,9 +311,10 @@ def _breach(b, c, judged_by, key):
             i -= 1
         if i >= 0:
             j = i
-            while j > 0 and bad[j - 1] and s.ts[j] - s.ts[j - 1] <= 1.5 * interval:
+            # back over bad spans that follow on (at most half an interval apart)
+            while j > 0 and bad[j - 1] and lo[j] - s.ts[j - 1] <= 0.5 * interval:
                 j -= 1
-            start = float(s.ts[j] - interval)
+            start = float(lo[j])
             last = len(s.ts) - 1 if c is None else np.searchsorted(s.ts, c["ts"], side="right") - 1
             k = last
             while k > i and not bad[k]:

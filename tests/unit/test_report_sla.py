@@ -1,6 +1,8 @@
 """report.sla on archives written by the real jsonfile sink; the oracle is computed here,
 from the records written, by the definitions in the docs (each RESULT covers the interval
 before its stamp; unmeasured time never counts as compliant)."""
+import json
+
 import numpy as np
 import pytest
 
@@ -129,3 +131,38 @@ def test_no_interval_at_all_is_all_unmeasured_never_compliant():
     (c, _) = sla.build(a, T0, T0 + 100).paths[0].compliance
     assert c.measured == 0 and c.not_measured == 100 and np.isnan(c.held_pct)
     assert sla.build(empty).paths == []
+
+
+def test_capacity_estimates_cover_the_time_since_the_previous_one(tmp_path):
+    """One RESULT per estimate: the breach runs from the end of the last good estimate to the
+    last bad one's stamp, even where the bad ones (a lower capacity) took longer; a restart
+    starts the next estimate's span afresh."""
+    cfg = {"kind": "capacity", "name": "cap", "interval": 10.0, "min_capacity": 5e8}
+    # (seconds after T0, capacity): back to back, 1 s apart while good, 2.5 s while bad
+    est = [(1, 9e8), (2, 9e8), (3, 9e8), (5.5, 2e8), (8, 2e8), (10.5, 2e8), (11.5, 9e8), (12.5, 9e8)]
+    restarted = T0 + 100.0
+    later = [(101.2, 9e8), (102.2, 9e8)]
+    lines = []
+    for started, rows in ((T0, est), (restarted, later)):
+        lines.append('{"type":"HEADER","version":"0.1.0","started":"%s","config_effective":{"probe":[%s]}}'
+                     % (iso_time(started), json.dumps(cfg, separators=(",", ":"))))
+        for t, c in rows:
+            lines.append(Record(RESULT, "capacity", "cap", {"capacity": rate(c), "ci_lo": rate(c * 0.99),
+                                                            "ci_hi": rate(c * 1.01)}, T0 + t).to_json())
+            if (t, c) == (5.5, 2e8):
+                lines.append(event("BREACH", "capacity", "cap", metric="capacity", value=rate(c), op=">=",
+                                   threshold=rate(5e8), ts=T0 + t).to_json())
+            if (t, c) == (11.5, 9e8):
+                lines.append(event("CLEAR", "capacity", "cap", metric="capacity", value=rate(c), op=">=",
+                                   threshold=rate(5e8), ts=T0 + t).to_json())
+    (tmp_path / "archive.json").write_text("\n".join(lines) + "\n")
+    rep = sla.build(read.read([str(tmp_path)]))
+    (b,) = rep.breaches
+    assert (b.start, b.end) == (T0 + 3, T0 + 10.5)                  # after the last good, to the last bad
+    (path,) = rep.paths
+    (c,) = path.compliance
+    # spans: since the previous estimate, the first of each run since its daemon started
+    spans = [1, 1, 1, 2.5, 2.5, 2.5, 1, 1, 1.2, 1.0]
+    good = [1, 1, 1, 0, 0, 0, 1, 1, 1, 1]
+    assert c.measured == pytest.approx(sum(spans))
+    assert c.held == pytest.approx(sum(s * g for s, g in zip(spans, good, strict=True)))
