@@ -5,9 +5,10 @@ any in-flight datagram in any order, drops it, or delivers it again; control rec
 closes, truncated and oversized datagrams, wrong keys, unknown sessions, port indexes
 out of range and path-trace datagrams come at any step. Datagrams reach the receiver
 either through feed() or through a real loopback socket and run(), with one to three
-receive lanes (the peer's SO_REUSEPORT group, a lane per port index modulo lanes). After every close the receiver's records must
-equal the reference's (received, lost, dup, reordered, control and next-interval counts),
-and every datagram must be counted exactly once under the right reason.
+receive lanes (the peer's SO_REUSEPORT group, a lane per port index modulo lanes).
+After every close the receiver's records must equal the reference's (received, lost,
+dup, reordered, control and next-interval counts), and every datagram must be counted
+exactly once under the right reason.
 
 CI runs ONEWAY_FUZZ_EXAMPLES (default 40) examples per machine; `make fuzz-oneway` runs
 200,000.
