@@ -6,19 +6,13 @@
 # own and merged when read. Lanes run only inside run(); everything else (sessions added,
 # intervals closed) happens between run() calls, so nothing is shared while they run.
 
-from libc.stdint cimport uint16_t, uint32_t
+from libc.stdint cimport uint32_t
 
 from linux cimport close, loop_end, read
 
+from packet cimport sock_filter, sock_fprog
+
 cdef extern from "<linux/filter.h>" nogil:
-    struct sock_filter:
-        uint16_t code
-        uint8_t jt
-        uint8_t jf
-        uint32_t k
-    struct sock_fprog:
-        unsigned short len
-        sock_filter *filter
     enum:
         BPF_LD
         BPF_H
