@@ -22,7 +22,7 @@ udpio = load_extension("_udpio")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SID = 0x1A2E5
 T0 = 1_700_000_000 * 10**9
-LANES, NPORTS = 3, 7
+LANES, NPORTS = 4, 9            # 256 % 4 == 0: a program reading the wrong byte would fail
 PER_PORT = [2000 + 150 * p for p in range(NPORTS)]
 TRACES, JUNK = 40, 25
 
