@@ -1,10 +1,12 @@
 """Peer side of the oneway probe, run inside `netprobe serve`: the receiver.
 
 The client's hello (after the peer handshake: access list, key challenge)
-names the session; this end opens a UDP socket for it on a port from
-[serve] udp_ports, registers the session in a netprobe._udpio.UdpProbeReceiver
-and answers with the UDP port and how probes are authenticated ("auth":
-"shared" key, "session" key from the hello, or "none"). Then:
+names the session; this end opens UDP sockets for it on a port from
+[serve] udp_ports (oneway_rx_threads of them, one SO_REUSEPORT group: the
+receiver drains each on its own thread, every N-th source port on each),
+registers the session in a netprobe._udpio.UdpProbeReceiver and answers
+with the UDP port and how probes are authenticated ("auth": "shared" key,
+"session" key from the hello, or "none"). Then:
 
   client -> {"close": I}       interval I ended at the sender (sent after its control records)
   client -> {"bye": true}      the sender stopped: close what is pending, then the session ends
