@@ -10,12 +10,16 @@ import os
 import signal
 import socket
 import struct
+import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
+from netprobe import serve
 from netprobe.errors import load_extension
+from netprobe.peer.client import connect
 from netprobe.probes.oneway import responder, trace
 
 udpio = load_extension("_udpio")
@@ -170,3 +174,37 @@ def test_the_receiver_recognises_exactly_what_trace_sends():
                                                   (8, 3, 3), (8, 100, 8)])
 def test_lanes_default_to_ports_cpus_and_four(setting, nports, want):
     assert responder.rx_lanes(setting, nports) == want
+
+
+def test_the_serve_setting_opens_that_many_sockets_and_counts_stay_exact():
+    """[serve] oneway_rx_threads = 3: the session's UDP port has three sockets (ss, the kernel's
+    socket table, is the oracle), and the peer's reply counts what this test sent."""
+    srv = serve.Server([("127.0.0.1", 0)], max_sessions=2, oneway_rx_threads=3)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        host, port = srv.addresses[0]
+        ch = connect(f"{host}:{port}", "oneway", session="00000000000000bb", nports=5, grace_ns=10_000_000,
+                     line_max=1 << 20)
+        udp_port = ch.recv(5)["udp_port"]
+        sockets = subprocess.run(["ss", "-uanH", f"sport = :{udp_port}"], capture_output=True, text=True,
+                                 check=True).stdout.splitlines()
+        assert len(sockets) == 3, sockets
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("127.0.0.1", udp_port))
+            for seq in range(40):
+                for p in range(5):
+                    s.send(udpio.push_header(flags=0, port=p, session=0xBB, start_ns=1, seq=seq, send_ns=time.time_ns(),
+                                             interval=0, clock_err_us=0, index=seq, count=0))
+            for i in range(6):
+                s.send(trace.PAYLOAD.pack(trace.TRACE_MAGIC, b"tokentok", 5000, i + 1, 0))
+        time.sleep(0.3)
+        ch.send({"close": 0})
+        reply = ch.recv(5)
+        assert [p["received"] for p in reply["results"][0]["ports"]] == [40] * 5
+        c = reply["counters"]
+        assert (c["lanes"], c["packets"], c["trace"], c["malformed"], c["misrouted"]) == (3, 200, 6, 0, 0)
+        ch.close()
+    finally:
+        srv.stop.set()
+        t.join(5)
