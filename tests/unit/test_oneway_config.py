@@ -111,9 +111,3 @@ def test_probe_help_lists_every_setting(capsys):
     for f in fields(Config):
         assert out.count("--" + f.name.replace("_", "-") + " ") + out.count("--" + f.name.replace("_", "-") + "\n") \
             + out.count("--" + f.name.replace("_", "-") + ",") >= 1, f.name
-
-
-@pytest.mark.parametrize("extra,want", [("", True), ("trace = false\n", False),
-                                        ("next_hops = ['02:1a:b0:00:01:01']\ninterface = 'lo'\n", False)])
-def test_paths_are_traced_by_default_for_routed_probes_only(extra, want):
-    assert load_text(BASE + extra).probes[0].config.tracing is want

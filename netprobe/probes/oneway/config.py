@@ -116,10 +116,9 @@ class Config(ProbeConfig):
     delay_buckets: tuple = setting(STR_LIST, [], "add the interval's one-way delay histogram (delay_hist=) with "
                                    'these bucket bounds, e.g. ["1ms", "5ms", "20ms"] (default: none)')
     connect_timeout: float = setting(DURATION, 5.0, "TCP connect and handshake timeout (s)", min=0.1, max=120)
-    trace: bool = setting(BOOL, None, "trace each source port's path (Paris-style, the probe's own 5-tuple, "
+    trace: bool = setting(BOOL, False, "trace each source port's path (Paris-style, the probe's own 5-tuple, "
                           "TTL 1..max_hops) at start, every trace_every and at once for ports that start to "
-                          "breach, and name the hop the degraded ports share (suspect_hop on BREACH lines) "
-                          "(default: on for routed probes, off with next_hops)")
+                          "breach, and name the hop the degraded ports share (suspect_hop on BREACH lines)")
     max_hops: int = setting(INT, 16, "with trace: the highest TTL / hop limit tried", min=1, max=64)
     trace_every: float = setting(DURATION, 600.0, "with trace: each port is traced again this often, the ports "
                                  "spread evenly over the period (s)", min=10.0, max=86400)
@@ -163,11 +162,6 @@ class Config(ProbeConfig):
             raise where.error("grace", "must be shorter than interval")
         if self.gap * self.port_list_len() > self.interval * 1000:
             raise where.error("gap", "each port would get less than one probe per 1000 intervals")
-
-    @property
-    def tracing(self):
-        """Whether paths are traced: `trace`, or by default for routed probes (not raw mode)."""
-        return self.trace if self.trace is not None else not self.next_hops
 
     def port_list_len(self):
         return ports_for_ecmp(self.ecmp_width) if self.ports == "auto" else \

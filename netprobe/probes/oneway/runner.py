@@ -105,7 +105,7 @@ class Session:
             self.socks.append(s)
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-                if self.cfg.tracing:          # the trace socket binds the port beside it (trace.py)
+                if self.cfg.trace:          # the trace socket binds the port beside it (trace.py)
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 s.bind((local, ports[i] if ports else 0))
                 s.connect(dst)
@@ -243,7 +243,7 @@ class Runner(ProbeRunner):
         sender_stop = threading.Event()
         t = threading.Thread(target=self._send_loop, args=(sess, sender_stop, rolled, failed), daemon=True)
         t.start()
-        if self.cfg.tracing:
+        if self.cfg.trace:
             sess.watch = pathwatch.PathWatch(self.cfg, *sess.dst, sess.port_numbers, 1.0 / self.cfg.gap,
                                              self.cfg.local or None).start()
         sent_by_interval = {}
