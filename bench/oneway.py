@@ -4,9 +4,10 @@ receiver's memory over a long run: 1,000 ports, 10 min; 30 s with --quick):
 1. packet rate: netprobe._udpio sender and receiver flat out (64-128 byte probes,
    full per-packet accounting), packets per second of each thread's own CPU time,
    received/sent and the self-inflicted loss, also with kernel TX stamps (one
-   error-queue read per packet) and with the ports spread over two receivers
-   sharing the port (SO_REUSEPORT, one thread each); beside `sockperf tp` (64 B)
-   and `irtt --timer=busy` at a 10 us interval.
+   error-queue read per packet) and with 1 Mpps offered to the peer's receive
+   lanes (two sockets of one SO_REUSEPORT group, one thread each); beside
+   `sockperf tp` (64 B, its server's count and CPU) and `irtt --timer=busy` at a
+   10 us interval.
 2. send-time error at a 1 ms interval (fixed gaps): each probe's send stamp minus
    its slot; beside irtt's own timer error (`irtt client -i 1ms --timer=busy`, and
    its default comp timer), from its JSON; and how far the user-space send stamp
@@ -16,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -25,17 +27,15 @@ import time
 import numpy as np
 
 from netprobe.errors import load_extension
-from netprobe.probes.oneway import analysis
+from netprobe.probes.oneway import analysis, responder
 
 udpio = load_extension("_udpio")
 SID = 0xBE4C
 SO_RCVBUFFORCE = 33           # <asm-generic/socket.h>; the socket module lacks it
 
 
-def _receive_socket(reuseport=False):
+def _receive_socket():
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    if reuseport:
-        rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:                                  # beyond net.core.rmem_max when we may (root)
         rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
     except OSError:
@@ -43,13 +43,14 @@ def _receive_socket(reuseport=False):
     return rx
 
 
-def _pair(nports, nrx=1):
-    """nrx receive sockets on one port (SO_REUSEPORT when more than one: the kernel hashes
-    each source port to one of them) and nports connected sending sockets."""
-    rxs = [_receive_socket(nrx > 1) for _ in range(nrx)]
-    rxs[0].bind(("127.0.0.1", 0))
-    for r in rxs[1:]:
-        r.bind(rxs[0].getsockname())
+def _pair(nports, lanes=1):
+    """A receive socket (with lanes > 1 the peer's SO_REUSEPORT group of that many, a list)
+    and nports connected sending sockets."""
+    if lanes > 1:
+        rxs, _ = responder.receive_sockets(socket.AF_INET, "127.0.0.1", [0], lanes)
+    else:
+        rxs = [_receive_socket()]
+        rxs[0].bind(("127.0.0.1", 0))
     tx = []
     for _ in range(nports):
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -57,66 +58,84 @@ def _pair(nports, nrx=1):
         s.bind(("127.0.0.1", 0))
         s.connect(rxs[0].getsockname())
         tx.append(s)
-    return (rxs[0] if nrx == 1 else rxs), tx
+    return (rxs[0] if lanes == 1 else rxs), tx
 
 
-def ours_rate(duration, nports, gap_ns, tx_stamp=False, nrx=1):
-    """Sender and nrx receivers on their own threads (each releases the GIL); CPU time per
-    thread. With nrx > 1 the receivers share the port (SO_REUSEPORT) and each sees whole
-    source ports, so their per-port counts add up."""
-    rsocks, txs = _pair(nports, nrx)
-    rsocks = [rsocks] if nrx == 1 else rsocks
+def ours_rate(duration, nports, gap_ns, tx_stamp=False, lanes=1):
+    """Sender on its own thread, the receiver (lanes > 1: the peer's receive lanes, one
+    thread each) on another; CPU time of the sender's thread and of the receiver's lanes."""
+    rsocks, txs = _pair(nports, lanes)
+    rsocks = rsocks if lanes > 1 else [rsocks]
     try:
-        rxs = [udpio.UdpProbeReceiver(r.fileno()) for r in rsocks]
-        for rx in rxs:
-            rx.add_session(SID, nports)
+        rx = udpio.UdpProbeReceiver([r.fileno() for r in rsocks] if lanes > 1 else rsocks[0].fileno())
+        rx.add_session(SID, nports)
         tx = udpio.UdpProbeSender([s.fileno() for s in txs], SID, time.time_ns(), gap_ns, min_len=64, max_len=128,
                                   poisson=False, tx_stamp=tx_stamp)
-        cpu = [0.0] * nrx
+        def receive():                    # the send time and 0.5 s, then until the sockets are empty
+            rx.run(round((duration + 0.5) * 1e9))
+            while rx.run(100_000_000).datagrams:
+                pass
 
-        def receive(i):
-            t = time.thread_time()
-            rxs[i].run(round((duration + 0.5) * 1e9))
-            cpu[i] = time.thread_time() - t
-
-        ths = [threading.Thread(target=receive, args=(i,)) for i in range(nrx)]
-        for th in ths:
-            th.start()
+        th = threading.Thread(target=receive)
+        th.start()
         time.sleep(0.05)
         t = time.thread_time()
         got = tx.run(round(duration * 1e9))
         tx_cpu = time.thread_time() - t
         tx.end_interval(1)
-        for th in ths:
-            th.join()
-        received = sum(p["received"] for rx in rxs for p in rx.close_through(SID, 0)[0]["ports"])
+        th.join()
+        received = sum(p["received"] for p in rx.close_through(SID, 0)[0]["ports"])
+        rx_cpu = rx.counters["cpu_ns"] / 1e9
     finally:
         for x in txs + rsocks:
             x.close()
     sent = got.sent
     stamps = ", kernel TX stamps" if tx_stamp else ""
-    spread = f", {nrx} rx" if nrx > 1 else ""
+    spread = f", {lanes} rx lanes" if lanes > 1 else ""
     return {"section": "rate", "tool": f"netprobe udpio {1e6 / gap_ns:g}k offered, {nports} port(s){stamps}{spread}",
             "sent_pps": sent / duration, "recv_pps": received / duration, "tx_kpps_per_core": sent / tx_cpu / 1e3,
-            "rx_kpps_per_core": received / sum(cpu) / 1e3, "recv_of_sent": received / sent if sent else None,
+            "rx_kpps_per_core": received / rx_cpu / 1e3, "recv_of_sent": received / sent if sent else None,
             "loss_pct": 100.0 * (sent - received) / sent if sent else None, "send_errors": got.send_errors}
 
 
+def _cpu_s(pid):
+    """utime + stime of a process so far (s), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def sockperf_rate(duration):
+    """sockperf throughput (64 B) for `duration`: the client's send rate, the server's count
+    (printed when SIGINT ends it) and the server's CPU time."""
+    name = "sockperf tp 64 B, server on 1 thread"
     if not shutil.which("sockperf"):
-        return {"section": "rate", "tool": "sockperf tp 64 B", "note": "sockperf not installed"}
+        return {"section": "rate", "tool": name, "note": "sockperf not installed"}
     port = 11_000 + os.getpid() % 1000
-    srv = subprocess.Popen(["sockperf", "sr", "-i", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    srv = subprocess.Popen(["sockperf", "sr", "-i", "127.0.0.1", "-p", str(port)], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(0.5)
+        cpu0 = _cpu_s(srv.pid)
         out = subprocess.run(["sockperf", "tp", "-i", "127.0.0.1", "-p", str(port), "-m", "64", "-t",
                               str(int(duration))], capture_output=True, text=True, timeout=duration + 30).stdout
+        time.sleep(0.2)
+        cpu = _cpu_s(srv.pid) - cpu0
     finally:
-        srv.terminate()
-        srv.wait()
-    m = re.search(r"Summary: Message Rate is (\d+) \[msg/sec\]", out)
-    return {"section": "rate", "tool": "sockperf tp 64 B", "sent_pps": float(m.group(1)) if m else None}
+        srv.send_signal(signal.SIGINT)
+        try:
+            srv_out = srv.communicate(timeout=10)[0]
+        except subprocess.TimeoutExpired:
+            srv.kill()
+            srv_out = srv.communicate()[0]
+    sent = re.search(r"Total of (\d+) messages sent", out)
+    got = re.search(r"Total (\d+) messages received", srv_out)
+    if not (sent and got):
+        return {"section": "rate", "tool": name, "note": "no sockperf summary"}
+    sent, got = int(sent.group(1)), int(got.group(1))
+    return {"section": "rate", "tool": name, "sent_pps": sent / duration, "recv_pps": got / duration,
+            "recv_of_sent": got / sent, "rx_kpps_per_core": got / cpu / 1e3 if cpu else None,
+            "loss_pct": 100.0 * max(sent - got, 0) / sent}
 
 
 def irtt_json(interval, duration, timer=None):
@@ -256,7 +275,7 @@ def _pcts(v):
 def run(quick=False):
     d = 2.0 if quick else 5.0
     rows = [ours_rate(d, 1, 10_000), ours_rate(d, 8, 10_000), ours_rate(d, 8, 10_000, tx_stamp=True),
-            ours_rate(d, 1, 1_000), ours_rate(d, 8, 1_000), ours_rate(d, 8, 1_000, nrx=2), sockperf_rate(d),
+            ours_rate(d, 1, 1_000), ours_rate(d, 8, 1_000), ours_rate(d, 8, 1_000, lanes=2), sockperf_rate(d),
             irtt_rate(min(d, 3.0))]
     rows += [ours_timer(d, 1_000_000), ours_timer(d, 0), ours_stamp_to_tx(d), irtt_timer(d, "busy"),
              irtt_timer(d, "comp")]
@@ -277,8 +296,10 @@ def table(rows):
                      f"{num(r.get('recv_of_sent'), 1, '9.4f')} "
                      f"{num(r.get('tx_kpps_per_core')):>11} {num(r.get('rx_kpps_per_core')):>11} "
                      f"{num(r.get('loss_pct'), 1, '9.4f')}")
-    lines.append("'2 rx': two receivers, one thread each, sharing the port with SO_REUSEPORT (the kernel\n"
-                 "hashes each source port to one of them); sockperf's rate is its client's, from this run.")
+    lines.append("'2 rx lanes': the peer's receiver on a SO_REUSEPORT group of two sockets, one thread each,\n"
+                 "each taking every other port; rx kpps/cpu: received over the lanes' CPU time (sockperf: its\n"
+                 "server's). sockperf ran in this run, for the same time; sent is its client's rate, received\n"
+                 "the count its server prints at exit (including a few warm-up messages).")
     lines += ["", f"{'send-time error at 1 ms (us)':54} {'p50':>9} {'p99':>9} {'p99.99':>9} {'max':>9} {'mean':>9} "
                   f"{'missed':>7}"]
     for r in (r for r in rows if r["section"] == "timer"):

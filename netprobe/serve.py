@@ -84,6 +84,9 @@ class ServeConfig:
                                                   "keeps open", min=4, max=20000)
     max_port_intervals_total: int = setting(INT, 40000, "oneway: the same for all open sessions together "
                                                         "(the receivers keep about 11 kB a port)", min=4)
+    oneway_rx_threads: int = setting(INT, 0, "oneway: receive sockets (one SO_REUSEPORT group) and threads per "
+                                             "session, each taking every N-th source port; 0: min(source ports, "
+                                             "CPUs, 4)", min=0, max=64)
 
     def check(self, where):
         for addr in self.listen:

@@ -207,7 +207,7 @@ class RecordCollector:
         scope = record.fields.get("scope")
         if kind == "flows" and scope not in ("group", "sampler"):
             return                       # per-flow records: one label set per TCP connection
-        if "port" in record.fields:
+        if "port" in record.fields and scope is None:     # a per-port record (scope=path has its own series)
             scope = "port"
         gauges, sums, totals, hists = {}, {}, {}, {}
         for field, v in record.fields.items():

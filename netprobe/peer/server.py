@@ -52,6 +52,7 @@ class Limits:
     udp_ports: tuple = EPHEMERAL               # (first, last) ranges oneway sessions may receive on
     max_port_intervals: int = 20000
     max_port_intervals_total: int = 40000
+    oneway_rx_threads: int = 0                 # 0: min(source ports, CPUs, 4)
 
     @property
     def rate_per_address(self):

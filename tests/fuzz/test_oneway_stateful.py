@@ -2,11 +2,13 @@
 
 A model sender emits probe streams over a few ports and intervals; the network delivers
 any in-flight datagram in any order, drops it, or delivers it again; control records,
-closes, truncated and oversized datagrams, wrong keys, unknown sessions and port indexes
-out of range come at any step. Datagrams reach the receiver either through feed() or
-through a real loopback socket and run(). After every close the receiver's records must
-equal the reference's (received, lost, dup, reordered, control and next-interval counts),
-and every datagram must be counted exactly once under the right reason.
+closes, truncated and oversized datagrams, wrong keys, unknown sessions, port indexes
+out of range and path-trace datagrams come at any step. Datagrams reach the receiver
+either through feed() or through a real loopback socket and run(), with one to three
+receive lanes (the peer's SO_REUSEPORT group, a lane per port index modulo lanes).
+After every close the receiver's records must equal the reference's (received, lost,
+dup, reordered, control and next-interval counts), and every datagram must be counted
+exactly once under the right reason.
 
 The normal suite runs 40 examples per machine; `make fuzz` runs 200,000
 (tests/fuzz/__init__.py).
@@ -22,7 +24,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from netprobe.errors import load_extension
-from netprobe.probes.oneway import analysis
+from netprobe.probes.oneway import analysis, responder, trace
 from tests.fuzz import examples
 from tests.reference import oneway as ref
 
@@ -41,22 +43,28 @@ class Link:
     """feed() or a loopback socket pair in front of a receiver; deliveries are queued and
     flushed (in order) before anything is checked."""
 
-    def __init__(self, rx_factory, loopback):
+    def __init__(self, rx_factory, loopback, lanes=1):
         self.loopback = loopback
         self.queue = []
         if loopback:
-            self.rsock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.rsock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            self.rsock.bind(("127.0.0.1", 0))
+            if lanes > 1:                 # the peer's SO_REUSEPORT group, one receive lane each
+                self.rsocks, _ = responder.receive_sockets(socket.AF_INET, "127.0.0.1", [0], lanes)
+                assert len(self.rsocks) == lanes
+            else:
+                self.rsocks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM)]
+                self.rsocks[0].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+                self.rsocks[0].bind(("127.0.0.1", 0))
             self.ssock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.ssock.connect(self.rsock.getsockname())
-            self.rx = rx_factory(self.rsock.fileno())
+            self.ssock.connect(self.rsocks[0].getsockname())
+            fds = [s.fileno() for s in self.rsocks]
+            self.rx = rx_factory(fds if lanes > 1 else fds[0])
         else:
             self.rx = rx_factory(-1)
 
     def close(self):
         if self.loopback:
-            self.rsock.close()
+            for s in self.rsocks:
+                s.close()
             self.ssock.close()
 
 
@@ -74,16 +82,17 @@ def _port_check(c, closed_ref, sent):
 
 
 class ProbeReceiverMachine(RuleBasedStateMachine):
-    @initialize(nports=st.integers(1, 4), keyed=st.booleans(), loopback=st.booleans())
-    def setup(self, nports, keyed, loopback):
+    @initialize(nports=st.integers(1, 4), keyed=st.booleans(), loopback=st.booleans(), lanes=st.integers(1, 3))
+    def setup(self, nports, keyed, loopback, lanes):
+        """lanes: receive lanes, a port index each modulo lanes (the peer's SO_REUSEPORT group)."""
         self.nports, self.key = nports, KEY if keyed else b""
 
         def make(fd):
-            rx = udpio.UdpProbeReceiver(fd)
+            rx = udpio.UdpProbeReceiver(fd, lanes=lanes if fd == -1 and lanes > 1 else 0)
             rx.add_session(SID, nports, self.key)
             return rx
 
-        self.link = Link(make, loopback)
+        self.link = Link(make, loopback, lanes)
         self.ref = ref.ReferenceSession()
         self.seq, self.count, self.prev = [0] * nports, [0] * nports, [0] * nports
         self.interval = 0
@@ -204,6 +213,15 @@ class ProbeReceiverMachine(RuleBasedStateMachine):
             port %= self.nports
         self._deliver(self._datagram(port=port, seq=seq, interval=interval, index=0, count=0), ("malformed",))
 
+    @rule(token=st.binary(min_size=8, max_size=8), port=st.integers(0, 0xFFFF), ttl=st.integers(0, 255),
+          tail=st.sampled_from([0, 1, -1, 48]))
+    def path_trace(self, token, port, ttl, tail):
+        """A path-trace datagram that reached this end (trace.PAYLOAD): counted apart; one of
+        another length that starts with its magic is malformed (bad magic)."""
+        d = trace.PAYLOAD.pack(trace.TRACE_MAGIC, token, port, ttl, 0)
+        d = d + b"\0" * tail if tail >= 0 else d[:tail]
+        self._deliver(d, ("trace",) if len(d) == trace.PAYLOAD.size else ("malformed",))
+
     @precondition(lambda self: self.interval - 1 > self.ref.last_closed)
     @rule(data=st.data())
     def close(self, data):
@@ -229,9 +247,10 @@ class ProbeReceiverMachine(RuleBasedStateMachine):
         c = self.link.rx.counters
         s = self.link.rx.session_counters(SID)
         got = {"datagrams": c["datagrams"], "malformed": c["malformed"], "unauthenticated": c["unauthenticated"],
-               "unknown_session": c["unknown_session"], "packets": s["packets"], "controls": s["controls"]}
+               "unknown_session": c["unknown_session"], "packets": s["packets"], "controls": s["controls"],
+               "trace": c["trace"]}
         assert got == {k: self.want[k] for k in got}
-        assert (c["truncated"], s["overrun"]) == (0, 0)
+        assert (c["truncated"], s["overrun"], c["misrouted"]) == (0, 0, 0)
         assert s["late_closed"] == self.ref.late
 
 

@@ -126,7 +126,7 @@ def _labels(rec, peers):
 
 
 def _scope(rec):
-    return "port" if "port" in rec else rec.get("scope")
+    return "port" if "port" in rec and "scope" not in rec else rec.get("scope")
 
 
 def _unix(rec):

@@ -99,6 +99,7 @@ class Probe:
         ipt = "iptables" if family == 4 else "ip6tables"
         self.count = [ipt, "-w", "-A", "OUTPUT", "-p", "udp", "-m", "u32", "--u32", U32_TRACE[family]]
         lab.run(lab.a, self.count)
+        lab.run(lab.b, [ipt, "-w", "-A", "INPUT", *self.count[4:]])     # the trace datagrams B took in
         lab.run(lab.a, [ipt, "-w", "-A", "OUTPUT", "-p", "udp", "--dport", str(DPORT)])
         self.proc = lab.popen(lab.a, [sys.executable, "-m", "netprobe", "probe", "oneway", "--json", "--peer", listen,
                                       "--ports", "5000-5023", "--dst-port", DPORT, "--gap", "1ms",
@@ -134,6 +135,12 @@ class Probe:
         trace_n = sum(int(x.split()[0]) for x in out if "u32" in x)
         probe_n = sum(int(x.split()[0]) for x in out if f"dpt:{DPORT}" in x)
         return trace_n, probe_n - trace_n
+
+    def at_peer(self):
+        """Trace datagrams that reached B, from B's iptables INPUT counter."""
+        ipt = "iptables" if self.family == 4 else "ip6tables"
+        out = self.lab.run(self.lab.b, [ipt, "-w", "-L", "INPUT", "-v", "-n", "-x"]).stdout.splitlines()[2:]
+        return sum(int(x.split()[0]) for x in out if "u32" in x)
 
 
 def suspects(recs, since=0.0):
@@ -226,8 +233,10 @@ def test_no_fault_no_suspect_and_tracing_within_its_share(make_ecmp_lab):
     assert trace_n == sum(r["trace_packets"] for r in res)
     # ... and over the run (a full retrace period included) tracing cost at most 1 % of the probes
     assert 0 < trace_n <= 0.01 * probe_n, (trace_n, probe_n)
-    # the peer saw (as malformed) exactly the scouts' datagrams past the last router, no other
-    assert sum(r["malformed"] for r in res) == res[-1]["trace_to_peer"] <= 2 * 2 * (2 + 3)
+    # the peer counted the scouts' datagrams past the last router apart, as B's INPUT counter saw them,
+    # and none as malformed
+    assert sum(r["malformed"] for r in res) == 0
+    assert 0 < sum(r["trace_at_peer"] for r in res) == p.at_peer() == res[-1]["trace_to_peer"] <= 2 * 2 * (2 + 3)
 
 
 def test_one_shot_trace_command_lists_each_ports_hops(make_ecmp_lab):

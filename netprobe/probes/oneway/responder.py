@@ -1,10 +1,12 @@
 """Peer side of the oneway probe, run inside `netprobe serve`: the receiver.
 
 The client's hello (after the peer handshake: access list, key challenge)
-names the session; this end opens a UDP socket for it on a port from
-[serve] udp_ports, registers the session in a netprobe._udpio.UdpProbeReceiver
-and answers with the UDP port and how probes are authenticated ("auth":
-"shared" key, "session" key from the hello, or "none"). Then:
+names the session; this end opens UDP sockets for it on a port from
+[serve] udp_ports (oneway_rx_threads of them, one SO_REUSEPORT group: the
+receiver drains each on its own thread, every N-th source port on each),
+registers the session in a netprobe._udpio.UdpProbeReceiver and answers
+with the UDP port and how probes are authenticated ("auth": "shared" key,
+"session" key from the hello, or "none"). Then:
 
   client -> {"close": I}       interval I ended at the sender (sent after its control records)
   client -> {"bye": true}      the sender stopped: close what is pending, then the session ends
@@ -22,6 +24,7 @@ peer's receiver memory: add_session allocates a fixed amount per port
 many sessions are open; nothing grows with uptime.
 """
 import logging
+import os
 import re
 import secrets
 import socket
@@ -41,6 +44,7 @@ SESSION_RE = re.compile(r"[0-9a-f]{16}")
 RCVBUF = 4 << 20
 SO_RCVBUFFORCE = 33          # <asm-generic/socket.h>; the socket module lacks it
 PORT_TRIES = 32              # random ports tried from udp_ports before giving up
+AUTO_LANES = 4               # oneway_rx_threads = 0: at most this many (each ~0.25 MB a session)
 
 
 def _int_field(hello, name, lo, hi, default=None):
@@ -54,30 +58,81 @@ def _ports_text(ranges):
     return ",".join(f"{a}-{b}" if a != b else str(a) for a, b in ranges)
 
 
-def _bind(udp, host, udp_port, ranges):
-    """Bind to `udp_port`, or with 0 to a random free port of `ranges`; the error text otherwise."""
+def _candidates(udp_port, ranges):
+    """`udp_port`, or with 0 up to PORT_TRIES random ports of `ranges`; (ports, error text)."""
     if udp_port:
         if not any(a <= udp_port <= b for a, b in ranges):
-            return f"udp_port {udp_port} is outside udp_ports={_ports_text(ranges)}"
-        candidates = [udp_port]
-    else:
-        sizes = [b - a + 1 for a, b in ranges]
-        candidates = []
-        for _ in range(PORT_TRIES):
-            k = secrets.randbelow(sum(sizes))
-            for (a, _b), n in zip(ranges, sizes, strict=True):
-                if k < n:
-                    candidates.append(a + k)
-                    break
-                k -= n
+            return [], f"udp_port {udp_port} is outside udp_ports={_ports_text(ranges)}"
+        return [udp_port], None
+    sizes = [b - a + 1 for a, b in ranges]
+    out = []
+    for _ in range(PORT_TRIES):
+        k = secrets.randbelow(sum(sizes))
+        for (a, _b), n in zip(ranges, sizes, strict=True):
+            if k < n:
+                out.append(a + k)
+                break
+            k -= n
+    return out, None
+
+
+def _udp_socket(family, reuseport):
+    udp = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if reuseport:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:                     # a deep buffer rides out scheduling stalls; beyond rmem_max with CAP_NET_ADMIN
+            udp.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except PermissionError:
+            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+    except BaseException:
+        udp.close()
+        raise
+    return udp
+
+
+def receive_sockets(family, host, ports, lanes):
+    """Up to `lanes` UDP sockets on the first free port of `ports` (0: any), one SO_REUSEPORT
+    group in the order bound (the receiver's lanes); [] and the last bind error if none is free.
+
+    The first socket binds without SO_REUSEPORT, so a port another socket holds is refused
+    as before (no other session or program joins ours by chance); SO_REUSEPORT is set on
+    it after the bind, and only then do the others join."""
     err = None
-    for port in candidates:
+    for port in ports:
+        first = _udp_socket(family, False)
         try:
-            udp.bind((host, port))
-            return None
+            first.bind((host, port))
         except OSError as exc:
+            first.close()
             err = exc
-    return f"cannot receive on UDP port {udp_port or _ports_text(ranges)}: {err.strerror}"
+            continue
+        socks = [first]
+        try:
+            if lanes > 1:
+                first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            while len(socks) < lanes:
+                s = _udp_socket(family, True)
+                try:
+                    s.bind(first.getsockname())
+                except BaseException:
+                    s.close()
+                    raise
+                socks.append(s)
+        except OSError as exc:               # fewer lanes, then
+            log.warning("UDP %d: receiving on %d socket(s), not %d: %s", first.getsockname()[1], len(socks),
+                        lanes, exc.strerror)
+        except BaseException:
+            for s in socks:
+                s.close()
+            raise
+        return socks, None
+    return [], err
+
+
+def rx_lanes(setting, nports):
+    """Receive lanes of a session: the [serve] setting, or with 0 min(ports, CPUs, AUTO_LANES)."""
+    return min(setting or min(len(os.sched_getaffinity(0)), AUTO_LANES), nports)
 
 
 def respond(session):
@@ -123,22 +178,22 @@ def _open(session, sid, nports, udp_port, grace_ns):
     else:
         key = b""
     sock = session.sock
-    udp = socket.socket(sock.family, socket.SOCK_DGRAM)
+    ports, why = _candidates(udp_port, lim.udp_ports)
+    if why:
+        return session.refuse(why)
+    socks, err = receive_sockets(sock.family, sock.getsockname()[0], ports, rx_lanes(lim.oneway_rx_threads, nports))
+    if not socks:
+        return session.refuse(f"cannot receive on UDP port {udp_port or _ports_text(lim.udp_ports)}: {err.strerror}")
     try:
-        try:                     # a deep buffer rides out scheduling stalls; beyond rmem_max with CAP_NET_ADMIN
-            udp.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
-        except PermissionError:
-            udp.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        why = _bind(udp, sock.getsockname()[0], udp_port, lim.udp_ports)
-        if why:
-            return session.refuse(why)
-        _serve_session(session, udp, sid, nports, grace_ns, key, mode)
+        _serve_session(session, socks, sid, nports, grace_ns, key, mode)
     finally:
-        udp.close()
+        for s in socks:
+            s.close()
 
 
-def _serve_session(session, udp, sid, nports, grace_ns, key, mode):
-    rx = load_extension("_udpio").UdpProbeReceiver(udp.fileno(), max_sessions=1)
+def _serve_session(session, socks, sid, nports, grace_ns, key, mode):
+    rx = load_extension("_udpio").UdpProbeReceiver([s.fileno() for s in socks], max_sessions=1)
+    udp = socks[0]
     sess_id = int(sid, 16)
     rx.add_session(sess_id, nports, key)
     session.ok()
@@ -148,7 +203,8 @@ def _serve_session(session, udp, sid, nports, grace_ns, key, mode):
     closed_to = -1               # the highest interval a close was accepted for
     packets = 0
     bye = False
-    log.info("session %s: %d ports on UDP %d", sid[:8], nports, udp.getsockname()[1])
+    log.info("session %s: %d ports on UDP %d, %d receive thread(s)", sid[:8], nports, udp.getsockname()[1],
+             len(socks))
     while True:
         rx.run(CHUNK_NS)
         got = rx.session_counters(sess_id)["packets"]

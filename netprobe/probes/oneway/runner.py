@@ -36,7 +36,7 @@ CHUNK = 0.1                    # s: the sender returns to Python this often
 LATE_SAMPLES = 200_000         # send-time errors kept per interval (memory bound)
 RESULT_WAIT = 2.0              # s beyond grace to wait at stop for the last interval's records
 SNDBUF = 1 << 20
-PEER_COUNTERS = ("late_closed", "malformed", "unauthenticated", "unknown_session", "overrun")
+PEER_COUNTERS = ("late_closed", "malformed", "unauthenticated", "unknown_session", "overrun", "trace")
 U63 = 1 << 63
 PORT_INTS = ("received", "dup", "reordered", "stale", "n", "n_tx")
 PORT_SEQS = ("base", "max_seq", "ctl_count", "ctl_next", "piggy_count", "next_base")
@@ -412,6 +412,8 @@ class Runner(ProbeRunner):
             fields["send_late_p99"] = seconds(p99 / 1e9)
         named = pathwatch.report(self, sess.watch, sess.port_numbers, s, raw_ports, judge) if sess.watch else {}
         fields.update(named.get("result", {}))
+        if sess.watch:
+            fields["trace_at_peer"] = counters.get("trace", 0)    # trace datagrams the peer took (not malformed)
         self.result(fields)
         if cfg.per_port:
             for p, rec in zip(s["ports"], raw_ports, strict=True):
