@@ -123,6 +123,27 @@ def _aligned(n):
     return raw[skip:skip + n]
 
 
+def _run(analyser, view, off, flags, flowdir, stream, kept):
+    """analyser.run from off until it stops; the last Chunk. Each call's per-frame
+    flags and flowdir are appended to `kept` (a list) unless it is None."""
+    while True:
+        got = analyser.run(view, off, flags, flowdir, stream)
+        off = got.offset
+        if kept is not None and got.frames:
+            kept.append((flags[:got.frames].copy(), flowdir[:got.frames].copy()))
+        if not got.more:
+            return got
+
+
+def _joined(kept):
+    """(flags, flowdir) of all frames from _run's `kept`; (None, None) if not kept."""
+    if kept is None:
+        return None, None
+    if not kept:
+        return np.zeros(0, np.uint16), np.zeros(0, np.int32)
+    return np.concatenate([f for f, _ in kept]), np.concatenate([d for _, d in kept])
+
+
 def _feed_reader(analyser, name, readinto, keep_frames, stream, read_size=READ_SIZE):
     """Read with `readinto` to the end, analysing as the bytes come: (error, flags, flowdir).
     At the end, a record cut short is the extension's error for a file (stream=False),
@@ -138,7 +159,7 @@ def _feed_reader(analyser, name, readinto, keep_frames, stream, read_size=READ_S
     opened, error = False, None
     flags = np.zeros(CHUNK, np.uint16)
     flowdir = np.zeros(CHUNK, np.int32)
-    kept_f, kept_d = [], []
+    kept = [] if keep_frames else None
     while error is None:
         n = readinto(buf[head:])
         end += n or 0
@@ -153,15 +174,9 @@ def _feed_reader(analyser, name, readinto, keep_frames, stream, read_size=READ_S
                     raise PcapError(f"{name}: {exc}") from None
                 view = None                             # the file header may still be arriving
             opened = view is not None
-        while view is not None:
-            got = analyser.run(view, off, flags, flowdir, stream or not eof)
-            off, k = got.offset, got.frames
-            if keep_frames and k:
-                kept_f.append(flags[:k].copy())
-                kept_d.append(flowdir[:k].copy())
-            if not got.more:
-                break
         if view is not None:
+            got = _run(analyser, view, off, flags, flowdir, stream or not eof, kept)
+            off = got.offset
             if got.error:
                 error = _file_offsets(got.error, base)
             elif eof:
@@ -177,11 +192,7 @@ def _feed_reader(analyser, name, readinto, keep_frames, stream, read_size=READ_S
         else:
             buf[head - left:head] = buf[end - left:end]
         base, start, end = base + off, head - left, head
-    if keep_frames:
-        f = np.concatenate(kept_f) if kept_f else np.zeros(0, np.uint16)
-        d = np.concatenate(kept_d) if kept_d else np.zeros(0, np.int32)
-        return error, f, d
-    return error, None, None
+    return (error, *_joined(kept))
 
 
 def _feed_buffer(analyser, path, buf, keep_frames):
@@ -193,23 +204,11 @@ def _feed_buffer(analyser, path, buf, keep_frames):
             raise PcapError(f"{path}: {exc}") from None
         flags = np.zeros(CHUNK, np.uint16)
         flowdir = np.zeros(CHUNK, np.int32)
-        kept_f, kept_d = [], []
-        while True:
-            got = analyser.run(view, off, flags, flowdir)
-            off, n = got.offset, got.frames
-            if keep_frames and n:
-                kept_f.append(flags[:n].copy())
-                kept_d.append(flowdir[:n].copy())
-            if not got.more:
-                break
-        error = got.error
+        kept = [] if keep_frames else None
+        error = _run(analyser, view, off, flags, flowdir, False, kept).error
     finally:
         view.release()
-    if keep_frames:
-        f = np.concatenate(kept_f) if kept_f else np.zeros(0, np.uint16)
-        d = np.concatenate(kept_d) if kept_d else np.zeros(0, np.int32)
-        return error, f, d
-    return error, None, None
+    return (error, *_joined(kept))
 
 
 def flows_of(analyser):
