@@ -35,7 +35,7 @@
 
 from libc.stdint cimport INT64_MAX, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memcmp, memcpy, memmove, memset
+from libc.string cimport memcpy, memmove, memset
 from cpython.exc cimport PyErr_SetFromErrno
 
 from linux cimport close, poll, pollfd, POLLIN
@@ -46,7 +46,7 @@ from packet cimport (AF_PACKET, SOCK_DGRAM, SOCK_CLOEXEC, SOL_SOCKET, SOL_PACKET
                      sockaddr_ll, tpacket_req3, tpacket_stats_v3, tpacket_block_desc, tpacket3_hdr, TPACKET_ALIGN,
                      np_block_status, np_block_release)
 
-from byteorder cimport load_be16, load_be32, load_le32
+from byteorder cimport load_be16, load_be32, load_be64, load_le32
 from pcap cimport *
 
 include "pcap/state.pxi"

@@ -111,7 +111,7 @@ cdef class TcpAnalyser:
             return
         memset(&key, 0, sizeof(key))
         key.family = s.family
-        d = make_key(&key, s.src, s.dst, 4 if s.family == 4 else 16, s.sport, s.dport)
+        d = make_key(&key, s.src, s.dst, s.family == 4, s.sport, s.dport)
         fi = ft_lookup(&self.ft, &key, d, ts, s.tflags, s.seq)
         if fi < 0:
             self.g[G_FLOWS_DROPPED] += 1

@@ -38,21 +38,42 @@ cdef inline uint64_t key_hash(const flow_key_t *k) noexcept nogil:
     return h
 
 
-cdef inline int make_key(flow_key_t *k, const uint8_t *src, const uint8_t *dst, int alen,
+cdef inline bint key_equal(const flow_key_t *a, const flow_key_t *b) noexcept nogil:
+    """a == b as five words (a libc memcmp call costs more than the compare)."""
+    cdef uint64_t x[5]
+    cdef uint64_t y[5]
+    memcpy(x, a, sizeof(x))
+    memcpy(y, b, sizeof(y))
+    return ((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4])) == 0
+
+
+cdef inline int make_key(flow_key_t *k, const uint8_t *src, const uint8_t *dst, bint v4,
                          uint16_t sport, uint16_t dport) noexcept nogil:
-    """Fill k with the endpoints in canonical order; returns 1 if src is the lo end."""
-    cdef int c = memcmp(src, dst, alen)
-    if c < 0 or (c == 0 and sport <= dport):
-        memcpy(k.addr_lo, src, alen)
-        memcpy(k.addr_hi, dst, alen)
-        k.port_lo = sport
-        k.port_hi = dport
-        return 1
-    memcpy(k.addr_lo, dst, alen)
-    memcpy(k.addr_hi, src, alen)
-    k.port_lo = dport
-    k.port_hi = sport
-    return 0
+    """Fill k with the endpoints in canonical order (addresses compared as big-endian
+    numbers, as memcmp orders them); returns 1 if src is the lo end."""
+    cdef uint64_t s0, d0, s1 = 0, d1 = 0
+    cdef bint src_lo
+    if v4:
+        s0 = load_be32(src)
+        d0 = load_be32(dst)
+    else:
+        s0 = load_be64(src)
+        d0 = load_be64(dst)
+        s1 = load_be64(src + 8)
+        d1 = load_be64(dst + 8)
+    src_lo = s0 < d0 or (s0 == d0 and (s1 < d1 or (s1 == d1 and sport <= dport)))
+    if not src_lo:
+        src, dst = dst, src
+        sport, dport = dport, sport
+    if v4:
+        memcpy(k.addr_lo, src, 4)
+        memcpy(k.addr_hi, dst, 4)
+    else:
+        memcpy(k.addr_lo, src, 16)
+        memcpy(k.addr_hi, dst, 16)
+    k.port_lo = sport
+    k.port_hi = dport
+    return src_lo
 
 
 cdef inline int32_t ft_lookup(flowtab_t *self, flow_key_t *key, int lo_sends, int64_t ts, uint8_t tflags,
@@ -71,7 +92,7 @@ cdef inline int32_t ft_lookup(flowtab_t *self, flow_key_t *key, int lo_sends, in
         fi = self.slots[i]
         if fi < 0:
             break
-        if memcmp(&self.ftab[fi].key, key, sizeof(flow_key_t)) == 0:
+        if key_equal(&self.ftab[fi].key, key):
             f = &self.ftab[fi]
             d = 0 if f.a_is_lo == lo_sends else 1
             if (tflags & (TH_SYN | TH_ACK)) == TH_SYN and f.d[d].syn_seen and f.d[d].isn != seq:

@@ -21,7 +21,8 @@ import numpy as np
 from netprobe.errors import NetprobeError, load_extension
 
 CHUNK = 1 << 16
-READ_SIZE = 1 << 20          # bytes per read; the buffer doubles only for a record longer than this
+READ_SIZE = 1 << 20          # bytes per read
+PAGE = 4096
 
 
 class PcapError(NetprobeError):
@@ -115,55 +116,83 @@ def _file_offsets(message, base):
     return re.sub(r"offset (\d+)", lambda m: f"offset {int(m.group(1)) + base}", message) if base else message
 
 
+def _aligned(n):
+    """n bytes (uint8 array) starting on a page boundary."""
+    raw = np.empty(n + PAGE, np.uint8)
+    skip = -raw.ctypes.data % PAGE
+    return raw[skip:skip + n]
+
+
+def _run(analyser, view, off, flags, flowdir, stream, kept):
+    """analyser.run from off until it stops; the last Chunk. Each call's per-frame
+    flags and flowdir are appended to `kept` (a list) unless it is None."""
+    while True:
+        got = analyser.run(view, off, flags, flowdir, stream)
+        off = got.offset
+        if kept is not None and got.frames:
+            kept.append((flags[:got.frames].copy(), flowdir[:got.frames].copy()))
+        if not got.more:
+            return got
+
+
+def _joined(kept):
+    """(flags, flowdir) of all frames from _run's `kept`; (None, None) if not kept."""
+    if kept is None:
+        return None, None
+    if not kept:
+        return np.zeros(0, np.uint16), np.zeros(0, np.int32)
+    return np.concatenate([f for f, _ in kept]), np.concatenate([d for _, d in kept])
+
+
 def _feed_reader(analyser, name, readinto, keep_frames, stream, read_size=READ_SIZE):
     """Read with `readinto` to the end, analysing as the bytes come: (error, flags, flowdir).
     At the end, a record cut short is the extension's error for a file (stream=False),
-    "the stream ended inside a record" for a stream."""
-    buf = bytearray(read_size)
-    filled = base = 0                  # bytes held; file offset of buf[0]
+    "the stream ended inside a record" for a stream.
+
+    Every read lands page-aligned at buf[head:] (the kernel copies into an aligned
+    buffer markedly faster); the bytes not yet analysed, a record cut between reads,
+    are moved to just before head, which grows only for a record longer than it."""
+    head = CHUNK
+    buf = _aligned(head + read_size)
+    start = end = head                 # buf[start:end]: bytes held, buf[start] at file offset base
+    base = 0
     opened, error = False, None
     flags = np.zeros(CHUNK, np.uint16)
     flowdir = np.zeros(CHUNK, np.int32)
-    kept_f, kept_d = [], []
+    kept = [] if keep_frames else None
     while error is None:
-        if filled == len(buf):
-            buf.extend(bytes(len(buf)))
-        with memoryview(buf) as mv:
-            n = readinto(mv[filled:])
-        filled += n or 0
+        n = readinto(buf[head:])
+        end += n or 0
         eof = not n
-        with memoryview(buf) as mv, mv[:filled] as view:
-            if not opened:
-                try:
-                    off = analyser.open(view)
-                except ValueError as exc:
-                    if not eof and filled < CHUNK:      # the file header may still be arriving
-                        continue
+        view = buf[start:end]
+        off = 0
+        if not opened:
+            try:
+                off = analyser.open(view)
+            except ValueError as exc:
+                if eof or end - start >= CHUNK:
                     raise PcapError(f"{name}: {exc}") from None
-                opened = True
-            else:
-                off = 0
-            while True:
-                got = analyser.run(view, off, flags, flowdir, stream or not eof)
-                off, k = got.offset, got.frames
-                if keep_frames and k:
-                    kept_f.append(flags[:k].copy())
-                    kept_d.append(flowdir[:k].copy())
-                if not got.more:
-                    break
-        if got.error:
-            error = _file_offsets(got.error, base)
-        elif eof:
-            if stream and off < filled:
-                error = f"the stream ended inside a record ({filled - off} bytes left)"
-            break
-        buf[:filled - off] = buf[off:filled]      # keep the unfinished record for the next read
-        base, filled = base + off, filled - off
-    if keep_frames:
-        f = np.concatenate(kept_f) if kept_f else np.zeros(0, np.uint16)
-        d = np.concatenate(kept_d) if kept_d else np.zeros(0, np.int32)
-        return error, f, d
-    return error, None, None
+                view = None                             # the file header may still be arriving
+            opened = view is not None
+        if view is not None:
+            got = _run(analyser, view, off, flags, flowdir, stream or not eof, kept)
+            off = got.offset
+            if got.error:
+                error = _file_offsets(got.error, base)
+            elif eof:
+                if stream and off < end - start:
+                    error = f"the stream ended inside a record ({end - start - off} bytes left)"
+                break
+        left = end - start - off                        # keep the unfinished record for the next read
+        if left > head:
+            head = -(-left // PAGE) * PAGE
+            grown = _aligned(head + read_size)
+            grown[head - left:head] = buf[end - left:end]
+            buf = grown
+        else:
+            buf[head - left:head] = buf[end - left:end]
+        base, start, end = base + off, head - left, head
+    return (error, *_joined(kept))
 
 
 def _feed_buffer(analyser, path, buf, keep_frames):
@@ -175,23 +204,11 @@ def _feed_buffer(analyser, path, buf, keep_frames):
             raise PcapError(f"{path}: {exc}") from None
         flags = np.zeros(CHUNK, np.uint16)
         flowdir = np.zeros(CHUNK, np.int32)
-        kept_f, kept_d = [], []
-        while True:
-            got = analyser.run(view, off, flags, flowdir)
-            off, n = got.offset, got.frames
-            if keep_frames and n:
-                kept_f.append(flags[:n].copy())
-                kept_d.append(flowdir[:n].copy())
-            if not got.more:
-                break
-        error = got.error
+        kept = [] if keep_frames else None
+        error = _run(analyser, view, off, flags, flowdir, False, kept).error
     finally:
         view.release()
-    if keep_frames:
-        f = np.concatenate(kept_f) if kept_f else np.zeros(0, np.uint16)
-        d = np.concatenate(kept_d) if kept_d else np.zeros(0, np.int32)
-        return error, f, d
-    return error, None, None
+    return (error, *_joined(kept))
 
 
 def flows_of(analyser):
