@@ -80,6 +80,7 @@ def test_trace_names_the_members_each_port_crosses(make_ecmp_lab, stages, every,
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INTERVAL = 2.0
 RUNS = int(os.environ.get("NETPROBE_TRACE_RUNS", "2"))      # `make test-trace`: 10
+QUIET = int(os.environ.get("NETPROBE_TRACE_QUIET", "24"))   # s without a fault; `make test-trace`: 600
 U32_TRACE = {4: "0>>22&0x3C@8=0x4e505452", 6: "48=0x4e505452"}   # UDP payload starts "NPTR"
 
 
@@ -87,7 +88,7 @@ class Probe:
     """`netprobe serve` in B, `netprobe probe oneway --trace --json` in A; records with arrival times."""
 
     def __init__(self, lab, family=4, *extra, duration=14):
-        self.lab, self.family = lab, family
+        self.lab, self.family, self.duration = lab, family, duration
         b = lab.b4 if family == 4 else lab.b6
         listen = f"{b}:7171" if family == 4 else f"[{b}]:7171"
         lab.popen(lab.b, [sys.executable, "-m", "netprobe", "serve", "--listen", listen,
@@ -123,7 +124,7 @@ class Probe:
         raise AssertionError("no such record: " + json.dumps([r for _, r in self.recs][-5:])[:2000])
 
     def finish(self):
-        self.proc.wait(timeout=90)
+        self.proc.wait(timeout=self.duration + 90)
         self.reader.join(timeout=10)
         assert self.proc.returncode == 0, self.proc.stderr.read()[-2000:]
         return self.recs
@@ -222,7 +223,7 @@ def test_routers_answering_every_other_icmp_still_give_the_answer(make_ecmp_lab)
 
 def test_no_fault_no_suspect_and_tracing_within_its_share(make_ecmp_lab):
     lab = make_ecmp_lab()
-    p = Probe(lab, 4, "--trace-every", "20s", duration=24)
+    p = Probe(lab, 4, "--trace-every", "20s", duration=QUIET)
     recs = p.finish()
     assert suspects(recs) == []
     assert not [r for _, r in recs if r["type"] == "BREACH"]
@@ -236,7 +237,7 @@ def test_no_fault_no_suspect_and_tracing_within_its_share(make_ecmp_lab):
     # the peer counted the scouts' datagrams past the last router apart, as B's INPUT counter saw them,
     # and none as malformed
     assert sum(r["malformed"] for r in res) == 0
-    assert 0 < sum(r["trace_at_peer"] for r in res) == p.at_peer() == res[-1]["trace_to_peer"] <= 2 * 2 * (2 + 3)
+    assert 0 < sum(r["trace_at_peer"] for r in res) == p.at_peer() == res[-1]["trace_to_peer"] <= 2 * 2 * (2 + 3) * max(1, QUIET // 20)
 
 
 def test_one_shot_trace_command_lists_each_ports_hops(make_ecmp_lab):
