@@ -162,6 +162,17 @@ resend = "{RESEND}s"
 """
 
 
+def terminate(proc, timeout):
+    """SIGTERM, then SIGKILL after timeout seconds; a process already gone (or None) is left."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Rsyslogd:
     """A private rsyslogd on a unix socket, stopped and restarted by the injector."""
 
@@ -185,13 +196,7 @@ class Rsyslogd:
             time.sleep(0.05)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 5)
         self.proc = None
 
 
@@ -213,13 +218,7 @@ class Service:
             time.sleep(0.2)
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 15)
         self.proc = None
 
     def get(self, path, raw=False):
