@@ -569,7 +569,8 @@ class Soak:
         instances of netprobe, this run's namespaces."""
         def out(argv):
             return subprocess.run(argv, capture_output=True, text=True).stdout
-        rules = [r for r in out(["iptables-save"]).splitlines() if not r.startswith(("#", ":"))]
+        # rules only: a table's "*filter"/"COMMIT" lines appear once anything loads it
+        rules = [r for r in out(["iptables-save"]).splitlines() if r.startswith("-A")]
         inst = sorted(p.name for p in TRACEFS.iterdir() if "netprobe" in p.name) if TRACEFS.exists() else []
         labs = [n for n in netlab.namespaces() if self.lab and n.startswith(self.lab.name)]
         return {"iptables": rules, "qdiscs": out(["tc", "qdisc", "show"]).splitlines(), "tracefs": inst,
@@ -742,6 +743,10 @@ def run(duration, sample, slope_limit=None, keep=None):
         soak.finish()
     v = soak.verdict()
     v["failures"] = failures(v, slope_limit)
+    # the samples behind the slopes, one JSON row each (time, pid, role, RSS kB, fds, threads)
+    with open(workdir / "samples.jsonl", "w") as fh:
+        fh.writelines(json.dumps(dict(zip(("t", "pid", "role", "rss_kb", "fds", "threads"), row, strict=True))) + "\n"
+                      for row in soak.samples)
     v["workdir"] = str(workdir)
     return v
 
