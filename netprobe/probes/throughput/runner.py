@@ -246,10 +246,13 @@ class Runner(ProbeRunner):
                     self._interval(conn)
                 stop.wait(0.05)
         finally:
+            # the final, partial interval: reported, not judged, and stamped when sending stopped
+            # (not after the wait for the last ACKs), so an exclusive run's last record lies in its slot
+            t_stop = time.time()
             if conn is not None:
                 conn.close()
                 self._collect(conn)
-            self._interval(conn, judge=False)    # the final, partial interval: reported, not judged
+            self._interval(conn, judge=False, ts=t_stop)
 
     def _connect(self):
         """A new connection: a new epoch, so no sample from before it enters a window."""
@@ -275,7 +278,7 @@ class Runner(ProbeRunner):
                 rtt_us = rows[:, COL["rtt_us"]]
                 self.new_rtts[direction].append(rtt_us[rtt_us > 0] / 1e6)
 
-    def _interval(self, conn, judge=True):
+    def _interval(self, conn, judge=True, ts=None):
         """RESULT per direction; SLA verdicts unless `judge` is False (the window cut short at
         stop ends with the wait for the last ACKs, which says nothing about the path)."""
         now_ns = time.monotonic_ns()
@@ -303,7 +306,7 @@ class Runner(ProbeRunner):
                 for k in ("timer_overruns", "late_ticks", "eagain"):
                     if isinstance(totals.get(k), int):
                         fields[k] = totals[k]
-            self.result(fields)
+            self.result(fields, ts)
             withhold = analysis.DELIVERY_METRICS if saturated_by else ()
             for v in (analysis.verdicts(m, sla, d, withhold=withhold) if judge else ()):
                 self.judge((d, v.metric), v.bad, metric=v.metric, value=v.value, op=v.op,
