@@ -97,9 +97,9 @@ def test_fleet_follows_one_timetable(fleet):
     # one host killed: the others' paths to it breach (metric=connection) within two intervals;
     # restarted, it rejoins: every other host's oneway results to it resume, and its own to them
     victim = "lon2"
+    t_kill = time.time()        # before the kill: its peers may see the close before wait() returns here
     procs[victim].kill()
     procs[victim].wait()
-    t_kill = time.time()
 
     def breaches():
         return {n: min((_ts(r["ts"]) for r in read(tmp_path, n) if r["type"] == "BREACH"

@@ -151,8 +151,8 @@ def test_peer_killed_breach_then_reconnect_and_clear(peer):
                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(4)
+        killed = time.time()            # before the kill: the probe may see the close before we run again
         p.kill()
-        killed = time.time()
         p.wait()
         time.sleep(3)
         peer(port=port)
