@@ -584,25 +584,10 @@ class Soak:
         stop = self.t_end - INTERVAL
         probes = {}
         for kind in PERIODIC:
-            have = [(parse_ts(r["ts"]) - INTERVAL, parse_ts(r["ts"])) for r in recs
-                    if r["type"] == "RESULT" and r["probe"] == kind]
+            stamps = sorted(parse_ts(r["ts"]) for r in recs if r["type"] == "RESULT" and r["probe"] == kind)
             gaps = [(parse_ts(r["start"]), parse_ts(r["end"])) for r in recs
                     if r["type"] == "GAP" and r["probe"] == kind]
-            slots = int((stop - begin) // INTERVAL)
-            got = explained = unexplained = 0
-            holes = []
-            for k in range(slots):
-                lo = begin + k * INTERVAL
-                hi = lo + INTERVAL
-                if covered(have, lo, hi) >= 0.5 * INTERVAL:
-                    got += 1
-                elif covered(have + gaps, lo, hi) >= 0.5 * INTERVAL:
-                    explained += 1
-                else:
-                    unexplained += 1
-                    holes.append(round(lo - self.t0, 1))
-            probes[kind] = {"expected": slots, "received": got, "explained_by_gap": explained,
-                            "unexplained": unexplained, "unexplained_at_s": holes[:20]}
+            probes[kind] = account(stamps, gaps, begin, stop, self.t0)
         return {
             "duration_s": round(self.t_end - self.t0, 1),
             "probes": probes,
@@ -691,6 +676,37 @@ EXPECT = {
     "syslog_down": ("ERROR", lambda r: r["type"] == "ERROR" and r.get("sink") == "syslog"),
 }
 
+
+def account(stamps, gaps, begin, stop, t0):
+    """The interval slots of [begin, stop): each received (half covered by RESULT spans), else
+    explained (half covered by GAP spans), else unexplained; `stamps` are the RESULT times, sorted.
+
+    A RESULT spans the interval before it. A late one, which the next RESULT catches up on (the
+    two within two intervals, plus half of one, of the RESULT before them: no interval missing,
+    and within the daemon's stale allowance, so it rightly said nothing), spans back to the
+    RESULT before it."""
+    spans = []
+    for i, ts in enumerate(stamps):
+        lo = ts - INTERVAL
+        if 0 < i < len(stamps) - 1 and stamps[i + 1] - stamps[i - 1] <= 2.5 * INTERVAL \
+                and ts - stamps[i - 1] <= INTERVAL + max(INTERVAL, STALE_GRACE):
+            lo = min(lo, stamps[i - 1])
+        spans.append((lo, ts))
+    slots = int((stop - begin) // INTERVAL)
+    got = explained = unexplained = 0
+    holes = []
+    for k in range(slots):
+        lo = begin + k * INTERVAL
+        hi = lo + INTERVAL
+        if covered(spans, lo, hi) >= 0.5 * INTERVAL:
+            got += 1
+        elif covered(spans + gaps, lo, hi) >= 0.5 * INTERVAL:
+            explained += 1
+        else:
+            unexplained += 1
+            holes.append(round(lo - t0, 1))
+    return {"expected": slots, "received": got, "explained_by_gap": explained,
+            "unexplained": unexplained, "unexplained_at_s": holes[:20]}
 
 def covered(spans, lo, hi):
     """Seconds of [lo, hi] inside the union of spans."""
