@@ -197,7 +197,7 @@ def test_a_clear_lost_while_alertmanager_is_down_is_counted(am):
 @pytest.mark.slow
 def test_daemon_keeps_its_intervals_and_reports_drops_while_alertmanager_hangs(tmp_path):
     """An Alertmanager that accepts connections and never answers (the worst case: every POST
-    waits out its timeout) for 60 s: the host probe's 1 s intervals stay on time and the
+    waits out its timeout) for 20 s: the host probe's 1 s intervals stay on time and the
     undelivered alert states arrive as DROPS records of the alertmanager sink."""
     hang = socket.socket()
     hang.bind(("127.0.0.1", 0))
@@ -225,7 +225,7 @@ timeout = "2s"
 give_up = "1s"
 """)
     try:
-        p = subprocess.run([sys.executable, "-m", "netprobe", "run", "-c", str(cfg), "--duration", "60s"],
+        p = subprocess.run([sys.executable, "-m", "netprobe", "run", "-c", str(cfg), "--duration", "20s"],
                            capture_output=True, text=True, timeout=120, cwd=ROOT)
     finally:
         hang.close()
@@ -233,7 +233,7 @@ give_up = "1s"
     recs = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
     ts = [datetime.datetime.fromisoformat(r["ts"].replace("Z", "+00:00")).timestamp()
           for r in recs if r["type"] == "RESULT"]
-    assert len(ts) >= 58
+    assert len(ts) >= 18
     gaps = [b - a for a, b in zip(ts, ts[1:], strict=False)]
     assert max(gaps[:-1]) < 1.25, gaps          # the last one is the partial interval at stop
     assert any(r["type"] == "BREACH" and r["metric"] == "timer_p99" for r in recs)
