@@ -240,7 +240,23 @@ class Runner(ProbeRunner):
             "cpu": percent(round(100 * cpu, 2)), "late": st["late"], "errors": st["errors"],
             "overflow": st["overflow"], "malformed": st["malformed"], "truncated": st["truncated"],
             "dump_intr": st["dump_intr"], "filtered": t.counts["filtered"], "window": seconds(window),
+            **self._destroy_fields(),
         })
+
+    def _destroy_fields(self):
+        """Since the start: flows ended by a destroy message, ones written without (none came within
+        the hold: lost, or a socket its program kept open), messages lost or dropped (then said once)."""
+        if self.destroy is None:
+            return {}
+        t, c = self.tracker.counts, self.destroy.counts
+        for key, why in (("lost", "the kernel's queue overran"), ("dropped", "more than the buffer holds came "
+                                                                  "between two dumps")):
+            if c[key] and key not in self._warned:
+                self._warned.add(key)
+                log.warning("%s: %d destroy messages %s (%s): those flows end at their last dump",
+                            self.cfg.name, c[key], key, why)
+        return {"destroyed": t["destroyed"], "destroy_missed": t["destroy_missed"],
+                "destroy_late": t["destroy_late"], "destroy_lost": c["lost"], "destroy_dropped": c["dropped"]}
 
 
 def _cpu_seconds():

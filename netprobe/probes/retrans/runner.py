@@ -59,6 +59,7 @@ class SocketDumps:
         self.dumper = nl.InetDiagDumper(states=states, ext=nl.EXT_INFO,
                                         bytecode=filters.compile_filter(either_port=either))
         self.destroy = None
+        self.name, self.warned = name, False
         if destroy_events:
             match = filters.Matcher(either_port=either)
             self.destroy = destroy.Listener((socket.AF_INET, socket.AF_INET6),
@@ -101,6 +102,11 @@ class SocketDumps:
         """Destroy messages read so far, then a dump, into the counter (final: the last one)."""
         if self.destroy is not None:
             counter.add_destroyed(_sockets(self.destroy.take()))
+            c = self.destroy.counts
+            if (c["lost"] or c["dropped"]) and not self.warned:
+                self.warned = True
+                log.warning("%s: destroy messages lost (%d) or dropped (%d): those sockets' last resends "
+                            "count one segment per event (retrans_at_close)", self.name, c["lost"], c["dropped"])
         got = self.sockets()
         if got is not None:
             counter.add_dump(got, time.monotonic(), final)
