@@ -129,3 +129,50 @@ def test_every_short_flow_gives_its_record_with_the_kernels_final_counters(make_
     mine = [r for r in retrans if r["type"] == "RESULT" and r.get("dir") == f"{lab.a4}->{lab.b4}"]
     assert sum(r["retrans"] for r in mine) == resent, (sum(r["retrans"] for r in mine), resent)
     assert sum(r["retrans_at_close"] for r in mine) == 0
+
+
+# In a network namespace of its own (every destroy message there is one of ours): `pairs`
+# loopback connections to port 7001 (the filter's) and 50 to 7002 (not), both ends closed,
+# read by a Listener with room for 64 records and a receive buffer of `rcvbuf` bytes.
+FLOOD = textwrap.dedent("""
+    import json, socket, subprocess, sys, time
+    from netprobe.probes.flows import destroy, filters
+    pairs, rcvbuf = int(sys.argv[1]), int(sys.argv[2])
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    lis = destroy.Listener((socket.AF_INET, socket.AF_INET6), filters.Matcher(either_port=[(7001, 7001)]),
+                           capacity=64, rcvbuf=rcvbuf)
+    assert lis.open(), lis.reason
+    servers = {p: socket.create_server(("127.0.0.1", p), backlog=1024) for p in (7001, 7002)}
+    for port, n in ((7001, pairs), (7002, 50)):
+        for _ in range(n):
+            c = socket.create_connection(("127.0.0.1", port))
+            a = servers[port].accept()[0]
+            c.close()
+            a.close()
+    time.sleep(0.5)                         # the peers' FIN/ACK exchanges end, the kernel frees them
+    while True:
+        seen = lis.counts["received"]
+        lis.drain()
+        if lis.counts["received"] == seen:
+            break
+    print(json.dumps({**lis.counts, "held": len(lis.take())}))
+""")
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("rcvbuf", [4 << 20, 1])
+def test_a_flood_of_destroyed_sockets_is_bounded_and_counted(tmp_path, rcvbuf):
+    """600 matching and 100 other destroyed sockets: with a 4 MiB receive buffer every message
+    is read, 64 kept, the 536 other matching ones counted as dropped; with the smallest buffer
+    the kernel drops most and its own count of them (lost) makes up the rest."""
+    netlab.require("ip")
+    (tmp_path / "flood.py").write_text(FLOOD)
+    out = netlab.sh(["unshare", "-n", sys.executable, str(tmp_path / "flood.py"), "300", str(rcvbuf)],
+                    cwd=str(ROOT), timeout=60).stdout
+    got = json.loads(out)
+    if rcvbuf > 1:
+        assert got["received"] == 700 and got["lost"] == 0, got
+        assert got["held"] == got["matched"] == 64 and got["dropped"] == 600 - 64, got
+    else:
+        assert got["lost"] > 0 and got["received"] + got["lost"] == 700, got
+        assert got["held"] == got["matched"] <= 64 and got["spoofed"] == got["malformed"] == 0, got
