@@ -117,6 +117,14 @@ def test_flow_records_match_tcp_info_and_open_flows_are_written_at_stop():
     assert sampler and all(s["errors"] == 0 and s["malformed"] == 0 for s in sampler)
 
 
+def _record(proc):
+    """The worker's next record, past its heartbeats (empty lines, one a second)."""
+    while True:
+        line = proc.stdout.readline()
+        if line != "\n":
+            return json.loads(line)
+
+
 def test_sigusr1_writes_open_flows_from_the_worker():
     f = Flows(2, socket.AF_INET6)
     proc = subprocess.Popen([sys.executable, "-m", "netprobe.supervisor.worker"], cwd=ROOT, text=True,
@@ -127,12 +135,12 @@ def test_sigusr1_writes_open_flows_from_the_worker():
         proc.stdin.write(json.dumps(job) + "\n")
         proc.stdin.close()
         f.send(0, 50_000)
-        json.loads(proc.stdout.readline())        # a first interval: the probe runs, its handler is in
+        _record(proc)                             # a first interval: the probe runs, its handler is in
         os.kill(proc.pid, signal.SIGUSR1)
         flows = []
         deadline = time.monotonic() + 10
         while len(flows) < 2 and time.monotonic() < deadline:
-            line = json.loads(proc.stdout.readline())
+            line = _record(proc)
             if line["fields"].get("scope") == "flow":
                 flows.append(line["fields"])
         assert proc.poll() is None                # still running: a snapshot, not a stop
@@ -140,7 +148,7 @@ def test_sigusr1_writes_open_flows_from_the_worker():
         assert {fl["dport"] for fl in flows} == set(f.client_ports)
         assert {fl["family"] for fl in flows} == {6}
         proc.send_signal(signal.SIGTERM)
-        rest = [json.loads(ln) for ln in proc.stdout.read().splitlines()]
+        rest = [json.loads(ln) for ln in proc.stdout.read().splitlines() if ln]
         assert proc.wait(10) == 0
         again = [ln["fields"] for ln in rest if ln["fields"].get("scope") == "flow"]
         assert len(again) == 2                   # open at shutdown: written again, not lost (cgmon lost them)
