@@ -31,6 +31,7 @@ log = logging.getLogger("netprobe.probes.flows")
 
 MAX_CONSECUTIVE_ERRORS = 5
 INITIAL_RECORDS = 1024          # the records array doubles on overflow, up to max_sockets
+MIN_HOLD = 0.5                  # s a flow gone from the dump waits for its destroy message, at least
 DRAIN_GAP = 0.01                # destroy messages are read at most this often (s): a busy host's closes batch
 FAMILIES = {"both": (2, 10), "ipv4": (2,), "ipv6": (10,)}
 # Full sockets with TCP_INFO: a flow is followed through its close until TIME_WAIT (cgmon stopped at
@@ -58,7 +59,7 @@ class Runner(ProbeRunner):
         self.tracker = Tracker(max_flows=cfg.max_flows, min_samples=cfg.min_samples,
                                max_samples=cfg.max_samples, idle_timeout=cfg.idle_timeout,
                                max_total_samples=cfg.max_total_samples,
-                               hold=2 * cfg.dump_interval if cfg.destroy_events else 0.0)
+                               hold=max(2 * cfg.dump_interval, MIN_HOLD) if cfg.destroy_events else 0.0)
         self.destroy = None
         if cfg.destroy_events:
             match = filters.Matcher(**cfg.filter_args())
