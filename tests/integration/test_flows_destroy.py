@@ -65,10 +65,13 @@ CLIENT = textwrap.dedent("""
 
 
 def start(lab, kind, *args):
-    probe = lab.popen("a", [sys.executable, "-m", "netprobe", "probe", kind, *args, "--interval", "1s",
-                            "--duration", "120s", "--json"], cwd=str(ROOT))
-    ready = select.select([probe.stdout], [], [], 30)[0]
-    first = probe.stdout.readline() if ready else ""
+    return lab.popen("a", [sys.executable, "-m", "netprobe", "probe", kind, *args, "--interval", "1s",
+                           "--duration", "120s", "--json"], cwd=str(ROOT))
+
+
+def ready(kind, probe):
+    """(probe, its first line): it is dumping (and, for retrans, its tracepoints are on)."""
+    first = probe.stdout.readline() if select.select([probe.stdout], [], [], 30)[0] else ""
     assert first, probe.stderr.read() if probe.poll() is not None else f"{kind}: no first interval in 30 s"
     return probe, first
 
@@ -90,8 +93,9 @@ def short_flows(lab, tmp_path, n, flows_args=(), retrans_args=()):
     lab.run("r", ["iptables", "-w", "-A", "FORWARD", "-i", lab.if_ra, "-o", lab.if_rb, "-p", "tcp", "--dport",
                   PORT, "-m", "length", "--length", "400:65535", "-m", "statistic", "--mode", "random",
                   "--probability", str(LOSS), "-j", "DROP"])
-    probes = {"flows": start(lab, "flows", "--dport", str(PORT), *flows_args)}
-    probes["retrans"] = start(lab, "retrans", "--ports", str(PORT), "--poll", "50ms", *retrans_args)
+    probes = {"flows": start(lab, "flows", "--dport", str(PORT), *flows_args),      # both start at once
+              "retrans": start(lab, "retrans", "--ports", str(PORT), "--poll", "50ms", *retrans_args)}
+    probes = {k: ready(k, p) for k, p in probes.items()}
     before = lab.nstat("a", "TcpRetransSegs")
     try:
         client = lab.run("a", [sys.executable, str(tmp_path / "client.py"), lab.b4, PORT, n, SIZE], timeout=120)
