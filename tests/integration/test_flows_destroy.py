@@ -11,13 +11,13 @@ make test runs N = 1,000 (NETPROBE_SHORT_FLOWS sets it; `make test-short-flows` 
 import json
 import os
 import select
-import signal
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.integration.test_retrans_live import stop_probe
 from tests.lab import netlab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,13 +76,6 @@ def ready(kind, probe):
     return probe, first
 
 
-def stop(probe, first):
-    probe.send_signal(signal.SIGTERM)
-    out, err = probe.communicate(timeout=30)
-    assert probe.returncode == 0, err
-    return [json.loads(line) for line in (first + out).splitlines()], err
-
-
 def short_flows(lab, tmp_path, n, flows_args=(), retrans_args=()):
     """Run n flows under both probes; (client's [(sport, total_retrans, bytes_acked)], flows probe records,
     retrans probe records, A's RetransSegs over the run, R's drops, flows probe stderr)."""
@@ -101,7 +94,7 @@ def short_flows(lab, tmp_path, n, flows_args=(), retrans_args=()):
         client = lab.run("a", [sys.executable, str(tmp_path / "client.py"), lab.b4, PORT, n, SIZE], timeout=120)
         resent = lab.nstat("a", "TcpRetransSegs") - before
     finally:
-        got = {k: stop(*p) for k, p in probes.items()}
+        got = {k: stop_probe(*p) for k, p in probes.items()}
         server.kill()
     return (json.loads(client.stdout), got["flows"][0], got["retrans"][0], resent,
             lab.drops("ab"), got["flows"][1])
