@@ -11,12 +11,16 @@ make test runs N = 1,000 (NETPROBE_SHORT_FLOWS sets it; `make test-short-flows` 
 import json
 import os
 import select
+import socket
+import struct
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from netprobe.probes.flows import destroy
 from tests.integration.test_retrans_live import stop_probe
 from tests.lab import netlab
 
@@ -173,3 +177,24 @@ def test_a_flood_of_destroyed_sockets_is_bounded_and_counted(tmp_path, rcvbuf):
     else:
         assert got["lost"] > 0 and got["received"] + got["lost"] == 700, got
         assert got["held"] == got["matched"] <= 64 and got["spoofed"] == got["malformed"] == 0, got
+
+
+def test_a_forged_destroy_message_from_another_socket_is_refused():
+    """Another process's netlink socket sends a well-formed destroy message (a socket record whose
+    cookie no socket has) straight to the Listener's port: the Listener is connected to the kernel,
+    so the kernel refuses it, and none of its records carries that cookie."""
+    lis = destroy.Listener((socket.AF_INET,), lambda recs: np.ones(len(recs), bool))
+    if not lis.open():
+        pytest.skip(lis.reason)
+    forger = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, destroy.NETLINK_SOCK_DIAG)
+    try:
+        body = struct.pack("=BBBBHH16s16sIII", socket.AF_INET, 7, 0, 0, 4242, 80, bytes(16), bytes(16),
+                           0, 0xDEAD, 0xBEEF) + bytes(20)          # inet_diag_msg, cookie 0xBEEF0000DEAD
+        msg = struct.pack("=IHHII", 16 + len(body), 20, 0, 0, 0) + body   # SOCK_DIAG_BY_FAMILY, seq 0
+        with pytest.raises(ConnectionRefusedError):
+            forger.sendto(msg, (lis.sock.getsockname()[0], 0))
+        lis.drain()
+        assert 0xBEEF0000DEAD not in set(lis.take()["idiag_cookie"].tolist())
+    finally:
+        forger.close()
+        lis.close()
