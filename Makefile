@@ -73,6 +73,11 @@ soak-udping: test-deps build
 test-trace: test-deps build
 	NETPROBE_TRACE_RUNS=10 NETPROBE_TRACE_QUIET=600 $(PY) -m pytest tests/integration/test_trace_lab.py $(PYTEST_ARGS)
 
+# every short flow seen with the kernel's destroy messages, 5,000 flows (make test runs 1,000; root)
+.PHONY: test-short-flows
+test-short-flows: test-deps build
+	NETPROBE_SHORT_FLOWS=5000 $(PY) -m pytest tests/integration/test_flows_destroy.py $(PYTEST_ARGS)
+
 # `make bench CHECK=1` (or `make bench-check`) also holds each figure to its target in
 # bench/targets.py and fails naming each one missed. `make bench --check` works too: make reads
 # --check as its own --check-symlink-times (-L), which is taken here to mean CHECK=1.

@@ -121,15 +121,11 @@ def test_outgoing_retransmits_per_direction_match_each_senders_kernel_count(make
     own = {"a": f"{lab.a4}->{lab.b4}", "b": f"{lab.b4}->{lab.a4}"}
     mine = {h: [r for r in recs[h] if r["type"] == "RESULT" and r["dir"] == own[h]] for h in "ab"}
     got = {h: sum(r["retrans"] + r["synack_retrans"] for r in mine[h]) for h in "ab"}   # RetransSegs counts SYN-ACKs
-    # a resend whose socket closed before a dump read its tcp_info is counted as one segment and
-    # reported in retrans_at_close; a skb holds at most 64 KB / 1448 B = 45 segments. This slack
-    # takes the probe's own count of such events: nothing outside it sees which resends came from
-    # a socket between its last dump and its close. It only widens the bound one way (we may count
-    # fewer than the kernel, never more) and goes once the probes read each socket's final
-    # tcp_info as the kernel destroys it (sock_diag destroy groups), which they do not yet.
-    short = {h: 44 * sum(r["retrans_at_close"] for r in mine[h]) for h in "ab"}
+    # a socket's resends between its last dump and its close come from its final tcp_info, which
+    # the kernel sends as it destroys the socket (sock_diag destroy groups): no per-event slack
     for h in "ab":
-        assert -max(2, 0.02 * sent[h]) <= sent[h] - got[h] <= max(2, 0.02 * sent[h]) + short[h], (got, sent, short)
+        assert abs(sent[h] - got[h]) <= max(2, 0.02 * sent[h]), (got, sent)
+        assert sum(r["retrans_at_close"] for r in mine[h]) == 0, mine[h]
         assert all(r["events_lost"] == 0 for r in recs[h] if r["type"] == "RESULT" and r["dir"] == "out")
         breach = [r for r in recs[h] if r["type"] == "BREACH"]
         # its own direction breaches max_retrans = 5; the tracepoints are host-wide, so a probe may

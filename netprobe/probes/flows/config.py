@@ -39,6 +39,9 @@ class Config(ProbeConfig):
                                   "(a bbr flow's record gains bbr_bw, bbr_bw_p50 and bbr_min_rtt)")
     memory_info: bool = setting(BOOL, False, "also dump socket memory (skmem_*)")
     write_flows: bool = setting(BOOL, True, "write a record per ended flow (per segment)")
+    destroy_events: bool = setting(BOOL, True, "read each socket's final tcp_info as the kernel destroys it "
+                                   "(sock_diag destroy groups): a flow that closes between two dumps still "
+                                   "gives its record, with its final counters")
     flow_format: str = setting(CHOICE, "native", "per-flow record fields: native (base units, nulls with "
                                "reasons) or cgmon (cgmon 0.2 names, -2/-3 sentinels)", choices=("native", "cgmon"))
     cumulant_kind: str = setting(CHOICE, "lininterp", "quantile method of the seven-number summaries",

@@ -19,6 +19,8 @@ import ipaddress
 import socket
 import struct
 
+import numpy as np
+
 NOP, JMP, S_GE, S_LE, D_GE, D_LE, AUTO, S_COND, D_COND, DEV_COND, MARK_COND, S_EQ, D_EQ = range(13)
 MAX_BYTECODE = 0xffff - 4            # what one rtattr can carry
 _REJECT, _END = "reject", "end"
@@ -125,3 +127,54 @@ def ss_expression(sport=(), dport=(), src=(), dst=()):
     parts = [ports("sport", sport) if sport else "", ports("dport", dport) if dport else "",
              nets("src", src) if src else "", nets("dst", dst) if dst else ""]
     return " and ".join(p for p in parts if p)
+
+
+class Matcher:
+    """compile_filter's filter evaluated in user space over RECORD_DTYPE records, for sockets the
+    kernel did not filter (its destroy messages): the same ports and prefixes, with the kernel's
+    rules (inet_diag_bc_run): an IPv4 prefix matches IPv4 sockets and v4-mapped IPv6 ones, an IPv6
+    prefix only IPv6 ones. __call__(records) -> bool array."""
+
+    def __init__(self, sport=(), dport=(), src=(), dst=(), either_port=()):
+        self.sport, self.dport, self.either = tuple(sport), tuple(dport), tuple(either_port)
+        self.src = [ipaddress.ip_network(n, strict=False) for n in src]
+        self.dst = [ipaddress.ip_network(n, strict=False) for n in dst]
+
+    @staticmethod
+    def _ports(ports, ranges):
+        hit = np.zeros(len(ports), bool)
+        for lo, hi in ranges:
+            hit |= (ports >= lo) & (ports <= hi)
+        return hit
+
+    @staticmethod
+    def _prefixes(family, addr, nets):
+        """addr: (n, 16) uint8 (IPv4 in the first 4 bytes)."""
+        mapped = (family == socket.AF_INET6) & ~addr[:, :10].any(axis=1) & (addr[:, 10] == 0xff) & (addr[:, 11] == 0xff)
+        v4 = np.where((family == socket.AF_INET)[:, None], addr[:, :4], addr[:, 12:16])
+        hit = np.zeros(len(addr), bool)
+        for net in nets:
+            mask = np.frombuffer(net.netmask.packed, np.uint8)
+            want = np.frombuffer(net.network_address.packed, np.uint8)
+            if net.version == 4:
+                hit |= ((family == socket.AF_INET) | mapped) & ((v4 & mask) == want).all(axis=1)
+            else:
+                hit |= (family == socket.AF_INET6) & ((addr & mask) == want).all(axis=1)
+        return hit
+
+    def __call__(self, records):
+        ok = np.ones(len(records), bool)
+        sport, dport = records["idiag_sport"], records["idiag_dport"]
+        if self.sport:
+            ok &= self._ports(sport, self.sport)
+        if self.dport:
+            ok &= self._ports(dport, self.dport)
+        if self.either:
+            ok &= self._ports(sport, self.either) | self._ports(dport, self.either)
+        if self.src or self.dst:
+            family = records["idiag_family"]
+            for nets, field in ((self.src, "idiag_src"), (self.dst, "idiag_dst")):
+                if nets:
+                    addr = np.frombuffer(np.ascontiguousarray(records[field]).tobytes(), np.uint8).reshape(-1, 16)
+                    ok &= self._prefixes(family, addr, nets)
+        return ok

@@ -7,9 +7,14 @@ tracker matches them to flows; ended flows are written as one record each
 verdicts, and the sampler reports on itself (scope=sampler: dump time,
 overflow, malformed messages, CPU share). SIGUSR1 writes every open flow
 (end_reason=open) without ending it; so does the shutdown.
+
+With destroy_events, the kernel's destroy messages (destroy.py) are read while the loop waits
+between dumps and handed to the tracker with the next dump: a flow's last sample is its socket's
+final tcp_info, and a socket that lived between two dumps still gives its record.
 """
 import logging
 import resource
+import select
 import signal
 import threading
 import time
@@ -18,7 +23,7 @@ import numpy as np
 
 from netprobe.errors import ProbeError, load_extension
 from netprobe.probes.base import ProbeRunner
-from netprobe.probes.flows import analysis, metrics
+from netprobe.probes.flows import analysis, destroy, filters, metrics
 from netprobe.probes.flows.tracker import Tracker
 from netprobe.results import RESULT, Record, percent, seconds
 
@@ -26,6 +31,8 @@ log = logging.getLogger("netprobe.probes.flows")
 
 MAX_CONSECUTIVE_ERRORS = 5
 INITIAL_RECORDS = 1024          # the records array doubles on overflow, up to max_sockets
+MIN_HOLD = 0.5                  # s a flow gone from the dump waits for its destroy message, at least
+DRAIN_GAP = 0.01                # destroy messages are read at most this often (s): a busy host's closes batch
 FAMILIES = {"both": (2, 10), "ipv4": (2,), "ipv6": (10,)}
 # Full sockets with TCP_INFO: a flow is followed through its close until TIME_WAIT (cgmon stopped at
 # ESTABLISHED, so the last ACKed bytes of a closing flow were never seen).
@@ -51,7 +58,16 @@ class Runner(ProbeRunner):
         self.records = np.zeros(min(INITIAL_RECORDS, cfg.max_sockets), dtype=nl.RECORD_DTYPE)
         self.tracker = Tracker(max_flows=cfg.max_flows, min_samples=cfg.min_samples,
                                max_samples=cfg.max_samples, idle_timeout=cfg.idle_timeout,
-                               max_total_samples=cfg.max_total_samples)
+                               max_total_samples=cfg.max_total_samples,
+                               hold=max(2 * cfg.dump_interval, MIN_HOLD) if cfg.destroy_events else 0.0)
+        self.destroy = None
+        if cfg.destroy_events:
+            match = filters.Matcher(**cfg.filter_args())
+            # what the dumps list: sockets that were connected (something they sent was acked; a
+            # refused connect or a listener has delivered nothing)
+            self.destroy = destroy.Listener(FAMILIES[cfg.family],
+                                            lambda recs: match(recs) & (recs["tcpi_delivered"] > 0))
+        self._carry = None             # destroy records taken before a dump that failed
         self.grouper = analysis.Grouper(cfg.group_prefixes, cfg.port_groups())
         self.opts = analysis.Options(interval=cfg.dump_interval, mode=cfg.flow_format,
                                      cumulant_kind=cfg.cumulant_kind,
@@ -74,6 +90,10 @@ class Runner(ProbeRunner):
         next_dump = time.monotonic()
         next_result = next_dump + cfg.interval
         try:
+            if self.destroy is not None and not self.destroy.open():
+                log.warning("%s: %s; flows that close between two dumps are not seen, and a closed flow's "
+                            "record ends at its last dump", cfg.name, self.destroy.reason)
+                self.destroy = None
             if cfg.http_listen:
                 server = metrics.MetricsServer(cfg.http_listen, cfg.name, self._metrics)
             while not stop.is_set():
@@ -92,16 +112,40 @@ class Runner(ProbeRunner):
                     agg["late"] += skipped
                     self.totals["late_total"] += skipped
                     next_dump += step * skipped
-                stop.wait(max(0.0, next_dump - time.monotonic()))
+                self._wait(stop, next_dump)
         finally:
             if old_usr1 is not None:
                 signal.signal(signal.SIGUSR1, old_usr1)
+            if self.destroy is not None:          # the held flows, with what came since the last dump
+                self._write(self.tracker.final(self._destroyed(), time.monotonic_ns()))
             if agg["dumps"]:
                 self._interval(agg, time.monotonic(), judge=False)
             self._write(self.tracker.snapshot())
             self.dumper.close()
+            if self.destroy is not None:
+                self.destroy.close()
             if server is not None:
                 server.close()
+
+    def _wait(self, stop, until):
+        """Until `until` (monotonic s) or stop; reading destroy messages as they come."""
+        if self.destroy is None:
+            stop.wait(max(0.0, until - time.monotonic()))
+            return
+        while not stop.is_set():
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            if select.select([self.destroy], [], [], min(left, 0.1))[0]:
+                self.destroy.drain()
+                stop.wait(min(DRAIN_GAP, max(0.0, until - time.monotonic())))
+
+    def _destroyed(self):
+        """Destroy records read so far (with those of a failed dump's turn)."""
+        got = self.destroy.take()
+        if self._carry is not None:
+            got, self._carry = np.concatenate((self._carry, got)), None
+        return got
 
     def _new_interval(self):
         return {"agg": analysis.IntervalAggregate(len(self.grouper.names)), "dumps": 0, "errors": 0, "late": 0,
@@ -110,6 +154,7 @@ class Runner(ProbeRunner):
                 **dict.fromkeys(self.nl.COUNTERS, 0)}
 
     def _sample(self, st):
+        destroyed = self._destroyed() if self.destroy is not None else None      # before the dump: see tracker
         t0 = time.monotonic_ns()
         error = 0
         try:
@@ -135,6 +180,7 @@ class Runner(ProbeRunner):
             if self.tracker.dumps == 0 or self._errors_in_row >= MAX_CONSECUTIVE_ERRORS:
                 raise ProbeError(f"inet_diag dump failed: {why} ({self._errors_in_row} in a row)")
             log.warning("%s: inet_diag dump failed: %s", self.cfg.name, why)
+            self._carry = destroyed
             return
         self._errors_in_row = 0
         n = got.sockets
@@ -145,7 +191,7 @@ class Runner(ProbeRunner):
             log.warning("%s: more than max_sockets=%d sockets match; %d not read (raise max_sockets or filter)",
                         self.cfg.name, self.cfg.max_sockets, got.overflow)
         recs = self.records[:n]
-        ended, delta = self.tracker.update(recs, t1)
+        ended, delta = self.tracker.update(recs, t1, destroyed=destroyed)
         st["agg"].add(self.grouper.assign(recs)[delta.index], delta)
         st["dumps"] += 1
         st["sockets"] = n
@@ -195,7 +241,23 @@ class Runner(ProbeRunner):
             "cpu": percent(round(100 * cpu, 2)), "late": st["late"], "errors": st["errors"],
             "overflow": st["overflow"], "malformed": st["malformed"], "truncated": st["truncated"],
             "dump_intr": st["dump_intr"], "filtered": t.counts["filtered"], "window": seconds(window),
+            **self._destroy_fields(),
         })
+
+    def _destroy_fields(self):
+        """Since the start: flows ended by a destroy message, ones written without (none came within
+        the hold: lost, or a socket its program kept open), messages lost or dropped (then said once)."""
+        if self.destroy is None:
+            return {}
+        t, c = self.tracker.counts, self.destroy.counts
+        for key, why in (("lost", "the kernel's queue overran"), ("dropped", "more than the buffer holds came "
+                                                                  "between two dumps")):
+            if c[key] and key not in self._warned:
+                self._warned.add(key)
+                log.warning("%s: %d destroy messages %s (%s): those flows end at their last dump",
+                            self.cfg.name, c[key], key, why)
+        return {"destroyed": t["destroyed"], "destroy_missed": t["destroy_missed"],
+                "destroy_late": t["destroy_late"], "destroy_lost": c["lost"], "destroy_dropped": c["dropped"]}
 
 
 def _cpu_seconds():

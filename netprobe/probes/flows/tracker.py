@@ -24,11 +24,19 @@ Rules:
 - flows present in the first dump started before us: `partial`;
 - a flow's congestion control name is the one it last ran under (iperf3,
   for one, sets TCP_CONGESTION only after connect());
-- `snapshot()` returns every open flow (shutdown, SIGUSR1) without ending it.
+- `snapshot()` returns every open flow (shutdown, SIGUSR1) without ending it;
+- with the kernel's destroy messages (`hold` > 0, destroy.py), a flow is written with its final
+  tcp_info: one gone from the dump waits up to `hold` seconds for its socket's message (the
+  kernel sends it when it frees the socket, a moment after unhashing it, or when the program
+  that held a closed socket lets it go), and is written from its last dump if none comes (its
+  cookie is then kept, at most KEEP_REPORTED of them, so a later message is dropped and counted
+  as destroy_late, not written twice); a socket no dump saw (one shorter than the dump
+  interval) becomes a flow of that one sample.
 update() returns the flows that ended and the per-dump deltas the interval
 aggregates need (Delta).
 """
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +54,7 @@ SAMPLE_FIELDS = (
 )
 COL = {name: i for i, name in enumerate(SAMPLE_FIELDS)}
 NCOLS = len(SAMPLE_FIELDS)
+KEEP_REPORTED = 65536      # cookies of flows written without their destroy message, kept to drop a late one
 
 
 _SPECS = {}
@@ -140,10 +149,14 @@ class Tracker:
     """
 
     def __init__(self, max_flows=10_000, min_samples=0, max_samples=10_000, idle_timeout=0.0,
-                 max_total_samples=1_000_000):
-        if max_flows < 0 or min_samples < 0 or max_samples < 2 or idle_timeout < 0 or max_total_samples < 1:
+                 max_total_samples=1_000_000, hold=0.0):
+        if max_flows < 0 or min_samples < 0 or max_samples < 2 or idle_timeout < 0 or max_total_samples < 1 \
+                or hold < 0:
             raise ValueError("max_flows, min_samples >= 0, max_samples >= 2, idle_timeout >= 0, "
-                             "max_total_samples >= 1")
+                             "max_total_samples >= 1, hold >= 0")
+        self.hold_ns = round(hold * 1e9)
+        self.gone = {}                 # cookie -> (flow, last dump sample, deduped, last seen, gone since)
+        self.reported = OrderedDict()  # cookies written without their destroy message (bounded)
         self.max_total_samples = max_total_samples
         self.total_samples = 0
         self.max_flows = max_flows
@@ -162,13 +175,15 @@ class Tracker:
         self.stored = 0                                  # flows keeping samples (Flow objects)
         self.dumps = 0
         self.t_ns = 0                                    # time of the last dump
-        self.counts = dict.fromkeys(("new", "closed", "filtered", "dropped_short", "duplicates", "retuple"), 0)
+        self.counts = dict.fromkeys(("new", "closed", "filtered", "dropped_short", "duplicates", "retuple",
+                                     "destroyed", "destroy_late", "destroy_missed"), 0)
 
     def __len__(self):
         return len(self.flows)
 
-    def update(self, records, t_ns, wall=None):
-        """Feed one dump (the filled part of a record array) taken at t_ns; returns (ended, Delta)."""
+    def update(self, records, t_ns, wall=None, destroyed=None):
+        """Feed one dump (the filled part of a record array) taken at t_ns, and the destroy messages
+        read since the last one (records, each with the t_ns it was read at); returns (ended, Delta)."""
         wall = time.time() if wall is None else wall
         first = self.dumps == 0
         self.dumps += 1
@@ -213,10 +228,16 @@ class Tracker:
             kept_old[old] = True
             for i in np.flatnonzero(~kept_old):      # gone from the dump: closed (or re-tupled)
                 flow = self.flows[i]
-                if flow is not None:
+                if flow is None:
+                    if self.hold_ns:                 # filtered (max_flows): its destroy message is not a new flow
+                        self._reported(int(self.cookies[i]))
+                else:
                     self.stored -= 1
                     self.counts["closed"] += 1
-                    self._finish(ended, flow, "closed", wall, self.t_ns, self.deduped[i])
+                    if self.hold_ns:                 # its destroy message gives the final sample
+                        self.gone[flow.cookie] = (flow, self.last[i], int(self.deduped[i]), self.t_ns, t_ns)
+                    else:
+                        self._finish(ended, flow, "closed", wall, self.t_ns, self.deduped[i])
             # carry the matched sockets over
             flows, has_flow = np.empty(n, dtype=object), np.zeros(n, bool)
             flows[m_rows], has_flow[m_rows] = self.flows[old], self.has_flow[old]
@@ -266,6 +287,11 @@ class Tracker:
                 deduped[r] = nrows[r] = 0
                 changed_ns[r] = t_ns
 
+        if destroyed is not None and len(destroyed):
+            self._destroyed(ended, destroyed, t_ns, wall, first, set(cookies.tolist()))
+        if self.gone:
+            self.expire(ended, t_ns, wall)
+
         delta = Delta(index=index, rtt_us=smat[:, COL["tcpi_rtt"]], new=~matched,
                       **{k: np.where(matched, smat[:, COL[c]] - prev[:, COL[c]], 0)
                          for k, c in (("d_retrans", "tcpi_total_retrans"), ("d_segs_out", "tcpi_segs_out"),
@@ -274,6 +300,66 @@ class Tracker:
         self.has_flow = has_flow
         self.deduped, self.changed_ns, self.nrows, self.t_ns = deduped, changed_ns, nrows, t_ns
         return ended, delta
+
+    def _destroyed(self, ended, destroyed, t_ns, wall, first, listed):
+        """The final samples of destroyed sockets: a held flow ends with it, a socket no dump saw
+        is a flow of one sample, a flow already written is not written again."""
+        smat, _, cookies = columns(destroyed)
+        for r, cookie in enumerate(cookies.tolist()):
+            rec_ns = int(smat[r, 0])
+            end_wall = wall - (t_ns - rec_ns) / 1e9
+            held = self.gone.pop(cookie, None)
+            if held is not None:
+                flow, last, deduped, _, _ = held
+                if (smat[r, 1:] != last[1:]).any():
+                    flow.rows.append(smat[r].tobytes())
+                else:
+                    deduped += 1
+                self.counts["destroyed"] += 1
+                self._finish(ended, flow, "closed", end_wall, rec_ns, deduped)
+            elif cookie in self.reported or cookie in listed:
+                self.counts["destroy_late"] += 1         # written already (or listed: not ours to end)
+            else:
+                self.counts["new"] += 1
+                self.counts["destroyed"] += 1
+                if self.max_flows and self.stored >= self.max_flows:
+                    self.counts["filtered"] += 1
+                    continue
+                flow = Flow(destroyed[r], rec_ns, end_wall, partial=first)
+                flow.rows.append(smat[r].tobytes())
+                self._finish(ended, flow, "closed", end_wall, rec_ns, 0)
+
+    def final(self, destroyed, t_ns, wall=None):
+        """At the end: the destroy messages read since the last dump, then every flow still held
+        written from its last dump; returns the ended flows."""
+        wall = time.time() if wall is None else wall
+        ended = []
+        if len(destroyed):
+            closed = np.flatnonzero(self.has_flow & np.isin(self.cookies, destroyed["idiag_cookie"]))
+            for i in closed:                # listed by the last dump, closed since
+                flow = self.flows[i]
+                self.gone[flow.cookie] = (flow, self.last[i], int(self.deduped[i]), self.t_ns, t_ns)
+                self.flows[i], self.has_flow[i] = None, False
+                self.stored -= 1
+                self.counts["closed"] += 1
+            self._destroyed(ended, destroyed, t_ns, wall, self.dumps == 0, set())
+        self.expire(ended, t_ns, wall, everything=True)
+        return ended
+
+    def expire(self, ended, t_ns, wall, everything=False):
+        """Write the held flows whose destroy message has not come within `hold` (all of them at
+        the end) from their last dump, and remember their cookies."""
+        for cookie, (flow, _, deduped, seen_ns, since) in list(self.gone.items()):
+            if everything or t_ns - since >= self.hold_ns:
+                del self.gone[cookie]
+                self.counts["destroy_missed"] += 1
+                self._finish(ended, flow, "closed", wall, seen_ns, deduped)
+                self._reported(cookie)
+
+    def _reported(self, cookie):
+        self.reported[cookie] = None
+        if len(self.reported) > KEEP_REPORTED:
+            self.reported.popitem(last=False)
 
     def _finish(self, ended, flow, reason, wall, last_ns, deduped):
         """Write `flow` out (unless it has fewer than min_samples) as last seen at last_ns."""

@@ -138,21 +138,28 @@ class SegmentCounter:
     32 resent segments. total_retrans counts segments, as the namespace's RetransSegs
     does, so the runner dumps the watched sockets when events arrive and at the end
     of each interval, and their increases become the flows' segments. Sockets in the
-    first dump count from their value then; later ones started after us, from 0. A
-    flow whose socket is gone by the next dump adds each event it had since its last
-    dump as one segment (a lower bound: its last resends may have been GSO skbs too;
-    take() says how many such events it counted).
-    An event read only after a dump that already counted it (its time is not after the
-    end of the last dump that listed its socket) is not pending. Flows are (local
-    address, local port, remote address, remote port), addresses as ipaddress objects;
-    times are CLOCK_MONOTONIC seconds."""
+    first dump count from their value then; later ones started after us, from 0.
+    With the kernel's destroy messages (`hold` > 0), a socket's final total_retrans
+    counts what it resent since its last dump (destroyed(), before the next dump); a flow
+    whose socket left the dumps with events since its last one waits up to `hold` s for
+    that message. Without it (or when none comes in time), each such event counts as one
+    segment (a lower bound: its last resends may have been GSO skbs too; take() says how
+    many such events it counted), and a message that comes later adds only the rest.
+    An event read only after a dump (or destroy message) that already counted it (its time
+    is not after the end of the last dump that listed its socket) is not pending. Flows are
+    (local address, local port, remote address, remote port), addresses as ipaddress
+    objects; times are CLOCK_MONOTONIC seconds."""
 
     KEEP_S = 10.0                  # how long a listed flow's last dump time is kept after it is gone
 
-    def __init__(self):
-        self.base = None           # cookie -> total_retrans at the last dump (None before the first)
-        self.listed = {}           # flow -> end time of the last dump that listed its socket
+    def __init__(self, hold=0.0):
+        self.hold = hold
+        self.base = None           # cookie -> (flow, total_retrans) at the last dump (None before the first)
+        self.listed = {}           # flow -> end time of the last dump (or destroy message) that listed its socket
         self.pending = {}          # flow -> events since the last dump that listed it
+        self.missing = {}          # flow -> time its socket was first missing with events pending (hold > 0)
+        self.gone = {}             # cookie -> (flow, total_retrans, time) of sockets gone from the dumps (hold > 0)
+        self.counted = {}          # flow -> (events counted at close, time), for a message that comes later
         self.segments = {}         # flow -> segments so far this interval
         self.at_close = {}         # flow -> of those, events counted as one segment as its socket was gone
 
@@ -160,23 +167,56 @@ class SegmentCounter:
         if ts > self.listed.get(flow, -math.inf):
             self.pending[flow] = self.pending.get(flow, 0) + 1
 
-    def dump(self, sockets, t_end):
+    def _add(self, flow, n):
+        if n > 0:
+            self.segments[flow] = self.segments.get(flow, 0) + n
+
+    def dump(self, sockets, t_end, final=False):
         """sockets: (cookie, flow, total_retrans) of every watched socket with total_retrans > 0, read by
-        a dump that ended at t_end."""
+        a dump that ended at t_end; final: the last one (nothing waits for a destroy message)."""
         seen = {}
         for cookie, flow, total in sockets:
-            seen[cookie] = total
-            if self.base is not None and total > self.base.get(cookie, 0):
-                self.segments[flow] = self.segments.get(flow, 0) + total - self.base.get(cookie, 0)
+            seen[cookie] = (flow, total)
+            if self.base is not None:
+                self._add(flow, total - self.base.get(cookie, (None, 0))[1])
             self.pending.pop(flow, None)
+            self.missing.pop(flow, None)
             self.listed[flow] = t_end
-        if self.base is not None:
-            for flow, n in self.pending.items():      # closed since: each event is at least one segment
-                self.segments[flow] = self.segments.get(flow, 0) + n
+        if self.base is None:
+            self.pending = {}
+        else:
+            if self.hold:
+                for cookie, (flow, total) in self.base.items():
+                    if cookie not in seen:
+                        self.gone[cookie] = (flow, total, t_end)
+            for flow, n in list(self.pending.items()):
+                since = self.missing.setdefault(flow, t_end)
+                if self.hold and not final and t_end - since < self.hold:
+                    continue                      # its destroy message may still come
+                self._add(flow, n)                # closed since: each event is at least one segment
                 self.at_close[flow] = self.at_close.get(flow, 0) + n
-        self.pending = {}
+                if self.hold:
+                    self.counted[flow] = (self.counted.get(flow, (0,))[0] + n, t_end)
+                del self.pending[flow], self.missing[flow]
         self.base = seen
-        self.listed = {f: t for f, t in self.listed.items() if t >= t_end - self.KEEP_S}
+        old = t_end - self.KEEP_S
+        self.listed = {f: t for f, t in self.listed.items() if t >= old}
+        if self.hold:
+            self.gone = {c: g for c, g in self.gone.items() if g[2] >= old}
+            self.counted = {f: c for f, c in self.counted.items() if c[1] >= old}
+
+    def destroyed(self, sockets):
+        """sockets: (cookie, flow, total_retrans, time read) of watched sockets the kernel destroyed
+        (total_retrans > 0), read before the next dump."""
+        if self.base is None:                    # before the first dump: not counted, as for a dump
+            return
+        for cookie, flow, total, t in sockets:
+            last = self.base.pop(cookie, None) or self.gone.pop(cookie, None)
+            done = self.counted.pop(flow, (0,))[0]
+            self._add(flow, total - (last[1] if last else 0) - done)
+            self.pending.pop(flow, None)
+            self.missing.pop(flow, None)
+            self.listed[flow] = max(self.listed.get(flow, t), t)
 
     def take(self):
         """This interval's segments per flow (from dumps only; events not yet dumped wait), and
@@ -237,11 +277,16 @@ class LiveCounter:
                 g = self.groups.setdefault(self._key(lip, rip), {"synack_retrans": 0, "resets": 0})
                 g[kind] += 1
 
-    def add_dump(self, sockets, t_end):
+    def add_dump(self, sockets, t_end, final=False):
         """One dump of the watched sockets, ended at t_end (time.monotonic()):
         (cookie, (local ip, port, remote ip, port), total_retrans) of those with total_retrans > 0."""
         self.dumped = True
-        self.segs.dump((s for s in sockets if self._watched(s[1][2], s[1][1], s[1][3])), t_end)
+        self.segs.dump((s for s in sockets if self._watched(s[1][2], s[1][1], s[1][3])), t_end, final)
+
+    def add_destroyed(self, sockets):
+        """Destroy messages read since the last dump: (cookie, flow, total_retrans, time read) as for
+        add_dump, each the socket's final count."""
+        self.segs.destroyed(s for s in sockets if self._watched(s[1][2], s[1][1], s[1][3]))
 
     def _key(self, lip, rip):
         return (_prefix(lip, self.v4len, self.v6len), _prefix(rip, self.v4len, self.v6len))
@@ -278,7 +323,8 @@ class LiveCounter:
             direction = f"{src}->{dst}"
             out.append(Record(RESULT, KIND, name, {
                 # retrans_at_close: resends of sockets that closed before a dump read their
-                # tcp_info, counted one segment each (a lower bound for a GSO skb)
+                # tcp_info and whose final count the kernel did not send (no destroy messages, or
+                # theirs lost), counted one segment each (a lower bound for a GSO skb)
                 "dir": direction, "retrans": g["retrans"], "retrans_events": g["retrans_events"],
                 "retrans_at_close": g["retrans_at_close"],
                 "synack_retrans": g["synack_retrans"], "resets": g["resets"], "flows_retransmitting": len(flows),

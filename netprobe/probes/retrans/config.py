@@ -2,7 +2,7 @@
 incoming ones from a header-only capture analysed like a pcap file."""
 from dataclasses import dataclass
 
-from netprobe.config.schema import CHOICE, DURATION, FLOAT, INT, PREFIX_LIST, SIZE, STR, STR_LIST, setting
+from netprobe.config.schema import BOOL, CHOICE, DURATION, FLOAT, INT, PREFIX_LIST, SIZE, STR, STR_LIST, setting
 from netprobe.probes.base import ProbeConfig
 
 
@@ -17,6 +17,9 @@ class Config(ProbeConfig):
     buffer_size: int = setting(SIZE, 4 << 20, "trace buffer per CPU of the probe's tracefs instance "
                                "(bytes; events beyond it are lost and reported)", min=64 << 10, max=256 << 20)
     poll: float = setting(DURATION, 0.2, "how often the trace buffer is read (s)", min=0.01, max=10)
+    destroy_events: bool = setting(BOOL, True, "read each watched socket's final tcp_info as the kernel "
+                                   "destroys it (sock_diag destroy groups): the resends of a socket that "
+                                   "closes between two dumps count exactly")
     max_retrans: int = setting(INT, None, "BREACH metric=retrans when one direction (local -> remote "
                                "prefix) retransmits more packets than this in an interval", min=0,
                                max=10**12)

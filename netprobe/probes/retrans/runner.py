@@ -12,7 +12,9 @@ killed run is removed when the next one starts.
 Retransmits are counted in segments: the watched sockets are dumped over inet_diag
 (netprobe._nldiag, filtered by port in the kernel) when events arrive and at the end
 of each interval, and their tcp_info total_retrans increases are what the events
-stood for (analysis.SegmentCounter).
+stood for (analysis.SegmentCounter). With destroy_events, each watched socket's final
+total_retrans comes from the kernel's destroy message (flows/destroy.py), read before each dump:
+a socket that closes between two dumps is counted exactly, not from its events.
 
 With `capture_iface`, a header-only capture (capture.py) runs beside it and
 each interval adds one RESULT source=capture per direction seen on the wire,
@@ -27,7 +29,7 @@ import numpy as np
 
 from netprobe.errors import ProbeError, load_extension
 from netprobe.probes.base import ProbeRunner
-from netprobe.probes.flows import filters
+from netprobe.probes.flows import destroy, filters
 from netprobe.probes.retrans import analysis, capture, tracefs
 
 log = logging.getLogger("netprobe.probes.retrans")
@@ -44,16 +46,28 @@ def tcp_snmp(path="/proc/net/snmp"):
 
 
 MAX_SOCKETS = 1 << 20
+HOLD_S = 1.0            # how long a gone socket's events wait for its destroy message
 
 
 class SocketDumps:
     """The watched sockets' tcp_info total_retrans over inet_diag, for LiveCounter.add_dump."""
 
-    def __init__(self, ports):
+    def __init__(self, ports, destroy_events=False, name="retrans"):
         self.nl = nl = load_extension("_nldiag")
         states = sum(1 << v for k, v in nl.TCP_STATES.items() if k not in ("listen", "time-wait"))
+        either = [(p, p) for p in ports]
         self.dumper = nl.InetDiagDumper(states=states, ext=nl.EXT_INFO,
-                                        bytecode=filters.compile_filter(either_port=[(p, p) for p in ports]))
+                                        bytecode=filters.compile_filter(either_port=either))
+        self.destroy = None
+        self.name, self.warned = name, False
+        if destroy_events:
+            match = filters.Matcher(either_port=either)
+            self.destroy = destroy.Listener((socket.AF_INET, socket.AF_INET6),
+                                            lambda recs: match(recs) & (recs["tcpi_total_retrans"] > 0))
+            if not self.destroy.open():
+                log.warning("%s: %s; the resends of a socket that closes between two dumps count one "
+                            "segment per event (retrans_at_close)", name, self.destroy.reason)
+                self.destroy = None
         self.records = np.zeros(1024, dtype=nl.RECORD_DTYPE)
         self.last = 0.0                     # time.monotonic() of the last dump
         self.error = 0                      # errno of the last failed dump, logged once until it changes
@@ -78,21 +92,40 @@ class SocketDumps:
             return None
         self.error = 0
         recs = self.records[:got.sockets]
-        out = []
-        for r in recs[recs["tcpi_total_retrans"] > 0]:
-            n = 4 if r["idiag_family"] == socket.AF_INET else 16
-            la, ra = ipaddress.ip_address(bytes(r["idiag_src"])[:n]), ipaddress.ip_address(bytes(r["idiag_dst"])[:n])
-            out.append((int(r["idiag_cookie"]), (la, int(r["idiag_sport"]), ra, int(r["idiag_dport"])),
-                        int(r["tcpi_total_retrans"])))
-        return out
+        return [(cookie, flow, total) for cookie, flow, total, _ in _sockets(recs[recs["tcpi_total_retrans"] > 0])]
 
-    def feed(self, counter):
+    def drain(self):
+        if self.destroy is not None:
+            self.destroy.drain()
+
+    def feed(self, counter, final=False):
+        """Destroy messages read so far, then a dump, into the counter (final: the last one)."""
+        if self.destroy is not None:
+            counter.add_destroyed(_sockets(self.destroy.take()))
+            c = self.destroy.counts
+            if (c["lost"] or c["dropped"]) and not self.warned:
+                self.warned = True
+                log.warning("%s: destroy messages lost (%d) or dropped (%d): those sockets' last resends "
+                            "count one segment per event (retrans_at_close)", self.name, c["lost"], c["dropped"])
         got = self.sockets()
         if got is not None:
-            counter.add_dump(got, time.monotonic())
+            counter.add_dump(got, time.monotonic(), final)
 
     def close(self):
         self.dumper.close()
+        if self.destroy is not None:
+            self.destroy.close()
+
+
+def _sockets(recs):
+    """(cookie, (local ip, port, remote ip, port), total_retrans, t_ns as monotonic s) of each record."""
+    out = []
+    for r in recs:
+        n = 4 if r["idiag_family"] == socket.AF_INET else 16
+        la, ra = ipaddress.ip_address(bytes(r["idiag_src"])[:n]), ipaddress.ip_address(bytes(r["idiag_dst"])[:n])
+        out.append((int(r["idiag_cookie"]), (la, int(r["idiag_sport"]), ra, int(r["idiag_dport"])),
+                    int(r["tcpi_total_retrans"]), int(r["t_ns"]) / 1e9))
+    return out
 
 
 class Runner(ProbeRunner):
@@ -145,7 +178,9 @@ class Runner(ProbeRunner):
             if inst.missing:
                 log.info("%s: kernel lacks %s", cfg.name, ", ".join(inst.missing))
             counter = analysis.LiveCounter(cfg.peers, cfg.prefix_v4, cfg.prefix_v6, cfg.port_numbers)
-            dumps = SocketDumps(cfg.port_numbers)
+            dumps = SocketDumps(cfg.port_numbers, cfg.destroy_events, cfg.name)
+            if dumps.destroy is not None:
+                counter.segs.hold = HOLD_S
             try:
                 seen = set()
                 warned_drops = False
@@ -157,10 +192,11 @@ class Runner(ProbeRunner):
                     end = t0 + cfg.interval
                     while not stop.is_set() and time.monotonic() < end:
                         counter.add_lines(inst.read(timeout=min(cfg.poll, max(0.0, end - time.monotonic()))))
+                        dumps.drain()
                         if counter.segs.pending and time.monotonic() - dumps.last >= cfg.poll:
                             dumps.feed(counter)    # while the sockets that resent are still there
                     counter.add_lines(inst.read())
-                    dumps.feed(counter)
+                    dumps.feed(counter, final=stop.is_set())
                     capstats = None
                     if cap is not None:
                         cap.pump(settle=stop.is_set())      # at stop, nothing captured is left out
