@@ -16,7 +16,7 @@ from netprobe.config import schema
 from netprobe.config.load import ProbeSpec, build_probe_config
 from netprobe.errors import ConfigError
 from netprobe.mesh import fetch, plan, rollup
-from netprobe.results import ERROR, RESULT, Record
+from netprobe.results import BREACH, ERROR, RESULT, Record
 
 log = logging.getLogger("netprobe.mesh")
 ANNOTATED = ("RESULT", "BREACH", "CLEAR")
@@ -53,6 +53,7 @@ class MeshRuntime:
         got = self.source.get()
         self.self_name = cfg.self or local_host(got.mesh)
         self.derived = {}
+        self.missed = {}                  # derived probe -> timetabled runs its peer answered busy to
         self._install(got.mesh)
         self.pending = None               # (mesh, time it takes effect)
         self.next_refresh = now + cfg.refresh
@@ -164,8 +165,12 @@ class MeshRuntime:
         host = self.mesh.by_name[p.peer] if p is not None else self.gone.get(rec.name)
         if host is None or rec.type not in ANNOTATED:
             return rec
+        extra = {}
+        if rec.type == BREACH and rec.fields.get("metric") == "connection" and rec.fields.get("state") == "busy":
+            # a timetabled test's worker writes one such BREACH per run its peer refused: a missed run
+            extra["busy_missed"] = self.missed[rec.name] = self.missed.get(rec.name, 0) + 1
         rec = replace(rec, fields={**rec.fields, "peer_name": host.name,
-                                   **{f"peer_{k}": v for k, v in host.tags}})
+                                   **{f"peer_{k}": v for k, v in host.tags}, **extra})
         if p is not None:
             self.rollup.feed(rec)
         return rec

@@ -77,6 +77,7 @@ class Worker:
         self.proc = None
         self.buf = b""
         self.out = b""                # job lines the worker has not read yet (its stdin is non-blocking)
+        self.mesh = None              # the mesh version its job carries (the peer side, a timetabled test)
         self.failures = 0
         self.next_start = 0.0
         self.started_at = 0.0
@@ -90,8 +91,10 @@ class Worker:
 
     @property
     def job(self):
-        return {"kind": self.spec.kind, "table": self.spec.table, "file": self.file,
-                "index": self.spec.index}
+        job = {"kind": self.spec.kind, "table": self.spec.table, "file": self.file, "index": self.spec.index}
+        if self.mesh is not None:
+            job["mesh"] = self.mesh
+        return job
 
 
 class Supervisor:
@@ -431,14 +434,31 @@ class Supervisor:
                 changed = spec.table != w.spec.table
                 w.spec = spec                         # same table, or a live change; index may have moved
                 w.file = self._file_of(spec)
-                if changed and w.proc is not None and not w.stopping:   # (a stopped one starts with it)
-                    log.info("probe %s: %s changed; sent to its running worker", name, LIVE[spec.kind])
-                    self._send_job(w)
+                mesh, w.mesh = w.mesh, self._mesh_of(spec)
+                if (changed or mesh != w.mesh) and w.proc is not None and not w.stopping:
+                    log.info("%s: %s changed; sent to its running worker", name,
+                             LIVE[spec.kind] if changed else f"mesh version {w.mesh}")
+                    self._send_job(w)         # (a worker not running starts with the new job)
                 continue
-            self.workers[name] = nw = Worker(spec, self._file_of(spec), self.config.daemon.stale_grace)
+            self.workers[name] = nw = self._worker(spec)
             nw.next_start = 0.0
             if w is not None:       # the same name, restarted with changed settings: the old
                 nw.live.lost(time.time(), "reload: settings changed")   # one measures until now
+
+    def _worker(self, spec):
+        w = Worker(spec, self._file_of(spec), self.config.daemon.stale_grace)
+        w.mesh = self._mesh_of(spec)
+        return w
+
+    def _mesh_of(self, spec):
+        """The mesh version a worker's job carries: the one in effect, for the peer side (it refuses
+        timetabled tests of another version) and for a timetabled test (its hellos name it)."""
+        if self.mesh is None:
+            return None
+        p = self.mesh.derived.get(spec.name)
+        if spec.name == SERVE_NAME or (p is not None and p.exclusive):
+            return self.mesh.mesh.version
+        return None
 
     def _file_of(self, spec):
         """The file a worker's table came from: the mesh file for a derived probe."""
@@ -460,7 +480,7 @@ class Supervisor:
         self._install_signals()
         self.sinks = self._start_sinks(self.config)
         for name, spec in specs(self.config, self.mesh).items():
-            self.workers[name] = Worker(spec, self._file_of(spec), self.config.daemon.stale_grace)
+            self.workers[name] = self._worker(spec)
         if not self.workers:
             log.warning("%s has no [[probe]] tables; nothing to run", self.config.file)
         t0 = time.monotonic()

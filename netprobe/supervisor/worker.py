@@ -96,6 +96,24 @@ def probe_update(kind, runner):
     return update
 
 
+def mesh_version(job):
+    """The job's "mesh" (the mesh version in effect), None without one; ValueError if malformed."""
+    from netprobe.peer.server import MESH_VERSION_RE
+    mesh = job.get("mesh")
+    if mesh is not None and not (isinstance(mesh, str) and MESH_VERSION_RE.fullmatch(mesh)):
+        raise ValueError("mesh is not a mesh version")
+    return mesh
+
+
+def serve_update(server, table):
+    """update(job) for the peer side: a new mesh version; its [serve] settings need a new worker."""
+    def update(new):
+        if new["table"] != table:
+            raise ValueError("changed [serve] settings need a new worker")
+        server.mesh_version = mesh_version(new)
+    return update
+
+
 def _listen(updates, job, update, emit):
     if updates is not None:
         threading.Thread(target=take_updates, args=(updates, job, update, emit), name="updates",
@@ -118,10 +136,17 @@ def run_job(job, out, updates=None):
     kind, table = job["kind"], job["table"]
     name = str(table.get("name", "?"))
     try:
+        mesh = mesh_version(job)
         if kind == SERVE:
             from netprobe import serve
-            serve.run_server(schema.build(serve.ServeConfig, table, schema.Where(job.get("file"), "serve")), stop)
+            server = serve.make_server(schema.build(serve.ServeConfig, table, _where(job, "serve")))
+            server.mesh_version = mesh
+            _listen(updates, job, serve_update(server, table), emit)
+            server.serve_forever(stop)
             return 0
+        if mesh is not None:                  # a mesh-timetabled test: its hellos name the mesh version
+            from netprobe.peer import client
+            client.HELLO_EXTRA["mesh"] = mesh
         cfg = build_probe_config(kind, table, _where(job, f"probe[{job.get('index', 0)}]"))
         runner = probes.load(kind).Runner(cfg, emit)
         _listen(updates, job, probe_update(kind, runner), emit)
