@@ -17,16 +17,12 @@ import pytest
 from tests.conftest import IS_ROOT, NOT_ROOT_REASON
 from tests.integration.test_mesh_daemon import _ts
 from tests.integration.test_oneway import ROOT, free_port, netprobe, records, wait_listening
-from tests.integration.test_oneway_peers import _workers
+from tests.integration.test_oneway_peers import _iptables, _workers
 
 PEERS = {f"q{i}": f"127.0.0.{90 + i}" for i in range(1, 5)}
 BEFORE, AFTER = ("q1", "q2", "q3"), ("q1", "q3", "q4")
 INTERVAL, GAP = 1.0, 0.02
 TAG = f"netprobe-test-reload-{os.getpid()}"
-
-
-def _iptables(*args, check=True):
-    return subprocess.run(["iptables", "-w", *args], capture_output=True, text=True, check=check)
 
 
 def _rule(name):
