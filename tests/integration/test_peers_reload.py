@@ -134,7 +134,7 @@ def test_peers_added_and_removed_without_touching_the_others(counted_peers, tmp_
         assert sum(t < t_hup for t in stamps) >= 3 and stamps[-1] > t_hup + 4 * INTERVAL, (name, stamps, t_hup)
         assert [r["interval_id"] for r in res[name]] == list(range(len(res[name])))      # one session
         steps = [b - a for a, b in itertools.pairwise(stamps)]
-        assert max(steps) <= 1.5 * INTERVAL, (name, steps)
+        assert max(steps) < 2 * INTERVAL, (name, steps)      # no interval missing (ids above), none held long
         # whole intervals (all but the stop's): the fixed schedule's count each, on average (a stalled
         # sender on a loaded host moves a few probes from one interval to the next)
         whole = [r["sent"] for r in res[name][:-1]]
