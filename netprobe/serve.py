@@ -135,12 +135,17 @@ class ServeConfig:
         return out
 
 
-def run_server(cfg, stop):
-    """Serve until `stop` (a threading.Event) is set."""
+def make_server(cfg):
+    """The listening Server of a [serve] table."""
     server = Server([parse_listen(a) for a in cfg.listen], cfg.allow, cfg.shared_key(), **cfg.limits())
     log.info("serving %s on %s; allowed: %s", ", ".join(sorted(server.responders)),
              ", ".join(f"{h}:{p}" for h, p in server.addresses), ", ".join(str(n) for n in cfg.allow))
-    server.serve_forever(stop)
+    return server
 
 
-__all__ = ["LIMITS", "ServeConfig", "Server", "parse_listen", "run_server", "split_address"]
+def run_server(cfg, stop):
+    """Serve until `stop` (a threading.Event) is set."""
+    make_server(cfg).serve_forever(stop)
+
+
+__all__ = ["LIMITS", "ServeConfig", "Server", "make_server", "parse_listen", "run_server", "split_address"]

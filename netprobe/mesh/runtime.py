@@ -16,7 +16,7 @@ from netprobe.config import schema
 from netprobe.config.load import ProbeSpec, build_probe_config
 from netprobe.errors import ConfigError
 from netprobe.mesh import fetch, plan, rollup
-from netprobe.results import ERROR, RESULT, Record
+from netprobe.results import BREACH, ERROR, RESULT, Record
 
 log = logging.getLogger("netprobe.mesh")
 ANNOTATED = ("RESULT", "BREACH", "CLEAR")
@@ -52,6 +52,8 @@ class MeshRuntime:
         self.source = fetch.Source(cfg)
         got = self.source.get()
         self.self_name = cfg.self or local_host(got.mesh)
+        self.derived = {}
+        self.missed = {}                  # derived probe -> timetabled runs its peer answered busy to
         self._install(got.mesh)
         self.pending = None               # (mesh, time it takes effect)
         self.next_refresh = now + cfg.refresh
@@ -61,8 +63,11 @@ class MeshRuntime:
         if self.self_name not in mesh.by_name:
             raise ConfigError(f'[mesh] self = "{self.self_name}" is not a [[host]] name', file=mesh.file)
         tt = plan.timetable(mesh)
-        self.mesh, self.tt = mesh, tt
-        self.derived = {p.name: p for p in plan.probes(mesh, self.self_name)}
+        derived = {p.name: p for p in plan.probes(mesh, self.self_name)}
+        # the peers of the mesh before: their final records, written after this change, are
+        # still named for their peer (not fed to the new rollup, which no longer expects them)
+        self.gone = {n: self.mesh.by_name[p.peer] for n, p in self.derived.items() if n not in derived}
+        self.mesh, self.tt, self.derived = mesh, tt, derived
         self.rollup = rollup.Rollup(mesh, self.self_name)
         self._built = {}
         self.background = self._background()
@@ -157,12 +162,17 @@ class MeshRuntime:
     # ---- records --------------------------------------------------------------------------
     def annotate(self, rec):
         p = self.derived.get(rec.name)
-        if p is None or rec.type not in ANNOTATED:
+        host = self.mesh.by_name[p.peer] if p is not None else self.gone.get(rec.name)
+        if host is None or rec.type not in ANNOTATED:
             return rec
-        host = self.mesh.by_name[p.peer]
+        extra = {}
+        if rec.type == BREACH and rec.fields.get("metric") == "connection" and rec.fields.get("state") == "busy":
+            # a timetabled test's worker writes one such BREACH per run its peer refused: a missed run
+            extra["busy_missed"] = self.missed[rec.name] = self.missed.get(rec.name, 0) + 1
         rec = replace(rec, fields={**rec.fields, "peer_name": host.name,
-                                   **{f"peer_{k}": v for k, v in host.tags}})
-        self.rollup.feed(rec)
+                                   **{f"peer_{k}": v for k, v in host.tags}, **extra})
+        if p is not None:
+            self.rollup.feed(rec)
         return rec
 
     def flush(self, now):

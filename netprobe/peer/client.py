@@ -20,6 +20,8 @@ log = logging.getLogger("netprobe.peer")
 DEFAULT_PORT = 7171
 SEND_TIMEOUT = 2.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 5.0     # reconnect delays, s
+HELLO_EXTRA = {}          # fields every hello of this process carries: a mesh-timetabled test's worker
+                          # puts its mesh version here ({"mesh": V}) before it starts
 STARTUP_GRACE = 1.5                       # s a peer started beside us may take to listen
 RENEW_MARGIN = 0.05                       # renew a session this share of its allowed length early
 
@@ -161,7 +163,7 @@ def connect(address, kind, *, key=b"", timeout=5.0, line_max=protocol.HELLO_MAX,
         sock = socket.create_connection((host, port), timeout=timeout)
     except OSError as exc:
         raise PeerError(f"cannot connect to {address}: {exc.strerror or exc}", unreachable=True) from None
-    machine = protocol.ClientHandshake(kind, fields, key or None, time.monotonic(), timeout)
+    machine = protocol.ClientHandshake(kind, {**HELLO_EXTRA, **fields}, key or None, time.monotonic(), timeout)
     try:
         while True:
             now = time.monotonic()
@@ -249,7 +251,8 @@ class PeerLink:
         """The connection failed: BREACH metric=connection unless one is already out."""
         if self.down_since is None:
             self.down_since = time.monotonic()
-            self._emit(BREACH, "lost", reason)
+            # "busy": the peer is in another exclusive test or runs another mesh version
+            self._emit(BREACH, "busy" if "refused: busy: " in reason else "lost", reason)
             log.warning("%s: %s", self.runner.cfg.name, reason)
 
     def _emit(self, kind, state, detail):

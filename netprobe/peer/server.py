@@ -11,12 +11,20 @@ slot's Session then runs on its own thread in the kind's responder.
 
 Every refusal is one line {"ok": false, "error": "..."} naming the setting
 that refused, then the connection closes.
+
+A hello with a "mesh" field comes from a test the mesh timetable runs
+exclusively (throughput, capacity). Such a test is refused with "busy: ..."
+when this host runs another mesh version (`mesh_version`, the hash of its
+mesh file in effect; None: not in a mesh, versions not compared) or when it
+already serves another exclusive test; the connections of one test (a
+throughput test's up and down, which share its "session") are one test.
 """
 import collections
 import dataclasses
 import errno
 import ipaddress
 import logging
+import re
 import secrets
 import selectors
 import socket
@@ -34,6 +42,8 @@ LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128")
 BACKLOG = 1024
 AUTH_LOG_EVERY = 60.0          # s between log lines about one address's failed authentications
 TICK = 0.1                     # s between deadline checks of the pool
+MESH_VERSION_MAX = 64          # characters of a mesh version in a hello
+MESH_VERSION_RE = re.compile(f"[0-9A-Za-z._-]{{1,{MESH_VERSION_MAX}}}")
 EPHEMERAL = ((32768, 60999),)
 
 
@@ -302,8 +312,10 @@ class Server:
                          "bad_auth": 0, "unknown_kind": 0, "timeout": 0, "evicted": 0, "ended_by_limit": 0}
         self.rates = RateBudget(self.limits.max_rate, self.limits.rate_per_address)
         self.state = {}
+        self.mesh_version = None                     # the mesh in effect here (set by the daemon's worker)
         self._lock = threading.Lock()
         self._sessions = collections.Counter()       # address -> open sessions
+        self._exclusive = collections.Counter()      # (kind, address, session) -> open connections of a mesh test
         self._pending = {}                           # fd -> _Pending
         self._auth_logged = {}                       # address -> (monotonic of the last log line, failures since)
         self._logged = set()
@@ -471,8 +483,23 @@ class Server:
         if len(self._auth_logged) > 4096:      # bounded: forget addresses not seen for a while
             self._auth_logged = {a: v for a, v in self._auth_logged.items() if now - v[0] < AUTH_LOG_EVERY}
 
+    def _exclusive_busy(self, test, mesh):
+        """Why a mesh test (`test`: kind, address, session) cannot run now, or None; under the lock."""
+        if self.mesh_version is not None and mesh != self.mesh_version:
+            return f"busy: mesh version {self.mesh_version} here, {mesh} in the hello"
+        other = next((t for t in self._exclusive if t != test), None)
+        if other is not None:
+            return f"busy: in an exclusive test already ({other[0]} from {other[1]})"
+        return None
+
     def _admit(self, p, hello):
         lim = self.limits
+        mesh = hello.fields.get("mesh")
+        if mesh is not None and not (isinstance(mesh, str) and MESH_VERSION_RE.fullmatch(mesh)):
+            self.counters["bad_handshake"] += 1
+            _refuse_now(p.sock, f"bad handshake: mesh must be a version of 1-{MESH_VERSION_MAX} characters")
+            return
+        test = (hello.kind, p.address, str(hello.fields.get("session")))
         with self._lock:
             total = sum(self._sessions.values())
             if total >= lim.max_sessions:
@@ -480,18 +507,21 @@ class Server:
             elif self._sessions[p.address] >= lim.max_sessions_per_address:
                 why = f"busy: max_sessions_per_address={lim.max_sessions_per_address} reached for {p.address}"
             else:
-                why = None
+                why = self._exclusive_busy(test, mesh) if mesh is not None else None
+            if why is None:
                 self._sessions[p.address] += 1
+                if mesh is not None:
+                    self._exclusive[test] += 1
         if why:
             self.counters["refused_busy"] += 1
             _refuse_now(p.sock, why)
             return
         self.counters["accepted"] += 1
         session = Session(self, p.sock, p.address, hello.fields, p.machine.trailing, time.monotonic())
-        threading.Thread(target=self._run, args=(session, hello.kind), daemon=True,
-                         name=f"peer-{hello.kind}").start()
+        threading.Thread(target=self._run, args=(session, hello.kind, test if mesh is not None else None),
+                         daemon=True, name=f"peer-{hello.kind}").start()
 
-    def _run(self, session, kind):
+    def _run(self, session, kind, test=None):
         sock = session.sock
         try:
             sock.setblocking(True)
@@ -513,6 +543,10 @@ class Server:
                 self._sessions[session.address] -= 1
                 if self._sessions[session.address] <= 0:
                     del self._sessions[session.address]
+                if test is not None:
+                    self._exclusive[test] -= 1
+                    if self._exclusive[test] <= 0:
+                        del self._exclusive[test]
 
     def _once(self, key, message, level=logging.WARNING):
         if key not in self._logged and len(self._logged) < 1000:

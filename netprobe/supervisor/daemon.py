@@ -9,7 +9,9 @@ frozen or stale worker) is written as a GAP record.
 Signals: SIGTERM/SIGINT stop the probes (each writes its final interval),
 flush every sink and exit 0; a second one exits 3 at once. SIGHUP re-reads
 the file: an invalid file keeps the running config (and says why); probes
-whose table is unchanged keep running. SIGUSR1 is passed on to every probe
+whose table is unchanged keep running, and a probe whose only change is one
+its worker takes while running (LIVE: a oneway worker's peers list) gets the
+new job on its stdin instead of a restart, so its other peers are untouched. SIGUSR1 is passed on to every probe
 (flows writes its open flows; the others ignore it). With $NOTIFY_SOCKET set it speaks
 sd_notify: READY, RELOADING, WATCHDOG, STOPPING, STATUS.
 """
@@ -38,6 +40,16 @@ log = logging.getLogger("netprobe.supervisor")
 
 SERVE_NAME = "(serve)"        # the [serve] worker's name; probe names cannot contain parentheses
 CHECK_EVERY = 0.25            # s between liveness checks
+FEED_EVERY = 0.05             # s between attempts to write a job a worker has not read yet
+LIVE = {"oneway": "peers"}    # kind -> the setting its running worker takes over stdin (worker.py)
+
+
+def live_change(old, new):
+    """Whether `new` differs from the running `old` only in the setting its worker takes live."""
+    key = LIVE.get(new.kind)
+    if key is None or old.kind != new.kind or not old.table.get(key) or not new.table.get(key):
+        return False
+    return {k: v for k, v in old.table.items() if k != key} == {k: v for k, v in new.table.items() if k != key}
 
 
 def specs(config, mesh=None):
@@ -64,6 +76,8 @@ class Worker:
         self.kill_reason = None       # why the supervisor killed it (a frozen worker)
         self.proc = None
         self.buf = b""
+        self.out = b""                # job lines the worker has not read yet (its stdin is non-blocking)
+        self.mesh = None              # the mesh version its job carries (the peer side, a timetabled test)
         self.failures = 0
         self.next_start = 0.0
         self.started_at = 0.0
@@ -77,8 +91,10 @@ class Worker:
 
     @property
     def job(self):
-        return {"kind": self.spec.kind, "table": self.spec.table, "file": self.file,
-                "index": self.spec.index}
+        job = {"kind": self.spec.kind, "table": self.spec.table, "file": self.file, "index": self.spec.index}
+        if self.mesh is not None:
+            job["mesh"] = self.mesh
+        return job
 
 
 class Supervisor:
@@ -173,11 +189,9 @@ class Supervisor:
         w.proc = subprocess.Popen([sys.executable, "-m", "netprobe.supervisor.worker"],
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env,
                                   close_fds=True)
-        try:
-            w.proc.stdin.write((json.dumps(w.job) + "\n").encode())
-            w.proc.stdin.close()
-        except OSError:
-            pass            # it died at once (killed, say): its exit is handled like any other
+        os.set_blocking(w.proc.stdin.fileno(), False)     # stays open for updates (worker.py)
+        w.out = b""
+        self._send_job(w)
         os.set_blocking(w.proc.stdout.fileno(), False)
         self.sel.register(w.proc.stdout, selectors.EVENT_READ, w)
         w.buf = b""
@@ -189,6 +203,20 @@ class Supervisor:
             log.info("started the peer side ([serve]) pid=%d", w.proc.pid)
         else:
             log.info("started probe %s (%s) pid=%d", w.name, w.spec.kind, w.proc.pid)
+
+    def _send_job(self, w):
+        """Queue the worker's current job on its stdin and write what the pipe takes now."""
+        w.out += (json.dumps(w.job) + "\n").encode()
+        self._feed(w)
+
+    def _feed(self, w):
+        try:
+            while w.out:
+                w.out = w.out[os.write(w.proc.stdin.fileno(), w.out):]
+        except BlockingIOError:
+            pass            # the rest on a later turn
+        except OSError:
+            w.out = b""     # it died (killed, say): its exit is handled like any other
 
     def _read(self, w):
         try:
@@ -231,6 +259,11 @@ class Supervisor:
     def _reap(self, w):
         self.sel.unregister(w.proc.stdout)
         w.proc.stdout.close()
+        try:
+            w.proc.stdin.close()
+        except OSError:
+            pass            # a broken pipe: nothing was left to write
+        w.out = b""
         code = w.proc.wait()
         if w.buf:
             self._handle_line(w, w.buf)
@@ -375,7 +408,8 @@ class Supervisor:
         self.config = new
         new_specs = specs(new, self.mesh)
         self._apply(new_specs)
-        kept = sum(1 for n in new_specs if n in old_specs and old_specs[n].table == new_specs[n].table)
+        kept = sum(1 for n in new_specs if n in old_specs and (old_specs[n].table == new_specs[n].table
+                                                                or live_change(old_specs[n], new_specs[n])))
         log.info("reloaded %s: %d probes kept, %d started, %d stopped", new.file, kept,
                  len(new_specs) - kept, len(old_specs) - kept)
         self.notifier.notify("READY=1", f"STATUS=running {len(new_specs)} probes")
@@ -386,22 +420,45 @@ class Supervisor:
         return MeshRuntime(cfg, time.time())
 
     def _apply(self, new_specs):
-        """Stop workers whose spec went or changed, start new ones; unchanged ones run on."""
+        """Stop workers whose spec went or changed, start new ones; unchanged ones run on, and
+        those whose change their worker takes live get the new job on their stdin."""
         for name, w in list(self.workers.items()):
             spec = new_specs.get(name)
-            if spec is None or spec.kind != w.spec.kind or spec.table != w.spec.table:
+            if spec is None or spec.kind != w.spec.kind or (spec.table != w.spec.table
+                                                            and not live_change(w.spec, spec)):
                 w.retired = True
                 self._stop_worker(w)
         for name, spec in new_specs.items():
             w = self.workers.get(name)
             if w is not None and not w.retired:
-                w.spec = spec                         # same table; index may have moved
+                changed = spec.table != w.spec.table
+                w.spec = spec                         # same table, or a live change; index may have moved
                 w.file = self._file_of(spec)
+                mesh, w.mesh = w.mesh, self._mesh_of(spec)
+                if (changed or mesh != w.mesh) and w.proc is not None and not w.stopping:
+                    log.info("%s: %s changed; sent to its running worker", name,
+                             LIVE[spec.kind] if changed else f"mesh version {w.mesh}")
+                    self._send_job(w)         # (a worker not running starts with the new job)
                 continue
-            self.workers[name] = nw = Worker(spec, self._file_of(spec), self.config.daemon.stale_grace)
+            self.workers[name] = nw = self._worker(spec)
             nw.next_start = 0.0
             if w is not None:       # the same name, restarted with changed settings: the old
                 nw.live.lost(time.time(), "reload: settings changed")   # one measures until now
+
+    def _worker(self, spec):
+        w = Worker(spec, self._file_of(spec), self.config.daemon.stale_grace)
+        w.mesh = self._mesh_of(spec)
+        return w
+
+    def _mesh_of(self, spec):
+        """The mesh version a worker's job carries: the one in effect, for the peer side (it refuses
+        timetabled tests of another version) and for a timetabled test (its hellos name it)."""
+        if self.mesh is None:
+            return None
+        p = self.mesh.derived.get(spec.name)
+        if spec.name == SERVE_NAME or (p is not None and p.exclusive):
+            return self.mesh.mesh.version
+        return None
 
     def _file_of(self, spec):
         """The file a worker's table came from: the mesh file for a derived probe."""
@@ -423,7 +480,7 @@ class Supervisor:
         self._install_signals()
         self.sinks = self._start_sinks(self.config)
         for name, spec in specs(self.config, self.mesh).items():
-            self.workers[name] = Worker(spec, self._file_of(spec), self.config.daemon.stale_grace)
+            self.workers[name] = self._worker(spec)
         if not self.workers:
             log.warning("%s has no [[probe]] tables; nothing to run", self.config.file)
         t0 = time.monotonic()
@@ -468,8 +525,12 @@ class Supervisor:
             if now >= next_drops:
                 self._report_drops()
                 next_drops = now + self.config.daemon.drops_interval
+            unfed = [w for w in self._running() if w.out]
+            for w in unfed:
+                self._feed(w)
             timeout = self._next_timeout(now, deadline, next_wd if wd else None, next_drops,
-                                         next_check if self.restart else None, mesh_due)
+                                         next_check if self.restart else None, mesh_due,
+                                         now + FEED_EVERY if unfed else None)
             for key, _ in self.sel.select(timeout):
                 if key.data is None:
                     self._drain_wakeup()

@@ -5,6 +5,7 @@ from netprobe.config import schema
 from netprobe.errors import ConfigError
 from netprobe.mesh import fetch, model, plan, runtime
 from netprobe.results import BREACH, RESULT, Record, event
+from netprobe.supervisor.daemon import live_change
 from tests.unit.test_mesh_cli import toml
 from tests.unit.test_mesh_model import doc
 
@@ -62,9 +63,24 @@ def test_a_changed_mesh_waits_for_the_slot_boundary_and_keeps_unchanged_probes(t
     assert now < boundary <= now + rt.tt.slot
     assert set(rt.specs(boundary - 0.001)) == set(old)           # the old mesh until the boundary
     new = rt.specs(boundary)
-    # the new peer joins the oneway worker's peers (a changed table: the supervisor restarts it)
+    # the new peer joins the oneway worker's peers, the only change: its running worker takes it
     assert [n for n, _ in old["oneway.mesh-t0"].config.peer_list()] == ["ams0.t0", "lon0.t0"]
     assert [n for n, _ in new["oneway.mesh-t0"].config.peer_list()] == ["ams0.t0", "lon0.t0", "nyc0.t0"]
+    assert live_change(old["oneway.mesh-t0"], new["oneway.mesh-t0"])
+
+
+def test_a_removed_peers_last_records_keep_its_name_and_tags(tmp_path):
+    rt = make(tmp_path, self="fra0")
+    d = mesh_doc()
+    d["host"] = [h for h in d["host"] if h["name"] != "lon0"]
+    write(tmp_path / "mesh.toml", d)
+    rt.refresh(0.0)
+    assert set(rt.specs(rt.pending[1])) == {"oneway.mesh-t0"}
+    assert [n for n, _ in rt.specs(rt.tt.slot * 10)["oneway.mesh-t0"].config.peer_list()] == ["ams0.t0"]
+    last = rt.annotate(Record(RESULT, "oneway", "lon0.t0", {"sent": 10, "lost": 0}))
+    assert last.fields["peer_name"] == "lon0" and last.fields["peer_site"] == "lon"
+    out = {r.name for r in rt.flush(rt.next_flush)}
+    assert "site:fra->lon" not in out                    # the new rollup no longer expects it
 
 
 def test_one_oneway_worker_per_distinct_settings(tmp_path):

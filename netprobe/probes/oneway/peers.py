@@ -23,6 +23,11 @@ plus grace and RESULT_WAIT late.
 
 The send thread owns a session's sender from "start" until it hands the
 peer back on `done`; only then are its sockets closed.
+
+A new peers list (`update`, from the supervisor while the worker runs) is
+taken by the reading thread: peers not in it end their session as at stop
+(the final interval sent with bye, read and reported) and are then dropped;
+new peers start connecting; the others' sessions go on untouched.
 """
 import heapq
 import itertools
@@ -35,7 +40,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-from netprobe.errors import ProbeError
+from netprobe.errors import ConfigError, ProbeError
 from netprobe.peer.client import PeerLink
 from netprobe.probes.oneway.runner import RESULT_WAIT, Roller, Session
 
@@ -53,8 +58,10 @@ IDLE, CONNECTING, RUNNING, ENDING, DRAINING = range(5)
 class Peer:
     """One peers entry: a runner named after it (records, verdicts), its link, its session."""
 
-    def __init__(self, runner):
+    def __init__(self, runner, entry):
         self.runner = runner
+        self.entry = entry             # (name, address): its identity across peers updates
+        self.removed = False           # not in the latest peers list: dropped once its session is closed
         self.link = PeerLink(runner, lambda: Session(runner.cfg, runner.udpio, shared=True))
         self.state, self.next_try = IDLE, 0.0
         self.sess = self.roller = self.rolled = None
@@ -69,16 +76,54 @@ class Peers:
     def __init__(self, parent):
         cfg = parent.cfg
         self.cfg = cfg
+        self.parent = parent
         self.late = parent.late
-        self.peers = [Peer(type(parent)(replace(cfg, name=name, peer=address, peers=()), parent.emit,
-                                        late=parent.late))
-                      for name, address in cfg.peer_list()]
+        self.fixed = replace(cfg, peers=())       # the settings an update may not change
+        self.peers = [self._peer(entry) for entry in cfg.peer_list()]
+        self.changes = queue.SimpleQueue()        # new peers lists (update) to the reading thread
         self.inbox = queue.SimpleQueue()      # ("start" | "end", peer, why) to the send thread
         self.done = queue.SimpleQueue()       # peers the send thread has let go
         self.opened = queue.SimpleQueue()     # (peer, session or None) from the pool
         self.crash = None                     # what killed the send thread or a connect
         self.closing = False
         self.sel = selectors.DefaultSelector()
+
+    def _peer(self, entry):
+        name, address = entry
+        cfg = replace(self.cfg, name=name, peer=address, peers=())
+        return Peer(type(self.parent)(cfg, self.parent.emit, late=self.late), entry)
+
+    # ---- peers updates ----------------------------------------------------------------------
+    def update(self, cfg):
+        """Take `cfg`'s peers list while running; ConfigError (nothing changed) when it changes
+        anything else, which needs a new worker."""
+        if not cfg.peers:
+            raise ConfigError("an update must keep a peers list (a single peer needs a new worker)")
+        if replace(cfg, peers=()) != self.fixed:
+            diff = sorted(k for k, v in vars(replace(cfg, peers=())).items() if getattr(self.fixed, k) != v)
+            raise ConfigError(f"an update may change only peers, not {', '.join(diff)}")
+        self.changes.put(cfg)
+
+    def _take_changes(self):
+        while True:
+            try:
+                cfg = self.changes.get_nowait()
+            except queue.Empty:
+                break
+            want = cfg.peer_list()
+            have = {p.entry: p for p in self.peers if not p.removed}
+            gone = [p for e, p in have.items() if e not in set(want)]
+            for p in gone:
+                p.removed = True
+                if p.state == RUNNING:
+                    self._end(p)              # its final interval, as at stop; dropped once closed
+            added = [self._peer(e) for e in want if e not in have]
+            self.peers.extend(added)
+            self.cfg = cfg
+            log.info("%s: peers updated: %d added, %d removed, %d unchanged", cfg.name, len(added), len(gone),
+                     len(have) - len(gone))
+        # a removed peer goes once nothing of it is open: idle (closed, failed) and not connecting
+        self.peers = [p for p in self.peers if not (p.removed and p.state == IDLE)]
 
     # ---- the send thread ------------------------------------------------------------------
     def _send(self, halt):
@@ -153,7 +198,7 @@ class Peers:
             if sess is None:
                 p.state, p.next_try = IDLE, time.monotonic() + p.link.delay()
                 continue
-            if self.closing:
+            if self.closing or p.removed:
                 sess.close()
                 p.state = IDLE
                 continue
@@ -226,15 +271,16 @@ class Peers:
         halt = threading.Event()
         sender = threading.Thread(target=self._send, args=(halt,), name="oneway-send", daemon=True)
         sender.start()
-        pool = ThreadPoolExecutor(max_workers=min(CONNECTORS, len(self.peers)), thread_name_prefix="oneway-connect")
+        pool = ThreadPoolExecutor(max_workers=CONNECTORS, thread_name_prefix="oneway-connect")
         try:
             while not stop.is_set():
                 if self.crash is not None:
                     where, exc = self.crash
                     raise ProbeError(f"{where} failed: {exc!r}") from exc
+                self._take_changes()
                 now = time.monotonic()
                 for p in self.peers:
-                    if p.state == IDLE and now >= p.next_try:
+                    if p.state == IDLE and not p.removed and now >= p.next_try:
                         p.state = CONNECTING
                         pool.submit(self._connect, p, stop)
                 self._take_opened()

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from netprobe.errors import PeerError, ProbeError, load_extension
+from netprobe.errors import ConfigError, PeerError, ProbeError, load_extension
 from netprobe.peer.client import PeerLink, connect, renew_at
 from netprobe.peer.protocol import clean_text, session_key
 from netprobe.probes.base import ProbeRunner
@@ -256,11 +256,20 @@ class Runner(ProbeRunner):
         super().__init__(cfg, emit)
         self.udpio = load_extension("_udpio")
         self.late = np.empty(LATE_SAMPLES, dtype=np.int64) if late is None else late
+        self.fleet = None
+        if cfg.peers:
+            from netprobe.probes.oneway.peers import Peers
+            self.fleet = Peers(self)
+
+    def update(self, cfg):
+        """A changed peers list, taken while running (ConfigError: it needs a new worker)."""
+        if self.fleet is None:
+            raise ConfigError("a single-peer probe takes no update (a new worker does)")
+        self.fleet.update(cfg)
 
     def run(self, stop):
-        if self.cfg.peers:
-            from netprobe.probes.oneway.peers import Peers
-            Peers(self).run(stop)
+        if self.fleet is not None:
+            self.fleet.run(stop)
             return
         link = PeerLink(self, lambda: Session(self.cfg, self.udpio))
         while not stop.is_set():
