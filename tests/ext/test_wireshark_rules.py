@@ -1,7 +1,7 @@
 """The pcap analyser's Wireshark-compatible flags against a reference written from Wireshark's
 User's Guide ("TCP Analysis") and the RFCs, not from the analyser (tests/reference/wireshark_rules.py).
 
-Every frame must get the same flag set, except the two classes of difference listed in
+Every frame must get the same flag set, except the three classes of difference listed in
 tests/data/retrans-notes.md ("The analyser against the User's Guide"), each allowed only on the
 frames its predicate names:
 
@@ -10,6 +10,9 @@ frames its predicate names:
    give without that clause.
 2. `acks_uncaptured`: "ACKed unseen segment" on an ACK of bytes the capture never saw below the
    highest byte it did see (tshark 4.0 flags it; the guide's rule compares with the highest).
+3. `unseen_again`: no "ACKed unseen segment" on an ACK the guide flags when this side's previous
+   ACK also acknowledged bytes never captured and nothing new was captured from the other side
+   since (tshark 4.0 does not repeat the flag).
 """
 import io
 from collections import Counter
@@ -53,6 +56,9 @@ def compare(frames, an_flags):
         if extra == {"ack_lost_segment"} and "acks_uncaptured" in f:
             seen["acks_uncaptured"] += 1             # class 2
             expect = expect | extra
+        if expect - ours == {"ack_lost_segment"} and "unseen_again" in f:
+            seen["unseen_again"] += 1                # class 3
+            expect = ours
         if g != o:
             seen["sack_dup_ack"] += 1
         assert ours == expect, (i + 1, sorted(ours), "guide", sorted(g), "guide 4.0", sorted(o), f)
@@ -87,6 +93,18 @@ def test_the_cited_ack_of_an_uncaptured_segment():
     guide = wr.analyse(wr.read_frames(io.BytesIO(data)), True, facts)
     assert guide[3] == {"lost_segment"} and "ack_lost_segment" not in guide[5] and "acks_uncaptured" in facts[5]
     assert ours_ws(int(pcapfile.analyse_bytes(data).flags[5])) == {"ack_lost_segment"}
+
+
+def test_the_cited_repeated_ack_of_an_uncaptured_segment():
+    """retrans-notes.md's example of class 3: A's third segment held, B ACKs it twice: the guide
+    flags both ACKs (frames 6 and 7), the analyser and tshark 4.0 the first only."""
+    data = gen.ether_pcap(gen.conversation([("send", 0), ("send", 0), ("hold", 0), ("ack", 2), ("dupack", 0)]))
+    facts = []
+    guide = wr.analyse(wr.read_frames(io.BytesIO(data)), True, facts)
+    assert guide[5] == {"ack_lost_segment"} and guide[6] == {"ack_lost_segment", "duplicate_ack"}
+    assert "unseen_again" in facts[6] and "unseen_again" not in facts[5]
+    flags = pcapfile.analyse_bytes(data).flags
+    assert ours_ws(int(flags[5])) == {"ack_lost_segment"} and ours_ws(int(flags[6])) == {"duplicate_ack"}
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -16,7 +16,8 @@ from scapy.utils import PcapReader
 
 OOO_DEFAULT = 3_000_000  # ns, "the default value of 3ms" (Out-Of-Order)
 FAST_ACK_AGE = 20_000_000  # ns, "We saw the last acknowledgment less than 20ms ago" (Fast Retransmission)
-RETRANS_FAMILY = ("retransmission", "fast_retransmission", "spurious_retransmission", "out_of_order")
+# flags decided by the next expected sequence number: such a frame does not move it on
+HELD = {"retransmission", "fast_retransmission", "out_of_order", "keep_alive"}
 
 
 @dataclass
@@ -86,6 +87,8 @@ class Dir:
     dupacks: int = 0
     last_keepalive: bool = False
     last_zwp: bool = False
+    unseen_at: int = None       # the reverse direction's next expected acknowledgment number
+    #                             when this direction's last ACK acked bytes not captured (facts)
     base: int = None            # first sequence number captured (facts only)
     captured: list = field(default_factory=list)  # merged [lo, hi) captured, relative to base
 
@@ -131,7 +134,10 @@ def analyse(frames, sack_dup_ack=True, facts=None):
     of Wireshark 4.0 and older does not have (its Dup ACK: "The window size is non-zero and
     hasn't changed"). facts: a list to which each frame's set of facts the guide's rules do not
     look at is appended ("acks_uncaptured": an ACK of bytes the capture never saw below the
-    reverse direction's highest captured byte), for naming differences with tshark."""
+    reverse direction's highest captured byte; "unseen_again": an "ACKed unseen" ACK after
+    this direction's previous ACK, which also acknowledged bytes never captured, with the
+    reverse direction's next expected acknowledgment number unchanged since), for naming
+    differences."""
     convs = {}
     out = []
     for s in frames:
@@ -188,17 +194,21 @@ def analyse(frames, sack_dup_ack=True, facts=None):
         # probe advanced)
         after_probe = s.plen > 1 and fwd.nextseq is not None and s.seq == (fwd.nextseq - 1) & 0xFFFFFFFF
 
-        # The retransmission family, "Supersedes" order: spurious > fast > out-of-order > plain
-        if (not keepalive and not after_probe and (seglen > 0)    # "segment length is greater
-                and fwd.nextseq is not None and lt(s.seq, fwd.nextseq)):  # than zero or the SYN or FIN"
-            # "The next expected sequence number is greater than the current sequence number"
-            if (not (syn or fin) and s.plen > 0 and rev.lastack is not None
-                    and le(nxt, rev.lastack)):
-                # Spurious: "Data for this flow has been acknowledged" and "The next sequence
-                # number is less than or equal to the last-seen acknowledgment number"
-                flags.add("spurious_retransmission")
-            elif (rev.dupacks >= 2 and s.seq == rev.lastack and rev.lastack_t is not None
-                  and s.t - rev.lastack_t < FAST_ACK_AGE):
+        # The retransmission family, "Supersedes" order: spurious > fast > out-of-order > plain.
+        # Spurious "Checks for a retransmission based on analysis data in the reverse direction"
+        # only: "The SYN and FIN flags are not set", "not a keepalive", "segment length is
+        # greater than zero", "Data for this flow has been acknowledged" and "The next sequence
+        # number is less than or equal to the last-seen acknowledgment number"; its list has no
+        # condition on the next expected sequence number
+        if (not (syn or fin) and not keepalive and s.plen > 0 and rev.lastack is not None
+                and le(nxt, rev.lastack)):
+            flags.add("spurious_retransmission")
+        # The others: "not a keepalive packet", "segment length is greater than zero or the SYN
+        # or FIN", "The next expected sequence number is greater than the current sequence number"
+        elif (not keepalive and not after_probe and seglen > 0
+                and fwd.nextseq is not None and lt(s.seq, fwd.nextseq)):
+            if (rev.dupacks >= 2 and s.seq == rev.lastack and rev.lastack_t is not None
+                    and s.t - rev.lastack_t < FAST_ACK_AGE):
                 # Fast: "at least two duplicate ACKs in the reverse direction", "The current
                 # sequence number equals the next expected acknowledgment number" (read: the
                 # number the reverse direction's duplicate ACKs carry), "We saw the last
@@ -224,6 +234,10 @@ def analyse(frames, sack_dup_ack=True, facts=None):
             # reverse direction and it's less than the current acknowledgment number"
             if rev.maxseqtobeacked is not None and lt(rev.maxseqtobeacked, s.ack):
                 flags.add("ack_lost_segment")
+                if fwd.unseen_at == rev.maxseqtobeacked:
+                    fact.add("unseen_again")
+            acks_unseen = "ack_lost_segment" in flags or "acks_uncaptured" in fact
+            fwd.unseen_at = rev.maxseqtobeacked if acks_unseen else None
             plain = s.plen == 0 and not (syn or fin or rst)
             same_ack = fwd.lastack is not None and s.ack == fwd.lastack
             win_same = s.win != 0 and fwd.win is not None and s.win == fwd.win
@@ -264,13 +278,18 @@ def analyse(frames, sack_dup_ack=True, facts=None):
         fwd.win = s.win
 
         # "Next expected sequence number ... Set when there are no analysis flags and for zero
-        # window probes"; read: no flag of the retransmission family or keep-alive (a frame after
-        # a gap, "Previous segment not captured", must move it on or every later frame would be
-        # after a gap), and never backwards. "Next expected acknowledgment number" is set at
-        # the same time to the same number: an ACK of all captured data is not "unseen".
-        if zwp or not (flags & {"keep_alive", *RETRANS_FAMILY}) and not after_probe:
+        # window probes"; read: no flag the next expected sequence number itself decided
+        # (retransmission, fast, out-of-order, keep-alive): a frame after a gap ("Previous
+        # segment not captured") must move it on or every later frame would be after a gap, and
+        # so must new data already ACKed (spurious: decided by "analysis data in the reverse
+        # direction"). Never backwards.
+        if zwp or not flags & HELD and not after_probe:
             if fwd.nextseq is None or lt(fwd.nextseq, nxt):
                 fwd.nextseq, fwd.nextseq_t = nxt, s.t
+        # "Next expected acknowledgment number ... Set when there are no analysis flags and for
+        # zero window probes": no retransmission of any kind either, and to the end of the
+        # segment (an ACK of all captured data is not "unseen"). Never backwards.
+        if zwp or not flags & (HELD | {"spurious_retransmission"}) and not after_probe:
             if fwd.maxseqtobeacked is None or lt(fwd.maxseqtobeacked, nxt):
                 fwd.maxseqtobeacked = nxt
         fwd.last_keepalive, fwd.last_zwp = keepalive, zwp
