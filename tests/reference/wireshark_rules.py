@@ -130,9 +130,9 @@ def valid_sack(s):
 
 def analyse(frames, sack_dup_ack=True, facts=None):
     """[set of flag names] per frame. sack_dup_ack=False drops the Dup ACK rule's "or there is
-    valid SACK data" (and Window Update's "and there is no valid SACK data"), which the guide
-    of Wireshark 4.0 and older does not have (its Dup ACK: "The window size is non-zero and
-    hasn't changed"). facts: a list to which each frame's set of facts the guide's rules do not
+    valid SACK data" (and Window Update's "and there is no valid SACK data"), which older
+    guides do not have (2.x: "The window size is non-zero and hasn't changed") and tshark 4.0
+    does not apply. facts: a list to which each frame's set of facts the guide's rules do not
     look at is appended ("acks_uncaptured": an ACK of bytes the capture never saw below the
     reverse direction's highest captured byte; "unseen_again": an "ACKed unseen" ACK after
     this direction's previous ACK, which also acknowledged bytes never captured, with the
