@@ -6,7 +6,12 @@ Independent of netprobe's analyser: frames are read with scapy, and every rule b
 the guide's words it implements. Where the guide's text can be read two ways, the comment
 says which reading is taken. Output per frame: the set of flag names, spelled as tshark's
 `tcp.analysis.*` fields (flags the guide makes exclusive stay exclusive here: a fast or
-spurious retransmission is not also "retransmission").
+spurious retransmission is not also "retransmission"). The iRTT of the out-of-order rule is
+tshark's tcp.analysis.initial_rtt: from the SYN to the ACK that ends the handshake.
+
+Left out: Window Full (the analyser has no bit for it), the fast-retransmission alternative
+"or more than 2 MSS have been jumped over" (the guide does not say over what), and the
+"Ambiguous Interpretations" preference (the default precedence is kept).
 """
 from dataclasses import dataclass, field
 
