@@ -31,7 +31,7 @@ from netprobe import __version__, outputs
 from netprobe.config.load import ProbeSpec, load_file
 from netprobe.errors import EXIT_OK, EXIT_RUNTIME, EXIT_SIGNAL, ConfigError
 from netprobe.log import OnceFilter
-from netprobe.results import CLEAR, DROPS, ERROR, GAP, RESULT, Record, event, iso_time, seconds
+from netprobe.results import BREACH, CLEAR, DROPS, ERROR, GAP, RESULT, Record, event, iso_time, seconds
 from netprobe.supervisor.liveness import Liveness
 from netprobe.supervisor.sdnotify import Notifier
 
@@ -42,6 +42,18 @@ SERVE_NAME = "(serve)"        # the [serve] worker's name; probe names cannot co
 CHECK_EVERY = 0.25            # s between liveness checks
 FEED_EVERY = 0.05             # s between attempts to write a job a worker has not read yet
 LIVE = {"oneway": "peers"}    # kind -> the setting its running worker takes over stdin (worker.py)
+
+
+BREACH_IDENTITY = ("metric", "dir", "port", "group", "peer", "scope")   # fields a CLEAR shares with its BREACH
+
+
+def _breach_key(rec):
+    return rec.name, rec.probe, tuple(str(rec.fields.get(k)) for k in BREACH_IDENTITY)
+
+
+def _peer_names(spec):
+    """The names of a shared worker's peers entries ("NAME=HOST[:PORT]")."""
+    return {str(e).partition("=")[0] for e in spec.table.get("peers") or ()}
 
 
 def live_change(old, new):
@@ -83,6 +95,7 @@ class Worker:
         self.started_at = 0.0
         self.stopping = False
         self.retired = False          # removed by a reload: do not restart
+        self.open = {}                # breach identity -> its BREACH record, until its CLEAR
         self.finished = False         # its probe ended on its own (exit 0, e.g. a one-time estimate)
 
     @property
@@ -254,7 +267,21 @@ class Supervisor:
             log.error("probe %s: %s", w.name, msg)
         elif rec.type == RESULT and self.restart:
             self._resumed(w, rec)
+        elif rec.type == BREACH:
+            w.open[_breach_key(rec)] = rec
+        elif rec.type == CLEAR:
+            w.open.pop(_breach_key(rec), None)
         self.publish(rec)
+
+    def _clear_open(self, w, why, names=None):
+        """CLEAR the breaches a stopped worker (or its removed peers, `names`) left open: nothing
+        measures them any more, and an alert must not stay active until a later run."""
+        for key, rec in list(w.open.items()):
+            if names is None or rec.name in names:
+                del w.open[key]
+                self.publish(Record(CLEAR, rec.probe, rec.name, {
+                    **{k: rec.fields[k] for k in BREACH_IDENTITY if k in rec.fields},
+                    "state": "stopped", "detail": why}))
 
     def _reap(self, w):
         self.sel.unregister(w.proc.stdout)
@@ -269,6 +296,8 @@ class Supervisor:
             self._handle_line(w, w.buf)
             w.buf = b""
         w.proc = None
+        if w.retired:
+            self._clear_open(w, "the probe was stopped: removed, changed or its run ended")
         if w.stopping or w.retired:
             return
         if code == 0:                             # the probe ended on its own: that is not a failure
@@ -432,6 +461,8 @@ class Supervisor:
             w = self.workers.get(name)
             if w is not None and not w.retired:
                 changed = spec.table != w.spec.table
+                if changed:
+                    self._clear_open(w, "the peer was removed", _peer_names(w.spec) - _peer_names(spec))
                 w.spec = spec                         # same table, or a live change; index may have moved
                 w.file = self._file_of(spec)
                 mesh, w.mesh = w.mesh, self._mesh_of(spec)
