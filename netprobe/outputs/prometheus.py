@@ -158,7 +158,7 @@ class RecordCollector:
         self.clock = clock
         self.lock = threading.Lock()
         self.series = {}          # (kind, scope, labels tuple) -> _Series
-        self.breach = {}          # labels tuple -> 1/0
+        self.breach = {}          # labels tuple -> (1/0, monotonic time of its latest BREACH/CLEAR)
         self.errors = {}          # (probe, kind) -> ERROR records
         self.dropped = {}         # sink -> records dropped
         self.peers = {}           # probe name -> configured peer
@@ -190,8 +190,11 @@ class RecordCollector:
             labels = dict(self._labels(record), kind=record.probe, metric=str(record.fields.get("metric", "")))
             if record.fields.get("suspect_hop") is not None:    # the hop path localisation blames
                 labels["suspect_hop"] = str(record.fields["suspect_hop"])
+            key, now = tuple(sorted(labels.items())), self.clock()
             with self.lock:
-                self.breach[tuple(sorted(labels.items()))] = 1.0 if record.type == BREACH else 0.0
+                if key not in self.breach:          # bounded even when nothing scrapes
+                    self._expire_breaches(now)
+                self.breach[key] = (1.0 if record.type == BREACH else 0.0, now)
         elif record.type == ERROR:
             with self.lock:
                 key = (record.name, record.probe)
@@ -201,6 +204,12 @@ class RecordCollector:
             if isinstance(new, int):
                 with self.lock:
                     self.dropped[sink] = self.dropped.get(sink, 0) + new
+
+    def _expire_breaches(self, now):
+        """Drop breaches cleared more than `expire` ago (lock held): each hop blamed (suspect_hop)
+        and each peer a mesh retired is a label set of its own. An open one stays: it is the alert."""
+        for key in [k for k, (v, seen) in self.breach.items() if v == 0.0 and now - seen > self.expire]:
+            del self.breach[key]
 
     def _result(self, record):
         kind = record.probe
@@ -255,6 +264,7 @@ class RecordCollector:
         with self.lock:
             for key in [k for k, s in self.series.items() if now - s.seen > self.expire]:
                 del self.series[key]
+            self._expire_breaches(now)
             for (kind, _scope, labels), s in self.series.items():
                 lab = dict(labels, kind=kind)
                 family("netprobe_interval_end_timestamp_seconds", "gauge",
@@ -272,7 +282,7 @@ class RecordCollector:
                     m.add_sample(name + "_bucket", dict(lab, le="+Inf"), count)
                     m.add_sample(name + "_count", lab, count)
                     m.add_sample(name + "_sum", lab, total)
-            for labels, v in self.breach.items():
+            for labels, (v, _seen) in self.breach.items():
                 family("netprobe_breach", "gauge", "1 while an SLA is in BREACH (after hysteresis), 0 after CLEAR"
                        ).add_sample("netprobe_breach", dict(labels), v)
             for (probe, kind), n in self.errors.items():

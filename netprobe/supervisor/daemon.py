@@ -434,6 +434,8 @@ class Supervisor:
         if new.output_tables != self.config.output_tables:
             old_sinks, self.sinks = self.sinks, self._start_sinks(new)
             self._close_sinks(old_sinks)
+            for s in old_sinks:           # their counts went with them; holding them kept every old sink alive
+                self._drops_seen.pop(s, None)
         self.config = new
         new_specs = specs(new, self.mesh)
         self._apply(new_specs)

@@ -22,6 +22,7 @@ time, like every record's ts).
 from dataclasses import dataclass, field
 
 HEARTBEAT = 1.0         # s between a worker's heartbeat lines
+MAX_REASONS = 8         # distinct reasons one gap keeps: a worker in a crash loop repeats one, counted
 START_ALLOWANCE = 30.0  # s a new worker may take to its first line (interpreter start-up and imports
                         # on a loaded host took over 4 s): silence before it is not yet frozen
 
@@ -29,8 +30,20 @@ START_ALLOWANCE = 30.0  # s a new worker may take to its first line (interpreter
 @dataclass
 class Gap:
     start: float                      # wall time the last measured interval ended
-    reasons: list = field(default_factory=list)
+    reasons: dict = field(default_factory=dict)     # reason -> times it happened
+    others: int = 0                   # events beyond MAX_REASONS distinct reasons
     explicit: bool = False            # a restart or reload: written even when short
+
+    def add(self, reason):
+        if reason in self.reasons or len(self.reasons) < MAX_REASONS:
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        else:
+            self.others += 1
+
+    def texts(self):
+        """The reasons as written in the GAP record, a repeated one with its count."""
+        out = [r if n == 1 else f"{r} ({n} times)" for r, n in self.reasons.items()]
+        return out + ([f"{self.others} more of other kinds"] if self.others else [])
 
 
 @dataclass(frozen=True)
@@ -83,7 +96,7 @@ class Liveness:
         if self.gap is None:
             start = next((t for t in (self.last_result_wall, self.started_wall) if t is not None), wall)
             self.gap = Gap(min(start, wall))
-        self.gap.reasons.append(reason)
+        self.gap.add(reason)
         self.gap.explicit = self.gap.explicit or explicit
 
     def result(self, now, ts):
@@ -108,7 +121,7 @@ class Liveness:
         end = max(gap.start, min(end, ts))
         if not gap.explicit and end - gap.start < self.interval / 2:
             return cleared, None      # late, not missing: the late record covered its time
-        return cleared, (gap.start, end, list(gap.reasons))
+        return cleared, (gap.start, end, gap.texts())
 
     def check(self, now, wall, running):
         """The verdict at `now` for a worker that is `running` (has a live process)."""
@@ -135,4 +148,4 @@ class Liveness:
         if self.gap is None:
             return None
         gap, self.gap = self.gap, None
-        return gap.start, max(gap.start, wall), gap.reasons + ["daemon stopped"]
+        return gap.start, max(gap.start, wall), gap.texts() + ["daemon stopped"]
