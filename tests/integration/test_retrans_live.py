@@ -251,9 +251,14 @@ def packet_socket_inodes():
 
 
 def socket_inodes(pid):
-    """Inodes of the sockets process `pid` holds (an fd closed while listing is skipped)."""
+    """Inodes of the sockets process `pid` holds (an fd closed while listing is skipped; a process
+    gone meanwhile holds none)."""
     out = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except FileNotFoundError:
+        return out
+    for fd in fds:
         try:
             link = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
