@@ -23,7 +23,7 @@ from tests.lab.mesh import MeshLab
 pytestmark = pytest.mark.lab
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITES = {"fra": 3, "ams": 3, "lon": 2}
-CYCLES = int(os.environ.get("MESH_LAB_CYCLES", "3"))     # the 10: MESH_LAB_CYCLES=10
+CYCLES = int(os.environ.get("MESH_LAB_CYCLES", "2"))     # the 10: MESH_LAB_CYCLES=10
 EVERY = 18.0                     # 3 slots of 3 s + 3 s connect time: the 3 site pairs share sites
 ONEWAY_INTERVAL = 2.0
 

@@ -79,7 +79,7 @@ def test_trace_names_the_members_each_port_crosses(make_ecmp_lab, stages, every,
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 INTERVAL = 2.0
-RUNS = int(os.environ.get("NETPROBE_TRACE_RUNS", "2"))      # `make test-trace`: 10
+RUNS = int(os.environ.get("NETPROBE_TRACE_RUNS", "1"))      # `make test-trace`: 10
 QUIET = int(os.environ.get("NETPROBE_TRACE_QUIET", "24"))   # s without a fault; `make test-trace`: 600
 U32_TRACE = {4: "0>>22&0x3C@8=0x4e505452", 6: "48=0x4e505452"}   # UDP payload starts "NPTR"
 
