@@ -55,6 +55,15 @@ OVERDUE = 2             # intervals (plus grace and RESULT_WAIT) an interval's r
 IDLE, CONNECTING, RUNNING, ENDING, DRAINING = range(5)
 
 
+def _drained(q):
+    """What `q` holds now, without waiting."""
+    while True:
+        try:
+            yield q.get_nowait()
+        except queue.Empty:
+            return
+
+
 class Peer:
     """One peers entry: a runner named after it (records, verdicts), its link, its session."""
 
@@ -105,11 +114,7 @@ class Peers:
         self.changes.put(cfg)
 
     def _take_changes(self):
-        while True:
-            try:
-                cfg = self.changes.get_nowait()
-            except queue.Empty:
-                break
+        for cfg in _drained(self.changes):
             want = cfg.peer_list()
             have = {p.entry: p for p in self.peers if not p.removed}
             gone = [p for e, p in have.items() if e not in set(want)]
@@ -136,11 +141,7 @@ class Peers:
         heap, order, active = [], itertools.count(), set()
         spin = round(self.cfg.spin * 1e9)
         while True:
-            while True:
-                try:
-                    what, p, why = self.inbox.get_nowait()
-                except queue.Empty:
-                    break
+            for what, p, why in _drained(self.inbox):
                 if what == "start":
                     active.add(p)
                     p.turn += 1               # entries of its earlier sessions still in the heap are void
@@ -190,11 +191,7 @@ class Peers:
         self.opened.put((p, sess))
 
     def _take_opened(self):
-        while True:
-            try:
-                p, sess = self.opened.get_nowait()
-            except queue.Empty:
-                return
+        for p, sess in _drained(self.opened):
             if sess is None:
                 p.state, p.next_try = IDLE, time.monotonic() + p.link.delay()
                 continue
@@ -224,11 +221,7 @@ class Peers:
         self.inbox.put(("end", p, why))
 
     def _take_done(self):
-        while True:
-            try:
-                p = self.done.get_nowait()
-            except queue.Empty:
-                return
+        for p in _drained(self.done):
             if p.why:
                 self._close(p)
                 p.link.lost(p.why)
