@@ -1,5 +1,6 @@
 """What every probe kind shares: common settings and the runner base class."""
 import abc
+import math
 import re
 import threading
 from dataclasses import dataclass
@@ -27,6 +28,14 @@ class ProbeConfig:
         if not NAME_RE.fullmatch(self.name):
             raise where.error("name", f'"{self.name}" is not a name: use letters, digits, ".", "_" and "-" '
                                       "(it is printed as name=... on every line)")
+
+
+def next_deadline(deadline, interval, now):
+    """The first of deadline + k * interval (k >= 1) after `now`. A periodic probe keeps its
+    interval ends on one grid: after a late one the next comes early, so two RESULTs never
+    leave a stretch between them that neither covers; a stall skips whole slots (the stale
+    check and its GAP say so) and never shifts the phase."""
+    return deadline + interval * max(1, math.floor((now - deadline) / interval) + 1)
 
 
 class ProbeRunner(abc.ABC):

@@ -15,6 +15,8 @@ import threading
 import time
 from datetime import datetime
 
+import pytest
+
 from tests.integration.test_daemon import ROOT, procs, start, wait_for, worker_pids  # noqa: F401
 
 CHECK_SLACK = 0.6        # s: the supervisor checks every 0.25 s, and pipes and scheduling lag
@@ -149,6 +151,43 @@ def test_killed_worker_leaves_an_error_and_a_gap_spanning_the_missing_time(tmp_p
     assert abs(parse_ts(gap[0]["start"]) - before[-1]) < 0.01
     assert abs(parse_ts(gap[0]["end"]) - (after[0] - interval)) < 0.01
     assert not recs.of("BREACH", metric="stale"), "restarted within the grace: not stale"
+
+
+def test_a_late_interval_keeps_the_grid_so_no_stretch_is_left_uncovered(tmp_path, procs):  # noqa: F811
+    """A worker held up (SIGSTOP) across its interval's end for less than the stale allowance
+    writes that interval late; the next must end where it was due anyway. Had the probe
+    counted its next interval from the late one, a stretch as long as the delay would lie
+    before the next RESULT's interval, covered by no record and flagged by no check."""
+    interval, held = 1.0, 1.2
+    p, recs = run(config(tmp_path / "n.toml", interval="1s"), procs)
+    pid = the_worker(p)
+    assert wait_for(lambda: len(recs.of("RESULT")) >= 3, timeout=20)
+    n = len(recs.of("RESULT"))
+    assert wait_for(lambda: len(recs.of("RESULT")) > n, timeout=5)
+    time.sleep(0.3)                  # the next interval ends 0.7 s from here, while held
+    os.kill(pid, signal.SIGSTOP)
+    stopped = time.time()
+    time.sleep(held)
+    os.kill(pid, signal.SIGCONT)
+    resumed = time.time()
+    assert wait_for(lambda: len([r for r in recs.of("RESULT") if parse_ts(r["ts"]) > resumed]) >= 3, timeout=10)
+    ts = [parse_ts(r["ts"]) for r in recs.of("RESULT")]
+    before = [t for t in ts if t < stopped]
+    late = [t for t in ts if stopped <= t <= resumed + 0.3]
+    after = [t for t in ts if t > resumed + 0.3]
+    assert len(late) == 1, (ts, stopped, resumed)
+    # the phase of the grid before the hold, from the last two steady intervals
+    phase = before[-1] % interval
+
+    def off(t):
+        d = (t - phase) % interval
+        return min(d, interval - d)
+
+    assert off(late[0]) > 0.3, "the held interval was not late: the test did not hold it"
+    assert all(off(t) < 0.15 for t in after[:3]), (before[-2:], late, after[:3])
+    # nothing missing: the late interval and the one after it end 2 intervals from the one before
+    assert after[0] - before[-1] == pytest.approx(2 * interval, abs=0.15)
+    assert not recs.of("GAP") and not recs.of("BREACH", metric="stale"), "within the allowance"
 
 
 def test_reload_with_changed_settings_writes_a_gap(tmp_path, procs):  # noqa: F811

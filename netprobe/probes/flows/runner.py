@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 from netprobe.errors import ProbeError, load_extension
-from netprobe.probes.base import ProbeRunner
+from netprobe.probes.base import ProbeRunner, next_deadline
 from netprobe.probes.flows import analysis, destroy, filters, metrics
 from netprobe.probes.flows.tracker import Tracker
 from netprobe.results import RESULT, Record, percent, seconds
@@ -105,7 +105,7 @@ class Runner(ProbeRunner):
                 if now >= next_result:
                     self._interval(agg, now)
                     agg = self._new_interval()
-                    next_result += cfg.interval * max(1, int((now - next_result) // cfg.interval) + 1)
+                    next_result = next_deadline(next_result, cfg.interval, now)
                 next_dump += step
                 if next_dump <= now:                       # a slow dump: skip slots, never bunch
                     skipped = int((now - next_dump) // step) + 1

@@ -12,7 +12,7 @@ import numpy as np
 
 from netprobe import sysinfo
 from netprobe.errors import ProbeError, load_extension
-from netprobe.probes.base import ProbeRunner
+from netprobe.probes.base import ProbeRunner, next_deadline
 from netprobe.probes.host import analysis
 from netprobe.results import seconds
 
@@ -63,11 +63,13 @@ class Runner(ProbeRunner):
             pacer = self._pacer.TimerfdPacer(round(cfg.timer_interval * 1e9))
         except OSError as exc:
             raise ProbeError(f"cannot create a timerfd: {exc.strerror}") from None
+        end = time.monotonic_ns() + interval_ns
         with pacer:
             while not stop.is_set():
-                counters = measure(pacer, buf, interval_ns, stop)
+                counters = measure(pacer, buf, max(1, end - time.monotonic_ns()), stop)
                 if counters["ticks"]:
                     self._report(buf[:counters["ticks"]], counters, steal)
+                end = next_deadline(end, interval_ns, time.monotonic_ns())
 
     def _fact(self, name, got):
         value, why = got

@@ -23,7 +23,7 @@ import numpy as np
 from netprobe.errors import ConfigError, PeerError, ProbeError, load_extension
 from netprobe.peer.client import PeerLink, connect, renew_at
 from netprobe.peer.protocol import clean_text, session_key
-from netprobe.probes.base import ProbeRunner
+from netprobe.probes.base import ProbeRunner, next_deadline
 from netprobe.probes.oneway import analysis, pathwatch
 from netprobe.probes.oneway.config import ports_for_ecmp
 from netprobe.probes.oneway.protocol import MAX_LINE, clock_state
@@ -241,9 +241,7 @@ class Roller:
             self.sess.ctl.send({"close": iid, **({"bye": True} if stopping else {})})
         except OSError as exc:
             return f"control connection failed: {exc.strerror or exc}"
-        self.next_roll += self.cfg.interval
-        if time.monotonic() > self.next_roll:       # a long stall: do not roll several times at once
-            self.next_roll = time.monotonic() + self.cfg.interval
+        self.next_roll = next_deadline(self.next_roll, self.cfg.interval, time.monotonic())
         return None
 
 

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from netprobe.errors import ProbeError, load_extension
-from netprobe.probes.base import ProbeRunner
+from netprobe.probes.base import ProbeRunner, next_deadline
 from netprobe.probes.flows import destroy, filters
 from netprobe.probes.retrans import analysis, capture, tracefs
 
@@ -188,8 +188,8 @@ class Runner(ProbeRunner):
                 snmp0 = tcp_snmp()
                 dumps.feed(counter)                # each socket's count before us
                 t0 = time.monotonic()
+                end = t0 + cfg.interval
                 while True:
-                    end = t0 + cfg.interval
                     while not stop.is_set() and time.monotonic() < end:
                         counter.add_lines(inst.read(timeout=min(cfg.poll, max(0.0, end - time.monotonic()))))
                         dumps.drain()
@@ -225,6 +225,7 @@ class Runner(ProbeRunner):
                         self._capture_interval(cap, now - t0)
                     counter.reset()
                     lost0, snmp0, t0 = lost, snmp, now
+                    end = next_deadline(end, cfg.interval, time.monotonic())
                     if stop.is_set():
                         return
             finally:
