@@ -54,6 +54,25 @@ def probe(lab, *args, timeout=90):
     return recs, took, lab.qdisc_stats("ba")["bytes"] - before
 
 
+def test_the_byte_budget_holds_on_the_wire_with_the_control_replies(make_lab):
+    """Full mode runs until its budget stops it. R's qdisc counts every byte B sent towards A,
+    trains and the control connection's replies and ACKs alike: that total stays within
+    max_bytes, and the probe's own `bytes` is what R counted."""
+    lab = make_lab(offload="off")
+    serve_in_b(lab)
+    lab.set(rate_ba="23.5mbit", burst_ba=WIRE)
+    budget = 1_500_000
+    recs, took, wire_bytes = probe(lab, "--mode", "full", "--max-bytes", budget, "--max-time", "20s")
+    (res,) = [x for x in recs if x["type"] == "RESULT"]
+    print(f"budget {budget} B: {wire_bytes} B through R's qdisc, {res['bytes']} B by the probe's count, {took:.1f} s")
+    assert wire_bytes <= budget
+    # full mode's plan (1,000 pairs and 100 long trains) needs several times this budget, and a
+    # request goes out only when it fits whole: the budget ended the run, up to a request short
+    assert took < 15 and wire_bytes >= budget / 2, "the budget did not stop the run: the test did not test it"
+    # only the connection's close (FIN and its ACKs, a few hundred bytes) comes after the count
+    assert res["bytes"] <= wire_bytes <= res["bytes"] + 1_500
+
+
 @pytest.mark.parametrize("rates", [("23.5mbit", "90mbit")])
 def test_one_frame_bucket_quick_mode(make_lab, rates):
     lab = make_lab(offload="off")
@@ -75,7 +94,7 @@ def test_one_frame_bucket_quick_mode(make_lab, rates):
         assert 0.95 * min(oracle, configured) <= cap <= 1.05 * configured, res
         assert res["ci_lo"] <= cap <= res["ci_hi"] and res["adr"] <= cap * 1.05
         assert res["confidence"] in ("high", "medium")
-        assert took <= 30 and res["bytes"] <= 10_000_000
+        assert took <= 30 and res["bytes"] <= 10_000_000 and wire_bytes <= 10_000_000   # the default budget
         # R's qdisc saw the probe's bytes, plus the control channel's replies (a few kB per request)
         assert res["bytes"] <= wire_bytes <= res["bytes"] * 1.02 + 50_000
         assert res["malformed"] == res["foreign"] == res["user_ts"] == 0

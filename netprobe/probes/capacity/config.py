@@ -31,8 +31,9 @@ class Config(ProbeConfig):
                                 min=4, max=1000)
     overhead: int = setting(INT, 14, "bytes per packet below IP that the bottleneck counts: 14 for "
                             "Ethernet headers (what tbf counts), 0 for IP rates", min=0, max=100)
-    max_bytes: int = setting(SIZE, 10_000_000, "probe traffic budget of one estimate (bytes on the wire, "
-                             "headers and overhead included)",
+    max_bytes: int = setting(SIZE, 10_000_000, "traffic budget of one estimate on the measured path (bytes on "
+                             "the wire, headers and overhead included: the trains and the peer's "
+                             "control replies)",
                              min=100_000, max=10**10)
     max_time: float = setting(DURATION, 30.0, "time budget of one estimate (s)", min=1.0, max=3600.0)
     record: str = setting(STR, "", "write each estimate's raw timestamps to this .npz file (re-analyse "

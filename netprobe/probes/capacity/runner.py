@@ -15,6 +15,7 @@ import logging
 import math
 import secrets
 import socket
+import struct
 import time
 import zipfile
 
@@ -45,6 +46,10 @@ REQUEST_NS = 500_000_000            # one plan message spans about this long (st
 STABLE_MOVE, STABLE_CI = 0.01, 0.05
 STARTUP_GRACE = 3.0                 # s an unreachable peer is retried at start-up before it is an error
 REPLY_LINE = 1 << 24                # bytes in one reply line of the peer
+REPLY_ROW = 96                      # most bytes one train's row takes in the peer's JSON reply
+# struct tcp_info (linux/tcp.h): tcpi_bytes_received (u64) and tcpi_segs_in (u32)
+TCPI_BYTES_RECEIVED, TCPI_SEGS_IN, TCPI_LEN = 128, 140, 144
+TCP_HEADER = 32                     # TCP header with the timestamps option Linux peers send
 
 
 class Session:
@@ -73,6 +78,17 @@ class Session:
         self.peer_max_size = max_size
         self.ip_udp = analysis.IP6_UDP if self.ctl.family == socket.AF_INET6 and \
             not self.ctl.sock.getpeername()[0].startswith("::ffff:") else analysis.IP4_UDP
+        self.tcp_frame = self.ip_udp - 8 + TCP_HEADER + cfg.overhead
+
+    def control_bytes(self):
+        """Wire bytes the control connection has brought in: the peer's replies and ACKs cross
+        the measured path with its trains, so they count against the same budget."""
+        raw = self.ctl.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCPI_LEN)
+        if len(raw) < TCPI_LEN:
+            return 0
+        (got,) = struct.unpack_from("=Q", raw, TCPI_BYTES_RECEIVED)
+        (segs,) = struct.unpack_from("=I", raw, TCPI_SEGS_IN)
+        return got + segs * self.tcp_frame
 
     def _call(self, msg):
         self.ctl.send(msg)
@@ -195,7 +211,8 @@ class Run:
         self.planner = Planner(self.max_size, session.ip_udp, cfg.overhead)
         self.rx = []
         self.plan = []
-        self.bytes = 0                  # probe traffic so far, wire bytes (payload + headers + overhead)
+        self.train_bytes = 0            # trains so far, wire bytes (payload + headers + overhead)
+        self.control0 = session.control_bytes()
         self.exhausted = False          # a budget (bytes, time) stopped it
         self.state = "PRELIM"           # loco's progress states: PRELIM, P1, P1_CALC, CALC, END
         self.progress = 0.0             # 0..1
@@ -216,10 +233,16 @@ class Run:
         if chunk:
             self._request(chunk)
 
+    @property
+    def bytes(self):
+        """This estimate's traffic on the measured path so far: trains and the control replies."""
+        return self.train_bytes + self.s.control_bytes() - self.control0
+
     def _request(self, chunk):
         """Send one plan message unless a budget forbids; returns whether to go on."""
         hdr = self.s.ip_udp + self.cfg.overhead
         need = sum((row[1] - row[3]) * (row[2] + hdr) + row[3] * (row[4] + hdr) for _, row in chunk)
+        need += len(chunk) * REPLY_ROW + 2 * self.s.tcp_frame     # the reply, ACKs of the plan
         if self.stop.is_set() or self.bytes + need > self.cfg.max_bytes or \
                 time.monotonic() - self.t0 >= self.cfg.max_time:
             self.exhausted = True
@@ -227,7 +250,7 @@ class Run:
         plan = np.asarray([row for _, row in chunk], dtype=np.int64)
         rx, sent = self.s.request(plan)
         self.rx.append(rx)
-        self.bytes += int(sent[:, 3].sum() + sent[:, 2].sum() * hdr)      # on the wire, as tbf counts
+        self.train_bytes += int(sent[:, 3].sum() + sent[:, 2].sum() * hdr)      # on the wire, as tbf counts
         tx = np.zeros((len(plan), 2), dtype=np.int64)
         tx[:len(sent)] = sent[:, :2]
         for (phase, row), (t0, t1) in zip(chunk, tx, strict=True):
