@@ -69,8 +69,9 @@ def test_the_byte_budget_holds_on_the_wire_with_the_control_replies(make_lab):
     # full mode's plan (1,000 pairs and 100 long trains) needs several times this budget, and a
     # request goes out only when it fits whole: the budget ended the run, up to a request short
     assert took < 15 and wire_bytes >= budget / 2, "the budget did not stop the run: the test did not test it"
-    # only the connection's close (FIN and its ACKs, a few hundred bytes) comes after the count
-    assert res["bytes"] <= wire_bytes <= res["bytes"] + 1_500
+    # only the session's set-up before the estimate and its close after it are outside the count
+    # (660-700 B in three runs; the count without the control replies missed 3.8-3.9 kB)
+    assert res["bytes"] <= wire_bytes <= res["bytes"] + 2_500
 
 
 @pytest.mark.parametrize("rates", [("23.5mbit", "90mbit")])
@@ -88,15 +89,15 @@ def test_one_frame_bucket_quick_mode(make_lab, rates):
         cap = res["capacity"]
         print(f"{r}: capacity {cap / 1e6:.2f} Mbit/s ({cap / configured - 1:+.1%} of the configured rate, "
               f"{cap / oracle - 1:+.1%} of the UDP flow's {oracle / 1e6:.2f}), {res['confidence']}, "
-              f"{res['method']}, {took:.1f} s, {wire_bytes / 1e6:.2f} MB on the wire")
+              f"{res['method']}, {took:.1f} s, {wire_bytes} B on the wire, {res['bytes']} B by its count")
         # within 5 % of the configured rate; when timer lateness makes the tbf itself deliver less
         # (the UDP flow), the lower bound is 5 % under what it delivers
         assert 0.95 * min(oracle, configured) <= cap <= 1.05 * configured, res
         assert res["ci_lo"] <= cap <= res["ci_hi"] and res["adr"] <= cap * 1.05
         assert res["confidence"] in ("high", "medium")
         assert took <= 30 and res["bytes"] <= 10_000_000 and wire_bytes <= 10_000_000   # the default budget
-        # R's qdisc saw the probe's bytes, plus the control channel's replies (a few kB per request)
-        assert res["bytes"] <= wire_bytes <= res["bytes"] * 1.02 + 50_000
+        # R's qdisc saw the probe's bytes, plus the session's set-up and close (0.6-3.0 kB)
+        assert res["bytes"] <= wire_bytes <= res["bytes"] + 5_000
         assert res["malformed"] == res["foreign"] == res["user_ts"] == 0
 
 
