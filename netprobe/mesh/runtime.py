@@ -54,6 +54,7 @@ class MeshRuntime:
         self.self_name = cfg.self or local_host(got.mesh)
         self.derived = {}
         self.tt = None
+        self._also = (None, ())           # (the versions it was worked out for, also_accepted())
         self.missed = {}                  # derived probe -> timetabled runs its peer answered busy to
         self._install(got.mesh)
         self.pending = None               # (mesh, time it takes effect, its timetable)
@@ -166,11 +167,15 @@ class MeshRuntime:
         the one replaced, when their timetable holds the same tests in the same slots as the one in
         effect. A host still on such a version (or already on it) starts only tests this host's
         timetable holds, so serving them overlaps nothing; any other version is refused busy."""
-        out = []
-        for tt in (self.pending[2] if self.pending else None, self.previous):
-            if tt is not None and tt.version not in (self.tt.version, *out) and tt.same_runs(self.tt):
-                out.append(tt.version)
-        return tuple(out)
+        others = (self.pending[2] if self.pending else None, self.previous)
+        key = (self.tt.version, *(tt and tt.version for tt in others))
+        if self._also[0] != key:          # compared once per change: a timetable may hold 10,000 tests
+            out = []
+            for tt in others:
+                if tt is not None and tt.version not in (self.tt.version, *out) and tt.same_runs(self.tt):
+                    out.append(tt.version)
+            self._also = (key, tuple(out))
+        return self._also[1]
 
     # ---- records --------------------------------------------------------------------------
     def annotate(self, rec):
