@@ -11,13 +11,16 @@ core namespace (a mesh URL every host reaches). Namespace names are
 "labm<owner pid base36>-..."; `down()` removes them and every process in
 them, and `cleanup_stale()` removes those of owners that are gone.
 """
+import datetime
 import hashlib
 import http.server
+import itertools
 import os
 import re
 import subprocess
 import sys
 import time
+from collections import defaultdict
 
 from tests.lab.netlab import require, sh
 
@@ -153,6 +156,35 @@ class MeshLab:
             if ns.startswith(self.tag + "-"):
                 _remove(ns)
         self.hosts = {}
+
+
+def throughput_spans(records):
+    """Throughput tests as the hosts measured them ({host: its jsonfile's records}): (first
+    interval's start, last RESULT, host, peer); a pair's RESULTs more than 3 s apart are two runs."""
+    spans = []
+    for n, recs in records.items():
+        stamps = defaultdict(list)
+        for r in recs:
+            if r["probe"] == "throughput" and r["type"] == "RESULT" and "rate" in r:
+                stamps[r["peer_name"]].append(datetime.datetime.fromisoformat(r["ts"]).timestamp())
+        for peer, ts in stamps.items():
+            ts.sort()
+            group = [ts[0]]
+            for t in ts[1:] + [None]:
+                if t is None or t - group[-1] > 3.0:
+                    spans.append((group[0] - 1.0, group[-1], n, peer))
+                    group = []
+                if t is not None:
+                    group.append(t)
+    return spans
+
+
+def overlapping(spans, site):
+    """The pairs of spans that held one host or one site's uplink at once."""
+    def held(a, b):
+        return {f"host:{a}", f"host:{b}", f"site:{site[a]}", f"site:{site[b]}"}
+    return [(x, y) for x, y in itertools.combinations(spans, 2)
+            if held(x[2], x[3]) & held(y[2], y[3]) and x[0] < y[1] and y[0] < x[1]]
 
 
 def _serve(path, port, log):
