@@ -6,7 +6,8 @@ versions for a slot, deterministically.
 
 Oracles: the mesh files the test wrote (the host list, the throughput pairs, the slot length
 duration + connect_time), the test's clock, the HTTP server's request log, and each host's
-jsonfile (throughput spans from their RESULT times, oneway RESULT times per path):
+jsonfile (throughput spans from their RESULT times; per oneway path its RESULTs' interval
+numbers, and their count against the time the test watched):
 - the new host's oneway paths, both ways, report within one cycle of the change;
 - no two throughput tests on one host or site uplink at once, the mixed-version slot included;
 - the busy path ran: a test across the groups was refused, naming both versions, in that slot;
