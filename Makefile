@@ -74,10 +74,10 @@ test: test-deps build
 	echo "make test: compute-only tests exit $$cpu, soak exit $$soaked, the rest exit $$rest"; \
 	[ $$cpu = 0 ] && [ $$soaked = 0 ] && [ $$rest = 0 ]
 
-# the mesh lab acceptance over 10 cycles (make test runs 2; root)
+# the mesh lab acceptance over 10 cycles (make test runs 2, and 1 after a host joins; root)
 .PHONY: test-mesh
 test-mesh: test-deps build
-	MESH_LAB_CYCLES=10 $(PY) -m pytest tests/integration/test_mesh_lab.py $(PYTEST_ARGS)
+	MESH_LAB_CYCLES=10 $(PY) -m pytest tests/integration/test_mesh_lab.py tests/integration/test_mesh_grow.py $(PYTEST_ARGS)
 
 # udping_server under a longer spoofed flood than make test's (1,000,000 sources in 10 min; root)
 .PHONY: soak-udping

@@ -104,6 +104,10 @@ class Timetable:
         out.sort(key=lambda r: (r.slot, r.slotted.test, r.slotted.a, r.slotted.b))
         return out
 
+    def same_runs(self, other):
+        """Whether `other` holds the same exclusive tests in the same slots (its version aside)."""
+        return (self.slot, self.placed, self.durations) == (other.slot, other.placed, other.durations)
+
     def next_boundary(self, now):
         """The first slot boundary after `now`: when a changed mesh takes effect."""
         return (math.floor(now / self.slot + 1e-9) + 1) * self.slot

@@ -53,9 +53,11 @@ class MeshRuntime:
         got = self.source.get()
         self.self_name = cfg.self or local_host(got.mesh)
         self.derived = {}
+        self.tt = None
+        self._also = (None, ())           # (the versions it was worked out for, also_accepted())
         self.missed = {}                  # derived probe -> timetabled runs its peer answered busy to
         self._install(got.mesh)
-        self.pending = None               # (mesh, time it takes effect)
+        self.pending = None               # (mesh, time it takes effect, its timetable)
         self.next_refresh = now + cfg.refresh
         self.next_flush = now + self.flush_every if self.flush_every else None
 
@@ -67,6 +69,7 @@ class MeshRuntime:
         # the peers of the mesh before: their final records, written after this change, are
         # still named for their peer (not fed to the new rollup, which no longer expects them)
         self.gone = {n: self.mesh.by_name[p.peer] for n, p in self.derived.items() if n not in derived}
+        self.previous = self.tt           # the timetable replaced (None at the start)
         self.mesh, self.tt, self.derived = mesh, tt, derived
         self.rollup = rollup.Rollup(mesh, self.self_name)
         self._built = {}
@@ -150,14 +153,29 @@ class MeshRuntime:
             try:
                 if self.self_name not in got.mesh.by_name:
                     raise ConfigError(f'"{self.self_name}" is no longer a [[host]]', file=got.mesh.file)
-                plan.timetable(got.mesh)
+                tt = plan.timetable(got.mesh)
             except ConfigError as exc:
                 out.append(Record(ERROR, "mesh", self.self_name, {
                     "error": f"new mesh not used: {exc}; running version {self.mesh.version}"}))
                 return out
-            self.pending = (got.mesh, self.tt.next_boundary(now))
+            self.pending = (got.mesh, self.tt.next_boundary(now), tt)
             log.info("mesh version %s read; in effect at the next slot boundary", got.mesh.version)
         return out
+
+    def also_accepted(self):
+        """Other mesh versions whose timetabled tests the peer side serves too: the one pending and
+        the one replaced, when their timetable holds the same tests in the same slots as the one in
+        effect. A host still on such a version (or already on it) starts only tests this host's
+        timetable holds, so serving them overlaps nothing; any other version is refused busy."""
+        others = (self.pending[2] if self.pending else None, self.previous)
+        key = (self.tt.version, *(tt and tt.version for tt in others))
+        if self._also[0] != key:          # compared once per change: a timetable may hold 10,000 tests
+            out = []
+            for tt in others:
+                if tt is not None and tt.version not in (self.tt.version, *out) and tt.same_runs(self.tt):
+                    out.append(tt.version)
+            self._also = (key, tuple(out))
+        return self._also[1]
 
     # ---- records --------------------------------------------------------------------------
     def annotate(self, rec):

@@ -15,7 +15,9 @@ that refused, then the connection closes.
 A hello with a "mesh" field comes from a test the mesh timetable runs
 exclusively (throughput, capacity). Such a test is refused with "busy: ..."
 when this host runs another mesh version (`mesh_version`, the hash of its
-mesh file in effect; None: not in a mesh, versions not compared) or when it
+mesh file in effect; None: not in a mesh, versions not compared), unless that
+version is one of `mesh_also` (the daemon's: versions whose timetable holds
+the same tests in the same slots as the one in effect), or when it
 already serves another exclusive test; the connections of one test (a
 throughput test's up and down, which share its "session") are one test.
 """
@@ -313,6 +315,7 @@ class Server:
         self.rates = RateBudget(self.limits.max_rate, self.limits.rate_per_address)
         self.state = {}
         self.mesh_version = None                     # the mesh in effect here (set by the daemon's worker)
+        self.mesh_also = ()                          # other versions served too: they run the same timetable
         self._lock = threading.Lock()
         self._sessions = collections.Counter()       # address -> open sessions
         self._exclusive = collections.Counter()      # (kind, address, session) -> open connections of a mesh test
@@ -483,9 +486,14 @@ class Server:
         if len(self._auth_logged) > 4096:      # bounded: forget addresses not seen for a while
             self._auth_logged = {a: v for a, v in self._auth_logged.items() if now - v[0] < AUTH_LOG_EVERY}
 
+    def set_mesh(self, version, also=()):
+        """The mesh version in effect here, and the other versions whose tests are served too."""
+        with self._lock:
+            self.mesh_version, self.mesh_also = version, tuple(also)
+
     def _exclusive_busy(self, test, mesh):
         """Why a mesh test (`test`: kind, address, session) cannot run now, or None; under the lock."""
-        if self.mesh_version is not None and mesh != self.mesh_version:
+        if self.mesh_version is not None and mesh != self.mesh_version and mesh not in self.mesh_also:
             return f"busy: mesh version {self.mesh_version} here, {mesh} in the hello"
         other = next((t for t in self._exclusive if t != test), None)
         if other is not None:

@@ -90,6 +90,7 @@ class Worker:
         self.buf = b""
         self.out = b""                # job lines the worker has not read yet (its stdin is non-blocking)
         self.mesh = None              # the mesh version its job carries (the peer side, a timetabled test)
+        self.mesh_also = ()           # the peer side: other versions it serves too (MeshRuntime.also_accepted)
         self.failures = 0
         self.next_start = 0.0
         self.started_at = 0.0
@@ -107,6 +108,8 @@ class Worker:
         job = {"kind": self.spec.kind, "table": self.spec.table, "file": self.file, "index": self.spec.index}
         if self.mesh is not None:
             job["mesh"] = self.mesh
+        if self.mesh_also:
+            job["mesh_also"] = list(self.mesh_also)
         return job
 
 
@@ -467,10 +470,11 @@ class Supervisor:
                     self._clear_open(w, "the peer was removed", _peer_names(w.spec) - _peer_names(spec))
                 w.spec = spec                         # same table, or a live change; index may have moved
                 w.file = self._file_of(spec)
-                mesh, w.mesh = w.mesh, self._mesh_of(spec)
-                if (changed or mesh != w.mesh) and w.proc is not None and not w.stopping:
-                    log.info("%s: %s changed; sent to its running worker", name,
-                             LIVE[spec.kind] if changed else f"mesh version {w.mesh}")
+                mesh, w.mesh = (w.mesh, w.mesh_also), self._mesh_of(spec)
+                w.mesh_also = self._mesh_also(spec)
+                if (changed or mesh != (w.mesh, w.mesh_also)) and w.proc is not None and not w.stopping:
+                    log.info("%s: %s changed; sent to its running worker", name, LIVE[spec.kind] if changed
+                             else f"mesh version {w.mesh} (also served: {', '.join(w.mesh_also) or 'none'})")
                     self._send_job(w)         # (a worker not running starts with the new job)
                 continue
             self.workers[name] = nw = self._worker(spec)
@@ -481,6 +485,7 @@ class Supervisor:
     def _worker(self, spec):
         w = Worker(spec, self._file_of(spec), self.config.daemon.stale_grace)
         w.mesh = self._mesh_of(spec)
+        w.mesh_also = self._mesh_also(spec)
         return w
 
     def _mesh_of(self, spec):
@@ -492,6 +497,10 @@ class Supervisor:
         if spec.name == SERVE_NAME or (p is not None and p.exclusive):
             return self.mesh.mesh.version
         return None
+
+    def _mesh_also(self, spec):
+        """The other mesh versions the peer side serves: those that run the same timetable."""
+        return self.mesh.also_accepted() if self.mesh is not None and spec.name == SERVE_NAME else ()
 
     def _file_of(self, spec):
         """The file a worker's table came from: the mesh file for a derived probe."""

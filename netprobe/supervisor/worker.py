@@ -31,6 +31,7 @@ from netprobe.supervisor.liveness import HEARTBEAT
 PR_SET_PDEATHSIG = 1
 MAX_JOB = 1 << 22        # bytes of one job line on stdin (a 4096-peer list takes under 1/10 of it)
 SERVE = "serve"          # the job kind of the peer side ([serve] table), run like a probe
+MESH_ALSO_MAX = 2         # versions besides the one in effect: the one pending and the one replaced
 
 
 def _die_with_parent():
@@ -105,12 +106,22 @@ def mesh_version(job):
     return mesh
 
 
+def mesh_also(job):
+    """The job's "mesh_also": other mesh versions the peer side serves too (see MeshRuntime)."""
+    from netprobe.peer.server import MESH_VERSION_RE
+    also = job.get("mesh_also", [])
+    if not (isinstance(also, list) and len(also) <= MESH_ALSO_MAX
+            and all(isinstance(v, str) and MESH_VERSION_RE.fullmatch(v) for v in also)):
+        raise ValueError(f"mesh_also is not a list of up to {MESH_ALSO_MAX} mesh versions")
+    return tuple(also)
+
+
 def serve_update(server, table):
     """update(job) for the peer side: a new mesh version; its [serve] settings need a new worker."""
     def update(new):
         if new["table"] != table:
             raise ValueError("changed [serve] settings need a new worker")
-        server.mesh_version = mesh_version(new)
+        server.set_mesh(mesh_version(new), mesh_also(new))
     return update
 
 
@@ -140,7 +151,7 @@ def run_job(job, out, updates=None):
         if kind == SERVE:
             from netprobe import serve
             server = serve.make_server(schema.build(serve.ServeConfig, table, _where(job, "serve")))
-            server.mesh_version = mesh
+            server.set_mesh(mesh, mesh_also(job))
             _listen(updates, job, serve_update(server, table), emit)
             server.serve_forever(stop)
             return 0

@@ -3,6 +3,7 @@
 - A peer server (the real listener and throughput responder, on loopback) with a mesh version:
   a hello of another version, or of a second test while one runs, is refused busy; the down
   connection of the running test and a hello without a mesh version are not.
+- Versions the daemon says run the same timetable (`mesh_also`) are served like its own.
 - Two daemons whose mesh files differ (a tag of h2): h1's throughput test to h2 is refused busy
   in every slot, each miss a BREACH metric=connection state=busy counted in busy_missed, no
   throughput result; once h2's file equals h1's (SIGHUP), the test runs in a later slot. The
@@ -62,6 +63,28 @@ def test_the_peer_side_answers_busy_to_a_second_test_or_another_version():
                 assert time.monotonic() < end, "the first test still holds the peer after its close"
                 time.sleep(0.1)
         assert server.counters["refused_busy"] >= 2 and server.counters["bad_handshake"] == 1
+    finally:
+        stop.set()
+        t.join(5)
+
+
+def test_the_peer_side_serves_the_versions_it_is_told_run_the_same_timetable():
+    server = serve.Server([("127.0.0.1", 0)])
+    server.set_mesh("v2", ("v1",))
+    stop = threading.Event()
+    t = threading.Thread(target=server.serve_forever, args=(stop,), daemon=True)
+    t.start()
+    port = server.addresses[0][1]
+    try:
+        with pytest.raises(PeerError, match=r"refused: busy: mesh version v2 here, v3 in the hello"):
+            _up(port, mesh="v3", session=secrets.token_hex(16))
+        first = _up(port, mesh="v1", session=secrets.token_hex(16))       # a host not yet on v2
+        with pytest.raises(PeerError, match=r"refused: busy: in an exclusive test already"):
+            _up(port, mesh="v2", session=secrets.token_hex(16))
+        first.close()
+        server.set_mesh("v2")
+        with pytest.raises(PeerError, match=r"refused: busy: mesh version v2 here, v1 in the hello"):
+            _up(port, mesh="v1", session=secrets.token_hex(16))
     finally:
         stop.set()
         t.join(5)

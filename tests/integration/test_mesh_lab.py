@@ -12,13 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections import defaultdict
 
 import pytest
 
 from tests.conftest import IS_ROOT, NOT_ROOT_REASON
 from tests.integration.test_mesh_daemon import _ts, host_config
-from tests.lab.mesh import MeshLab
+from tests.lab.mesh import MeshLab, overlapping, throughput_spans
 
 pytestmark = pytest.mark.lab
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -136,28 +135,9 @@ def test_fleet_follows_one_timetable(fleet):
     runs = [json.loads(line) for line in plan.stdout.splitlines()]
 
     # throughput tests as the hosts measured them: first interval's start .. last RESULT
-    spans = []
-    for n, recs in records.items():
-        stamps = defaultdict(list)
-        for r in recs:
-            if r["probe"] == "throughput" and r["type"] == "RESULT" and "rate" in r:
-                stamps[r["peer_name"]].append(_ts(r["ts"]))
-        for peer, ts in stamps.items():
-            ts.sort()
-            group = [ts[0]]
-            for t in ts[1:] + [None]:
-                if t is None or t - group[-1] > 3.0:
-                    spans.append((group[0] - 1.0, group[-1], n, peer))
-                    group = []
-                if t is not None:
-                    group.append(t)
+    spans = throughput_spans(records)
     assert spans, "no throughput test ran"
-
-    def held(a, b):
-        return {f"host:{a}", f"host:{b}", f"site:{site[a]}", f"site:{site[b]}"}
-
-    overlaps = [(x, y) for x, y in itertools.combinations(spans, 2)
-                if held(x[2], x[3]) & held(y[2], y[3]) and x[0] < y[1] and y[0] < x[1]]
+    overlaps = overlapping(spans, site)
     assert not overlaps
     # every span the daemons ran lies in a run the plan printed (start .. end + connect time)
     for s0, s1, a, b in spans:

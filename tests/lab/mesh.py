@@ -6,13 +6,21 @@ Site s (0, 1, ...) is the LAN 198.18.s.0/24 on a bridge in its router
 namespace (gateway .254); host i of the site is 198.18.s.(i+1). The router's
 uplink to the core is 198.18.(100+s).2/30 (core side .1), shaped by a tbf
 root qdisc on both ends, so all of a site's traffic to the others shares
-one uplink of `uplink` bit/s each way. Namespace names are
+one uplink of `uplink` bit/s each way. `serve_file` runs an HTTP server in the
+core namespace (a mesh URL every host reaches). Namespace names are
 "labm<owner pid base36>-..."; `down()` removes them and every process in
 them, and `cleanup_stale()` removes those of owners that are gone.
 """
+import datetime
+import hashlib
+import http.server
+import itertools
 import os
 import re
 import subprocess
+import sys
+import time
+from collections import defaultdict
 
 from tests.lab.netlab import require, sh
 
@@ -115,6 +123,24 @@ class MeshLab:
         self.procs.append(p)
         return p
 
+    @property
+    def core(self):
+        return f"{self.tag}-c"
+
+    def serve_file(self, path, log, port=8080):
+        """Serve the file `path` (read at each request) at the returned URL, from the core
+        namespace, with a strong ETag and 304 for a matching If-None-Match; one line per request
+        in `log`: time, status, the If-None-Match sent."""
+        p = subprocess.Popen(["ip", "netns", "exec", self.core, sys.executable, "-m", "tests.lab.mesh",
+                              str(path), str(port), str(log)],
+                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        self.procs.append(p)
+        end = time.monotonic() + 10
+        while sh(["ip", "netns", "exec", self.core, "ss", "-Hltn", f"sport = :{port}"]).stdout.strip() == "":
+            assert p.poll() is None and time.monotonic() < end, "the mesh URL server did not start"
+            time.sleep(0.05)
+        return f"http://198.18.100.1:{port}/mesh.toml"
+
     def ping(self, a, b):
         """True when host a reaches host b (one ping, 2 s)."""
         return sh(["ip", "netns", "exec", self.ns(a), "ping", "-c1", "-W2", self.hosts[b][1]],
@@ -130,3 +156,59 @@ class MeshLab:
             if ns.startswith(self.tag + "-"):
                 _remove(ns)
         self.hosts = {}
+
+
+def throughput_spans(records):
+    """Throughput tests as the hosts measured them ({host: its jsonfile's records}): (first
+    interval's start, last RESULT, host, peer); a pair's RESULTs more than 3 s apart are two runs."""
+    spans = []
+    for n, recs in records.items():
+        stamps = defaultdict(list)
+        for r in recs:
+            if r["probe"] == "throughput" and r["type"] == "RESULT" and "rate" in r:
+                stamps[r["peer_name"]].append(datetime.datetime.fromisoformat(r["ts"]).timestamp())
+        for peer, ts in stamps.items():
+            ts.sort()
+            group = [ts[0]]
+            for t in ts[1:] + [None]:
+                if t is None or t - group[-1] > 3.0:
+                    spans.append((group[0] - 1.0, group[-1], n, peer))
+                    group = []
+                if t is not None:
+                    group.append(t)
+    return spans
+
+
+def overlapping(spans, site):
+    """The pairs of spans that held one host or one site's uplink at once."""
+    def held(a, b):
+        return {f"host:{a}", f"host:{b}", f"site:{site[a]}", f"site:{site[b]}"}
+    return [(x, y) for x, y in itertools.combinations(spans, 2)
+            if held(x[2], x[3]) & held(y[2], y[3]) and x[0] < y[1] and y[0] < x[1]]
+
+
+def _serve(path, port, log):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            with open(path, "rb") as fh:
+                body = fh.read()
+            etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+            sent = self.headers.get("If-None-Match")
+            status = 304 if sent == etag else 200
+            with open(log, "a") as fh:
+                fh.write(f"{time.time():.3f} {status} {sent}\n")
+            self.send_response(status)
+            self.send_header("ETag", etag)
+            self.send_header("Content-Length", "0" if status == 304 else str(len(body)))
+            self.end_headers()
+            if status == 200:
+                self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    http.server.ThreadingHTTPServer(("0.0.0.0", port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1], int(sys.argv[2]), sys.argv[3])

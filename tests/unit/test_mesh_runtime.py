@@ -135,3 +135,28 @@ def test_self_from_the_local_address(tmp_path):
         make(tmp_path, d)
     with pytest.raises(ConfigError, match='self = "nobody" is not a'):
         make(tmp_path, self="nobody")
+
+
+def test_the_peer_side_serves_another_version_only_while_its_timetable_is_the_same(tmp_path):
+    """A host joins the oneway mesh only (the throughput pairs are named): the exclusive tests are
+    untouched, so the version pending and, after the boundary, the version replaced are served too.
+    A host added to a `between = "all"` throughput test needs slots of its own: neither is."""
+    d = mesh_doc()
+    d["test"][1] = {**d["test"][1], "pairs": [["fra0", "ams0"], ["ams0", "lon0"]]}
+    del d["test"][1]["between"]
+    rt = make(tmp_path, d, self="fra0")
+    v1 = rt.mesh.version
+    assert rt.also_accepted() == ()
+    grown = {**d, "host": [*d["host"], {"name": "nyc0", "address": "10.9.0.1", "tags": {"site": "nyc"}}]}
+    write(tmp_path / "mesh.toml", grown)
+    rt.refresh(100.0)
+    v2 = rt.pending[0].version
+    assert v2 != v1 and rt.also_accepted() == (v2,)              # read, not yet in effect
+    rt.specs(rt.pending[1])
+    assert rt.mesh.version == v2 and rt.also_accepted() == (v1,)  # in effect; v1 hosts may lag
+    both = {**grown, "test": [d["test"][0], {**mesh_doc()["test"][1]}]}      # between = "all" again
+    write(tmp_path / "mesh.toml", both)
+    rt.refresh(200.0)
+    assert rt.also_accepted() == (v1,)                            # pending, but not the same timetable
+    rt.specs(rt.pending[1])
+    assert rt.also_accepted() == ()                               # nor is v2 now

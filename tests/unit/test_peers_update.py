@@ -1,6 +1,7 @@
 """Job updates on a running worker's stdin (worker.take_updates) and what a oneway peers worker
 takes from them: a new peers list only; anything else, or anything malformed, is one ERROR
-record and the running settings are kept. The supervisor's side: which changes go live."""
+record and the running settings are kept; the same for the peer side's mesh versions. The
+supervisor's side: which changes go live."""
 import io
 import json
 import string
@@ -8,11 +9,13 @@ import string
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from netprobe import serve
 from netprobe.config.load import ProbeSpec, build_probe_config
 from netprobe.config.schema import Where
+from netprobe.peer.server import MESH_VERSION_RE
 from netprobe.probes.oneway.runner import Runner
 from netprobe.supervisor.daemon import live_change
-from netprobe.supervisor.worker import MAX_JOB, probe_update, take_updates
+from netprobe.supervisor.worker import MAX_JOB, MESH_ALSO_MAX, probe_update, serve_update, take_updates
 
 BASE = {"kind": "oneway", "name": "fleet", "interval": "1s", "gap": "20ms", "ecmp_width": 1,
         "peers": ["a=127.0.0.1:7000", "b=127.0.0.2:7000"]}
@@ -101,3 +104,37 @@ def test_only_a_peers_change_goes_live():
     assert not live_change(old, _spec())                    # one peer to several: a new worker
     assert not live_change(ProbeSpec("udping", None, {"kind": "udping", "peers": ["x"]}, 0),
                            ProbeSpec("udping", None, {"kind": "udping", "peers": ["y"]}, 0))
+
+
+SERVE_TABLE = {"listen": ["127.0.0.1:0"]}
+version = st.one_of(st.sampled_from(["v1", "v2", "0123abcd"]), st.text(max_size=6), st.integers(), st.none())
+
+
+@given(st.lists(st.fixed_dictionaries({}, optional={"mesh": version,
+                                                    "mesh_also": st.one_of(version, st.lists(version, max_size=4))}),
+                max_size=5))
+@settings(max_examples=100, deadline=None)
+def test_the_peer_sides_mesh_versions_are_taken_or_one_error(changes):
+    """Structured fuzz of the peer side's update line: the mesh version in effect and the other
+    versions it serves (at most the pending and the replaced one) are taken whole, or it is one
+    ERROR and the running ones stay."""
+    server = serve.Server([("127.0.0.1", 0)])
+    try:
+        server.set_mesh("v0", ("vx",))
+        out, running, refused = [], ("v0", ("vx",)), 0
+        lines = "".join(json.dumps({"kind": "serve", "table": SERVE_TABLE, **c}) + "\n" for c in changes)
+        take_updates(io.StringIO(lines), {"kind": "serve", "table": SERVE_TABLE},
+                     serve_update(server, SERVE_TABLE), out.append)
+        for c in changes:
+            mesh, also = c.get("mesh"), c.get("mesh_also", [])
+            good = (mesh is None or isinstance(mesh, str) and MESH_VERSION_RE.fullmatch(mesh)) and \
+                isinstance(also, list) and len(also) <= MESH_ALSO_MAX and \
+                all(isinstance(v, str) and MESH_VERSION_RE.fullmatch(v) for v in also)
+            if good:
+                running = (mesh, tuple(also))
+            refused += not good
+        assert (server.mesh_version, server.mesh_also) == running
+        assert len(out) == refused and all(r.fields["error"].startswith("update not applied") for r in out)
+    finally:
+        for s in server.socks:
+            s.close()
