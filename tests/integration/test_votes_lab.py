@@ -1,0 +1,109 @@
+"""Passive votes in the equal-cost lab (root): the retrans probe in A traces the TCP flows
+that retransmit, on their own 5-tuples, and names the member the test made lossy.
+
+Oracles, all outside the product: the member the test impaired (chosen at random) and the
+lab's addresses; A's iptables counter of the segments it sent with a TTL below 17 (the
+flows' own segments leave with 64) for the cost; B's counter of such segments arriving
+and B's kernel checksum-error counter (nstat Tcp InCsumErrors) for the segments that
+reached the peer, and iperf3's own report that its transfer completed."""
+import json
+import random
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+ROOT = Path(__file__).resolve().parents[2]
+PORT = 5298
+FLOWS = 24
+QUIET = 7.0                     # s of clean traffic before the fault
+RUN = 20                        # s of probe and traffic
+TRACE_TTL = ["-p", "tcp", "-m", "ttl", "--ttl-lt", "17"]
+
+
+def _count(lab, node, chain):
+    out = lab.run(node, ["iptables", "-w", "-L", chain, "-v", "-n", "-x"]).stdout.splitlines()[2:]
+    return sum(int(x.split()[0]) for x in out if "TTL match" in x)
+
+
+def _csum_errors(lab):
+    out = lab.run(lab.b, ["nstat", "-az", "TcpInCsumErrors"]).stdout.split()
+    return int(out[out.index("TcpInCsumErrors") + 1])
+
+
+def test_votes_name_the_lossy_member_and_nothing_before(make_ecmp_lab):
+    lab = make_ecmp_lab()
+    fault = random.choice(lab.members[0])
+    other = next(m for m in lab.members[0] if m is not fault)
+    lab.run(lab.a, ["iptables", "-w", "-A", "OUTPUT", *TRACE_TTL])
+    lab.run(lab.b, ["iptables", "-w", "-A", "INPUT", *TRACE_TTL])
+    csum0 = _csum_errors(lab)
+    srv = lab.popen(lab.b, ["iperf3", "-s", "-1", "-B", lab.b4, "-p", PORT])
+    deadline = time.monotonic() + 10
+    while f":{PORT}" not in lab.run(lab.b, ["ss", "-ltnH"]).stdout:
+        assert time.monotonic() < deadline, "iperf3 did not listen"
+        time.sleep(0.05)
+    probe = lab.popen(lab.a, [sys.executable, "-m", "netprobe", "probe", "retrans", "--json", "--ports", PORT,
+                              "--interval", "1s", "--breach-after", "2", "--clear-after", "2", "--max-retrans", "10",
+                              "--trace-votes", "--trace-rate", "200", "--trace-flows", "32",
+                              "--duration", f"{RUN}s"], cwd=str(ROOT))
+    recs = []
+
+    def read():
+        for line in probe.stdout:
+            if line.startswith("{"):
+                recs.append((time.monotonic(), json.loads(line)))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    end = time.monotonic() + 20
+    while not recs:
+        assert time.monotonic() < end and probe.poll() is None, probe.stderr.read()[-2000:]
+        time.sleep(0.05)
+    client = lab.popen(lab.a, ["iperf3", "-c", lab.b4, "-p", PORT, "-P", FLOWS, "-b", "2M", "-t", RUN - 3, "-J"])
+    time.sleep(QUIET)
+    lab.impair(fault, loss=10)
+    onset = time.monotonic()
+    out, _ = client.communicate(timeout=RUN + 30)
+    report = json.loads(out)
+    assert "error" not in report, report.get("error")
+    probe.send_signal(signal.SIGINT)
+    probe.wait(timeout=30)
+    reader.join(timeout=10)
+    assert probe.returncode == 0, probe.stderr.read()[-2000:]
+    srv.terminate()
+
+    named = [(t, r) for t, r in recs if r["type"] == "BREACH" and "suspect_hop" in r]
+    # nothing named while every member carried its flows cleanly
+    assert not [r for t, r in named if t < onset], named
+    assert named, "no suspect named: " + json.dumps([r for _, r in recs if r.get("scope") == "votes"][-6:])
+    assert {r["suspect_hop"] for _, r in named} == {fault.addr4}, named
+    first = named[0][1]
+    bad, bad_known = map(int, first["flows_bad"].split("/"))
+    assert first["metric"] == "retrans" and first["hop"] == 2 and bad == bad_known >= 2, first
+    assert named[0][0] - onset <= 6.0, named[0][0] - onset
+    # the votes of the intervals after the onset: the lossy member has the most (tied only with
+    # the junctions every flow crosses), the other member fewer
+    tallies = {}
+    for t, r in recs:
+        if r.get("scope") == "votes" and t > onset:
+            tallies.setdefault(r["ts"], {})[r["hop"]] = r["votes"]
+    assert tallies
+    for got in tallies.values():
+        if fault.addr4 in got:
+            assert got[fault.addr4] == max(got.values()) > got.get(other.addr4, 0), got
+    # cost: A's counter of trace segments equals the probe's count; every one of the few that
+    # reached B was dropped by B's stack as a checksum error, never seen by the connection
+    sent = _count(lab, lab.a, "OUTPUT")
+    host = [r for _, r in recs if r["type"] == "RESULT" and r.get("dir") == "out"]
+    assert sent == sum(r["trace_packets"] for r in host) > 0
+    at_b = _count(lab, lab.b, "INPUT")
+    print(named, list(tallies.values())[-1])
+    print(f"trace segments sent {sent}, reached B {at_b}, flows traced {host[-1]['traced_flows']}")
+    assert sent <= (FLOWS + 2) * 3 * 3
+    assert _csum_errors(lab) - csum0 == at_b
