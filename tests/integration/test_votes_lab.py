@@ -40,6 +40,8 @@ def test_votes_name_the_lossy_member_and_nothing_before(make_ecmp_lab):
     lab = make_ecmp_lab()
     fault = random.choice(lab.members[0])
     other = next(m for m in lab.members[0] if m is not fault)
+    # segments on the wire, as behind a real NIC: a GSO skb of 40 segments would be dropped whole
+    lab.run(lab.a, ["ethtool", "-K", "e0", "tso", "off", "gso", "off"])
     lab.run(lab.a, ["iptables", "-w", "-A", "OUTPUT", *TRACE_TTL])
     lab.run(lab.b, ["iptables", "-w", "-A", "INPUT", *TRACE_TTL])
     csum0 = _csum_errors(lab)
@@ -51,7 +53,7 @@ def test_votes_name_the_lossy_member_and_nothing_before(make_ecmp_lab):
     probe = lab.popen(lab.a, [sys.executable, "-m", "netprobe", "probe", "retrans", "--json", "--ports", PORT,
                               "--interval", "1s", "--breach-after", "2", "--clear-after", "2", "--max-retrans", "10",
                               "--trace-votes", "--trace-rate", "200", "--trace-flows", "32",
-                              "--duration", f"{RUN}s"], cwd=str(ROOT))
+                              "--duration", f"{RUN + 30}s"], cwd=str(ROOT))
     recs = []
 
     def read():
@@ -70,6 +72,7 @@ def test_votes_name_the_lossy_member_and_nothing_before(make_ecmp_lab):
     lab.impair(fault, loss=10)
     onset = time.monotonic()
     out, _ = client.communicate(timeout=RUN + 30)
+    done = time.monotonic()
     report = json.loads(out)
     assert "error" not in report, report.get("error")
     probe.send_signal(signal.SIGINT)
@@ -84,26 +87,27 @@ def test_votes_name_the_lossy_member_and_nothing_before(make_ecmp_lab):
     assert named, "no suspect named: " + json.dumps([r for _, r in recs if r.get("scope") == "votes"][-6:])
     assert {r["suspect_hop"] for _, r in named} == {fault.addr4}, named
     first = named[0][1]
-    bad, bad_known = map(int, first["flows_bad"].split("/"))
-    assert first["metric"] == "retrans" and first["hop"] == 2 and bad == bad_known >= 2, first
+    assert first["metric"] == "retrans" and first["hop"] == 2, first      # the members are the 2nd hop
     assert named[0][0] - onset <= 6.0, named[0][0] - onset
-    # the votes of the intervals after the onset: the lossy member has the most (tied only with
-    # the junctions every flow crosses), the other member fewer
+    # the votes of the intervals after the onset: of the hops where the paths differ (the members),
+    # the lossy one has the most; the junctions, which every path crosses, get the sum of the
+    # members' votes (so they tie with the lossy member when only its flows resend)
     tallies = {}
     for t, r in recs:
-        if r.get("scope") == "votes" and t > onset:
+        if r.get("scope") == "votes" and onset < t < done:     # while the flows sent through the fault
             tallies.setdefault(r["ts"], {})[r["hop"]] = r["votes"]
     assert tallies
     for got in tallies.values():
-        if fault.addr4 in got:
-            assert got[fault.addr4] == max(got.values()) > got.get(other.addr4, 0), got
+        members = got.get(fault.addr4, 0) + got.get(other.addr4, 0)
+        assert got.get(fault.addr4, 0) > got.get(other.addr4, 0), got
+        for j in lab.junctions:
+            assert got[j.addr4] == pytest.approx(members, abs=1e-5), got
     # cost: A's counter of trace segments equals the probe's count; every one of the few that
     # reached B was dropped by B's stack as a checksum error, never seen by the connection
     sent = _count(lab, lab.a, "OUTPUT")
     host = [r for _, r in recs if r["type"] == "RESULT" and r.get("dir") == "out"]
     assert sent == sum(r["trace_packets"] for r in host) > 0
     at_b = _count(lab, lab.b, "INPUT")
-    print(named, list(tallies.values())[-1])
     print(f"trace segments sent {sent}, reached B {at_b}, flows traced {host[-1]['traced_flows']}")
     assert sent <= (FLOWS + 2) * 3 * 3
     assert _csum_errors(lab) - csum0 == at_b

@@ -186,11 +186,11 @@ class Runner(ProbeRunner):
                            dir=f"{g.src}->{g.dst}", source="capture",
                            flows=",".join(f"{fl}({n})" for n, fl in g.flows[:analysis.MAX_FLOWS_NAMED]))
 
-    def _votes(self, watch, counter, dumps, window):
+    def _votes(self, watch, counter, dumps, window, ts):
         """The interval's passive votes: scope=votes RESULTs and suspect verdicts; returns
         {direction: suspect fields} for the direction BREACHes."""
         segs_out = {f: n for f, n in dumps.segs_out().items() if counter._watched(f[2], f[1], f[3])}
-        return votewatch.judge(self, watch, counter.resent, segs_out, window)
+        return votewatch.judge(self, watch, counter.resent, segs_out, window, ts)
 
     def direction(self, flow):
         return self.counter.direction(flow)
@@ -247,7 +247,9 @@ class Runner(ProbeRunner):
                                               **({"trace_error": watch.error} if watch.error else {}))
                     for r in recs:
                         self.emit(r)
-                    by_dir = {} if watch is None else self._votes(watch, counter, dumps, analysis.seconds(now - t0))
+                    by_dir = {}
+                    if watch is not None:
+                        by_dir = self._votes(watch, counter, dumps, analysis.seconds(now - t0), recs[0].ts)
                     if cfg.max_retrans is not None:
                         for direction in sorted(seen | set(verdicts)):
                             bad, value, flows = verdicts.get(direction, (False, 0, ""))

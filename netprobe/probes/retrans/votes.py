@@ -9,14 +9,23 @@ instead of source ports: retransmitting flows are degraded, flows that sent
 data without resending any are clean, and a hop stands out when the share of
 degraded flows crossing it minus the share of clean flows crossing it is at
 least localise.MIN_SCORE with at least localise.MIN_BAD degraded flows
-through it; suspects tied on that score are ordered by votes.  With no clean
-flow at all (every flow retransmits) the verdict is the common part of the
-path, as for ports; while clean flows exist but none is traced yet there is
-no verdict.
+through it, and the retransmitting flows cross it more often than chance
+would put them there: a one-sided hypergeometric test (Fisher's exact test)
+of "degraded flows through h" among all flows with a known hop there gives
+p <= ALPHA.  Flows resend now and then on any path (a burst at start, a
+spurious timeout); two of them landing on one of two members is a coin toss,
+not a fault.  Suspects are ordered by votes.  With no clean flow at all
+(every flow retransmits) the verdict is the common part of the path, as for
+ports, from at least MIN_COMMON flows; while clean flows exist but none is
+traced yet there is no verdict.
 """
+import math
 from dataclasses import dataclass
 
 from netprobe.probes.oneway import localise
+
+ALPHA = 0.01             # how unlikely by chance the retransmitting flows' share through a hop must be
+MIN_COMMON = 4           # flows, all retransmitting, before the common part of the path is named
 
 
 @dataclass(frozen=True)
@@ -58,9 +67,18 @@ def suspects(paths, bad, clean, untraced_clean=0):
     traced_clean = [f for f in clean if paths.get(f)]
     if not traced_clean and untraced_clean:
         return []                    # the baseline is not known yet
-    found = localise.localise(paths, set(bad), set(traced_clean))
+    found = [s for s in localise.localise(paths, set(bad), set(traced_clean))
+             if (s.ports_bad >= MIN_COMMON if s.common else
+                 enrichment_p(s.ports_bad, s.bad_total, s.ports_clean, s.clean_total) <= ALPHA)]
     votes = {h.hop: h for h in tally(paths, bad, traced_clean)}
     return sorted(((s, votes[s.hop]) for s in found), key=lambda sv: (-sv[1].votes, sv[0].ttl, sv[0].hop))
+
+
+def enrichment_p(nb, kb, nc, kc):
+    """P(at least nb of the kb degraded flows cross a hop by chance) when nb + nc of the kb + kc
+    flows cross it: the upper tail of the hypergeometric distribution."""
+    n, k = kb + kc, nb + nc
+    return sum(math.comb(k, x) * math.comb(n - k, kb - x) for x in range(nb, min(k, kb) + 1)) / math.comb(n, kb)
 
 
 def fields(s, hop):

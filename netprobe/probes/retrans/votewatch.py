@@ -27,6 +27,7 @@ class VoteWatch:
         self.lock = threading.Lock()
         self.paths = {}                  # flow -> (hops, time traced)
         self.queue = []                  # flows waiting for a trace
+        self.busy = []                   # flows being traced
         self.segs_out = {}               # flow -> tcpi_data_segs_out at the last interval's end
         self.reported = 0                # trace segments counted in earlier intervals
         self.judged = set()              # suspect hops fed to the hysteresis
@@ -51,12 +52,14 @@ class VoteWatch:
                 self.wake.wait(0.5)
                 self.wake.clear()
                 with self.lock:
-                    batch, self.queue = self.queue, []
+                    batch = self.busy = self.queue
+                    self.queue = []
                 if not batch:
                     continue
                 got = self.tracer.trace(batch, stop=self.stop_event)
                 now = time.monotonic()
                 with self.lock:
+                    self.busy = []
                     for flow, path in got.items():      # a flow with no hop (a direct peer) is kept too
                         self.paths[flow] = (list(path.hops), now)
         except OSError as exc:
@@ -76,7 +79,7 @@ class VoteWatch:
         with self.lock:
             self.paths = {f: p for f, p in self.paths.items() if now - p[1] < PATH_TTL and (f in segs_out or f in bad)}
             paths = {f: p[0] for f, p in self.paths.items()}
-            waiting = set(self.queue)
+            waiting = set(self.queue) | set(self.busy)
             want = [f for f in sorted(bad, key=lambda f: (-bad[f], str(f))) if f not in paths and f not in waiting]
             want += [f for f in clean if f not in paths and f not in waiting]
             if want[:cfg.trace_flows]:
@@ -92,7 +95,7 @@ class VoteWatch:
         return out
 
 
-def judge(runner, watch, resent, segs_out, window):
+def judge(runner, watch, resent, segs_out, window, ts):
     """One interval's votes: a scope=votes RESULT per hop, one judged verdict per suspect hop
     (BREACH metric=retrans with suspect_hop ...), and {direction: suspect fields} for the
     direction BREACHes whose retransmitting flows cross the suspect."""
@@ -101,7 +104,7 @@ def judge(runner, watch, resent, segs_out, window):
     for h in votes.tally(paths, bad, traced_clean):
         if h.flows:
             runner.result({"scope": "votes", "hop": h.hop, "votes": h.votes, "flows": h.flows,
-                           "flows_clean": h.clean, "retrans": h.retrans, "window": window})
+                           "flows_clean": h.clean, "retrans": h.retrans, "window": window}, ts)
     found = votes.suspects(paths, bad, clean, untraced)
     now, by_dir = set(), {}
     for s, hop in found:
