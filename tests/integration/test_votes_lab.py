@@ -5,7 +5,9 @@ Oracles, all outside the product: the member the test impaired (chosen at random
 lab's addresses; A's iptables counter of the segments it sent with a TTL below 17 (the
 flows' own segments leave with 64) for the cost; B's counter of such segments arriving
 and B's kernel checksum-error counter (nstat Tcp InCsumErrors) for the segments that
-reached the peer, and iperf3's own report that its transfer completed."""
+reached the peer; A's time-exceeded answers (iptables) against A's nstat
+TcpExtOutOfWindowIcmps for the answers the flows' sockets ignored; iperf3's own report that
+its transfer completed."""
 import json
 import random
 import signal
@@ -31,9 +33,9 @@ def _count(lab, node, chain):
     return sum(int(x.split()[0]) for x in out if "TTL match" in x)
 
 
-def _csum_errors(lab):
-    out = lab.run(lab.b, ["nstat", "-az", "TcpInCsumErrors"]).stdout.split()
-    return int(out[out.index("TcpInCsumErrors") + 1])
+def _nstat(lab, node, counter):
+    out = lab.run(node, ["nstat", "-az", counter]).stdout.split()
+    return int(out[out.index(counter) + 1])
 
 
 def test_votes_name_the_lossy_member_and_nothing_before(make_ecmp_lab):
@@ -44,7 +46,8 @@ def test_votes_name_the_lossy_member_and_nothing_before(make_ecmp_lab):
     lab.run(lab.a, ["ethtool", "-K", "e0", "tso", "off", "gso", "off"])
     lab.run(lab.a, ["iptables", "-w", "-A", "OUTPUT", *TRACE_TTL])
     lab.run(lab.b, ["iptables", "-w", "-A", "INPUT", *TRACE_TTL])
-    csum0 = _csum_errors(lab)
+    lab.run(lab.a, ["iptables", "-w", "-A", "INPUT", "-p", "icmp", "--icmp-type", "time-exceeded"])
+    csum0, oow0 = _nstat(lab, lab.b, "TcpInCsumErrors"), _nstat(lab, lab.a, "TcpExtOutOfWindowIcmps")
     srv = lab.popen(lab.b, ["iperf3", "-s", "-1", "-B", lab.b4, "-p", PORT])
     deadline = time.monotonic() + 10
     while f":{PORT}" not in lab.run(lab.b, ["ss", "-ltnH"]).stdout:
@@ -108,6 +111,12 @@ def test_votes_name_the_lossy_member_and_nothing_before(make_ecmp_lab):
     host = [r for _, r in recs if r["type"] == "RESULT" and r.get("dir") == "out"]
     assert sent == sum(r["trace_packets"] for r in host) > 0
     at_b = _count(lab, lab.b, "INPUT")
-    print(f"trace segments sent {sent}, reached B {at_b}, flows traced {host[-1]['traced_flows']}")
+    flow_segs = sum(r["host_out_segs"] or 0 for r in host)
+    print(f"trace segments sent {sent} ({100 * sent / flow_segs:.2f} % of {flow_segs}), reached B {at_b}, "
+          f"flows traced {host[-1]['traced_flows']}, named {named[0][0] - onset:.1f} s after the onset")
     assert sent <= (FLOWS + 2) * 3 * 3
-    assert _csum_errors(lab) - csum0 == at_b
+    assert _nstat(lab, lab.b, "TcpInCsumErrors") - csum0 == at_b
+    # every time-exceeded answer A received was handed to the flow's socket and ignored by it
+    answers = sum(int(x.split()[0]) for x in lab.run(lab.a, ["iptables", "-w", "-L", "INPUT", "-v", "-n", "-x"])
+                  .stdout.splitlines()[2:] if "icmptype 11" in x)
+    assert 0 < answers == _nstat(lab, lab.a, "TcpExtOutOfWindowIcmps") - oow0
