@@ -159,3 +159,24 @@ def test_vote_settings_are_checked_with_one_line():
         with pytest.raises(ConfigError) as e:
             load_text(table.replace("trace_votes = true\n", "") + bad + "\n")
         assert key in str(e.value) and "\n" not in str(e.value)
+
+
+def test_votes_stay_out_of_prometheus_and_the_suspect_goes_in():
+    """Read back with prometheus_client's parser: no per-hop vote series (no hop label to tell
+    them apart), the suspect's BREACH labelled with its hop."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from netprobe.outputs.prometheus import RecordCollector, registry_of
+    from netprobe.results import BREACH, RESULT, Record, event
+
+    col = RecordCollector()
+    reg = registry_of(col)
+    for hop in ("198.18.1.1", "198.18.110.2"):
+        col.add(Record(RESULT, "retrans", "r", {"scope": "votes", "hop": hop, "votes": 3.5, "flows": 11,
+                                                "flows_clean": 0, "retrans": 300, "window": 1.0}))
+    col.add(event(BREACH, "retrans", "r", metric="retrans", value=300, op="<=", threshold=None,
+                  suspect_hop="198.18.110.2", hop=2))
+    fams = {f.name: f for f in text_string_to_metric_families(generate_latest(reg).decode())}
+    assert not [n for n in fams if "votes" in n or "flows_clean" in n]
+    assert [s.labels["suspect_hop"] for s in fams["netprobe_breach"].samples] == ["198.18.110.2"]
