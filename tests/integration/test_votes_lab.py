@@ -120,3 +120,58 @@ def test_votes_name_the_lossy_member_and_nothing_before(make_ecmp_lab):
     answers = sum(int(x.split()[0]) for x in lab.run(lab.a, ["iptables", "-w", "-L", "INPUT", "-v", "-n", "-x"])
                   .stdout.splitlines()[2:] if "icmptype 11" in x)
     assert 0 < answers == _nstat(lab, lab.a, "TcpExtOutOfWindowIcmps") - oow0
+
+
+TRACE_PORT = 5297
+SPORTS = list(range(41000, 41012))
+SERVER = ("import socket, threading\ns = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, "
+          "socket.SO_REUSEADDR, 1)\ns.bind(('::', %d)); s.listen(64); print('READY', flush=True)\n"
+          "def drain(c):\n    while c.recv(65536): pass\n"
+          "for _ in range(%d):\n    threading.Thread(target=drain, args=(s.accept()[0],), daemon=True).start()\n"
+          "threading.Event().wait(60)" % (TRACE_PORT, len(SPORTS)))
+CLIENT = r'''
+import json, socket, sys
+from netprobe.probes.retrans import tcptrace
+dst = sys.argv[1]
+socks = []
+for p in map(int, sys.argv[2:]):
+    s = socket.socket(socket.AF_INET6)
+    s.bind(("::", p))
+    s.connect((dst, 5297))
+    s.sendall(b"x" * 20000)                       # the flow's own segments, for the members' counters
+    socks.append(s)
+flows = [(s.getsockname()[0], s.getsockname()[1], dst, 5297) for s in socks]
+t = tcptrace.Tracer(rate=200, retries=1, timeout=0.3)
+paths = t.trace(flows)
+print(json.dumps({"paths": {f[1]: [paths[f].hops, paths[f].reached] for f in flows}, "sent": t.sent}))
+'''
+
+
+def test_tcp_trace_follows_each_flows_own_member_ipv6(make_ecmp_lab):
+    """The tracer alone, IPv6, two stages: each live flow's trace names the members that
+    ip6tables counters in every member saw carry that flow's own data."""
+    lab = make_ecmp_lab(stages=2)
+    members = [m for row in lab.members for m in row]
+    for m in members:
+        rules = "*filter\n:NPCOUNT - [0:0]\n-I FORWARD 1 -i l -j NPCOUNT\n" + "".join(
+            f"-A NPCOUNT -p tcp --sport {p} --dport {TRACE_PORT} -m hl --hl-gt 20\n"     # not the traces
+            for p in SPORTS) + "COMMIT\n"
+        lab.run(m, ["ip6tables-restore", "-w", "--noflush"], input=rules)
+    srv = lab.popen(lab.b, [sys.executable, "-c", SERVER])
+    assert srv.stdout.readline().startswith("READY")
+    out = json.loads(lab.run(lab.a, [sys.executable, "-c", CLIENT, lab.b6, *SPORTS], cwd=str(ROOT),
+                             timeout=60).stdout)
+    srv.terminate()
+    crossed = {p: [] for p in SPORTS}
+    for m in members:
+        for line in lab.run(m, ["ip6tables", "-w", "-L", "NPCOUNT", "-v", "-n", "-x"]).stdout.splitlines()[2:]:
+            if int(line.split()[0]) >= 3:
+                crossed[int(line.split("spt:")[1].split()[0])].append(m)
+    for p in SPORTS:
+        assert len(crossed[p]) == 2, (p, crossed[p])           # one member per stage
+        hops, reached = out["paths"][str(p)]
+        assert hops == lab.expected_hops(crossed[p], 6) and reached, (p, hops)
+    combos = {tuple(m.name for m in ms) for ms in crossed.values()}
+    assert len(combos) >= 3, combos                  # the flows spread: the traces had members to tell apart
+    # 5 routers per flow; the first flow alone went on until 2 TTLs stayed silent (1 retry each)
+    assert out["sent"] == len(SPORTS) * 5 + 2 * 2
