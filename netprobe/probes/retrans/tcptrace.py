@@ -134,20 +134,24 @@ def _flow_key(flow):
 
 class Tracer:
     """Raw sockets for tracing TCP flows (opened once, closed by close()), the depth learned per
-    destination, and the counts: segments sent, answers read, ICMP messages dropped unmatched."""
+    destination (kept depth_ttl s: a path that changed length is found again), segments sent."""
 
-    def __init__(self, *, max_hops=16, rate=20.0, retries=2, gap_limit=2, timeout=None):
+    def __init__(self, *, max_hops=16, rate=20.0, retries=2, gap_limit=2, timeout=None, depth_ttl=600.0):
         self.max_hops, self.rate, self.retries = max_hops, rate, retries
-        self.gap_limit, self.timeout = gap_limit, timeout
-        self.depth = {}          # destination -> routers on the way (from a trace that reached it)
+        self.gap_limit, self.timeout, self.depth_ttl = gap_limit, timeout, depth_ttl
+        self.depth = {}          # destination -> (routers on the way, time.monotonic() learned)
         self.sent = 0
-        self.answers = 0
-        self.unmatched = 0       # ICMP errors read that quote no segment of a running trace
         self.send = {}
         self.recv = {}
         try:
             for fam, af in ((4, socket.AF_INET), (6, socket.AF_INET6)):
-                self.send[fam] = socket.socket(af, socket.SOCK_RAW, IPPROTO_RAW)
+                try:
+                    snd = socket.socket(af, socket.SOCK_RAW, IPPROTO_RAW)
+                except PermissionError:
+                    raise
+                except OSError:      # the family is off on this host: its flows are not traced
+                    continue
+                self.send[fam] = snd
                 r = socket.socket(af, socket.SOCK_RAW, socket.IPPROTO_ICMP if fam == 4 else socket.IPPROTO_ICMPV6)
                 self.recv[fam] = r
                 if fam == 6:
@@ -168,13 +172,18 @@ class Tracer:
         uncapped; the others follow capped at the depth they found."""
         flows = list(dict.fromkeys(flows))
         by_key = {_flow_key(f): f for f in flows}
+        now = time.monotonic()
+        self.depth = {d: v for d, v in self.depth.items() if now - v[1] < self.depth_ttl}
         scouts, seen = [], set()
         for k in by_key:
+            if k[0] not in self.send:
+                continue
             if k[3] not in self.depth and k[3] not in seen:
                 scouts.append(k)
                 seen.add(k[3])
         out = self._run(scouts, uncapped=True, deadline=deadline, stop=stop)
-        out.update(self._run([k for k in by_key if k not in out], uncapped=False, deadline=deadline, stop=stop))
+        out.update(self._run([k for k in by_key if k not in out and k[0] in self.send], uncapped=False,
+                             deadline=deadline, stop=stop))
         return {by_key[k]: path for k, path in out.items()}
 
     def _drain(self, states, rtt):
@@ -186,18 +195,14 @@ class Tracer:
                     break
                 got = parse_icmp(data, fam, addr[0] if fam == 6 else None)
                 st = None if got is None else states.get((fam, got[3], got[5], got[4], got[6]))
-                if st is None:
-                    self.unmatched += got is not None
-                    continue
-                self._answer(st, fam, got, rtt)
+                if st is not None:          # else an error about other traffic of this host
+                    self._answer(st, fam, got, rtt)
 
     def _answer(self, st, fam, got, rtt):
         etype, code, offender, _, dst, _, _, seq = got
         d = (seq - st.token) & 0xFFFFFFFF
         if st.done or d >> TRY_BITS != st.ttl or (d & ((1 << TRY_BITS) - 1)) > self.retries:
-            self.unmatched += 1           # another trace's, or an answer for an earlier TTL
-            return
-        self.answers += 1
+            return                        # another trace's, or an answer for an earlier TTL
         if st.out is not None:
             rtt[0] = max(rtt[0], time.monotonic() - st.out[0])
         if offender == dst:               # the peer itself answered (e.g. a firewall's reject)
@@ -219,7 +224,7 @@ class Tracer:
         for k in keys:
             st = _Port(k, None)
             st.token = int.from_bytes(os.urandom(4), "big")
-            st.cap = self.max_hops if uncapped else min(self.max_hops, self.depth.get(k[3], self.max_hops))
+            st.cap = self.max_hops if uncapped else min(self.max_hops, self.depth.get(k[3], (self.max_hops,))[0])
             states[k] = st
         rtt = [0.0]
         poller = select.poll()
@@ -258,7 +263,7 @@ class Tracer:
             if uncapped:                  # silent TTLs past the last answer: the peer took them
                 del st.path.hops[st.deepest:]
                 if st.path.reached:
-                    self.depth[k[3]] = len(st.path.hops)
+                    self.depth[k[3]] = (len(st.path.hops), time.monotonic())
             elif st.ttl > st.cap:         # reached the known depth
                 st.path.reached = True
         return {k: PortPath(k, st.path.hops, st.path.reached, st.path.sent) for k, st in states.items()}

@@ -20,10 +20,10 @@ CLEAN_MIN_SEGS = 50      # data segments a flow sends in an interval, none resen
 
 
 class VoteWatch:
-    def __init__(self, cfg, tracer=None):
+    def __init__(self, cfg):
         self.cfg = cfg
-        self.tracer = tracer or tcptrace.Tracer(max_hops=cfg.max_hops, rate=cfg.trace_rate,
-                                                retries=cfg.trace_retries)
+        self.tracer = tcptrace.Tracer(max_hops=cfg.max_hops, rate=cfg.trace_rate, retries=cfg.trace_retries,
+                                      depth_ttl=PATH_TTL)
         self.lock = threading.Lock()
         self.paths = {}                  # flow -> (hops, time traced)
         self.queue = []                  # flows waiting for a trace
@@ -82,8 +82,9 @@ class VoteWatch:
             waiting = set(self.queue) | set(self.busy)
             want = [f for f in sorted(bad, key=lambda f: (-bad[f], str(f))) if f not in paths and f not in waiting]
             want += [f for f in clean if f not in paths and f not in waiting]
-            if want[:cfg.trace_flows]:
-                self.queue += want[:cfg.trace_flows]
+            room = max(0, cfg.trace_flows - len(self.queue))     # a slow trace never lets the queue grow
+            if want[:room]:
+                self.queue += want[:room]
                 self.wake.set()
         untraced = sum(1 for f in clean if f not in paths)
         return bad, clean, untraced, paths
