@@ -111,14 +111,15 @@ bench-check: bench-deps build
 # The structured fuzzers and the capture byte fuzzers at full count, 200,000 examples per target
 # (`make test` runs each file's CI count; tests/fuzz/__init__.py): TCP segment sequences and pcap
 # files against the reference analyser, netlink messages against the reference decoder, the
-# oneway receivers against the reference receiver. One part: `make fuzz-capture`, `fuzz-netlink`,
+# oneway receivers against the reference receiver, ICMP errors against what scapy built. One part: `make fuzz-capture`, `fuzz-netlink`,
 # `fuzz-oneway`.
 FUZZ_CAPTURE = tests/fuzz/test_tcpseq_fuzz.py tests/fuzz/test_pcap_fuzz.py
 FUZZ_NETLINK = tests/fuzz/test_nldiag_fuzz.py
 FUZZ_ONEWAY = tests/fuzz/test_oneway_stateful.py
+FUZZ_TRACE = tests/fuzz/test_tcptrace_fuzz.py
 .PHONY: fuzz fuzz-capture fuzz-netlink fuzz-oneway
 fuzz: test-deps build
-	NETPROBE_FUZZ=full $(PY) -m pytest $(FUZZ_CAPTURE) $(FUZZ_NETLINK) $(FUZZ_ONEWAY) -q $(PYTEST_ARGS)
+	NETPROBE_FUZZ=full $(PY) -m pytest $(FUZZ_CAPTURE) $(FUZZ_NETLINK) $(FUZZ_ONEWAY) $(FUZZ_TRACE) -q $(PYTEST_ARGS)
 fuzz-capture: test-deps build
 	NETPROBE_FUZZ=full $(PY) -m pytest $(FUZZ_CAPTURE) -q $(PYTEST_ARGS)
 fuzz-netlink: test-deps build

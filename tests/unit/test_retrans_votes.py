@@ -180,3 +180,12 @@ def test_votes_stay_out_of_prometheus_and_the_suspect_goes_in():
     fams = {f.name: f for f in text_string_to_metric_families(generate_latest(reg).decode())}
     assert not [n for n in fams if "votes" in n or "flows_clean" in n]
     assert [s.labels["suspect_hop"] for s in fams["netprobe_breach"].samples] == ["198.18.110.2"]
+
+
+def test_classify_by_hand():
+    a, b, c, d, e = (flow(i) for i in range(5))
+    resent = {a: 3, b: 2, e: 9}
+    sent = {a: 500, b: 500, c: 50, d: 49, e: 0}
+    bad, clean = votes.classify(resent, sent, 3)
+    assert bad == {a: 3, e: 9}          # e resent without a dump of its data: still a vote
+    assert clean == [c]                 # b resent a little: neither; d sent too little to judge

@@ -26,6 +26,7 @@ from netprobe.probes.oneway import localise
 
 ALPHA = 0.01             # how unlikely by chance the retransmitting flows' share through a hop must be
 MIN_COMMON = 4           # flows, all retransmitting, before the common part of the path is named
+CLEAN_MIN_SEGS = 50      # data segments a flow sends in an interval, none resent, to count as clean
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,17 @@ class Hop:
     flows: int           # retransmitting flows through it
     clean: int           # clean flows through it
     retrans: int         # segments the retransmitting flows through it resent
+
+
+def classify(resent, sent, min_retrans):
+    """One interval's flows -> (bad {flow: segments resent}, clean [flow], most data first).
+    resent {flow: segments resent}; sent {flow: data segments sent}.  Bad: resent at least
+    min_retrans.  Clean: sent at least CLEAN_MIN_SEGS and resent none (an idle flow says
+    nothing about its path).  A flow that resent a little is neither."""
+    bad = {f: n for f, n in resent.items() if n >= min_retrans}
+    clean = [f for f, n in sorted(sent.items(), key=lambda kv: (-kv[1], str(kv[0])))
+             if n >= CLEAN_MIN_SEGS and not resent.get(f)]
+    return bad, clean
 
 
 def tally(paths, bad, clean=()):

@@ -16,7 +16,6 @@ from netprobe.probes.retrans import tcptrace, votes
 log = logging.getLogger("netprobe.probes.retrans")
 
 PATH_TTL = 600.0         # s a flow's path is reused before it is traced again
-CLEAN_MIN_SEGS = 50      # data segments a flow sends in an interval, none resent, to count as clean
 
 
 class VoteWatch:
@@ -72,9 +71,7 @@ class VoteWatch:
         cfg = self.cfg
         sent = {f: n - self.segs_out.get(f, n) for f, n in segs_out.items()}
         self.segs_out = segs_out
-        bad = {f: n for f, n in resent.items() if n >= cfg.trace_min_retrans}
-        clean = [f for f, n in sorted(sent.items(), key=lambda kv: (-kv[1], str(kv[0])))
-                 if n >= CLEAN_MIN_SEGS and not resent.get(f)]
+        bad, clean = votes.classify(resent, sent, cfg.trace_min_retrans)
         now = time.monotonic()
         with self.lock:
             self.paths = {f: p for f, p in self.paths.items() if now - p[1] < PATH_TTL and (f in segs_out or f in bad)}
