@@ -190,10 +190,7 @@ class Runner(ProbeRunner):
         """The interval's passive votes: scope=votes RESULTs and suspect verdicts; returns
         {direction: suspect fields} for the direction BREACHes."""
         segs_out = {f: n for f, n in dumps.segs_out().items() if counter._watched(f[2], f[1], f[3])}
-        return votewatch.judge(self, watch, counter.resent, segs_out, window, ts)
-
-    def direction(self, flow):
-        return self.counter.direction(flow)
+        return votewatch.judge(self, watch, counter.resent, segs_out, window, ts, counter.direction)
 
     def _run(self, stop, inst, cap, watch):
         cfg = self.cfg
@@ -203,8 +200,7 @@ class Runner(ProbeRunner):
                             ", ".join(inst.stale_removed))
             if inst.missing:
                 log.info("%s: kernel lacks %s", cfg.name, ", ".join(inst.missing))
-            counter = self.counter = analysis.LiveCounter(cfg.peers, cfg.prefix_v4, cfg.prefix_v6,
-                                                          cfg.port_numbers)
+            counter = analysis.LiveCounter(cfg.peers, cfg.prefix_v4, cfg.prefix_v6, cfg.port_numbers)
             dumps = SocketDumps(cfg.port_numbers, cfg.destroy_events, cfg.name)
             if dumps.destroy is not None:
                 counter.segs.hold = HOLD_S

@@ -93,10 +93,11 @@ class VoteWatch:
         return out
 
 
-def judge(runner, watch, resent, segs_out, window, ts):
+def judge(runner, watch, resent, segs_out, window, ts, direction):
     """One interval's votes: a scope=votes RESULT per hop, one judged verdict per suspect hop
-    (BREACH metric=retrans with suspect_hop ...), and {direction: suspect fields} for the
-    direction BREACHes whose retransmitting flows cross the suspect."""
+    (BREACH metric=retrans with suspect_hop ..., value: the segments the retransmitting flows
+    through it resent, against max_retrans), and {direction: suspect fields} for the direction
+    BREACHes whose retransmitting flows cross the suspect (direction(flow) names a flow's)."""
     bad, clean, untraced, paths = watch.interval(resent, segs_out)
     traced_clean = [f for f in clean if f in paths]
     for h in votes.tally(paths, bad, traced_clean):
@@ -108,11 +109,11 @@ def judge(runner, watch, resent, segs_out, window, ts):
     for s, hop in found:
         key = ("suspect", s.hop)
         now.add(key)
-        runner.judge(key, True, metric="retrans", value=hop.retrans, op="<=", threshold=None, window=window,
-                     **votes.fields(s, hop))
+        runner.judge(key, True, metric="retrans", value=hop.retrans, op="<=", threshold=watch.cfg.max_retrans,
+                     window=window, **votes.fields(s, hop))
         for f in bad:
             if s.hop in (paths.get(f) or ()):
-                by_dir.setdefault(runner.direction(f), votes.fields(s, hop))
+                by_dir.setdefault(direction(f), votes.fields(s, hop))
     for key in watch.judged - now:
         runner.judge(key, False, metric="retrans", value=None, op=None, threshold=None, window=window,
                      suspect_hop=key[1])
