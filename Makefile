@@ -85,10 +85,12 @@ soak-udping: test-deps build
 	UDPING_SPOOF_SOURCES=1000000 UDPING_SPOOF_SECONDS=600 $(PY) -m pytest tests/integration/test_udping_spoof.py $(PYTEST_ARGS)
 
 # the lab's fault-localisation acceptance with all 10 random-member runs and 10 minutes without a
-# fault (make test runs 1 and 24 s; root)
+# fault, and 10 random-member runs of the retrans probe's passive votes (make test runs 1, 24 s
+# and 1; root)
 .PHONY: test-trace
 test-trace: test-deps build
-	NETPROBE_TRACE_RUNS=10 NETPROBE_TRACE_QUIET=600 $(PY) -m pytest tests/integration/test_trace_lab.py $(PYTEST_ARGS)
+	NETPROBE_TRACE_RUNS=10 NETPROBE_TRACE_QUIET=600 NETPROBE_VOTES_RUNS=10 $(PY) -m pytest \
+		tests/integration/test_trace_lab.py tests/integration/test_votes_lab.py $(PYTEST_ARGS)
 
 # every short flow seen with the kernel's destroy messages, 5,000 flows (make test runs 1,000; root)
 .PHONY: test-short-flows

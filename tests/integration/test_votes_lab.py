@@ -9,6 +9,7 @@ reached the peer; A's time-exceeded answers (iptables) against A's nstat
 TcpExtOutOfWindowIcmps for the answers the flows' sockets ignored; iperf3's own report that
 its transfer completed."""
 import json
+import os
 import random
 import signal
 import sys
@@ -26,6 +27,7 @@ FLOWS = 24
 QUIET = 7.0                     # s of clean traffic before the fault
 RUN = 20                        # s of probe and traffic
 TRACE_TTL = ["-p", "tcp", "-m", "ttl", "--ttl-lt", "17"]
+RUNS = int(os.environ.get("NETPROBE_VOTES_RUNS", "1"))      # `make test-trace`: 10
 
 
 def _count(lab, node, chain):
@@ -38,9 +40,11 @@ def _nstat(lab, node, counter):
     return int(out[out.index(counter) + 1])
 
 
-def test_votes_name_the_lossy_member_and_nothing_before(make_ecmp_lab):
+@pytest.mark.parametrize("run", range(RUNS))
+def test_votes_name_the_lossy_member_and_nothing_before(make_ecmp_lab, run):
     lab = make_ecmp_lab()
     fault = random.choice(lab.members[0])
+    loss = random.uniform(5, 30)
     other = next(m for m in lab.members[0] if m is not fault)
     # segments on the wire, as behind a real NIC: a GSO skb of 40 segments would be dropped whole
     lab.run(lab.a, ["ethtool", "-K", "e0", "tso", "off", "gso", "off"])
@@ -72,7 +76,7 @@ def test_votes_name_the_lossy_member_and_nothing_before(make_ecmp_lab):
         time.sleep(0.05)
     client = lab.popen(lab.a, ["iperf3", "-c", lab.b4, "-p", PORT, "-P", FLOWS, "-b", "2M", "-t", RUN - 3, "-J"])
     time.sleep(QUIET)
-    lab.impair(fault, loss=10)
+    lab.impair(fault, loss=loss)
     onset = time.monotonic()
     out, _ = client.communicate(timeout=RUN + 30)
     done = time.monotonic()
@@ -114,7 +118,8 @@ def test_votes_name_the_lossy_member_and_nothing_before(make_ecmp_lab):
     at_b = _count(lab, lab.b, "INPUT")
     flow_segs = sum(r["host_out_segs"] or 0 for r in host)
     print(f"trace segments sent {sent} ({100 * sent / flow_segs:.2f} % of {flow_segs}), reached B {at_b}, "
-          f"flows traced {host[-1]['traced_flows']}, named {named[0][0] - onset:.1f} s after the onset")
+          f"flows traced {host[-1]['traced_flows']}, {loss:.1f} % loss on {fault.name} named "
+          f"{named[0][0] - onset:.1f} s after the onset")
     assert sent <= (FLOWS + 2) * 3 * 3
     assert _nstat(lab, lab.b, "TcpInCsumErrors") - csum0 == at_b
     # every time-exceeded answer A received was handed to the flow's socket and ignored by it
