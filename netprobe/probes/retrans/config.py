@@ -39,8 +39,8 @@ class Config(ProbeConfig):
     trace_votes: bool = setting(BOOL, False, "passive votes: trace the path of each flow whose retransmits "
                                 "reach trace_min_retrans in an interval (and, as a baseline, of flows that "
                                 "resend nothing) on the flow's own 5-tuple, TCP segments from a raw socket "
-                                "that never reach its socket; scope=votes RESULTs per hop and suspect_hop "
-                                "on the retrans BREACH (docs/votes.md; default: off)")
+                                "the connection never takes (wrong checksum); scope=votes RESULTs per hop and "
+                                "suspect_hop on the retrans BREACH (docs/votes.md; default: off)")
     trace_min_retrans: int = setting(INT, 3, "with trace_votes: segments a flow resends in an interval "
                                      "before its path is traced and it votes", min=1, max=10**9)
     max_hops: int = setting(INT, 16, "with trace_votes: the highest TTL / hop limit tried", min=1, max=64)
