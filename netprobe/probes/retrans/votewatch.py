@@ -71,10 +71,12 @@ class VoteWatch:
         cfg = self.cfg
         sent = {f: n - self.segs_out.get(f, n) for f, n in segs_out.items()}
         self.segs_out = segs_out
-        bad, clean = votes.classify(resent, sent, cfg.trace_min_retrans)
+        # only this namespace's open flows: the tracepoints also see other namespaces' resends,
+        # whose paths a trace from here would not follow
+        bad, clean = votes.classify({f: n for f, n in resent.items() if f in segs_out}, sent, cfg.trace_min_retrans)
         now = time.monotonic()
         with self.lock:
-            self.paths = {f: p for f, p in self.paths.items() if now - p[1] < PATH_TTL and (f in segs_out or f in bad)}
+            self.paths = {f: p for f, p in self.paths.items() if now - p[1] < PATH_TTL and f in segs_out}
             paths = {f: p[0] for f, p in self.paths.items()}
             waiting = set(self.queue) | set(self.busy)
             want = [f for f in sorted(bad, key=lambda f: (-bad[f], str(f))) if f not in paths and f not in waiting]
