@@ -16,6 +16,7 @@ from netprobe.probes.retrans import tcptrace, votes
 log = logging.getLogger("netprobe.probes.retrans")
 
 PATH_TTL = 600.0         # s a flow's path is reused before it is traced again
+MAX_BASELINE = 1024      # paths known before no more clean flows are traced (bounds each interval's tally)
 
 
 class VoteWatch:
@@ -80,7 +81,8 @@ class VoteWatch:
             paths = {f: p[0] for f, p in self.paths.items()}
             waiting = set(self.queue) | set(self.busy)
             want = [f for f in sorted(bad, key=lambda f: (-bad[f], str(f))) if f not in paths and f not in waiting]
-            want += [f for f in clean if f not in paths and f not in waiting]
+            if len(paths) < MAX_BASELINE:
+                want += [f for f in clean if f not in paths and f not in waiting][:MAX_BASELINE - len(paths)]
             room = max(0, cfg.trace_flows - len(self.queue))     # a slow trace never lets the queue grow
             if want[:room]:
                 self.queue += want[:room]
