@@ -33,9 +33,9 @@ from netprobe.probes.oneway.trace import (
     TIME_EXCEEDED,
     UNREACH,
     PortPath,
-    _advance,
     _Port,
     _silent,
+    answered,
 )
 
 IPPROTO_RAW = 255
@@ -199,23 +199,12 @@ class Tracer:
                     self._answer(st, fam, got, rtt)
 
     def _answer(self, st, fam, got, rtt):
-        etype, code, offender, _, dst, _, _, seq = got
+        etype, _, offender, _, dst, _, _, seq = got
         d = (seq - st.token) & 0xFFFFFFFF
         if st.done or d >> TRY_BITS != st.ttl or (d & ((1 << TRY_BITS) - 1)) > self.retries:
             return                        # another trace's, or an answer for an earlier TTL
-        if st.out is not None:
-            rtt[0] = max(rtt[0], time.monotonic() - st.out[0])
-        if offender == dst:               # the peer itself answered (e.g. a firewall's reject)
-            del st.path.hops[st.deepest:]
-            st.path.reached, st.out, st.done = True, None, True
-            return
-        st.path.hops.append(offender)
-        st.silent = 0
-        st.deepest = len(st.path.hops)
-        if etype == TIME_EXCEEDED[fam]:
-            _advance(st, self.gap_limit, st.cap)
-        else:                             # a router refusing: the path ends there
-            st.out, st.done = None, True
+        # the peer itself answering (e.g. a firewall's reject) ends the path at the last router
+        answered(st, offender, offender == dst, etype == TIME_EXCEEDED[fam], self.gap_limit, st.cap, rtt)
 
     def _run(self, keys, *, uncapped, deadline, stop):
         if not keys:
