@@ -85,8 +85,8 @@ soak-udping: test-deps build
 	UDPING_SPOOF_SOURCES=1000000 UDPING_SPOOF_SECONDS=600 $(PY) -m pytest tests/integration/test_udping_spoof.py $(PYTEST_ARGS)
 
 # the lab's fault-localisation acceptance with all 10 random-member runs and 10 minutes without a
-# fault, and 10 random-member runs of the retrans probe's passive votes (make test runs 1, 24 s
-# and 1; root)
+# fault, and 10 random-member and 10 common-part runs of the retrans probe's passive votes (make
+# test runs 1, 24 s, 1 and none; root)
 .PHONY: test-trace
 test-trace: test-deps build
 	NETPROBE_TRACE_RUNS=10 NETPROBE_TRACE_QUIET=600 NETPROBE_VOTES_RUNS=10 $(PY) -m pytest \
