@@ -168,8 +168,8 @@ class Tracer:
 
     def trace(self, flows, *, deadline=None, stop=None):
         """Trace each flow ((local ip, port, remote ip, port)) -> {flow: PortPath} (its `port`
-        holds the flow).  Flows to a destination of unknown depth go first, one per destination,
-        uncapped; the others follow capped at the depth they found."""
+        holds (family, local, port, remote, port)).  Flows to a destination of unknown depth go
+        first, one per destination, uncapped; the others follow capped at the depth they found."""
         flows = list(dict.fromkeys(flows))
         by_key = {_flow_key(f): f for f in flows}
         now = time.monotonic()
