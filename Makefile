@@ -85,10 +85,12 @@ soak-udping: test-deps build
 	UDPING_SPOOF_SOURCES=1000000 UDPING_SPOOF_SECONDS=600 $(PY) -m pytest tests/integration/test_udping_spoof.py $(PYTEST_ARGS)
 
 # the lab's fault-localisation acceptance with all 10 random-member runs and 10 minutes without a
-# fault (make test runs 1 and 24 s; root)
+# fault, and 10 random-member and 10 common-part runs of the retrans probe's passive votes (make
+# test runs 1, 24 s, 1 and none; root)
 .PHONY: test-trace
 test-trace: test-deps build
-	NETPROBE_TRACE_RUNS=10 NETPROBE_TRACE_QUIET=600 $(PY) -m pytest tests/integration/test_trace_lab.py $(PYTEST_ARGS)
+	NETPROBE_TRACE_RUNS=10 NETPROBE_TRACE_QUIET=600 NETPROBE_VOTES_RUNS=10 $(PY) -m pytest \
+		tests/integration/test_trace_lab.py tests/integration/test_votes_lab.py $(PYTEST_ARGS)
 
 # every short flow seen with the kernel's destroy messages, 5,000 flows (make test runs 1,000; root)
 .PHONY: test-short-flows
@@ -111,14 +113,15 @@ bench-check: bench-deps build
 # The structured fuzzers and the capture byte fuzzers at full count, 200,000 examples per target
 # (`make test` runs each file's CI count; tests/fuzz/__init__.py): TCP segment sequences and pcap
 # files against the reference analyser, netlink messages against the reference decoder, the
-# oneway receivers against the reference receiver. One part: `make fuzz-capture`, `fuzz-netlink`,
+# oneway receivers against the reference receiver, ICMP errors against what scapy built. One part: `make fuzz-capture`, `fuzz-netlink`,
 # `fuzz-oneway`.
 FUZZ_CAPTURE = tests/fuzz/test_tcpseq_fuzz.py tests/fuzz/test_pcap_fuzz.py
 FUZZ_NETLINK = tests/fuzz/test_nldiag_fuzz.py
 FUZZ_ONEWAY = tests/fuzz/test_oneway_stateful.py
+FUZZ_TRACE = tests/fuzz/test_tcptrace_fuzz.py
 .PHONY: fuzz fuzz-capture fuzz-netlink fuzz-oneway
 fuzz: test-deps build
-	NETPROBE_FUZZ=full $(PY) -m pytest $(FUZZ_CAPTURE) $(FUZZ_NETLINK) $(FUZZ_ONEWAY) -q $(PYTEST_ARGS)
+	NETPROBE_FUZZ=full $(PY) -m pytest $(FUZZ_CAPTURE) $(FUZZ_NETLINK) $(FUZZ_ONEWAY) $(FUZZ_TRACE) -q $(PYTEST_ARGS)
 fuzz-capture: test-deps build
 	NETPROBE_FUZZ=full $(PY) -m pytest $(FUZZ_CAPTURE) -q $(PYTEST_ARGS)
 fuzz-netlink: test-deps build

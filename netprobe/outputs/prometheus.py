@@ -14,8 +14,8 @@ over the intervals this sink has seen; a field the probe already keeps as a
 running total is a counter as it is; a `<name>_hist` field (a probe's delay
 or RTT buckets) is accumulated into the histogram
 netprobe_<kind>_<name>_seconds; everything else is a gauge of the latest
-interval. Per-flow records (flows scope=flow) are never exported: their label
-values are unbounded. docs/metrics.md lists the cardinality bound.
+interval. Per-flow records (flows scope=flow) and per-hop votes (retrans
+scope=votes) are never exported: their label values are unbounded. docs/metrics.md lists the cardinality bound.
 """
 import base64
 import errno
@@ -216,6 +216,8 @@ class RecordCollector:
         scope = record.fields.get("scope")
         if kind == "flows" and scope not in ("group", "sampler"):
             return                       # per-flow records: one label set per TCP connection
+        if kind == "retrans" and scope == "votes":
+            return                       # per-hop votes: no hop label; the suspect's BREACH carries the hop
         if "port" in record.fields and scope is None:     # a per-port record (scope=path has its own series)
             scope = "port"
         gauges, sums, totals, hists = {}, {}, {}, {}

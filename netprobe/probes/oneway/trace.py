@@ -249,21 +249,29 @@ def _read_errors(st, family, dst, token, gap_limit, max_hops, rtt):
         elif st.out is None:                 # too short a quote: only the packet in flight can match
             continue
         etype, code, addr = got
-        if st.out is not None:
-            rtt[0] = max(rtt[0], time.monotonic() - st.out[0])
-        if ipaddress.ip_address(addr) == dst:        # the peer itself (no listener)
-            del st.path.hops[st.deepest:]
-            st.path.reached, st.out, st.done = True, None, True
-            continue
-        st.path.hops.append(addr)
-        st.silent = 0
-        st.deepest = len(st.path.hops)
-        if etype == TIME_EXCEEDED[family]:
-            _advance(st, gap_limit, max_hops)
-        else:                                # the destination (port unreachable) or a router refusing
+        peer = ipaddress.ip_address(addr) == dst         # the peer itself (no listener)
+        answered(st, addr, peer, etype == TIME_EXCEEDED[family], gap_limit, max_hops, rtt)
+        if not peer and etype != TIME_EXCEEDED[family]:  # the destination (port unreachable) or a router refusing
             st.path.reached = etype == UNREACH[family] and code == PORT_UNREACH[family]
-            st.out = None
-            st.done = True
+
+
+def answered(st, addr, is_peer, time_exceeded, gap_limit, max_hops, rtt):
+    """An answer to the segment in flight at st.ttl: the peer itself ends the path at its last
+    router; a router's time-exceeded adds it and moves on; any other error ends the path there.
+    rtt[0] keeps the slowest answer seen."""
+    if st.out is not None:
+        rtt[0] = max(rtt[0], time.monotonic() - st.out[0])
+    if is_peer:
+        del st.path.hops[st.deepest:]
+        st.path.reached, st.out, st.done = True, None, True
+        return
+    st.path.hops.append(addr)
+    st.silent = 0
+    st.deepest = len(st.path.hops)
+    if time_exceeded:
+        _advance(st, gap_limit, max_hops)
+    else:
+        st.out, st.done = None, True
 
 
 def merge(old, new):

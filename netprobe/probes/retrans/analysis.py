@@ -242,6 +242,7 @@ class LiveCounter:
         self.v4len, self.v6len = v4len, v6len
         self.segs = SegmentCounter()
         self.dumped = False
+        self.resent = {}           # flow -> segments resent in the interval records() last reported
         self.reset()
 
     def reset(self):
@@ -291,6 +292,10 @@ class LiveCounter:
     def _key(self, lip, rip):
         return (_prefix(lip, self.v4len, self.v6len), _prefix(rip, self.v4len, self.v6len))
 
+    def direction(self, flow):
+        """The dir= of a flow (local ip, port, remote ip, port): "local prefix->remote prefix"."""
+        return "%s->%s" % self._key(flow[0], flow[2])
+
     def records(self, *, name, interval_s, lost, out_segs=None, retrans_segs=None, max_retrans=None, now=None,
                 capture=None):
         """(RESULT records, verdicts). One RESULT per group (dir=local->remote) and one
@@ -308,6 +313,7 @@ class LiveCounter:
         out = [Record(RESULT, KIND, name, host, ts)]
         verdicts = {}
         segments, at_close = self.segs.take() if self.dumped else (dict(self.events), {})
+        self.resent = segments       # per flow, for the passive votes
         counts = {"retrans": 0, "retrans_events": 0, "retrans_at_close": 0}
         groups = {k: {**g, **counts, "flows": {}} for k, g in self.groups.items()}
         for flow in set(segments) | set(self.events):

@@ -36,6 +36,20 @@ class Config(ProbeConfig):
     max_retrans_pct: float = setting(FLOAT, None, "capture: BREACH metric=retrans_pct when a direction's "
                                      "retransmitted share of segments exceeds this (percent)", min=0.0,
                                      max=100.0)
+    trace_votes: bool = setting(BOOL, False, "passive votes: trace the path of each flow whose retransmits "
+                                "reach trace_min_retrans in an interval (and, as a baseline, of flows that "
+                                "resend nothing) on the flow's own 5-tuple, TCP segments from a raw socket "
+                                "the connection never takes (wrong checksum); scope=votes RESULTs per hop and "
+                                "suspect_hop on the retrans BREACH (docs/votes.md; default: off)")
+    trace_min_retrans: int = setting(INT, 3, "with trace_votes: segments a flow resends in an interval "
+                                     "before its path is traced and it votes", min=1, max=10**9)
+    max_hops: int = setting(INT, 16, "with trace_votes: the highest TTL / hop limit tried", min=1, max=64)
+    trace_rate: float = setting(FLOAT, 20.0, "with trace_votes: trace segments per second at most",
+                                min=1.0, max=1000.0)
+    trace_retries: int = setting(INT, 2, "with trace_votes: tries again for a silent hop (routers "
+                                 "rate-limit ICMP)", min=0, max=5)
+    trace_flows: int = setting(INT, 16, "with trace_votes: flows traced per interval at most (their paths "
+                               "are kept 10 minutes)", min=1, max=1000)
 
     @property
     def port_numbers(self):

@@ -30,7 +30,7 @@ import numpy as np
 from netprobe.errors import ProbeError, load_extension
 from netprobe.probes.base import ProbeRunner, next_deadline
 from netprobe.probes.flows import destroy, filters
-from netprobe.probes.retrans import analysis, capture, tracefs
+from netprobe.probes.retrans import analysis, capture, tracefs, votewatch
 
 log = logging.getLogger("netprobe.probes.retrans")
 
@@ -70,6 +70,7 @@ class SocketDumps:
                 self.destroy = None
         self.records = np.zeros(1024, dtype=nl.RECORD_DTYPE)
         self.last = 0.0                     # time.monotonic() of the last dump
+        self.count = 0                      # sockets in the last dump
         self.error = 0                      # errno of the last failed dump, logged once until it changes
 
     def sockets(self):
@@ -92,7 +93,14 @@ class SocketDumps:
             return None
         self.error = 0
         recs = self.records[:got.sockets]
+        self.count = got.sockets
         return [(cookie, flow, total) for cookie, flow, total, _ in _sockets(recs[recs["tcpi_total_retrans"] > 0])]
+
+    def segs_out(self):
+        """{flow: tcpi_data_segs_out} of the established sockets of the last dump."""
+        recs = self.records[:self.count]
+        recs = recs[recs["idiag_state"] == self.nl.TCP_STATES["established"]]
+        return {flow: int(n) for (_, flow, _, _), n in zip(_sockets(recs), recs["tcpi_data_segs_out"], strict=True)}
 
     def drain(self):
         if self.destroy is not None:
@@ -137,17 +145,26 @@ class Runner(ProbeRunner):
             inst = tracefs.Instance(cfg.name, ports=cfg.port_numbers, buffer_kb=cfg.buffer_size // 1024)
         except PermissionError:
             raise ProbeError("tracefs needs root (or CAP_SYS_ADMIN)") from None
-        cap = None
+        cap = watch = None
         try:
             if cfg.capture_iface:
                 cap = capture.LiveCapture(cfg.capture_iface, cfg.port_numbers, snaplen=cfg.snaplen,
                                           direction=cfg.capture_direction)
+            if cfg.trace_votes:
+                try:
+                    watch = votewatch.VoteWatch(cfg).start()
+                except PermissionError:
+                    raise ProbeError("trace_votes needs raw sockets: root (or CAP_NET_RAW)") from None
         except BaseException:
             inst.close()
+            if cap is not None:
+                cap.close()
             raise
         try:
-            self._run(stop, inst, cap)
+            self._run(stop, inst, cap, watch)
         finally:
+            if watch is not None:
+                watch.stop()
             if cap is not None:
                 cap.close()
                 if cap.kernel_drops:
@@ -169,7 +186,13 @@ class Runner(ProbeRunner):
                            dir=f"{g.src}->{g.dst}", source="capture",
                            flows=",".join(f"{fl}({n})" for n, fl in g.flows[:analysis.MAX_FLOWS_NAMED]))
 
-    def _run(self, stop, inst, cap):
+    def _votes(self, watch, counter, dumps, window, ts):
+        """The interval's passive votes: scope=votes RESULTs and suspect verdicts; returns
+        {direction: suspect fields} for the direction BREACHes."""
+        segs_out = {f: n for f, n in dumps.segs_out().items() if counter._watched(f[2], f[1], f[3])}
+        return votewatch.judge(self, watch, counter.resent, segs_out, window, ts, counter.direction)
+
+    def _run(self, stop, inst, cap, watch):
         cfg = self.cfg
         with inst:
             if inst.stale_removed:
@@ -213,13 +236,22 @@ class Runner(ProbeRunner):
                                                      retrans_segs=delta.get("RetransSegs"),
                                                      max_retrans=cfg.max_retrans, now=time.time(),
                                                      capture=capstats)
+                    if watch is not None:   # the host line: trace segments sent in the interval, paths known
+                        if stop.is_set():   # the last line counts every segment: no trace runs past it
+                            watch.stop()
+                        recs[0].fields.update(trace_packets=watch.take_sent(), traced_flows=len(watch.paths),
+                                              **({"trace_error": watch.error} if watch.error else {}))
                     for r in recs:
                         self.emit(r)
+                    by_dir = {}
+                    if watch is not None:
+                        by_dir = self._votes(watch, counter, dumps, analysis.seconds(now - t0), recs[0].ts)
                     if cfg.max_retrans is not None:
                         for direction in sorted(seen | set(verdicts)):
                             bad, value, flows = verdicts.get(direction, (False, 0, ""))
                             self.judge(direction, bad, metric="retrans", value=value, op="<=",
-                                       threshold=cfg.max_retrans, dir=direction, flows=flows)
+                                       threshold=cfg.max_retrans, dir=direction, flows=flows,
+                                       **(by_dir.get(direction, {}) if bad else {}))
                         seen |= set(verdicts)
                     if cap is not None:
                         self._capture_interval(cap, now - t0)
