@@ -60,9 +60,11 @@ run: build
 	$(VENV)/bin/netprobe run -c $(CONFIG) $(if $(DURATION),--duration $(shell echo '$(DURATION)' | sed 's/^[0-9.]*$$/&s/'))
 
 # The 5-minute soak mostly waits: it runs beside the tests that only compute (unit, fuzz,
-# reference, bench: no lab, no timing, nothing on the host the soak's leak check looks at),
-# then the rest. Each part's output is printed whole; any failure fails `make test`.
-CPU_TESTS := tests/unit tests/fuzz tests/reference tests/bench
+# reference, bench, the pcap analyser on stored captures: no lab, no timing, nothing on the
+# host the soak's leak check looks at), then the rest. Each part's output is printed whole;
+# any failure fails `make test`.
+CPU_TESTS := tests/unit tests/fuzz tests/reference tests/bench tests/ext/test_pcapread.py \
+	tests/ext/test_pcapread_data.py tests/ext/test_wireshark_rules.py
 test: test-deps build
 	@mkdir -p build; rm -rf build/pytest-soak; \
 	$(PY) -m pytest tests/soak -p no:cacheprovider --basetemp=build/pytest-soak $(PYTEST_ARGS) \
