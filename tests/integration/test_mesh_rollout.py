@@ -17,7 +17,6 @@ Oracles: the test's clock and the HTTP server's log (when the URL hosts read), t
 above, `netprobe mesh plan`, and each host's jsonfile: throughput spans from their RESULT times
 (no two on one host or site uplink at once), the GAP records of the deferred runs."""
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -27,12 +26,12 @@ import pytest
 
 from tests.conftest import IS_ROOT, NOT_ROOT_REASON
 from tests.integration.test_mesh_daemon import _ts
-from tests.integration.test_mesh_grow import write
+from tests.integration.test_mesh_grow import host_config, write
 from tests.integration.test_mesh_lab import read
-from tests.lab.mesh import MeshLab, overlapping, throughput_spans
+from tests.lab.mesh import ROOT, MeshLab, overlapping, throughput_spans
 
 pytestmark = pytest.mark.lab
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 SITES = {"ams": 2, "fra": 2, "lon": 2}
 A, B, C = ("ams1", "fra1"), ("ams2", "lon1"), ("fra2", "lon2")
 BY_FILE = {"ams1", "fra1", "ams2", "lon1"}
@@ -52,27 +51,6 @@ def mesh_text(lab, pairs):
     return "\n".join(out)
 
 
-def host_config(tmp_path, name, addr, url):
-    source = (f'url = "{url}"\ncache = "{tmp_path / (name + "-cache.toml")}"\nrefresh = "1s"' if name in BY_URL
-              else f'file = "{tmp_path / "mesh.toml"}"\nrefresh = "1h"')          # SIGHUP only
-    return f"""
-[daemon]
-stop_timeout = "10s"
-
-[serve]
-listen = ["{addr}:7171"]
-allow = ["198.18.0.0/15"]
-
-[mesh]
-self = "{name}"
-{source}
-
-[output.file]
-type = "jsonfile"
-path = "{tmp_path / (name + '.jsonl')}"
-"""
-
-
 @pytest.fixture
 def fleet(tmp_path):
     if not IS_ROOT:
@@ -84,9 +62,8 @@ def fleet(tmp_path):
         url = lab.serve_file(tmp_path / "published.toml", tmp_path / "http.log")
         procs = {}
         for name, (_, addr, _) in lab.hosts.items():
-            (tmp_path / f"{name}.toml").write_text(host_config(tmp_path, name, addr, url))
-            procs[name] = lab.popen(name, [sys.executable, "-m", "netprobe", "run", "-c", tmp_path / f"{name}.toml"],
-                                    cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}.err", "a"))
+            (tmp_path / f"{name}.toml").write_text(host_config(tmp_path, name, addr, url, BY_URL))
+            procs[name] = lab.daemon(name, tmp_path)
         yield lab, tmp_path, procs
     finally:
         lab.down()
