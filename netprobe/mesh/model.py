@@ -40,6 +40,9 @@ class ScheduleConfig:
                                  "disagree by twice this", min=0.0, max=60)
     connect_time: float = setting(DURATION, 2.0, "longest time a test takes to connect before it "
                                   "measures (s)", min=0.0, max=120)
+    rollout: float = setting(DURATION, 600.0, "longest time a changed mesh file takes to reach every "
+                             "host (s): a change that moves exclusive tests comes into force this long "
+                             "after a host reads it, at a cycle boundary", min=0.0, max=7 * 86400)
 
     @property
     def guard(self):

@@ -112,6 +112,34 @@ class Timetable:
         """The first slot boundary after `now`: when a changed mesh takes effect."""
         return (math.floor(now / self.slot + 1e-9) + 1) * self.slot
 
+    def in_force(self, read_at, rollout):
+        """When this timetable, read at `read_at`, replaces one that places its tests elsewhere: the
+        first cycle boundary (a multiple of cycle x slot since the epoch) at least `rollout` later,
+        by when every host has read it (see transition_runs)."""
+        period = self.cycle * self.slot
+        return math.ceil((read_at + rollout) / period - 1e-9) * period
+
+
+def run_key(run):
+    """What makes two runs the same test at the same time and place, whatever their versions."""
+    s = run.slotted
+    return (s.test, s.kind, s.a, s.b, s.resources, round(run.start, 6), round(run.slot_end, 6))
+
+
+def transition_runs(new, base, start, end, host=None):
+    """The runs of timetable `new` in [start, end) split by the rollout rule: (kept, deferred).
+
+    While a host has loaded `new` but it is not yet in force, other hosts may still follow
+    `base` (the last timetable in force), and yet others may already follow `new`. A run placed
+    identically in both (same test, pair, resources and slot) is `kept`: every test running
+    anywhere then is a run of `base` or of `new` at once, and each of those is overlap-free. A
+    run of `new` that `base` does not hold is `deferred` until `new` is in force."""
+    held = {run_key(r) for r in base.runs(start, end, host)} if base is not None else set()
+    kept, deferred = [], []
+    for r in new.runs(start, end, host):
+        (kept if run_key(r) in held else deferred).append(r)
+    return kept, deferred
+
 
 def resources(mesh, test, a, b):
     """What one exclusive test holds: both hosts, and both hosts' value of each exclusive_by tag."""

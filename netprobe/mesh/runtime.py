@@ -5,7 +5,11 @@ background probe, and the exclusive ones whose slot is running), `due` for
 when that answer next changes, and hands each record of a derived probe to
 `annotate`, which adds the peer's name and tags and feeds the rollup. A mesh
 that changed (SIGHUP, `refresh`, a new copy at the URL) takes effect at the
-next slot boundary, so the timetable of a slot never changes under it.
+next slot boundary, so the timetable of a slot never changes under it. If its
+timetable places exclusive tests elsewhere, it is not in force before every
+host has read it (`[schedule] rollout` later, at a cycle boundary); until then
+this host starts only the runs both timetables place alike and reports each
+other one as deferred (`deferrals`, a GAP record), see plan.transition_runs.
 """
 import ipaddress
 import logging
@@ -16,10 +20,10 @@ from netprobe.config import schema
 from netprobe.config.load import ProbeSpec, build_probe_config
 from netprobe.errors import ConfigError
 from netprobe.mesh import fetch, plan, rollup
-from netprobe.results import BREACH, ERROR, RESULT, Record
+from netprobe.results import BREACH, ERROR, GAP, RESULT, Record, iso_time, seconds
 
 log = logging.getLogger("netprobe.mesh")
-ANNOTATED = ("RESULT", "BREACH", "CLEAR")
+ANNOTATED = ("RESULT", "BREACH", "CLEAR", "GAP")
 
 
 def local_host(mesh):
@@ -56,8 +60,11 @@ class MeshRuntime:
         self.tt = None
         self._also = (None, ())           # (the versions it was worked out for, also_accepted())
         self.missed = {}                  # derived probe -> timetabled runs its peer answered busy to
+        self.deferred = {}                # derived probe -> runs deferred by a rollout (transition)
+        self.transition = None            # (base timetable, time the one loaded is in force)
+        self._checked = now               # deferred runs that start before this are reported
         self._install(got.mesh)
-        self.pending = None               # (mesh, time it takes effect, its timetable)
+        self.pending = None               # (mesh, time it takes effect, its timetable, time read)
         self.next_refresh = now + cfg.refresh
         self.next_flush = now + self.flush_every if self.flush_every else None
 
@@ -105,18 +112,47 @@ class MeshRuntime:
             out[name] = ProbeSpec(first.kind, build_probe_config(first.kind, table, where), table, first.test)
         return out
 
+    def _runs(self, start, end):
+        """The runs this host starts with a slot starting in [start, end): (to run, deferred). While
+        a timetable that moves exclusive tests is not in force, only those its base places alike
+        run (plan.transition_runs)."""
+        if self.transition is None:
+            kept, deferred = self.tt.runs(start, end, self.self_name), []
+        else:
+            base, until = self.transition
+            kept, deferred = plan.transition_runs(self.tt, base, start, end, self.self_name)
+            kept += [r for r in deferred if r.start >= until]
+            deferred = [r for r in deferred if r.start < until]
+        me = self.self_name
+        return [r for r in kept if r.slotted.a == me], [r for r in deferred if r.slotted.a == me]
+
     def _active_runs(self, now):
         """Exclusive runs this host starts whose window holds `now`: from the slot's start until
         the test's duration plus the connect time have passed."""
-        late = self.tt.slot
-        return [r for r in self.tt.runs(now - late, now + 1e-6, host=self.self_name)
-                if r.slotted.a == self.self_name and r.start <= now < r.end + self.mesh.schedule.connect_time]
+        return [r for r in self._runs(now - self.tt.slot, now + 1e-6)[0]
+                if r.start <= now < r.end + self.mesh.schedule.connect_time]
+
+    def _begin_transition(self, replaced, read_at, at):
+        """The timetable just installed at `at` (read at `read_at`) replaces `replaced`: if it moves
+        exclusive tests, hold back the moved ones until it is in force."""
+        base = self.transition[0] if self.transition is not None else replaced
+        until = self.tt.in_force(read_at, self.mesh.schedule.rollout)
+        if self.tt.same_runs(base) or until <= at:
+            self.transition = None
+            return
+        self.transition, self._checked = (base, until), at
+        log.info("mesh version %s moves exclusive tests: tests not placed as in version %s are "
+                 "deferred until %s", self.tt.version, base.version, iso_time(until))
 
     def specs(self, now):
         if self.pending is not None and now >= self.pending[1]:
-            mesh, self.pending = self.pending[0], None
+            (mesh, at, _, read_at), replaced, self.pending = self.pending, self.tt, None
             self._install(mesh)
+            self._begin_transition(replaced, read_at, at)
             log.info("mesh version %s in effect", mesh.version)
+        if self.transition is not None and now >= self.transition[1]:
+            self.transition = None
+            log.info("mesh version %s: its timetable is in force", self.tt.version)
         out = dict(self.background)
         for r in self._active_runs(now):
             s = r.slotted
@@ -132,6 +168,8 @@ class MeshRuntime:
             times.append(self.next_flush)
         if self.pending is not None:
             times.append(self.pending[1])
+        if self.transition is not None:
+            times.append(self.transition[1])
         for r in self.tt.runs(now - self.tt.slot, now + self.tt.cycle * self.tt.slot, host=self.self_name):
             if r.slotted.a == self.self_name:
                 for t in (r.start, r.end + self.mesh.schedule.connect_time):
@@ -158,7 +196,7 @@ class MeshRuntime:
                 out.append(Record(ERROR, "mesh", self.self_name, {
                     "error": f"new mesh not used: {exc}; running version {self.mesh.version}"}))
                 return out
-            self.pending = (got.mesh, self.tt.next_boundary(now), tt)
+            self.pending = (got.mesh, self.tt.next_boundary(now), tt, now)
             log.info("mesh version %s read; in effect at the next slot boundary", got.mesh.version)
         return out
 
@@ -166,11 +204,14 @@ class MeshRuntime:
         """Other mesh versions whose timetabled tests the peer side serves too: the one pending and
         the one replaced, when their timetable holds the same tests in the same slots as the one in
         effect. A host still on such a version (or already on it) starts only tests this host's
-        timetable holds, so serving them overlaps nothing; any other version is refused busy."""
+        timetable holds, so serving them overlaps nothing; any other version is refused busy.
+        While the timetable loaded is not in force, its base too: this host starts only runs the
+        base holds, as does every host still on the base."""
         others = (self.pending[2] if self.pending else None, self.previous)
-        key = (self.tt.version, *(tt and tt.version for tt in others))
+        base = self.transition[0].version if self.transition is not None else None
+        key = (self.tt.version, base, *(tt and tt.version for tt in others))
         if self._also[0] != key:          # compared once per change: a timetable may hold 10,000 tests
-            out = []
+            out = [base] if base not in (None, self.tt.version) else []
             for tt in others:
                 if tt is not None and tt.version not in (self.tt.version, *out) and tt.same_runs(self.tt):
                     out.append(tt.version)
@@ -192,6 +233,26 @@ class MeshRuntime:
         if p is not None:
             self.rollup.feed(rec)
         return rec
+
+    def deferrals(self, now):
+        """A GAP record for each run this host would start, deferred by a rollout, whose slot has
+        started since the last call (the daemon adds the peer's name and tags, see annotate)."""
+        if self.transition is None:
+            self._checked = now
+            return []
+        start, self._checked = self._checked, now + 1e-6
+        out = []
+        for r in self._runs(start, now + 1e-6)[1]:
+            s = r.slotted
+            name = f"{s.b}.t{s.test}"
+            self.deferred[name] = self.deferred.get(name, 0) + 1
+            out.append(Record(GAP, s.kind, name, {
+                "reason": f"deferred: mesh version {self.tt.version} moves this test; its timetable is "
+                          f"in force from {iso_time(self.transition[1])}, until then only tests placed "
+                          f"as in version {self.transition[0].version} run",
+                "start": iso_time(r.start), "end": iso_time(r.end), "duration": seconds(r.end - r.start),
+                "deferred_missed": self.deferred[name]}))
+        return out
 
     def flush(self, now):
         """The rollup records, when an interval has ended."""

@@ -516,6 +516,8 @@ class Supervisor:
         for rec in self.mesh.flush(wall):
             self.publish(rec)
         self._apply(specs(self.config, self.mesh))
+        for rec in self.mesh.deferrals(wall):     # after specs(): a pending mesh installs there
+            self.publish(rec)
 
     # ---- main loop ---------------------------------------------------------------------
     def run(self):

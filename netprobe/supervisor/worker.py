@@ -31,7 +31,7 @@ from netprobe.supervisor.liveness import HEARTBEAT
 PR_SET_PDEATHSIG = 1
 MAX_JOB = 1 << 22        # bytes of one job line on stdin (a 4096-peer list takes under 1/10 of it)
 SERVE = "serve"          # the job kind of the peer side ([serve] table), run like a probe
-MESH_ALSO_MAX = 2         # versions besides the one in effect: the one pending and the one replaced
+MESH_ALSO_MAX = 3         # versions besides the one in effect: pending, replaced, and a rollout's base
 
 
 def _die_with_parent():

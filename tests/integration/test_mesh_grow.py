@@ -16,8 +16,6 @@ numbers, and their count against the time the test watched):
 MESH_LAB_CYCLES=N (make test-mesh) watches N cycles after the change (make test: 1)."""
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -29,7 +27,6 @@ from tests.integration.test_mesh_lab import read
 from tests.lab.mesh import MeshLab, overlapping, throughput_spans
 
 pytestmark = pytest.mark.lab
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITES = {"ams": 3, "fra": 2, "lon": 3}
 NEW = "lon3"                                   # in the lab from the start, in the mesh from the change
 # a starts; each pair shares a site with each other one, so the 3 take the 3 slots of a cycle, and
@@ -56,8 +53,8 @@ def mesh_text(lab, names):
     return "\n".join(out)
 
 
-def host_config(tmp_path, name, addr, url):
-    source = (f'url = "{url}"\ncache = "{tmp_path / (name + "-cache.toml")}"\nrefresh = "1s"' if name in BY_URL
+def host_config(tmp_path, name, addr, url, by_url=BY_URL):
+    source = (f'url = "{url}"\ncache = "{tmp_path / (name + "-cache.toml")}"\nrefresh = "1s"' if name in by_url
               else f'file = "{tmp_path / "mesh.toml"}"\nrefresh = "1h"')          # SIGHUP only
     return f"""
 [daemon]
@@ -98,8 +95,7 @@ def fleet(tmp_path):
             (tmp_path / f"{name}.toml").write_text(host_config(tmp_path, name, addr, url))
 
         def start(name):
-            return lab.popen(name, [sys.executable, "-m", "netprobe", "run", "-c", tmp_path / f"{name}.toml"],
-                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}.err", "a"))
+            return lab.daemon(name, tmp_path)
         yield lab, tmp_path, {name: start(name) for name in before}, start
     finally:
         lab.down()

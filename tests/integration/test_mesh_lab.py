@@ -65,8 +65,7 @@ def fleet(tmp_path):
                                                                allow="198.18.0.0/15"))
 
         def start(name):
-            return lab.popen(name, [sys.executable, "-m", "netprobe", "run", "-c", tmp_path / f"{name}.toml"],
-                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}.err", "a"))
+            return lab.daemon(name, tmp_path)
         procs = {name: start(name) for name in lab.hosts}
         yield lab, tmp_path, procs, start
     finally:

@@ -25,6 +25,7 @@ from collections import defaultdict
 from tests.lab.netlab import require, sh
 
 PREFIX = "labm"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _b36(n):
@@ -123,6 +124,13 @@ class MeshLab:
         self.procs.append(p)
         return p
 
+    def daemon(self, host, directory):
+        """`netprobe run -c DIR/HOST.toml` in the host's namespace, its stderr appended to DIR/HOST.err."""
+        with open(os.path.join(directory, f"{host}.err"), "a") as err:
+            return self.popen(host, [sys.executable, "-m", "netprobe", "run", "-c",
+                                     os.path.join(directory, f"{host}.toml")],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+
     @property
     def core(self):
         return f"{self.tag}-c"
@@ -133,7 +141,7 @@ class MeshLab:
         in `log`: time, status, the If-None-Match sent."""
         p = subprocess.Popen(["ip", "netns", "exec", self.core, sys.executable, "-m", "tests.lab.mesh",
                               str(path), str(port), str(log)],
-                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+                             cwd=ROOT)
         self.procs.append(p)
         end = time.monotonic() + 10
         while sh(["ip", "netns", "exec", self.core, "ss", "-Hltn", f"sport = :{port}"]).stdout.strip() == "":

@@ -105,6 +105,8 @@ BAD = [
     (_set(["test", 1, "rate"], KeyError), "test[1].rate: missing"),
     (_set(["test", 1, "between"], KeyError), "test[1]: needs exactly one of"),
     (_set(["schedule"], {"clock_error": "-1s"}), "schedule.clock_error:"),
+    (_set(["schedule"], {"rollout": "soon"}), "schedule.rollout:"),
+    (_set(["schedule"], {"rollout": "200h"}), "schedule.rollout: \"200h\" is out of range"),
 ]
 
 

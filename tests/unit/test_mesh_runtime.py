@@ -140,7 +140,8 @@ def test_self_from_the_local_address(tmp_path):
 def test_the_peer_side_serves_another_version_only_while_its_timetable_is_the_same(tmp_path):
     """A host joins the oneway mesh only (the throughput pairs are named): the exclusive tests are
     untouched, so the version pending and, after the boundary, the version replaced are served too.
-    A host added to a `between = "all"` throughput test needs slots of its own: neither is."""
+    A host added to a `between = "all"` throughput test needs slots of its own: neither is, once
+    that timetable is in force."""
     d = mesh_doc()
     d["test"][1] = {**d["test"][1], "pairs": [["fra0", "ams0"], ["ams0", "lon0"]]}
     del d["test"][1]["between"]
@@ -159,4 +160,9 @@ def test_the_peer_side_serves_another_version_only_while_its_timetable_is_the_sa
     rt.refresh(200.0)
     assert rt.also_accepted() == (v1,)                            # pending, but not the same timetable
     rt.specs(rt.pending[1])
-    assert rt.also_accepted() == ()                               # nor is v2 now
+    # v3 moves the throughput tests: until it is in force this host starts only runs v2 places
+    # alike, so v2's tests are still served; from then on v2 is not (nor is v1)
+    assert rt.also_accepted() == (v2,)
+    until = rt.transition[1]
+    rt.specs(until)
+    assert rt.transition is None and rt.also_accepted() == ()
