@@ -259,7 +259,7 @@ class EcmpLab:
         """Impair `node` (a Node or name) for traffic towards B: loss percent, delay ms,
         icmp_every=N: send only ... of its ICMP errors (drop every Nth, N=2 halves them)."""
         node = node if isinstance(node, Node) else self.node(node)
-        match = ["-A", "FORWARD"] + (["-o", "eb"] if node is self.junctions[-1] else [])
+        match = ["-A", "FORWARD"] + (["-o", "eb"] if node in self.junctions[-1:] else [])
         dev = self._in_dev(node)
         if dev:
             match += ["-i", dev]
