@@ -126,7 +126,8 @@ class Config(ProbeConfig):
     connect_timeout: float = setting(DURATION, 5.0, "TCP connect and handshake timeout (s)", min=0.1, max=120)
     trace: bool = setting(BOOL, False, "trace each source port's path (Paris-style, the probe's own 5-tuple, "
                           "TTL 1..max_hops) at start, every trace_every and at once for ports that start to "
-                          "breach, and name the hop the degraded ports share (suspect_hop on BREACH lines)")
+                          "breach, and name the hop the degraded ports share (suspect_hop on BREACH lines); in raw "
+                          'mode through each port\'s next hop, with next_hop_spread = "port"')
     max_hops: int = setting(INT, 16, "with trace: the highest TTL / hop limit tried", min=1, max=64)
     trace_every: float = setting(DURATION, 600.0, "with trace: each port is traced again this often, the ports "
                                  "spread evenly over the period (s)", min=10.0, max=86400)
