@@ -46,6 +46,8 @@ PAYLOAD = struct.Struct("!4s8sHBB")     # magic, trace token, port, ttl, try
 IP4 = struct.Struct("!BBHHHBBH4s4s")      # version/IHL, TOS, length, id, frag, TTL, proto, checksum, src, dst
 IP6 = struct.Struct("!IHBB16s16s")        # version/class/flow, payload length, next header, hop limit, src, dst
 UDP = struct.Struct("!HHHH")
+PSEUDO4 = struct.Struct("!4s4sBBH")       # src, dst, zero, protocol, length (RFC 768)
+PSEUDO6 = struct.Struct("!16s16sIxxxB")   # src, dst, length, zeros, next header (RFC 8200 8.1)
 ETHERTYPE = {4: 0x0800, 6: 0x86DD}
 MIN_WAIT, MAX_WAIT, RTT_FACTOR = 0.25, 1.0, 4    # s: no answer after 4x the slowest one seen is a miss
 
@@ -115,8 +117,8 @@ def ip_udp(src, dst, sport, dport, ttl, payload):
     """An IPv4 or IPv6 + UDP datagram with TTL / hop limit `ttl`, both checksums filled
     (src, dst: ipaddress objects of one family): a raw-mode trace datagram."""
     ulen = UDP.size + len(payload)
-    pseudo = src.packed + dst.packed + (struct.pack("!BBH", 0, 17, ulen) if src.version == 4
-                                        else struct.pack("!I3xB", ulen, 17))
+    pseudo = PSEUDO4.pack(src.packed, dst.packed, 0, 17, ulen) if src.version == 4 else \
+        PSEUDO6.pack(src.packed, dst.packed, ulen, 17)
     csum = checksum(pseudo + UDP.pack(sport, dport, ulen, 0) + payload) or 0xFFFF
     udp = UDP.pack(sport, dport, ulen, csum) + payload
     if src.version == 6:
