@@ -10,7 +10,7 @@ import random
 import pytest
 
 from tests.conftest import IS_ROOT, NOT_ROOT_REASON
-from tests.integration.test_trace_lab import _check_named, _fault_named
+from tests.integration.test_trace_lab import RUNS, _check_named, _fault_named
 from tests.lab.nexthop import NextHopLab
 
 pytestmark = [pytest.mark.lab, pytest.mark.skipif(not IS_ROOT, reason=NOT_ROOT_REASON)]
@@ -33,12 +33,14 @@ def _carried(lab, member):
     return {int(f[-1].split(":")[1]): int(f[0]) for f in map(str.split, out) if f and f[-1].startswith("spt:")}
 
 
-def test_raw_mode_traces_each_port_through_its_next_hop_and_names_the_lossy_one(lab):
+@pytest.mark.parametrize("run", range(RUNS))
+def test_raw_mode_traces_each_port_through_its_next_hop_and_names_the_lossy_one(lab, run):
+    """One run in `make test` (about 18 s), 10 in `make test-trace`."""
     members = lab.members[0]
     for m in members:
         for p in PORTS:
             lab.run(m, ["iptables", "-w", "-A", "FORWARD", "-i", "l", "-p", "udp", "--sport", p])
-    rng = random.Random()
+    rng = random.Random(run)
     fault, pct = rng.choice(members), rng.uniform(5, 30)
     macs = ",".join(lab.mac(m) for m in members)
     onset, recs, _ = _fault_named(lab, fault, 4, "--next-hops", macs, "--interface", "e0",
