@@ -27,31 +27,34 @@ def lab():
         lab.down()
 
 
-def _carried(lab, member):
+def _carried(lab, member, ipt):
     """{source port: datagrams member forwarded or dropped}, from its counting rules."""
-    out = lab.run(member, ["iptables", "-w", "-L", "FORWARD", "-v", "-n", "-x"]).stdout.splitlines()[2:]
+    out = lab.run(member, [ipt, "-w", "-L", "FORWARD", "-v", "-n", "-x"]).stdout.splitlines()[2:]
     return {int(f[-1].split(":")[1]): int(f[0]) for f in map(str.split, out) if f and f[-1].startswith("spt:")}
 
 
 @pytest.mark.parametrize("run", range(RUNS))
 def test_raw_mode_traces_each_port_through_its_next_hop_and_names_the_lossy_one(lab, run):
-    """One run in `make test` (about 18 s), 10 in `make test-trace`."""
+    """One run in `make test` (about 18 s, IPv4), 10 in `make test-trace` (IPv4 and IPv6)."""
     members = lab.members[0]
+    family = 4 if run % 2 == 0 else 6
+    ipt = "iptables" if family == 4 else "ip6tables"
     for m in members:
         for p in PORTS:
-            lab.run(m, ["iptables", "-w", "-A", "FORWARD", "-i", "l", "-p", "udp", "--sport", p])
+            lab.run(m, [ipt, "-w", "-A", "FORWARD", "-i", "l", "-p", "udp", "--sport", p])
     rng = random.Random(run)
     fault, pct = rng.choice(members), rng.uniform(5, 30)
     macs = ",".join(lab.mac(m) for m in members)
-    onset, recs, _ = _fault_named(lab, fault, 4, "--next-hops", macs, "--interface", "e0",
+    onset, recs, _ = _fault_named(lab, fault, family, "--next-hops", macs, "--interface", "e0",
                                   "--next-hop-spread", "port", loss=pct)
-    r = _check_named(onset, recs, fault.addr4)
+    addr = {m.name: m.addr4 if family == 4 else m.addr6 for m in members}
+    r = _check_named(onset, recs, addr[fault.name])
     assert r["hop"] == 1 and r["ports_clean"].startswith("0/"), (pct, r)
     assert lab.drops(fault) > 0 and sum(lab.drops(m) for m in members if m is not fault) == 0
-    carried = {m.name: _carried(lab, m) for m in members}
+    carried = {m.name: _carried(lab, m, ipt) for m in members}
     paths = {r["port"]: r["hops"] for _, r in recs if r.get("scope") == "path"}
     assert sorted(paths) == list(PORTS)
     for i, p in enumerate(PORTS):
         used = [m for m in members if carried[m.name].get(p)]
         assert used == [members[i % 2]], (p, {k: v.get(p) for k, v in carried.items()})
-        assert paths[p] == used[0].addr4, (p, paths[p])
+        assert paths[p] == addr[used[0].name], (p, paths[p])
