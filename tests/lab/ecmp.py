@@ -166,6 +166,10 @@ class EcmpLab:
                 self._multipath(j, "198.18.1.0/24", "2001:2:0:1::/64",
                                 [(150 + 10 * s + k) for k in range(self.width)], True)
         self._fix_junction_addresses()
+        self._guard_and_check()
+
+    def _guard_and_check(self):
+        """The host's guard routes on (so lab traffic never leaves), then A must reach B over IPv4 and IPv6."""
         self._guard = True
         for fam, pfx in netlab.GUARDS:
             sh(["ip", fam, "route", "replace", "unreachable", pfx])

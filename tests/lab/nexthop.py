@@ -16,8 +16,8 @@ Built on EcmpLab: the same names (so its stale-lab cleanup covers this
 one), commands, impairments (loss on a member is an iptables statistic DROP
 in its FORWARD chain, in from "l"), counters and down().
 """
-from tests.lab import ecmp, netlab
-from tests.lab.netlab import LabError, sh
+from tests.lab import ecmp
+from tests.lab.netlab import sh
 
 
 class NextHopLab(ecmp.EcmpLab):
@@ -71,9 +71,4 @@ class NextHopLab(ecmp.EcmpLab):
         sh(["ip", "-n", self.a.ns, "-6", "route", "add", "2001:2:0:2::/64", "via", self.members[0][0].addr6])
         sh(["ip", "-n", self.b.ns, "route", "add", "default", "via", "198.18.160.1"])
         sh(["ip", "-n", self.b.ns, "-6", "route", "add", "default", "via", "2001:2:0:160::1"])
-        self._guard = True
-        for fam, pfx in netlab.GUARDS:
-            sh(["ip", fam, "route", "replace", "unreachable", pfx])
-        for dst in (self.b4, self.b6):
-            if self.run(self.a, ["ping", "-c1", "-W2", "-q", dst], check=False).returncode:
-                raise LabError("%s: ping A -> %s failed" % (self.name, dst))
+        self._guard_and_check()
