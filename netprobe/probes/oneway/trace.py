@@ -117,13 +117,14 @@ def ip_udp(src, dst, sport, dport, ttl, payload):
     """An IPv4 or IPv6 + UDP datagram with TTL / hop limit `ttl`, both checksums filled
     (src, dst: ipaddress objects of one family): a raw-mode trace datagram."""
     ulen = UDP.size + len(payload)
-    pseudo = PSEUDO4.pack(src.packed, dst.packed, 0, 17, ulen) if src.version == 4 else \
-        PSEUDO6.pack(src.packed, dst.packed, ulen, 17)
+    proto = socket.IPPROTO_UDP
+    pseudo = PSEUDO4.pack(src.packed, dst.packed, 0, proto, ulen) if src.version == 4 else \
+        PSEUDO6.pack(src.packed, dst.packed, ulen, proto)
     csum = checksum(pseudo + UDP.pack(sport, dport, ulen, 0) + payload) or 0xFFFF
     udp = UDP.pack(sport, dport, ulen, csum) + payload
     if src.version == 6:
-        return IP6.pack(0x60000000, ulen, 17, ttl, src.packed, dst.packed) + udp
-    head = IP4.pack(0x45, 0, IP4.size + ulen, random.getrandbits(16), 0, ttl, 17, 0, src.packed, dst.packed)
+        return IP6.pack(6 << 28, ulen, proto, ttl, src.packed, dst.packed) + udp
+    head = IP4.pack(0x45, 0, IP4.size + ulen, random.getrandbits(16), 0, ttl, proto, 0, src.packed, dst.packed)
     return head[:10] + struct.pack("!H", checksum(head)) + head[12:] + udp
 
 
