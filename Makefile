@@ -92,7 +92,8 @@ soak-udping: test-deps build
 .PHONY: test-trace
 test-trace: test-deps build
 	NETPROBE_TRACE_RUNS=10 NETPROBE_TRACE_QUIET=600 NETPROBE_VOTES_RUNS=10 $(PY) -m pytest \
-		tests/integration/test_trace_lab.py tests/integration/test_votes_lab.py $(PYTEST_ARGS)
+		tests/integration/test_trace_lab.py tests/integration/test_votes_lab.py \
+		tests/integration/test_rawtrace_lab.py $(PYTEST_ARGS)
 
 # every short flow seen with the kernel's destroy messages, 5,000 flows (make test runs 1,000; root)
 .PHONY: test-short-flows

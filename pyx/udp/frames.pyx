@@ -1,5 +1,6 @@
 # Raw mode of the oneway sender: whole Ethernet + IPv4/IPv6 + UDP frames for one
-# AF_PACKET socket, each source port rotating through next-hop MACs, and the RFC 1071
+# AF_PACKET socket, each source port rotating through next-hop MACs (or, pinned, port i
+# always through next hop i mod N, so per-port loss tells the next hops apart), and the RFC 1071
 # checksums (IPv4 header; UDP over the pseudo-header once the probe is final).
 
 cdef enum:
@@ -47,6 +48,7 @@ ctypedef struct frame_t:
     int nmacs
     uint16_t *sports           # per port
     uint32_t *rot              # per port: its next hop's turn
+    bint pin                   # rot stays: each port keeps one next hop
     uint16_t dport
     uint16_t ipid
 
@@ -69,7 +71,7 @@ cdef inline uint16_t csum_fold(uint64_t s) noexcept nogil:
 
 
 cdef int frame_init(frame_t *fr, raw) except -1:
-    """From the caller's raw dict (macs, sports, src_ip, dst_ip, src_mac, dport); returns
+    """From the caller's raw dict (macs, sports, src_ip, dst_ip, src_mac, dport, optional pin); returns
     the number of source ports. frame_free releases it, also after an error."""
     cdef int i, k
     macs, sports = list(raw["macs"]), list(raw["sports"])
@@ -93,8 +95,11 @@ cdef int frame_init(frame_t *fr, raw) except -1:
     for i in range(fr.nmacs):
         for k in range(6):
             fr.macs[6 * i + k] = macs[i][k]
+    fr.pin = bool(raw.get("pin", False))
     for i in range(len(sports)):
         fr.sports[i] = sports[i]
+        if fr.pin:
+            fr.rot[i] = i
     for k in range(6):
         fr.src_mac[k] = src_mac[k]
     for k in range(len(src_ip)):
@@ -117,7 +122,8 @@ cdef void frame_headers(frame_t *fr, uint8_t *f, int port, int length) noexcept 
     cdef uint8_t *ip = f + ETH_LEN
     cdef uint8_t *u = f + fr.l2len - UDP_LEN
     memcpy(f + OFF_ETH_DST, fr.macs + 6 * (fr.rot[port] % fr.nmacs), 6)
-    fr.rot[port] += 1
+    if not fr.pin:
+        fr.rot[port] += 1
     memcpy(f + OFF_ETH_SRC, fr.src_mac, 6)
     if fr.v6:
         store_be16(f + OFF_ETH_TYPE, ETHERTYPE_IPV6)

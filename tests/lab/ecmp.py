@@ -166,6 +166,10 @@ class EcmpLab:
                 self._multipath(j, "198.18.1.0/24", "2001:2:0:1::/64",
                                 [(150 + 10 * s + k) for k in range(self.width)], True)
         self._fix_junction_addresses()
+        self._guard_and_check()
+
+    def _guard_and_check(self):
+        """The host's guard routes on (so lab traffic never leaves), then A must reach B over IPv4 and IPv6."""
         self._guard = True
         for fam, pfx in netlab.GUARDS:
             sh(["ip", fam, "route", "replace", "unreachable", pfx])
@@ -259,7 +263,7 @@ class EcmpLab:
         """Impair `node` (a Node or name) for traffic towards B: loss percent, delay ms,
         icmp_every=N: send only ... of its ICMP errors (drop every Nth, N=2 halves them)."""
         node = node if isinstance(node, Node) else self.node(node)
-        match = ["-A", "FORWARD"] + (["-o", "eb"] if node is self.junctions[-1] else [])
+        match = ["-A", "FORWARD"] + (["-o", "eb"] if node in self.junctions[-1:] else [])
         dev = self._in_dev(node)
         if dev:
             match += ["-i", dev]

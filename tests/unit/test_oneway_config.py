@@ -72,7 +72,11 @@ def test_bad_descriptors(text, count, msg):
     ("schedule = 'bursty'\n", 'probe[0].schedule: "bursty" is not one of "poisson", "fixed"'),
     ("ecmp_width = 0\n", "probe[0].ecmp_width: 0 is out of range"),
     ("gap = '60s'\ninterval = '0.1s'\ngrace = '50ms'\n", "probe[0].gap: each port would get less than one"),
-    ("trace = true\nnext_hops = ['02:1a:b0:00:01:01']\ninterface = 'lo'\n", "probe[0].trace: goes with routed"),
+    ("trace = true\nnext_hops = ['02:1a:b0:00:01:01']\ninterface = 'lo'\n",
+     'probe[0].trace: with next_hops needs next_hop_spread = "port"'),
+    ("next_hop_spread = 'port'\n", "probe[0].next_hop_spread: goes with next_hops"),
+    ("next_hop_spread = 'port'\nports = '5000'\ninterface = 'lo'\nnext_hops = ['02:1a:b0:00:01:01', "
+     "'02:1a:b0:00:01:02']\n", "probe[0].ports: 1 ports for 2 next_hops"),
     ("max_hops = 65\n", "probe[0].max_hops: 65 is out of range"),
     ("trace_every = '1s'\n", "probe[0].trace_every:"),
     ("trace_share = 50\n", "probe[0].trace_share:"),

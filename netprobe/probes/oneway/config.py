@@ -93,6 +93,10 @@ class Config(ProbeConfig):
     next_hops: tuple = setting(STR_LIST, [], "raw mode: next-hop MACs; each source port rotates through them "
                                "packet by packet, whole Ethernet frames sent on `interface` (needs CAP_NET_RAW)")
     interface: str = setting(STR, "", "raw mode: the interface to send frames on (required with next_hops)")
+    next_hop_spread: str = setting(CHOICE, "packet", "raw mode: packet (each port rotates through next_hops "
+                                   "packet by packet, as UDPing) or port (source port i always through next hop "
+                                   "i mod N, so per-port loss and traces tell the next hops apart)",
+                                   choices=("packet", "port"))
     dst_port: int = setting(INT, 0, "UDP port the peer receives on; 0 = the peer picks one", min=0, max=65535)
     gap: float = setting(DURATION, 0.001, "mean time between probes over all ports (s)", min=1e-6, max=60)
     schedule: str = setting(CHOICE, "poisson", "probe spacing: poisson (exponential gaps, capped at 10x the "
@@ -122,7 +126,8 @@ class Config(ProbeConfig):
     connect_timeout: float = setting(DURATION, 5.0, "TCP connect and handshake timeout (s)", min=0.1, max=120)
     trace: bool = setting(BOOL, False, "trace each source port's path (Paris-style, the probe's own 5-tuple, "
                           "TTL 1..max_hops) at start, every trace_every and at once for ports that start to "
-                          "breach, and name the hop the degraded ports share (suspect_hop on BREACH lines)")
+                          "breach, and name the hop the degraded ports share (suspect_hop on BREACH lines); in raw "
+                          'mode through each port\'s next hop, with next_hop_spread = "port"')
     max_hops: int = setting(INT, 16, "with trace: the highest TTL / hop limit tried", min=1, max=64)
     trace_every: float = setting(DURATION, 600.0, "with trace: each port is traced again this often, the ports "
                                  "spread evenly over the period (s)", min=10.0, max=86400)
@@ -160,8 +165,14 @@ class Config(ProbeConfig):
             raise where.error("interface", "is required with next_hops (the interface frames leave on)")
         if self.interface and not self.next_hops:
             raise where.error("interface", "goes with next_hops (raw mode); without it the route picks the way")
-        if self.trace and self.next_hops:
-            raise where.error("trace", "goes with routed probes; with next_hops the frames pick their own way")
+        if self.next_hop_spread != "packet" and not self.next_hops:
+            raise where.error("next_hop_spread", "goes with next_hops (raw mode)")
+        if self.trace and self.next_hops and self.next_hop_spread != "port":
+            raise where.error("trace", 'with next_hops needs next_hop_spread = "port": a port rotating through '
+                                       "every next hop crosses them all, so no port's loss tells them apart")
+        if self.next_hop_spread == "port" and self.port_list_len() < len(self.next_hops):
+            raise where.error("ports", f'{self.port_list_len()} ports for {len(self.next_hops)} next_hops: with '
+                                       'next_hop_spread = "port" some next hop would carry none')
         if len(self.next_hops) > 64:
             raise where.error("next_hops", "at most 64 next hops")
         least = HDR_LEN + (TAG_LEN if self.key or self.auth else 0)

@@ -23,8 +23,10 @@ BURST_HOPS = 6           # the budget banks one trace of this many packets per p
 
 
 class PathWatch:
-    def __init__(self, cfg, dst, dport, ports, probe_rate, local=None):
-        self.cfg, self.dst, self.dport, self.local = cfg, dst, dport, local
+    def __init__(self, cfg, dst, dport, ports, probe_rate, local=None, via=None):
+        """via (raw mode): {port: next-hop MAC} its trace frames go to; local is then required."""
+        self.cfg, self.dst, self.dport, self.local, self.via = cfg, dst, dport, local, via
+        self.frames = None
         self.ports = list(ports)
         self.budget = trace.Budget(cfg.trace_share / 100.0, probe_rate, BURST_HOPS * len(self.ports))
         self.lock = threading.Lock()
@@ -76,7 +78,7 @@ class PathWatch:
         cfg = self.cfg
         got = trace.trace(self.dst, self.dport, ports, local=self.local, max_hops=cfg.max_hops,
                           rate=cfg.trace_rate, retries=cfg.trace_retries, budget=self.budget,
-                          stop=self.stop_event, depth=depth)
+                          stop=self.stop_event, depth=depth, frames=self.frames)
         with self.lock:
             for p, path in got.items():
                 new = trace.merge(self.paths.get(p), path)
@@ -89,6 +91,8 @@ class PathWatch:
 
     def _loop(self):
         try:
+            if self.via is not None:
+                self.frames = trace.Frames(self.cfg.interface, self.via, self.local, self.dst, self.dport)
             self._trace(self.ports, None)
             step = self.cfg.trace_every / max(1, len(self.ports))
             nxt, i = time.monotonic() + step, 1      # the start's trace had this period's scout
@@ -106,6 +110,9 @@ class PathWatch:
         except OSError as exc:        # e.g. the port cannot be shared: say so once, probes go on
             self.error = f"path tracing stopped: {exc.strerror or exc}"
             log.warning("%s: %s", self.cfg.name, self.error)
+        finally:
+            if self.frames is not None:
+                self.frames.close()
 
 
 def report(runner, watch, port_numbers, s, raw_ports, judge):

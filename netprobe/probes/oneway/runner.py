@@ -77,9 +77,9 @@ class Session:
             self.ctl.sock.setblocking(False)
             dst = (self.ctl.sock.getpeername()[0], udp_port)
             self.dst, self.watch = dst, None
-            raw = None
+            raw = self.raw = None
             if cfg.next_hops:
-                raw = self._open_raw(ports, nports, dst)
+                raw = self.raw = self._open_raw(ports, nports, dst)
                 self.port_numbers = raw["sports"]
             else:
                 self.port_numbers = self._open_ports(ports, nports, dst)
@@ -143,7 +143,7 @@ class Session:
             base = 32768 + secrets.randbelow(61000 - 32768 - nports)
             ports = list(range(base, base + nports))
         macs = [bytes.fromhex(m.replace(":", "")) for m in cfg.next_hops]
-        return {"fd": s.fileno(), "src_mac": src_mac, "macs": macs,
+        return {"fd": s.fileno(), "src_mac": src_mac, "macs": macs, "pin": cfg.next_hop_spread == "port",
                 "src_ip": ipaddress.ip_address(src).packed, "dst_ip": ipaddress.ip_address(dst[0]).packed,
                 "sports": ports, "dport": dst[1]}
 
@@ -320,10 +320,16 @@ class Runner(ProbeRunner):
         return None
 
     def watch(self, sess):
-        """With trace: start tracing the session's ports."""
+        """With trace: start tracing the session's ports (raw mode: port i through next hop i mod N,
+        from the frames' source address)."""
         if self.cfg.trace:
+            local, via = self.cfg.local or None, None
+            if sess.raw:
+                macs = sess.raw["macs"]
+                local = str(ipaddress.ip_address(sess.raw["src_ip"]))
+                via = {p: macs[i % len(macs)] for i, p in enumerate(sess.port_numbers)}
             sess.watch = pathwatch.PathWatch(self.cfg, *sess.dst, sess.port_numbers, 1.0 / self.cfg.gap,
-                                             self.cfg.local or None).start()
+                                             local, via).start()
 
     @staticmethod
     def _take(rolled, sent_by_interval):

@@ -16,6 +16,13 @@ budget.  A silent TTL is retried (routers rate-limit ICMP), then kept as a
 star (None).  `gap_limit` silent TTLs in a row end a port's trace: the
 datagram reached the peer, which answers nothing (its port is open).
 
+Raw mode (the probe's `next_hops`, pinned one per port): the trace datagrams
+leave as frames on an AF_PACKET socket to the port's own next-hop MAC, as its
+probes do, with the TTL in the IP header built here.  The trace socket is bound
+and connected all the same: the kernel hands an ICMP error to the UDP socket
+matching the quoted 5-tuple, however the datagram left (checked on 6.18, IPv4
+and IPv6), so answers are read from its error queue as in routed mode.
+
 Trace datagrams start with TRACE_MAGIC ("NPTR"), which no probe carries.
 """
 import errno
@@ -36,6 +43,12 @@ TIME_EXCEEDED = {4: 11, 6: 3}           # ICMP / ICMPv6 type
 UNREACH = {4: 3, 6: 1}
 PORT_UNREACH = {4: 3, 6: 4}
 PAYLOAD = struct.Struct("!4s8sHBB")     # magic, trace token, port, ttl, try
+IP4 = struct.Struct("!BBHHHBBH4s4s")      # version/IHL, TOS, length, id, frag, TTL, proto, checksum, src, dst
+IP6 = struct.Struct("!IHBB16s16s")        # version/class/flow, payload length, next header, hop limit, src, dst
+UDP = struct.Struct("!HHHH")
+PSEUDO4 = struct.Struct("!4s4sBBH")       # src, dst, zero, protocol, length (RFC 768)
+PSEUDO6 = struct.Struct("!16s16sIxxxB")   # src, dst, length, zeros, next header (RFC 8200 8.1)
+ETHERTYPE = {4: 0x0800, 6: 0x86DD}
 MIN_WAIT, MAX_WAIT, RTT_FACTOR = 0.25, 1.0, 4    # s: no answer after 4x the slowest one seen is a miss
 
 
@@ -90,6 +103,48 @@ def open_socket(dst, dport, sport, local=None):
     return s
 
 
+def checksum(data):
+    """RFC 1071 Internet checksum of `data` (an odd last byte padded with zero)."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+def ip_udp(src, dst, sport, dport, ttl, payload):
+    """An IPv4 or IPv6 + UDP datagram with TTL / hop limit `ttl`, both checksums filled
+    (src, dst: ipaddress objects of one family): a raw-mode trace datagram."""
+    ulen = UDP.size + len(payload)
+    proto = socket.IPPROTO_UDP
+    pseudo = PSEUDO4.pack(src.packed, dst.packed, 0, proto, ulen) if src.version == 4 else \
+        PSEUDO6.pack(src.packed, dst.packed, ulen, proto)
+    csum = checksum(pseudo + UDP.pack(sport, dport, ulen, 0) + payload) or 0xFFFF
+    udp = UDP.pack(sport, dport, ulen, csum) + payload
+    if src.version == 6:
+        return IP6.pack(6 << 28, ulen, proto, ttl, src.packed, dst.packed) + udp
+    head = IP4.pack(0x45, 0, IP4.size + ulen, random.getrandbits(16), 0, ttl, proto, 0, src.packed, dst.packed)
+    return head[:10] + struct.pack("!H", checksum(head)) + head[12:] + udp
+
+
+class Frames:
+    """Raw mode's way out: each port's trace datagrams as frames on `interface` to its next-hop
+    MAC (via {port: 6-byte MAC}), from `src` to dst:dport.  Needs CAP_NET_RAW."""
+
+    def __init__(self, interface, via, src, dst, dport):
+        self.interface, self.via, self.dport = interface, dict(via), dport
+        self.src, self.dst = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)    # protocol 0: send only
+
+    def send(self, port, ttl, payload):
+        packet = ip_udp(self.src, self.dst, port, self.dport, ttl, payload)
+        self.sock.sendto(packet, (self.interface, ETHERTYPE[self.src.version], 0, 0, self.via[port]))
+
+    def close(self):
+        self.sock.close()
+
+
 class Budget:
     """Trace packets allowed: `share` of the probe's packets (refilled at share x probe rate,
     at most `burst` banked; starts full so the first trace can run at once)."""
@@ -135,7 +190,8 @@ def trace(dst, dport, ports, *, depth=None, **kw):
     Keywords: local, max_hops, rate, retries, timeout (default: 4 x the slowest answer so
     far, 0.25 to 1 s; MAX_WAIT until one came), gap_limit (silent TTLs that end a
     path), budget (take() -> bool), deadline (time.monotonic()), stop (an Event), socks
-    ({port: socket from open_socket}, else opened and closed here).
+    ({port: socket from open_socket}, else opened and closed here), frames (raw mode: a
+    Frames the datagrams leave by; its ports' sockets only read the answers).
     """
     ports = list(ports)
     if depth is None and len(ports) > 1:
@@ -147,7 +203,7 @@ def trace(dst, dport, ports, *, depth=None, **kw):
 
 
 def _trace(dst, dport, ports, *, cap, local=None, max_hops=16, rate=20.0, retries=2, timeout=None, gap_limit=2,
-           budget=None, deadline=None, stop=None, socks=None):
+           budget=None, deadline=None, stop=None, socks=None, frames=None):
     if not ports:
         return {}
     max_hops = max_hops if cap is None else min(cap, max_hops)
@@ -187,7 +243,10 @@ def _trace(dst, dport, ports, *, cap, local=None, max_hops=16, rate=20.0, retrie
                 st = random.choice(ready)
                 payload = PAYLOAD.pack(TRACE_MAGIC, token, st.path.port, st.ttl, st.tries)
                 try:
-                    st.sock.sendmsg([payload], [(level, opt, struct.pack("=i", st.ttl))])
+                    if frames is not None:
+                        frames.send(st.path.port, st.ttl, payload)
+                    else:
+                        st.sock.sendmsg([payload], [(level, opt, struct.pack("=i", st.ttl))])
                 except OSError as exc:      # a queued ICMP error surfaces here once: read it, retry later
                     if exc.errno not in (errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ECONNREFUSED,
                                          errno.EAGAIN, errno.ENOBUFS):

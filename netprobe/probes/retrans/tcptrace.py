@@ -27,8 +27,12 @@ import struct
 import time
 
 from netprobe.probes.oneway.trace import (
+    IP4,
+    IP6,
     MAX_WAIT,
     MIN_WAIT,
+    PSEUDO4,
+    PSEUDO6,
     RTT_FACTOR,
     TIME_EXCEEDED,
     UNREACH,
@@ -36,6 +40,7 @@ from netprobe.probes.oneway.trace import (
     _Port,
     _silent,
     answered,
+    checksum,
 )
 
 IPPROTO_RAW = 255
@@ -43,21 +48,7 @@ ICMP6_FILTER = 1
 TCP_ACK = 0x10
 WINDOW = 65535
 TRY_BITS = 3                     # seq = token + (ttl << TRY_BITS) + try
-IP4 = struct.Struct("!BBHHHBBH4s4s")
-IP6 = struct.Struct("!IHBB16s16s")
 TCP = struct.Struct("!HHIIBBHHH")
-PSEUDO4 = struct.Struct("!4s4sBBH")
-PSEUDO6 = struct.Struct("!16s16sIxxxB")
-
-
-def checksum(data):
-    """The Internet checksum (RFC 1071) of data."""
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
 
 
 def segment(src, dst, sport, dport, seq, ack, ttl):
