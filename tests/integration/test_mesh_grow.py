@@ -24,7 +24,7 @@ from tests.conftest import IS_ROOT, NOT_ROOT_REASON
 from tests.integration.test_mesh_busy import _version
 from tests.integration.test_mesh_daemon import _ts
 from tests.integration.test_mesh_lab import read
-from tests.lab.mesh import MeshLab, overlapping, throughput_spans
+from tests.lab.mesh import overlapping, running, throughput_spans, write
 
 pytestmark = pytest.mark.lab
 SITES = {"ams": 3, "fra": 2, "lon": 3}
@@ -75,18 +75,11 @@ path = "{tmp_path / (name + '.jsonl')}"
 """
 
 
-def write(path, text):
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 @pytest.fixture
 def fleet(tmp_path):
     if not IS_ROOT:
         pytest.skip(NOT_ROOT_REASON)
-    lab = MeshLab(SITES, uplink="20mbit").up()
-    try:
+    with running(SITES, "20mbit") as lab:
         before = [n for n in lab.hosts if n != NEW]
         write(tmp_path / "mesh.toml", mesh_text(lab, before))
         write(tmp_path / "published.toml", mesh_text(lab, before))
@@ -97,8 +90,6 @@ def fleet(tmp_path):
         def start(name):
             return lab.daemon(name, tmp_path)
         yield lab, tmp_path, {name: start(name) for name in before}, start
-    finally:
-        lab.down()
 
 
 def test_a_host_added_by_file_and_url_joins_without_loss_or_overlap(fleet):

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import IS_ROOT, NOT_ROOT_REASON
 from tests.integration.test_mesh_daemon import _ts, host_config
-from tests.lab.mesh import MeshLab, overlapping, throughput_spans
+from tests.lab.mesh import overlapping, running, throughput_spans
 
 pytestmark = pytest.mark.lab
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -57,8 +57,7 @@ def read(tmp_path, name):
 def fleet(tmp_path):
     if not IS_ROOT:
         pytest.skip(NOT_ROOT_REASON)
-    lab = MeshLab(SITES, uplink="20mbit").up()
-    try:
+    with running(SITES, "20mbit") as lab:
         (tmp_path / "mesh.toml").write_text(mesh_text(lab))
         for name, (_, addr, _) in lab.hosts.items():
             (tmp_path / f"{name}.toml").write_text(host_config(tmp_path, name, f"{addr}:7171",
@@ -68,8 +67,6 @@ def fleet(tmp_path):
             return lab.daemon(name, tmp_path)
         procs = {name: start(name) for name in lab.hosts}
         yield lab, tmp_path, procs, start
-    finally:
-        lab.down()
 
 
 def test_fleet_follows_one_timetable(fleet):

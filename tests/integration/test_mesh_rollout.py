@@ -26,9 +26,9 @@ import pytest
 
 from tests.conftest import IS_ROOT, NOT_ROOT_REASON
 from tests.integration.test_mesh_daemon import _ts
-from tests.integration.test_mesh_grow import host_config, write
+from tests.integration.test_mesh_grow import host_config
 from tests.integration.test_mesh_lab import read
-from tests.lab.mesh import ROOT, MeshLab, overlapping, throughput_spans
+from tests.lab.mesh import ROOT, overlapping, running, throughput_spans, write
 
 pytestmark = pytest.mark.lab
 
@@ -55,8 +55,7 @@ def mesh_text(lab, pairs):
 def fleet(tmp_path):
     if not IS_ROOT:
         pytest.skip(NOT_ROOT_REASON)
-    lab = MeshLab(SITES, uplink="20mbit").up()
-    try:
+    with running(SITES, "20mbit") as lab:
         write(tmp_path / "mesh.toml", mesh_text(lab, (A, B, C)))
         write(tmp_path / "published.toml", mesh_text(lab, (A, B, C)))
         url = lab.serve_file(tmp_path / "published.toml", tmp_path / "http.log")
@@ -65,8 +64,6 @@ def fleet(tmp_path):
             (tmp_path / f"{name}.toml").write_text(host_config(tmp_path, name, addr, url, BY_URL))
             procs[name] = lab.daemon(name, tmp_path)
         yield lab, tmp_path, procs
-    finally:
-        lab.down()
 
 
 def test_a_change_that_moves_exclusive_tests_overlaps_nothing_while_versions_differ(fleet):

@@ -11,6 +11,7 @@ core namespace (a mesh URL every host reaches). Namespace names are
 "labm<owner pid base36>-..."; `down()` removes them and every process in
 them, and `cleanup_stale()` removes those of owners that are gone.
 """
+import contextlib
 import datetime
 import hashlib
 import http.server
@@ -164,6 +165,23 @@ class MeshLab:
             if ns.startswith(self.tag + "-"):
                 _remove(ns)
         self.hosts = {}
+
+
+@contextlib.contextmanager
+def running(sites, uplink):
+    """A MeshLab up for one test, taken down even when the test fails."""
+    lab = MeshLab(sites, uplink=uplink).up()
+    try:
+        yield lab
+    finally:
+        lab.down()
+
+
+def write(path, text):
+    """Replace a file whole, as an operator's deploy would (never a half-written mesh file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def throughput_spans(records):
