@@ -14,7 +14,10 @@ quotes too little of the packet to return our token), ports interleaved in
 random order, all paced at `rate` packets/s and capped by an optional
 budget.  A silent TTL is retried (routers rate-limit ICMP), then kept as a
 star (None).  `gap_limit` silent TTLs in a row end a port's trace: the
-datagram reached the peer, which answers nothing (its port is open).
+datagram reached the peer, which answers nothing (its port is open).  Once
+the depth is known (the first port's trace, or an earlier one), the other
+ports go up to it, and a silent TTL short of it is a star: on routers that
+rate-limit ICMP, two TTLs in a row can miss every try.
 
 Raw mode (the probe's `next_hops`, pinned one per port): the trace datagrams
 leave as frames on an AF_PACKET socket to the port's own next-hop MAC, as its
@@ -207,6 +210,8 @@ def _trace(dst, dport, ports, *, cap, local=None, max_hops=16, rate=20.0, retrie
     if not ports:
         return {}
     max_hops = max_hops if cap is None else min(cap, max_hops)
+    if cap is not None:     # the depth is known: a silent TTL short of it is a star, not the path's end
+        gap_limit = max_hops + 1
     dst_ip = ipaddress.ip_address(dst)
     family = dst_ip.version
     token = os.urandom(8)
