@@ -255,6 +255,10 @@ class LiveCounter:
         return (not self.peers or any(rip in net for net in self.peers)) and \
             (not self.ports or lp in self.ports or rp in self.ports)
 
+    def watches(self, flow):
+        """Whether a (local ip, port, remote ip, port) flow is one this probe watches."""
+        return self._watched(flow[2], flow[1], flow[3])
+
     def add_lines(self, lines):
         for line in lines:
             ev = parse_event(line)
@@ -282,12 +286,12 @@ class LiveCounter:
         """One dump of the watched sockets, ended at t_end (time.monotonic()):
         (cookie, (local ip, port, remote ip, port), total_retrans) of those with total_retrans > 0."""
         self.dumped = True
-        self.segs.dump((s for s in sockets if self._watched(s[1][2], s[1][1], s[1][3])), t_end, final)
+        self.segs.dump((s for s in sockets if self.watches(s[1])), t_end, final)
 
     def add_destroyed(self, sockets):
         """Destroy messages read since the last dump: (cookie, flow, total_retrans, time read) as for
         add_dump, each the socket's final count."""
-        self.segs.destroyed(s for s in sockets if self._watched(s[1][2], s[1][1], s[1][3]))
+        self.segs.destroyed(s for s in sockets if self.watches(s[1]))
 
     def _key(self, lip, rip):
         return (_prefix(lip, self.v4len, self.v6len), _prefix(rip, self.v4len, self.v6len))

@@ -189,7 +189,7 @@ class Runner(ProbeRunner):
     def _votes(self, watch, counter, dumps, window, ts):
         """The interval's passive votes: scope=votes RESULTs and suspect verdicts; returns
         {direction: suspect fields} for the direction BREACHes."""
-        segs_out = {f: n for f, n in dumps.segs_out().items() if counter._watched(f[2], f[1], f[3])}
+        segs_out = {f: n for f, n in dumps.segs_out().items() if counter.watches(f)}
         return votewatch.judge(self, watch, counter.resent, segs_out, window, ts, counter.direction)
 
     def _run(self, stop, inst, cap, watch):
