@@ -145,7 +145,7 @@ lint: $(VENV)/.deps
 # the container image (podman, base made with mmdebstrap; no registry), and
 # their tests (chroot install/upgrade/purge, systemd-nspawn boot, podman run).
 PACKAGE_DEBS := debhelper dh-python pybuild-plugin-pyproject python3-all-dev python3-setuptools cython3 \
-                python3-numpy python3-scipy python3-daemon python3-prometheus-client python3-pytest python3-hypothesis lintian fakeroot help2man \
+                python3-numpy python3-scipy python3-daemon python3-prometheus-client python3-pytest python3-hypothesis python3-scapy lintian fakeroot help2man \
                 build-essential mmdebstrap systemd-container rsyslog podman runc
 VERSION      := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' netprobe/__init__.py)
 DEB          := dist/netprobe_$(VERSION)_$(shell dpkg --print-architecture).deb
