@@ -34,6 +34,9 @@ class MeshConfig:
     cache: str = setting(STR, "/var/lib/netprobe/mesh.toml", "with url: the last good copy, used when "
                          "the URL is down (written 0600)")
     timeout: float = setting(DURATION, 10.0, "with url: connect and read timeout (s)", min=0.1, max=300)
+    state: str = setting(STR, "/var/lib/netprobe/mesh-state.json", "the mesh whose timetable is in force "
+                         "here and a rollout under way, so a restart keeps to the rollout rule (written "
+                         "0600); \"\" keeps none: a restart then puts the file's timetable in force at once")
 
     def check(self, where):
         if bool(self.file) == bool(self.url):

@@ -84,6 +84,7 @@ class Mesh:
     schedule: ScheduleConfig
     version: str                # hash of the canonical content: equal files, equal versions
     by_name: dict = field(repr=False, compare=False)
+    doc: dict = field(repr=False, compare=False)     # the parsed file: what mesh state keeps (runtime)
 
 
 def load_file(path):
@@ -119,7 +120,7 @@ def load_dict(doc, file="<mesh>"):
         if total > MAX_PAIRS:
             raise ConfigError(f"more than {MAX_PAIRS} host pairs in all", file=file, path=f"test[{i}]")
         tests.append(t)
-    return Mesh(file, tuple(hosts), tuple(tests), sched, version_of(doc), by_name)
+    return Mesh(file, tuple(hosts), tuple(tests), sched, version_of(doc), by_name, doc)
 
 
 def _load_hosts(entries, file):

@@ -9,21 +9,32 @@ next slot boundary, so the timetable of a slot never changes under it. If its
 timetable places exclusive tests elsewhere, it is not in force before every
 host has read it (`[schedule] rollout` later, at a cycle boundary); until then
 this host starts only the runs both timetables place alike and reports each
-other one as deferred (`deferrals`, a GAP record), see plan.transition_runs.
+other one as deferred (`deferrals`, a GAP record), see plan.transition_runs. What
+is in force and the rollout under way are kept in `[mesh] state` (mesh.state),
+so a restarted daemon goes on with the rollout.
 """
 import ipaddress
 import logging
 import socket
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from netprobe.config import schema
 from netprobe.config.load import ProbeSpec, build_probe_config
 from netprobe.errors import ConfigError
-from netprobe.mesh import fetch, plan, rollup
+from netprobe.mesh import fetch, plan, rollup, state
 from netprobe.results import BREACH, ERROR, GAP, RESULT, Record, iso_time, seconds
 
 log = logging.getLogger("netprobe.mesh")
 ANNOTATED = ("RESULT", "BREACH", "CLEAR", "GAP")
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A loaded timetable that moves exclusive tests and is not in force yet."""
+    base: object          # plan.Timetable in force before (the first one, over chained changes)
+    until: float          # when the loaded one comes into force
+    base_mesh: object     # model.Mesh of `base`: what a restart needs (mesh.state)
+    read_at: float        # when the loaded version was read
 
 
 def local_host(mesh):
@@ -61,9 +72,12 @@ class MeshRuntime:
         self._also = (None, ())           # (the versions it was worked out for, also_accepted())
         self.missed = {}                  # derived probe -> timetabled runs its peer answered busy to
         self.deferred = {}                # derived probe -> runs deferred by a rollout (transition)
-        self.transition = None            # (base timetable, time the one loaded is in force)
+        self.transition = None            # Transition, while rolling out
         self._checked = now               # deferred runs that start before this are reported
+        self._kept = None                 # what cfg.state holds: (in force, rolling, read at)
+        self._errors = []                 # ERROR records not yet handed out (errors())
         self._install(got.mesh)
+        self._resume(now)
         self.pending = None               # (mesh, time it takes effect, its timetable, time read)
         self.next_refresh = now + cfg.refresh
         self.next_flush = now + self.flush_every if self.flush_every else None
@@ -119,8 +133,8 @@ class MeshRuntime:
         if self.transition is None:
             kept, deferred = self.tt.runs(start, end, self.self_name), []
         else:
-            base, until = self.transition
-            kept, deferred = plan.transition_runs(self.tt, base, start, end, self.self_name)
+            until = self.transition.until
+            kept, deferred = plan.transition_runs(self.tt, self.transition.base, start, end, self.self_name)
             kept += [r for r in deferred if r.start >= until]
             deferred = [r for r in deferred if r.start < until]
         me = self.self_name
@@ -132,26 +146,61 @@ class MeshRuntime:
         return [r for r in self._runs(now - self.tt.slot, now + 1e-6)[0]
                 if r.start <= now < r.end + self.mesh.schedule.connect_time]
 
-    def _begin_transition(self, replaced, read_at, at):
+    def _begin_transition(self, replaced, replaced_mesh, read_at, at):
         """The timetable just installed at `at` (read at `read_at`) replaces `replaced`: if it moves
         exclusive tests, hold back the moved ones until it is in force."""
-        base = self.transition[0] if self.transition is not None else replaced
+        if self.transition is not None:
+            replaced, replaced_mesh = self.transition.base, self.transition.base_mesh
         until = self.tt.in_force(read_at, self.mesh.schedule.rollout)
-        if self.tt.same_runs(base) or until <= at:
+        if self.tt.same_runs(replaced) or until <= at:
             self.transition = None
             return
-        self.transition, self._checked = (base, until), at
+        self.transition, self._checked = Transition(replaced, until, replaced_mesh, read_at), at
         log.info("mesh version %s moves exclusive tests: tests not placed as in version %s are "
-                 "deferred until %s", self.tt.version, base.version, iso_time(until))
+                 "deferred until %s", self.tt.version, replaced.version, iso_time(until))
+
+    def _resume(self, now):
+        """At the start: a mesh other than the one in force here before (cfg.state) is a change
+        read now, or the one this host was rolling out when it stopped, read when it was then."""
+        kept, error = state.load(self.cfg.state)
+        if error:
+            self._error(f"mesh state not used: {error}; the mesh's timetable is in force at once")
+        if kept is not None and kept.in_force.version != self.mesh.version:
+            read_at = kept.read_at if kept.rolling == self.mesh.version else now
+            self._begin_transition(kept.timetable, kept.in_force, read_at, now)
+        self._keep()
+
+    def _keep(self):
+        """Write cfg.state when what is in force or the rollout under way changed."""
+        t = self.transition
+        now_kept = (self.mesh, "", 0.0) if t is None else (t.base_mesh, self.mesh.version, t.read_at)
+        key = (now_kept[0].version, *now_kept[1:])
+        if not self.cfg.state or key == self._kept:
+            return
+        self._kept = key
+        error = state.save(self.cfg.state, *now_kept)
+        if error:
+            self._error(f"{error}; a restart during a rollout will put the new timetable in force at once")
+
+    def _error(self, text):
+        log.error("%s", text)
+        self._errors.append(Record(ERROR, "mesh", self.self_name, {"error": text}))
+
+    def errors(self):
+        """ERROR records about the mesh state, each handed out once."""
+        out, self._errors = self._errors, []
+        return out
 
     def specs(self, now):
         if self.pending is not None and now >= self.pending[1]:
-            (mesh, at, _, read_at), replaced, self.pending = self.pending, self.tt, None
+            (mesh, at, _, read_at), replaced, replaced_mesh, self.pending = self.pending, self.tt, self.mesh, None
             self._install(mesh)
-            self._begin_transition(replaced, read_at, at)
+            self._begin_transition(replaced, replaced_mesh, read_at, at)
+            self._keep()
             log.info("mesh version %s in effect", mesh.version)
-        if self.transition is not None and now >= self.transition[1]:
+        if self.transition is not None and now >= self.transition.until:
             self.transition = None
+            self._keep()
             log.info("mesh version %s: its timetable is in force", self.tt.version)
         out = dict(self.background)
         for r in self._active_runs(now):
@@ -169,7 +218,7 @@ class MeshRuntime:
         if self.pending is not None:
             times.append(self.pending[1])
         if self.transition is not None:
-            times.append(self.transition[1])
+            times.append(self.transition.until)
         for r in self.tt.runs(now - self.tt.slot, now + self.tt.cycle * self.tt.slot, host=self.self_name):
             if r.slotted.a == self.self_name:
                 for t in (r.start, r.end + self.mesh.schedule.connect_time):
@@ -208,7 +257,7 @@ class MeshRuntime:
         While the timetable loaded is not in force, its base too: this host starts only runs the
         base holds, as does every host still on the base."""
         others = (self.pending[2] if self.pending else None, self.previous)
-        base = self.transition[0].version if self.transition is not None else None
+        base = self.transition.base.version if self.transition is not None else None
         key = (self.tt.version, base, *(tt and tt.version for tt in others))
         if self._also[0] != key:          # compared once per change: a timetable may hold 10,000 tests
             out = [base] if base not in (None, self.tt.version) else []
@@ -248,8 +297,8 @@ class MeshRuntime:
             self.deferred[name] = self.deferred.get(name, 0) + 1
             out.append(Record(GAP, s.kind, name, {
                 "reason": f"deferred: mesh version {self.tt.version} moves this test; its timetable is "
-                          f"in force from {iso_time(self.transition[1])}, until then only tests placed "
-                          f"as in version {self.transition[0].version} run",
+                          f"in force from {iso_time(self.transition.until)}, until then only tests placed "
+                          f"as in version {self.transition.base.version} run",
                 "start": iso_time(r.start), "end": iso_time(r.end), "duration": seconds(r.end - r.start),
                 "deferred_missed": self.deferred[name]}))
         return out

@@ -518,6 +518,8 @@ class Supervisor:
         self._apply(specs(self.config, self.mesh))
         for rec in self.mesh.deferrals(wall):     # after specs(): a pending mesh installs there
             self.publish(rec)
+        for rec in self.mesh.errors():           # the mesh state could not be read or kept
+            self.publish(rec)
 
     # ---- main loop ---------------------------------------------------------------------
     def run(self):

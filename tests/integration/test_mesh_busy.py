@@ -132,6 +132,7 @@ listen = ["{addr}:{port}"]
 file = "{tmp_path / (name + '-mesh.toml')}"
 self = "{name}"
 refresh = "1h"
+state = "{tmp_path / (name + '-state.json')}"
 
 [output.file]
 type = "jsonfile"

@@ -44,6 +44,7 @@ allow = ["{allow}"]
 file = "{tmp_path / 'mesh.toml'}"
 self = "{name}"
 refresh = "2s"
+state = "{tmp_path / (name + '-state.json')}"
 
 [output.file]
 type = "jsonfile"

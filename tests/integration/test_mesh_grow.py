@@ -67,6 +67,7 @@ allow = ["198.18.0.0/15"]
 
 [mesh]
 self = "{name}"
+state = "{tmp_path / (name + '-state.json')}"
 {source}
 
 [output.file]

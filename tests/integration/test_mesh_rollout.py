@@ -2,16 +2,19 @@
 behind 20 Mbit/s uplinks). Three throughput pairs, each sharing a site with each other one, take
 the 3 slots of a cycle in file order: A = ams1->fra1, B = ams2->lon1, C = fra2->lon2 at slot
 phases 0, 1, 2 (slot number mod 3). The change lists them the other way round, so C moves to
-phase 0 and A to phase 2; B stays. The hosts of A and B read the file and get SIGHUP 1.5 s
-before a phase-2 slot (B1); those of C fetch it from a URL (`refresh` 1 s) published 0.5 s after
-B1. `[schedule] rollout` is 6 s.
+phase 0 and A to phase 2; B stays. The file is changed 4 s before a phase-2 slot (B1): ams1 is
+restarted then (it reads the change by starting, and must keep to the rule from its `[mesh]
+state`: a restart knows no other host has read the change), the other hosts of A and B get
+SIGHUP 1.5 s before B1; those of C fetch it from a URL (`refresh` 1 s) published 0.5 s after B1.
+`[schedule] rollout` is 6 s.
 
 Without the rollout rule, in slot B1 the file hosts would run A (its new place) while the URL
 hosts, still on the old version, run C (its old place): both through the fra uplink. The rule,
 worked out here from the slot numbers: the file hosts defer A at B1 (v2 is in force for them
-from the first cycle boundary >= B1 - 1.5 + 6, B1 + 5); the URL hosts load v2 at B1 + 5 and
-defer C there (in force from the cycle boundary >= their read + 6, B1 + 20); B runs at B1 + 10,
-A at B1 + 15, C at B1 + 20.
+from the first cycle boundary >= B1 - 1.5 + 6, B1 + 5; for ams1, >= B1 - 4 + 6, the same); the
+URL hosts load v2 at B1 + 5 and defer C there (in force from the cycle boundary >= their read
++ 6, B1 + 20); B runs at B1 + 10, A at B1 + 15, C at B1 + 20. Without `[mesh] state`, the
+restarted ams1 would put v2 in force at once and run A at B1, beside C.
 
 Oracles: the test's clock and the HTTP server's log (when the URL hosts read), the slot numbers
 above, `netprobe mesh plan`, and each host's jsonfile: throughput spans from their RESULT times
@@ -36,6 +39,7 @@ SITES = {"ams": 2, "fra": 2, "lon": 2}
 A, B, C = ("ams1", "fra1"), ("ams2", "lon1"), ("fra2", "lon2")
 BY_FILE = {"ams1", "fra1", "ams2", "lon1"}
 BY_URL = {"fra2", "lon2"}
+RESTARTED = "ams1"                             # restarted on the new file 4 s before B1
 SLOT = 5.0                                     # duration 3 s + connect_time 2 s
 CYCLE = 3 * SLOT
 ROLLOUT = 6.0
@@ -75,12 +79,16 @@ def test_a_change_that_moves_exclusive_tests_overlaps_nothing_while_versions_dif
     while not all((tmp_path / f"{n}.jsonl").exists() and (tmp_path / f"{n}.jsonl").stat().st_size for n in site):
         assert time.monotonic() < deadline, "a daemon did not start within 30 s"
         time.sleep(0.2)
-    k1 = int((time.time() + 2.0) // SLOT) + 1
+    k1 = int((time.time() + 5.0) // SLOT) + 1
     k1 += (2 - k1) % 3                         # B1: a phase-2 slot, where C runs in v1 and A in v2
     b1 = k1 * SLOT
-    time.sleep(max(0.0, b1 - 1.5 - time.time()))
+    time.sleep(max(0.0, b1 - 4.0 - time.time()))
     write(tmp_path / "mesh.toml", mesh_text(lab, (C, B, A)))
-    for n in BY_FILE:
+    procs[RESTARTED].send_signal(signal.SIGTERM)      # it runs nothing from B1 - 5 to B1
+    assert procs[RESTARTED].wait(timeout=3) == 0
+    procs[RESTARTED] = lab.daemon(RESTARTED, tmp_path)
+    time.sleep(max(0.0, b1 - 1.5 - time.time()))
+    for n in BY_FILE - {RESTARTED}:
         procs[n].send_signal(signal.SIGHUP)
     time.sleep(max(0.0, b1 + 0.5 - time.time()))
     t_published = time.time()

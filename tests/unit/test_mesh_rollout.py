@@ -10,10 +10,19 @@ written here from the slot numbers alone:
 Independently of that reference, the runs all hosts start in a slot must share no host and no
 site (checked against the hosts' sites, not the timetable's resources), and every run of v2 is
 started once every host's T has passed.
+
+Two hosts restart during the rollout (a new MeshRuntime on the same file and `[mesh] state`) and
+a third is down when the change is published and reads it by starting: the rule, and so the
+reference, is the same for them as for the others.
 """
+import json
 import random
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from netprobe.config import schema
 from netprobe.mesh import fetch, model, plan, runtime
@@ -54,13 +63,17 @@ def placed(d):
     return tt, lambda k: {(s.a, s.b) for s in tt.placed if k % s.period == s.offset}
 
 
+def host_cfg(tmp_path, name):
+    (tmp_path / name).mkdir(exist_ok=True)
+    return schema.build(fetch.MeshConfig, {"file": str(tmp_path / name / "mesh.toml"), "self": name,
+                                           "refresh": "1h", "state": str(tmp_path / name / "state.json")},
+                        schema.Where("host.toml", "mesh"))
+
+
 def runtime_for(tmp_path, name, d, now):
-    (tmp_path / name).mkdir()
-    path = tmp_path / name / "mesh.toml"
-    write(path, d)
-    cfg = schema.build(fetch.MeshConfig, {"file": str(path), "self": name, "refresh": "1h"},
-                       schema.Where("host.toml", "mesh"))
-    return runtime.MeshRuntime(cfg, now), path
+    cfg = host_cfg(tmp_path, name)
+    write(Path(cfg.file), d)
+    return runtime.MeshRuntime(cfg, now), Path(cfg.file)
 
 
 @pytest.mark.parametrize("change", list(CHANGES))
@@ -77,6 +90,12 @@ def test_while_versions_differ_no_two_runs_share_a_host_or_site(tmp_path, change
     read = {n: change_at + rng.uniform(0, ROLLOUT) for n in site}     # every host within `rollout`
     fleet = {n: runtime_for(tmp_path, n, v1, t0) for n in site}
     cycle2 = tt2.cycle * SLOT
+    down, *restarting = rng.sample(sorted(site), 3)
+    down_from = change_at - rng.uniform(0.5, 2) * SLOT               # reads the change by starting
+    # the others restart after loading the change (the slot boundary after the read), before or
+    # after the new timetable is in force for them
+    restart = {n: rng.uniform((read[n] // SLOT + 1) * SLOT, -(-(read[n] + ROLLOUT) // cycle2) * cycle2 + SLOT)
+               for n in restarting}
 
     def reference(n, k):
         """(runs host n starts in slot k, runs it defers there), from the rule."""
@@ -93,13 +112,23 @@ def test_while_versions_differ_no_two_runs_share_a_host_or_site(tmp_path, change
     last_in_force = max(-(-(t + ROLLOUT) // cycle2) * cycle2 for t in read.values())
     k_end = int((last_in_force + cycle2) // SLOT)
     started, deferred_total = {}, 0
-    events = sorted([(t, n) for n, t in read.items()] + [(k * SLOT, None) for k in range(int(t0 // SLOT), k_end)],
-                    key=lambda e: (e[0], e[1] is None))
-    for t, reader in events:
-        if reader is not None:                         # this host reads the change (SIGHUP, refresh)
-            rt, path = fleet[reader]
+    events = sorted([(t, "read", n) for n, t in read.items()] + [(t, "restart", n) for n, t in restart.items()]
+                    + [(down_from, "down", down)] + [(k * SLOT, "slot", None) for k in range(int(t0 // SLOT), k_end)],
+                    key=lambda e: (e[0], e[1] == "slot"))
+    for t, what, n in events:
+        if what == "down":
+            del fleet[n]
+        elif what == "read" and n == down:             # starts on the new file
+            write(Path(host_cfg(tmp_path, n).file), v2)
+            fleet[n] = (runtime.MeshRuntime(host_cfg(tmp_path, n), t), Path(host_cfg(tmp_path, n).file))
+        elif what == "read":                           # reads the change (SIGHUP, refresh)
+            rt, path = fleet[n]
             write(path, v2)
             assert rt.refresh(t) == []
+        elif what == "restart":
+            fleet[n] = (runtime.MeshRuntime(host_cfg(tmp_path, n), t), fleet[n][1])
+            assert fleet[n][0].errors() == []
+        if what != "slot":
             continue
         k = round(t / SLOT)
         started[k] = set()
@@ -152,3 +181,63 @@ def test_in_force_is_the_first_cycle_boundary_rollout_after_the_read(tmp_path):
     assert tt.in_force(1000.0, ROLLOUT) == 1020.0      # 1015 is not a multiple of 15
     assert tt.in_force(1005.0, ROLLOUT) == 1020.0
     assert tt.in_force(1005.1, ROLLOUT) == 1035.0
+
+
+def test_a_restart_while_rolling_out_keeps_the_base_served_and_the_deferrals(tmp_path):
+    v1, v2 = (mesh_doc(x) for x in CHANGES["pairs reordered"])
+    t0 = 1_000_020.0
+    rt, path = runtime_for(tmp_path, "ams1", v1, t0)
+    write(path, v2)
+    rt.refresh(t0 + 1)
+    rt.specs(t0 + SLOT)                                # loaded at the boundary: rolling out
+    again = runtime.MeshRuntime(host_cfg(tmp_path, "ams1"), t0 + SLOT + 1)
+    v1_version = model.load_dict(v1).version          # what a host still on v1 sends in its hello
+    assert again.errors() == [] and v1_version in again.also_accepted()
+    # in force, as the rule puts it, from the first cycle boundary `rollout` after the read
+    cycle = plan.timetable(model.load_dict(v2)).cycle * SLOT
+    assert again.transition.until == -(-(t0 + 1 + ROLLOUT) // cycle) * cycle
+    # and once it is, a restart has nothing to go on with
+    until = again.transition.until
+    again.specs(until)
+    assert again.transition is None
+    assert runtime.MeshRuntime(host_cfg(tmp_path, "ams1"), until + 1).transition is None
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+                           lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                       max_size=4),
+                           max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.one_of(
+    st.binary(max_size=64),
+    json_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"in_force": json_values, "rolling": json_values}).map(lambda v: json.dumps(v).encode())))
+def test_a_damaged_state_file_is_one_error_and_the_mesh_runs(tmp_path, content):
+    """Whatever the state file holds, the daemon starts; what is not a state it names as unusable."""
+    cfg = host_cfg(tmp_path, "ams1")
+    write(Path(cfg.file), mesh_doc({"pairs": PAIRS, "every": "15s"}))
+    with open(cfg.state, "wb") as fh:
+        fh.write(content)
+    rt = runtime.MeshRuntime(cfg, 1_000_020.0)
+    errors = rt.errors()
+    try:
+        top = json.loads(content)
+    except ValueError:
+        top = None
+    if not (isinstance(top, dict) and isinstance(top.get("in_force"), dict)):
+        assert [e.type for e in errors] == ["ERROR"] and cfg.state in errors[0].fields["error"], errors
+    assert rt.specs(1_000_020.0) is not None
+    # what it runs on is kept again, readable
+    assert runtime.MeshRuntime(cfg, 1_000_021.0).errors() == []
+
+
+def test_a_state_that_cannot_be_written_is_one_error_and_the_mesh_runs(tmp_path):
+    (tmp_path / "not-a-dir").write_text("")
+    cfg = replace(host_cfg(tmp_path, "ams1"), state=str(tmp_path / "not-a-dir" / "state.json"))
+    write(Path(cfg.file), mesh_doc({"pairs": PAIRS, "every": "15s"}))
+    rt = runtime.MeshRuntime(cfg, 1_000_020.0)
+    errors = rt.errors()
+    assert len(errors) == 1 and "cannot keep the mesh state" in errors[0].fields["error"], errors
+    assert rt.specs(1_000_020.0) is not None and rt.errors() == []

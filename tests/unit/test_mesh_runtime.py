@@ -23,7 +23,8 @@ def write(path, d):
 
 def make(tmp_path, d=None, **table):
     write(tmp_path / "mesh.toml", d or mesh_doc())
-    cfg = schema.build(fetch.MeshConfig, {"file": str(tmp_path / "mesh.toml"), **table},
+    cfg = schema.build(fetch.MeshConfig, {"file": str(tmp_path / "mesh.toml"),
+                                          "state": str(tmp_path / "state.json"), **table},
                        schema.Where("host.toml", "mesh"))
     return runtime.MeshRuntime(cfg, 0.0)
 
@@ -163,6 +164,6 @@ def test_the_peer_side_serves_another_version_only_while_its_timetable_is_the_sa
     # v3 moves the throughput tests: until it is in force this host starts only runs v2 places
     # alike, so v2's tests are still served; from then on v2 is not (nor is v1)
     assert rt.also_accepted() == (v2,)
-    until = rt.transition[1]
+    until = rt.transition.until
     rt.specs(until)
     assert rt.transition is None and rt.also_accepted() == ()
