@@ -7,12 +7,13 @@ was set on was 52 ms, so "ours / raw" reads that target against this host's spee
 
 Per connection count: median [min, max] wall time of one dump + parse of every socket with TCP_INFO
 (ours: InetDiagDumper.dump into the preallocated records, and its CPU time split user/kernel;
-the same dump without INET_DIAG_INFO, the kernel's floor; "+ tracker": the dump plus the flow
-tracker's update), `ss -tin` (fork + dump + text), the plain-Python dump; then the CPU share of one
-core that the flows probe's sampling takes at 10 Hz and at 1 Hz with its default settings (the
-runner's own per-dump path: dump with congestion info, tracker, groups, interval aggregates;
-getrusage over the run), and the same share for our dump alone, with and without tcp_info, at 10 Hz
-(a dump from cold caches costs the kernel more than one of many back to back).
+the same dump without INET_DIAG_INFO, the kernel's floor, taken in turns with ours; "+ tracker":
+the dump plus the flow tracker's update), `ss -tin` (fork + dump + text), the plain-Python dump;
+then the CPU share of one core that the flows probe's sampling takes at 10 Hz and at 1 Hz with
+its default settings (the runner's own per-dump path: dump with congestion info, tracker, groups,
+interval aggregates; getrusage over the run), and the same share for our dump alone, with and
+without tcp_info, at 10 Hz (a dump from cold caches costs the kernel more than one of many back
+to back).
 
 The fd limit here is 20,000 and cannot be raised, so the client ends live in a forked child.
 `python -m bench.flows child N REPS SECONDS` is what runs inside the namespace.
@@ -63,6 +64,19 @@ def _timed(fn, reps):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
+    return ts
+
+
+def _interleaved(fns, reps):
+    """_timed for each of fns, taken in turns (one call of each per round, the order rotating), so
+    a drift of the host's speed or a cold start falls on all of them alike."""
+    ts = [[] for _ in fns]
+    for k in range(reps):
+        for i in range(len(fns)):
+            j = (i + k) % len(fns)
+            t0 = time.perf_counter()
+            fns[j]()
+            ts[j].append(time.perf_counter() - t0)
     return ts
 
 
@@ -122,12 +136,14 @@ def child(n, reps, seconds):
             tracker.update(records[:g.sockets], time.monotonic_ns())
         bare = nl.InetDiagDumper((socket.AF_INET, socket.AF_INET6), ext=0)
         ru0 = resource.getrusage(resource.RUSAGE_SELF)
-        ours = _timed(lambda: dumper.dump(records), reps)
+        _timed(lambda: dumper.dump(records), reps)
         ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        # the dump with and without tcp_info in turns: their ratio is a target
+        ours, no_info = _interleaved((lambda: dumper.dump(records), lambda: bare.dump(records)), reps)
         row = {"connections": n, "sockets": sockets, "netlink_bytes": got.bytes, "recvs": got.recvs,
                "ours_s": ours, "ours_user_s": (ru1.ru_utime - ru0.ru_utime) / reps,
                "ours_sys_s": (ru1.ru_stime - ru0.ru_stime) / reps,
-               "no_info_s": _timed(lambda: bare.dump(records), reps),
+               "no_info_s": no_info,
                "ours_tracked_s": _timed(ours_tracked, reps),
                "ss_tin_s": _timed(lambda: subprocess.run(["ss", "-tin"], stdout=subprocess.DEVNULL), reps),
                "python_s": _timed(ref.dump, reps),
