@@ -2,6 +2,7 @@
 directory): created 0600, never through a symlink or into a FIFO left at the path."""
 import os
 import stat
+import tempfile
 
 
 def open_private(path, mode="w"):
@@ -18,4 +19,20 @@ def open_private(path, mode="w"):
         return os.fdopen(fd, mode)
     except BaseException:
         os.close(fd)
+        raise
+
+
+def replace_private(path, data):
+    """Write bytes `data` as `path` whole: a 0600 temporary file beside it, renamed over it (a
+    reader sees the old content or the new, never part), its directory made if missing. OSError
+    when it cannot be; no temporary file is left then."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}-")     # 0600 from the start
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
         raise

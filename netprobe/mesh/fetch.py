@@ -9,13 +9,13 @@ validation is never cached and never replaces the running mesh.
 import dataclasses
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 
 from netprobe.config.schema import DURATION, STR, setting
 from netprobe.errors import ConfigError
+from netprobe.fileio import replace_private
 from netprobe.mesh import model
 
 MAX_BYTES = 16 << 20              # a mesh of 10,000 hosts is a few MB; more is not a mesh
@@ -101,13 +101,8 @@ class Source:
     # ---- the last good copy ------------------------------------------------------------
     def _write_cache(self, body, etag):
         path = self.cfg.cache
-        directory = os.path.dirname(path) or "."
         try:
-            os.makedirs(directory, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".mesh-")      # 0600 from the start
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(body)
-            os.replace(tmp, path)
+            replace_private(path, body)
             self._write_etag(etag)
         except OSError as exc:
             raise ConfigError(f"cannot keep the last good copy: {exc.strerror}", file=path) from None

@@ -8,11 +8,10 @@ changes (once per mesh change); a missing file is a first start, an unreadable o
 """
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 
 from netprobe.errors import ConfigError
+from netprobe.fileio import replace_private
 from netprobe.mesh import fetch, model, plan
 
 MAX_BYTES = 4 * fetch.MAX_BYTES       # a mesh as JSON is a little larger than as TOML
@@ -61,17 +60,8 @@ def save(path, in_force, rolling="", read_at=0.0):
     body = json.dumps({"in_force": in_force.doc,
                        "rolling": {"version": rolling, "read_at": read_at} if rolling else None},
                       default=str, separators=(",", ":")).encode()
-    directory = os.path.dirname(path) or "."
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".mesh-state-")      # 0600 from the start
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(body)
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        replace_private(path, body)
     except OSError as exc:
         where = f" ({exc.filename})" if exc.filename and exc.filename != path else ""
         return f"cannot keep the mesh state in {path}: {exc.strerror}{where}"
